@@ -1,0 +1,44 @@
+# Quick start: `make demo` and `make test` each do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   := out/demo
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(STAMP)
+
+# torch first: on these machines pip takes a local CPU build of 2.13.0, and nothing
+# installed after it may pull a multi-GB CUDA build. animal-mnist without its declared
+# dependencies: they pull TensorFlow, which its data files do not need.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dreamshift compose --out $(DEMO)/paste --train-size 1000 --val-per-group 2 --test-per-group 2 --anti-per-group 1 --rho 0.95 --workers 2
+	$(VENV)/bin/dreamshift info $(DEMO)/paste
+	$(VENV)/bin/dreamshift grid $(DEMO)/paste --split test --out $(DEMO)/paste_grid.png
+	@echo "demo outputs: dataset $(DEMO)/paste, grid $(DEMO)/paste_grid.png"
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-all: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m ''
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/compose.py
+
+clean:
+	rm -rf out

@@ -1,0 +1,116 @@
+"""Typed, frozen run configurations. The resolved config is saved in every ``dataset.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from dreamshift.errors import DreamshiftError
+
+POSITIONS = ("random", "center")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a foreground cut-out is pasted.
+
+    ``scale``: (min, max) of the cut-out's longer side as a fraction of the image side
+    (D3S pastes at 0.4). ``feather``: Gaussian blur radius of the mask edge, in output pixels.
+    """
+
+    scale: tuple[float, float] = (0.4, 0.4)
+    position: str = "random"
+    feather: float = 0.0
+    flip: bool = True
+    max_rotation: float = 10.0
+
+    def check(self) -> None:
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise DreamshiftError(f"scale range {lo}..{hi} must satisfy 0 < min <= max <= 1")
+        if self.position not in POSITIONS:
+            raise DreamshiftError(f"position {self.position!r}: choose one of {POSITIONS}")
+        if self.feather < 0 or self.max_rotation < 0:
+            raise DreamshiftError("feather and max rotation must be >= 0")
+
+
+@dataclass(frozen=True)
+class ShiftRecipe:
+    """Which (class, background) groups each split holds.
+
+    ``rho`` is the confounder strength: the share of a class's training images that show it on
+    its assigned background (Waterbirds uses 0.95); the rest are spread evenly over the other
+    backgrounds. val and test are balanced (``*_per_group`` images of every class x background);
+    ``anti`` holds every class on every background except its assigned one.
+    ``assignment``: (class, background) pairs; classes not listed get background
+    ``i mod n_backgrounds`` in order.
+    """
+
+    rho: float = 0.95
+    train_size: int = 2000
+    val_per_group: int = 2
+    test_per_group: int = 5
+    anti_per_group: int = 2
+    assignment: tuple[tuple[str, str], ...] = ()
+
+    def check(self) -> None:
+        if not 0.0 <= self.rho <= 1.0:
+            raise DreamshiftError(f"rho = {self.rho} must lie in [0, 1]")
+        for name in ("train_size", "val_per_group", "test_per_group", "anti_per_group"):
+            if getattr(self, name) < 0:
+                raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ComposeConfig:
+    """Everything that decides a composed dataset's content. Same config -> same bytes.
+
+    ``foregrounds`` / ``backgrounds``: ``"world"`` or a folder (one sub-folder per class /
+    background label). ``classes`` / ``background_names``: a subset to use (empty = all).
+    """
+
+    foregrounds: str = "world"
+    backgrounds: str = "world"
+    classes: tuple[str, ...] = ()
+    background_names: tuple[str, ...] = ()
+    size: int = 64
+    seed: int = 0
+    placement: Placement = field(default_factory=Placement)
+    recipe: ShiftRecipe = field(default_factory=ShiftRecipe)
+    share_foregrounds: bool = False
+    shard_size: int = 256
+
+    def check(self) -> None:
+        if not 8 <= self.size <= 4096:
+            raise DreamshiftError(f"size = {self.size}: choose a side between 8 and 4096 pixels")
+        if self.shard_size < 1:
+            raise DreamshiftError(f"shard_size = {self.shard_size} must be >= 1")
+        self.placement.check()
+        self.recipe.check()
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as written to JSON
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ComposeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise DreamshiftError(f"unknown compose config keys: {sorted(unknown)}")
+        d = dict(d)
+        d["placement"] = Placement(**{**d.get("placement", {})})
+        d["placement"] = replace(d["placement"], scale=tuple(d["placement"].scale))
+        rec = dict(d.get("recipe", {}))
+        rec["assignment"] = tuple(tuple(p) for p in rec.get("assignment", ()))
+        d["recipe"] = ShiftRecipe(**rec)
+        for key in ("classes", "background_names"):
+            d[key] = tuple(d.get(key, ()))
+        return cls(**d)
+
+    def content_hash(self) -> str:
+        """Hash of what decides the pixels (not the shard layout); it prefixes sample ids."""
+        d = self.to_dict()
+        d.pop("shard_size")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

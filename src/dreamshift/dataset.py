@@ -1,0 +1,157 @@
+"""The dataset directory every stage reads and writes (DESIGN.md, "Data contract").
+
+::
+
+    <dataset>/dataset.json        schema version, resolved config, label maps, group counts
+    <dataset>/manifest.parquet    one row per sample (written when every shard is done)
+    <dataset>/shards/00000/       image files
+    <dataset>/shards/00000.parquet  the shard's rows
+    <dataset>/shards/00000.done   JSON stats; written last, after images and rows are durable
+
+>>> read_manifest("out/demo/paste").num_rows  # doctest: +SKIP
+1242
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dreamshift.errors import DreamshiftError
+from dreamshift.images import write_atomic
+
+SCHEMA_VERSION = 1
+DATASET_JSON = "dataset.json"
+MANIFEST = "manifest.parquet"
+OK, FAILED = "ok", "failed"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        # identity
+        ("sample_id", pa.string()),
+        ("index", pa.int64()),
+        ("split", pa.string()),
+        ("status", pa.string()),  # "ok" | "failed"
+        ("error", pa.string()),  # why a sample failed, naming the file
+        ("path", pa.string()),  # relative to the dataset directory
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        # labels
+        ("fg_class", pa.string()),
+        ("bg_class", pa.string()),
+        ("aligned", pa.bool_()),  # bg_class is the class's assigned (spurious) background
+        # composition
+        ("fg_source", pa.string()),
+        ("mask_source", pa.string()),
+        ("bg_source", pa.string()),
+        ("box_x", pa.int32()),
+        ("box_y", pa.int32()),
+        ("box_w", pa.int32()),
+        ("box_h", pa.int32()),
+        ("scale", pa.float64()),
+        ("appearance", pa.string()),  # JSON of drawn appearance/augmentation parameters
+        # generation
+        ("pipeline", pa.string()),  # "paste" for composed guides
+        ("seed", pa.int64()),  # per-sample seed = derive_seed(run seed, sample_id)
+    ]
+)
+
+
+class DatasetLayout:
+    """Paths inside a dataset directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def json_path(self) -> Path:
+        return self.root / DATASET_JSON
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def shard_name(self, shard: int) -> str:
+        return f"{shard:05d}"
+
+    def shard_dir(self, shard: int) -> Path:
+        return self.root / "shards" / self.shard_name(shard)
+
+    def shard_rows(self, shard: int) -> Path:
+        return self.root / "shards" / f"{self.shard_name(shard)}.parquet"
+
+    def shard_done(self, shard: int) -> Path:
+        return self.root / "shards" / f"{self.shard_name(shard)}.done"
+
+
+def table_from_rows(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    cols = {name: [r.get(name) for r in rows] for name in MANIFEST_SCHEMA.names}
+    return pa.table(cols, schema=MANIFEST_SCHEMA)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_shard(layout: DatasetLayout, shard: int, rows: Sequence[dict[str, Any]], stats: dict) -> None:
+    """Make a finished shard durable: its rows first, then the done marker."""
+    write_table_atomic(table_from_rows(rows), layout.shard_rows(shard))
+    write_json_atomic(layout.shard_done(shard), stats)
+
+
+def shard_is_done(layout: DatasetLayout, shard: int) -> bool:
+    return layout.shard_done(shard).exists() and layout.shard_rows(shard).exists()
+
+
+def read_dataset_json(root: str | Path) -> dict[str, Any]:
+    path = DatasetLayout(root).json_path
+    if not path.exists():
+        raise DreamshiftError(
+            f"{root} is not a dreamshift dataset (no {DATASET_JSON}): make one with "
+            "`dreamshift compose --out DIR`"
+        )
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DreamshiftError(f"{path} is not valid JSON ({exc})") from exc
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise DreamshiftError(
+            f"{path} has schema_version {meta.get('schema_version')!r}; this dreamshift reads "
+            f"{SCHEMA_VERSION}"
+        )
+    return meta
+
+
+def read_manifest(root: str | Path) -> pa.Table:
+    """All rows of a dataset: ``manifest.parquet``, or the done shards of an unfinished run."""
+    layout = DatasetLayout(root)
+    meta = read_dataset_json(root)
+    if layout.manifest_path.exists():
+        return pq.read_table(layout.manifest_path, schema=MANIFEST_SCHEMA)
+    parts = [
+        pq.read_table(layout.shard_rows(k), schema=MANIFEST_SCHEMA)
+        for k in range(int(meta["num_shards"]))
+        if shard_is_done(layout, k)
+    ]
+    return pa.concat_tables(parts) if parts else MANIFEST_SCHEMA.empty_table()
+
+
+def consolidate_manifest(layout: DatasetLayout, num_shards: int) -> pa.Table:
+    """Concatenate every shard's rows, in shard order, into ``manifest.parquet``."""
+    parts = [pq.read_table(layout.shard_rows(k), schema=MANIFEST_SCHEMA) for k in range(num_shards)]
+    table = pa.concat_tables(parts) if parts else MANIFEST_SCHEMA.empty_table()
+    write_table_atomic(table, layout.manifest_path)
+    return table

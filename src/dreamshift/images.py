@@ -1,0 +1,80 @@
+"""Reading and writing image files with clear errors and atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dreamshift.errors import BadInputError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def load_image(path: Path, mode: str | None = None) -> Image.Image:
+    """Open and fully decode ``path``; raise :class:`BadInputError` naming the file if it can't.
+
+    >>> load_image(Path("missing.png"))  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    BadInputError: cannot read image missing.png: ...
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadInputError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise BadInputError(f"image {path} is an empty (zero-byte) file: replace or remove it")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            out = img.convert(mode) if mode and img.mode != mode else img.copy()
+    except UnidentifiedImageError as exc:
+        raise BadInputError(
+            f"{path} is not an image PIL can read (expected one of "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))}): replace or remove it"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadInputError(f"image {path} is corrupt or truncated ({exc}): replace it") from exc
+    return out
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes of ``img``; deterministic for identical pixels."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def flip_rotate(
+    img: Image.Image, rng: np.random.Generator, flip: bool, max_rotation: float
+) -> tuple[Image.Image, bool, float]:
+    """Random horizontal flip (p = 0.5 when ``flip``) and rotation in +-``max_rotation`` degrees
+    of an RGBA cut-out, cropped back to its alpha box. Returns (image, flipped, degrees)."""
+    flipped = bool(flip and rng.random() < 0.5)
+    if flipped:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    rotation = float(rng.uniform(-max_rotation, max_rotation)) if max_rotation > 0 else 0.0
+    if rotation:
+        img = img.rotate(rotation, resample=Image.Resampling.BICUBIC, expand=True)
+        bbox = img.getchannel("A").getbbox()
+        if bbox:
+            img = img.crop(bbox)
+    return img, flipped, round(rotation, 3)

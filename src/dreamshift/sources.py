@@ -1,0 +1,197 @@
+"""Where foregrounds and backgrounds come from: the embedded world or the user's folders.
+
+Foreground folder: ``DIR/<class>/<name>.png`` RGBA cut-outs, or any image with a mask beside
+it named ``<name>.mask.png`` (white = object). Background folder: ``DIR/<label>/<image>``.
+Source ids are recorded in the manifest: ``animal-mnist:<index>``, ``world:<bg>:<seed>``, or a
+path relative to the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from dreamshift.errors import BadInputError, DreamshiftError
+from dreamshift.images import flip_rotate, load_image
+from dreamshift.world import animals, backgrounds
+from dreamshift.world.appearance import paint_silhouette
+
+MASK_SUFFIX = ".mask.png"
+
+
+class ForegroundSource(Protocol):
+    classes: tuple[str, ...]
+
+    def candidates(self, split: str, class_name: str) -> list[str]: ...
+
+    def cutout(
+        self, source_id: str, rng: np.random.Generator, box_side: int, flip: bool, rotation: float
+    ) -> tuple[Image.Image, str, dict[str, Any]]:
+        """(RGBA cut-out with longer side ~box_side, mask id, appearance parameters)."""
+        ...
+
+
+class BackgroundSource(Protocol):
+    names: tuple[str, ...]
+
+    def choose(self, name: str, rng: np.random.Generator) -> str: ...
+
+    def image(self, source_id: str, size: int) -> Image.Image: ...
+
+
+class WorldForegrounds:
+    """animal-mnist silhouettes painted with a random appearance (world/appearance.py)."""
+
+    classes = animals.CLASSES
+
+    def candidates(self, split: str, class_name: str) -> list[str]:
+        idx = animals.load_silhouettes().indices(split, class_name)
+        return [f"animal-mnist:{i}" for i in idx]
+
+    def cutout(
+        self, source_id: str, rng: np.random.Generator, box_side: int, flip: bool, rotation: float
+    ) -> tuple[Image.Image, str, dict[str, Any]]:
+        mask = animals.load_silhouettes().masks[int(source_id.split(":")[1])]
+        img, params = paint_silhouette(mask, rng, box_side, flip, rotation)
+        return img, source_id, params
+
+
+class WorldBackgrounds:
+    """Procedural scenes (world/backgrounds.py), a fresh one per sample."""
+
+    names = backgrounds.BACKGROUNDS
+
+    def choose(self, name: str, rng: np.random.Generator) -> str:
+        return f"world:{name}:{int(rng.integers(2**62))}"
+
+    def image(self, source_id: str, size: int) -> Image.Image:
+        _, name, seed = source_id.split(":")
+        return Image.fromarray(backgrounds.render_background(name, int(seed), size))
+
+
+def _label_folders(root: Path, what: str) -> dict[str, list[Path]]:
+    if not root.is_dir():
+        raise DreamshiftError(f"{what} folder {root} does not exist or is not a folder")
+    out: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            p for p in sub.iterdir()
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(MASK_SUFFIX)
+        )  # fmt: skip
+        if not files:
+            raise DreamshiftError(
+                f"{what} folder {sub} is empty: add images to it or remove the folder"
+            )
+        out[sub.name] = files
+    if not out:
+        raise DreamshiftError(
+            f"{what} folder {root} has no sub-folders: make one sub-folder per label"
+        )
+    return out
+
+
+def _split_of(rel: str) -> float:
+    return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "little") / 2**64
+
+
+class FolderForegrounds:
+    """User cut-outs, split into train/val/test by a hash of their path (shapes held out)."""
+
+    def __init__(self, root: Path, share_across_splits: bool = False):
+        self.root = root
+        self.files = _label_folders(root, "foreground")
+        self.classes = tuple(self.files)
+        self.share = share_across_splits
+        self._splits: dict[str, dict[str, list[str]]] = {}
+        for cls, files in self.files.items():
+            rels = sorted((f.relative_to(root).as_posix() for f in files), key=_split_of)
+            if share_across_splits:
+                self._splits[cls] = dict.fromkeys(animals.SPLITS, rels)
+                continue
+            if len(rels) < 3:
+                raise DreamshiftError(
+                    f"foreground folder {root / cls} has {len(rels)} file(s); held-out splits "
+                    "need at least 3 (train/val/test): add images or pass --share-foregrounds"
+                )
+            n_val = max(1, round(0.1 * len(rels)))
+            n_train = len(rels) - 2 * n_val
+            self._splits[cls] = {
+                "train": sorted(rels[:n_train]),
+                "val": sorted(rels[n_train : n_train + n_val]),
+                "test": sorted(rels[n_train + n_val :]),
+            }
+
+    def candidates(self, split: str, class_name: str) -> list[str]:
+        return self._splits[class_name][split]
+
+    def cutout(
+        self, source_id: str, rng: np.random.Generator, box_side: int, flip: bool, rotation: float
+    ) -> tuple[Image.Image, str, dict[str, Any]]:
+        path = self.root / source_id
+        img = load_image(path)
+        mask_id = source_id
+        if img.mode in ("RGBA", "LA") or "transparency" in img.info:
+            img = img.convert("RGBA")
+        else:
+            mask_path = path.with_name(path.stem + MASK_SUFFIX)
+            if not mask_path.exists():
+                raise BadInputError(
+                    f"foreground {path} has no alpha channel and no mask file {mask_path.name} "
+                    "beside it: save it as an RGBA PNG or add the mask"
+                )
+            mask = load_image(mask_path, "L")
+            if mask.size != img.size:
+                raise BadInputError(
+                    f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but its image {path} is "
+                    f"{img.size[0]}x{img.size[1]}: masks must match their image's size"
+                )
+            img = img.convert("RGB")
+            img.putalpha(mask)
+            mask_id = mask_path.relative_to(self.root).as_posix()
+        bbox = img.getchannel("A").getbbox()
+        if bbox is None:
+            raise BadInputError(f"foreground {path} has an empty mask (fully transparent)")
+        img = img.crop(bbox)
+        k = box_side / max(img.size)
+        img = img.resize(
+            (max(1, round(img.width * k)), max(1, round(img.height * k))),
+            Image.Resampling.BILINEAR,
+        )
+        img, flipped, degrees = flip_rotate(img, rng, flip, rotation)
+        return img, mask_id, {"flip": flipped, "rotation": degrees}
+
+
+class FolderBackgrounds:
+    """User background images, centre-cropped to a square and resized."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.files = _label_folders(root, "background")
+        self.names = tuple(self.files)
+
+    def choose(self, name: str, rng: np.random.Generator) -> str:
+        files = self.files[name]
+        return files[int(rng.integers(len(files)))].relative_to(self.root).as_posix()
+
+    def image(self, source_id: str, size: int) -> Image.Image:
+        img = load_image(self.root / source_id, "RGB")
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        return img.resize((size, size), Image.Resampling.BILINEAR) if side != size else img
+
+
+def foreground_source(spec: str, share_across_splits: bool = False) -> ForegroundSource:
+    if spec == "world":
+        return WorldForegrounds()
+    return FolderForegrounds(Path(spec), share_across_splits)
+
+
+def background_source(spec: str) -> BackgroundSource:
+    if spec == "world":
+        return WorldBackgrounds()
+    return FolderBackgrounds(Path(spec))
