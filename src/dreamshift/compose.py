@@ -74,19 +74,6 @@ class ComposeResult:
     seconds: float
 
 
-def _sources(cfg: ComposeConfig) -> tuple[ForegroundSource, BackgroundSource]:
-    key = (cfg.foregrounds, cfg.backgrounds, cfg.share_foregrounds)
-    if key not in _SOURCE_CACHE:
-        _SOURCE_CACHE[key] = (
-            foreground_source(cfg.foregrounds, cfg.share_foregrounds),
-            background_source(cfg.backgrounds),
-        )
-    return _SOURCE_CACHE[key]
-
-
-_SOURCE_CACHE: dict[tuple[str, str, bool], tuple[ForegroundSource, BackgroundSource]] = {}
-
-
 def _pick(available: tuple[str, ...], wanted: tuple[str, ...], what: str) -> tuple[str, ...]:
     unknown = [w for w in wanted if w not in available]
     if unknown:
@@ -94,14 +81,24 @@ def _pick(available: tuple[str, ...], wanted: tuple[str, ...], what: str) -> tup
     return wanted or available
 
 
-def resolve(cfg: ComposeConfig) -> ComposeConfig:
+@dataclass(frozen=True)
+class Resolved:
+    """A config with every default filled in, and the sources it reads."""
+
+    cfg: ComposeConfig
+    fg: ForegroundSource
+    bg: BackgroundSource
+
+
+def resolve(cfg: ComposeConfig) -> Resolved:
     """Fill in every default that depends on the sources: absolute folders, the class and
     background lists, the full class -> background assignment. Checks names on the way."""
     cfg.check()
     fgs = cfg.foregrounds if cfg.foregrounds == "world" else str(Path(cfg.foregrounds).resolve())
     bgs = cfg.backgrounds if cfg.backgrounds == "world" else str(Path(cfg.backgrounds).resolve())
     cfg = replace(cfg, foregrounds=fgs, backgrounds=bgs)
-    fg, bg = _sources(cfg)
+    fg = foreground_source(cfg.foregrounds, cfg.share_foregrounds)
+    bg = background_source(cfg.backgrounds)
     classes = _pick(fg.classes, cfg.classes, "class")
     names = _pick(bg.names, cfg.background_names, "background name")
     given = dict(cfg.recipe.assignment)
@@ -110,12 +107,13 @@ def resolve(cfg: ComposeConfig) -> ComposeConfig:
     assignment = tuple((c, given.get(c, names[i % len(names)])) for i, c in enumerate(classes))
     if cfg.recipe.rho < 1.0 and len(names) < 2 and cfg.recipe.train_size > 0:
         raise DreamshiftError("rho < 1 needs at least two backgrounds to put classes off theirs")
-    return replace(
+    cfg = replace(
         cfg,
         classes=classes,
         background_names=names,
         recipe=replace(cfg.recipe, assignment=assignment),
     )
+    return Resolved(cfg, fg, bg)
 
 
 def _spread(n: int, k: int, start: int = 0) -> list[int]:
@@ -149,9 +147,9 @@ def plan_groups(cfg: ComposeConfig) -> dict[str, list[tuple[str, str]]]:
     return groups
 
 
-def plan_samples(cfg: ComposeConfig) -> list[SampleSpec]:
+def plan_samples(run: Resolved) -> list[SampleSpec]:
     """Every sample of a resolved config, in index order (splits in order, shuffled within)."""
-    fg, bg = _sources(cfg)
+    cfg, fg, bg = run.cfg, run.fg, run.bg
     chash = cfg.content_hash()
     assigned = dict(cfg.recipe.assignment)
     specs: list[SampleSpec] = []
@@ -241,19 +239,18 @@ def _row(spec: SampleSpec) -> dict[str, Any]:
     }
 
 
-def run_shard(cfg: ComposeConfig, root: Path, shard: int, specs: list[SampleSpec]) -> dict:
+def run_shard(run: Resolved, root: Path, shard: int, specs: list[SampleSpec]) -> dict:
     """Compose one shard's images and make the shard durable. A sample that raises is recorded
     as failed with its reason; the others go on."""
     start = time.perf_counter()
     layout = ds.DatasetLayout(root)
-    fg, bg = _sources(cfg)
     folder = layout.shard_dir(shard)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for spec in specs:
         row = _row(spec)
         try:
-            img, fields = compose_image(spec, cfg, fg, bg)
+            img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
             data = encode_png(img)
             path = folder / f"{spec.sample_id}.png"
             write_atomic(path, data)
@@ -306,10 +303,12 @@ def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> d
         },
         "assignment": dict(cfg.recipe.assignment),
         "splits": {
-            s: {"num_samples": sum(sum(v.values()) for v in counts.get(s, {}).values()),
-                "groups": counts.get(s, {})}
+            s: {
+                "num_samples": sum(sum(v.values()) for v in counts.get(s, {}).values()),
+                "groups": counts.get(s, {}),
+            }
             for s in SPLITS
-        },  # fmt: skip
+        },
         "num_samples": len(specs),
         "num_shards": num_shards,
         "versions": _versions(),
@@ -323,10 +322,11 @@ def compose(
     """Compose the dataset of ``cfg`` into ``out``; continue an unfinished run of the same
     config. ``workers`` > 1 runs shards in that many processes (same bytes either way)."""
     start = time.perf_counter()
-    cfg = resolve(cfg)
+    run = resolve(cfg)
+    cfg = run.cfg
     root = Path(out)
     layout = ds.DatasetLayout(root)
-    specs = plan_samples(cfg)
+    specs = plan_samples(run)
     shards = [specs[i : i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
     meta = _metadata(cfg, specs, len(shards))
     if layout.json_path.exists():
@@ -340,7 +340,9 @@ def compose(
             failed = old.get("num_failed", 0)
             return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
     elif root.exists() and any(root.iterdir()):
-        raise DreamshiftError(f"{root} exists and is not a dreamshift dataset: choose another --out")
+        raise DreamshiftError(
+            f"{root} exists and is not a dreamshift dataset: choose another --out"
+        )
     root.mkdir(parents=True, exist_ok=True)
     ds.write_json_atomic(layout.json_path, meta)
 
@@ -352,11 +354,11 @@ def compose(
     with bar:
         if workers <= 1:
             for k in todo:
-                run_shard(cfg, root, k, shards[k])
+                run_shard(run, root, k, shards[k])
                 bar.update(len(shards[k]))
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(run_shard, cfg, root, k, shards[k]): k for k in todo}
+                futures = {pool.submit(run_shard, run, root, k, shards[k]): k for k in todo}
                 for fut in as_completed(futures):
                     fut.result()
                     bar.update(len(shards[futures[fut]]))
@@ -366,4 +368,3 @@ def compose(
     meta.update(complete=True, num_failed=failed)
     ds.write_json_atomic(layout.json_path, meta)
     return ComposeResult(root, len(specs), failed, len(todo), time.perf_counter() - start)
-

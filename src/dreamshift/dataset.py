@@ -106,7 +106,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_shard(layout: DatasetLayout, shard: int, rows: Sequence[dict[str, Any]], stats: dict) -> None:
+def write_shard(
+    layout: DatasetLayout, shard: int, rows: Sequence[dict[str, Any]], stats: dict
+) -> None:
     """Make a finished shard durable: its rows first, then the done marker."""
     write_table_atomic(table_from_rows(rows), layout.shard_rows(shard))
     write_json_atomic(layout.shard_done(shard), stats)

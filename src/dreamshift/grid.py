@@ -15,9 +15,7 @@ from dreamshift.errors import DreamshiftError
 from dreamshift.images import load_image
 
 
-def make_grid(
-    root: str | Path, out: str | Path, split: str | None = None, cell: int = 64
-) -> Path:
+def make_grid(root: str | Path, out: str | Path, split: str | None = None, cell: int = 64) -> Path:
     """Write the grid PNG of dataset ``root`` (optionally one split) to ``out``; return it."""
     root = Path(root)
     meta = ds.read_dataset_json(root)

@@ -33,9 +33,11 @@ def load_image(path: Path, mode: str | None = None) -> Image.Image:
             img.load()
             out = img.convert(mode) if mode and img.mode != mode else img.copy()
     except UnidentifiedImageError as exc:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise BadInputError(f"image {path} is corrupt (cannot be decoded): replace it") from exc
         raise BadInputError(
-            f"{path} is not an image PIL can read (expected one of "
-            f"{', '.join(sorted(IMAGE_SUFFIXES))}): replace or remove it"
+            f"{path} is not an image (expected one of {', '.join(sorted(IMAGE_SUFFIXES))}): "
+            "remove it from the folder"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInputError(f"image {path} is corrupt or truncated ({exc}): replace it") from exc

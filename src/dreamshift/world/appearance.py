@@ -73,7 +73,9 @@ def paint_silhouette(
     fill = np.clip(fill * (1.0 + light * shade[..., None] * 2), 0, 1)
 
     rgba = np.dstack([np.round(fill * 255).astype(np.uint8), np.asarray(alpha)])
-    img, flipped, rotation = flip_rotate(Image.fromarray(rgba, mode="RGBA"), rng, flip, max_rotation)
+    img, flipped, rotation = flip_rotate(
+        Image.fromarray(rgba, mode="RGBA"), rng, flip, max_rotation
+    )
     params = {
         "texture": texture,
         "colour": [round(float(v), 4) for v in c1],

@@ -171,7 +171,9 @@ def _indoors(rng: np.random.Generator, h: int, w: int) -> Canvas:
 
 def _snow(rng: np.random.Generator, h: int, w: int) -> Canvas:
     horizon = rng.uniform(0.2, 0.45)
-    sky = _vgrad(h, w, _jitter(rng, (0.72, 0.76, 0.82), 0.05), _jitter(rng, (0.88, 0.9, 0.93), 0.03))
+    sky = _vgrad(
+        h, w, _jitter(rng, (0.72, 0.76, 0.82), 0.05), _jitter(rng, (0.88, 0.9, 0.93), 0.03)
+    )
     drifts = _fractal(rng, h, w, 3)
     snow = np.clip(0.82 + 0.18 * drifts, 0, 1)[..., None] * _jitter(rng, (0.93, 0.96, 1.0), 0.03)
     img = _ground(sky.copy(), horizon, snow)
@@ -199,7 +201,9 @@ def _rain(rng: np.random.Generator, h: int, w: int) -> Canvas:
 
 def _night(rng: np.random.Generator, h: int, w: int) -> Canvas:
     yy, xx = _coords(h, w)
-    sky = _vgrad(h, w, _jitter(rng, (0.01, 0.02, 0.08), 0.02), _jitter(rng, (0.05, 0.08, 0.2), 0.03))
+    sky = _vgrad(
+        h, w, _jitter(rng, (0.01, 0.02, 0.08), 0.02), _jitter(rng, (0.05, 0.08, 0.2), 0.03)
+    )
     img = sky.copy()
     stars = rng.random((h, w)) < rng.uniform(0.005, 0.02)
     img[stars] = rng.uniform(0.7, 1.0)

@@ -31,7 +31,9 @@ def export_world(
         folder = out / "foregrounds" / c
         folder.mkdir(parents=True, exist_ok=True)
         for i in sil.indices(split, c)[:per_class]:
-            img, _ = paint_silhouette(sil.masks[i], rng_for(seed, "export", int(i)), fg_size, False, 0)
+            img, _ = paint_silhouette(
+                sil.masks[i], rng_for(seed, "export", int(i)), fg_size, False, 0
+            )
             img.save(folder / f"{i:05d}.png")
     for b in BACKGROUNDS:
         folder = out / "backgrounds" / b
@@ -57,7 +59,10 @@ def preview_sheet(out: str | Path, size: int = 64, columns: int = 8, seed: int =
     """One row per background kind (``columns`` seeds each) and one row of painted animals."""
     rows = [
         np.concatenate(
-            [render_background(b, derive_seed(seed, "preview", b, k), size) for k in range(columns)],
+            [
+                render_background(b, derive_seed(seed, "preview", b, k), size)
+                for k in range(columns)
+            ],
             axis=1,
         )
         for b in BACKGROUNDS

@@ -1,0 +1,178 @@
+"""Your own folders, and what happens with bad files in them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tree_digest
+from dreamshift import dataset as ds
+from dreamshift.cli import main
+from dreamshift.errors import BadInputError
+from dreamshift.seeding import rng_for
+from dreamshift.sources import FolderBackgrounds, FolderForegrounds
+
+
+@pytest.fixture
+def folders(world_folders, tmp_path) -> tuple[Path, Path]:
+    fg, bg = tmp_path / "fg", tmp_path / "bg"
+    for c in ("bear", "cat"):
+        shutil.copytree(world_folders / "foregrounds" / c, fg / c)
+    for b in ("grass", "water"):
+        shutil.copytree(world_folders / "backgrounds" / b, bg / b)
+    return fg, bg
+
+
+def _compose(fg: Path, bg: Path, out: Path, *extra: str) -> int:
+    return main([
+        "compose", "--out", str(out), "--foregrounds", str(fg), "--backgrounds", str(bg),
+        "--train-size", "40", "--val-per-group", "0", "--test-per-group", "10",
+        "--anti-per-group", "0", "--shard-size", "16", "--no-progress", *extra,
+    ])  # fmt: skip
+
+
+def test_folders_compose_like_the_world(folders, tmp_path):
+    fg, bg = folders
+    assert _compose(fg, bg, tmp_path / "out") == 0
+    rows = ds.read_manifest(tmp_path / "out").to_pylist()
+    assert {r["fg_class"] for r in rows} == {"bear", "cat"}
+    assert {r["bg_class"] for r in rows} == {"grass", "water"}
+    assert all(r["status"] == "ok" for r in rows)
+    assert all((fg / r["fg_source"]).is_file() and (bg / r["bg_source"]).is_file() for r in rows)
+    train = {r["fg_source"] for r in rows if r["split"] == "train"}
+    test = {r["fg_source"] for r in rows if r["split"] == "test"}
+    assert train and test and not train & test  # held-out cut-out files
+
+
+def test_image_with_a_mask_file(folders, tmp_path):
+    fg, _ = folders
+    src = next((fg / "cat").glob("*.png"))
+    rgba = Image.open(src)
+    rgba.convert("RGB").save(fg / "cat" / "photo.jpg")
+    rgba.getchannel("A").save(fg / "cat" / "photo.mask.png")
+    source = FolderForegrounds(fg)
+    assert "cat/photo.mask.png" not in source.files["cat"]
+    cut, mask_id, _ = source.cutout("cat/photo.jpg", rng_for(0), 30, False, 0)
+    assert mask_id == "cat/photo.mask.png" and max(cut.size) == 30
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("zero.png", b"", "zero-byte"),
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "corrupt"),
+        ("notes.txt", b"just some notes\n", "not an image"),
+    ],
+)
+def test_bad_foreground_file_raises_naming_it(folders, name, content, message):
+    fg, _ = folders
+    (fg / "cat" / name).write_bytes(content)
+    with pytest.raises(BadInputError, match=rf"{name}.*{message}|{message}.*{name}"):
+        FolderForegrounds(fg, share_across_splits=True).cutout(f"cat/{name}", rng_for(0), 30, 0, 0)
+
+
+def test_mask_of_the_wrong_size_raises_naming_both_files(folders):
+    fg, _ = folders
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(fg / "cat" / "red.jpg")
+    Image.new("L", (20, 20), 255).save(fg / "cat" / "red.mask.png")
+    with pytest.raises(
+        BadInputError, match=r"red\.mask\.png is 20x20 but its image .*red\.jpg is 40x30"
+    ):
+        FolderForegrounds(fg).cutout("cat/red.jpg", rng_for(0), 30, False, 0)
+
+
+def test_image_without_alpha_or_mask_raises(folders):
+    fg, _ = folders
+    Image.new("RGB", (40, 30)).save(fg / "cat" / "plain.jpg")
+    with pytest.raises(BadInputError, match=r"plain\.jpg has no alpha channel"):
+        FolderForegrounds(fg).cutout("cat/plain.jpg", rng_for(0), 30, False, 0)
+
+
+def test_bad_background_file_raises_naming_it(folders):
+    _, bg = folders
+    (bg / "water" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(BadInputError, match=r"broken\.png"):
+        FolderBackgrounds(bg).image("water/broken.png", 64)
+
+
+def test_batch_run_records_bad_samples_and_makes_the_rest(folders, tmp_path, capsys):
+    fg, bg = folders
+    (fg / "cat" / "zero.png").write_bytes(b"")
+    (fg / "cat" / "notes.txt").write_text("not an image")
+    Image.new("RGB", (40, 30)).save(fg / "cat" / "wrong.jpg")
+    Image.new("L", (10, 10), 255).save(fg / "cat" / "wrong.mask.png")
+    (bg / "grass" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "out"
+    status = _compose(fg, bg, out, "--share-foregrounds")
+    assert status == 1  # some samples failed
+    rows = ds.read_manifest(out).to_pylist()
+    failed = [r for r in rows if r["status"] == "failed"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    bad_fg = {"cat/zero.png", "cat/notes.txt", "cat/wrong.jpg"}
+    assert {r["fg_source"] for r in failed if r["fg_source"] in bad_fg} == bad_fg
+    for r in failed:
+        assert r["path"] is None and r["sha256"] is None
+        culprits = {r["fg_source"], r["bg_source"]} & (bad_fg | {"grass/broken.png"})
+        assert any(Path(c).name in r["error"] for c in culprits)
+    for r in rows:
+        bad = r["fg_source"] in bad_fg or r["bg_source"] == "grass/broken.png"
+        assert (r["status"] == "failed") == bad
+    assert len(ok) > len(failed) > 0
+    assert all((out / r["path"]).is_file() for r in ok)
+    meta = ds.read_dataset_json(out)
+    assert meta["complete"] and meta["num_failed"] == len(failed)
+    capsys.readouterr()
+    assert main(["info", str(out), "--failed"]) == 0
+    listed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("failed ")]
+    assert len(listed) == len(failed)
+
+
+def test_empty_class_folder_stops_before_writing(folders, tmp_path, capsys):
+    fg, bg = folders
+    (fg / "dog").mkdir()
+    assert _compose(fg, bg, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"{fg / 'dog'} is empty" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_files_for_held_out_splits_says_what_to_do(folders, tmp_path, capsys):
+    fg, bg = folders
+    for p in sorted((fg / "cat").glob("*.png"))[2:]:
+        p.unlink()
+    assert _compose(fg, bg, tmp_path / "out") == 2
+    assert "--share-foregrounds" in capsys.readouterr().err
+    assert _compose(fg, bg, tmp_path / "out", "--share-foregrounds") == 0
+
+
+def test_unknown_background_name_is_a_clear_error(folders, tmp_path, capsys):
+    fg, bg = folders
+    assert _compose(fg, bg, tmp_path / "out", "--assign", "bear=lava") == 2
+    assert "lava" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_failed_run_into_an_existing_dataset_changes_nothing(folders, tmp_path):
+    fg, bg = folders
+    out = tmp_path / "out"
+    assert _compose(fg, bg, out) == 0
+    before = tree_digest(out, exclude_suffixes=())
+    (fg / "dog").mkdir()
+    assert _compose(fg, bg, out) == 2  # empty folder
+    shutil.rmtree(fg / "dog")
+    assert _compose(fg, bg, out, "--seed", "3") == 2  # other config, same --out
+    assert tree_digest(out, exclude_suffixes=()) == before
+
+
+def test_foreign_folder_is_not_overwritten(folders, tmp_path, capsys):
+    fg, bg = folders
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert _compose(fg, bg, out) == 2
+    assert "not a dreamshift dataset" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep me"
+    assert np.array_equal(sorted(p.name for p in out.iterdir()), ["mine.txt"])

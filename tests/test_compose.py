@@ -1,0 +1,196 @@
+"""compose: determinism, shift recipes, manifest schema, dataset.json, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import small_config, tree_digest
+from dreamshift import dataset as ds
+from dreamshift.compose import compose, compose_image, plan_samples, resolve
+from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.errors import DreamshiftError
+from dreamshift.world import animals
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "ds"
+    result = compose(small_config(), root, progress=False)
+    assert result.num_failed == 0
+    return root
+
+
+def test_same_config_gives_identical_bytes_whatever_the_worker_count(small_dataset, tmp_path):
+    again = tmp_path / "again"
+    compose(small_config(), again, workers=2, progress=False)
+    assert tree_digest(again) == tree_digest(small_dataset)
+
+
+def test_a_different_seed_changes_the_pixels(small_dataset, tmp_path):
+    other = tmp_path / "other"
+    compose(small_config(seed=1), other, progress=False)
+    a = ds.read_manifest(small_dataset).column("sha256").to_pylist()
+    b = ds.read_manifest(other).column("sha256").to_pylist()
+    assert not set(a) & set(b)
+
+
+def test_group_counts_follow_rho_and_balance(small_dataset):
+    rows = ds.read_manifest(small_dataset).to_pylist()
+    meta = ds.read_dataset_json(small_dataset)
+    assigned = meta["assignment"]
+    assert assigned == {"bear": "grass", "cat": "water", "dog": "snow"}
+    train = [r for r in rows if r["split"] == "train"]
+    per_class = Counter(r["fg_class"] for r in train)
+    assert per_class == {"bear": 10, "cat": 10, "dog": 10}
+    on_own = Counter(r["fg_class"] for r in train if r["bg_class"] == assigned[r["fg_class"]])
+    assert on_own == {"bear": 8, "cat": 8, "dog": 8}  # round(0.8 * 10)
+    assert all(r["aligned"] == (r["bg_class"] == assigned[r["fg_class"]]) for r in rows)
+    off = Counter((r["fg_class"], r["bg_class"]) for r in train if not r["aligned"])
+    assert sorted(off.values()) == [1] * 6  # the 2 others spread over 2 backgrounds
+    for split, per_group in (("val", 1), ("test", 2)):
+        groups = Counter((r["fg_class"], r["bg_class"]) for r in rows if r["split"] == split)
+        assert len(groups) == 9 and set(groups.values()) == {per_group}
+    anti = Counter((r["fg_class"], r["bg_class"]) for r in rows if r["split"] == "anti")
+    assert len(anti) == 6 and all(assigned[c] != b for c, b in anti)
+    # dataset.json's group counts are the manifest's
+    for split in ("train", "val", "test", "anti"):
+        counted = Counter((r["fg_class"], r["bg_class"]) for r in rows if r["split"] == split)
+        recorded = {
+            (c, b): n for c, bs in meta["splits"][split]["groups"].items() for b, n in bs.items()
+        }
+        assert recorded == dict(counted)
+        assert meta["splits"][split]["num_samples"] == sum(counted.values())
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.95, 1.0])
+def test_train_alignment_is_exactly_rho(rho):
+    run = resolve(small_config(recipe=ShiftRecipe(rho=rho, train_size=300)))
+    train = [s for s in plan_samples(run) if s.split == "train"]
+    assert len(train) == 300
+    assert sum(s.aligned for s in train) == 3 * round(rho * 100)
+
+
+def test_manifest_schema_and_files(small_dataset):
+    table = pq.read_table(small_dataset / "manifest.parquet")
+    assert table.schema.equals(ds.MANIFEST_SCHEMA)
+    rows = table.to_pylist()
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+    assert len({r["sample_id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert r["status"] == "ok" and r["error"] is None and r["pipeline"] == "paste"
+        data = (small_dataset / r["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == r["sha256"]
+        assert Image.open(small_dataset / r["path"]).size == (64, 64) == (r["width"], r["height"])
+        assert r["box_x"] >= 0 and r["box_x"] + r["box_w"] <= 64
+        assert r["box_y"] >= 0 and r["box_y"] + r["box_h"] <= 64
+        assert 0.3 <= r["scale"] <= 0.5
+        assert r["fg_source"].startswith("animal-mnist:") and r["bg_source"].startswith("world:")
+        assert set(json.loads(r["appearance"])) >= {"texture", "colour", "flip", "rotation"}
+    shards = sorted((small_dataset / "shards").glob("*.done"))
+    assert len(shards) == -(-len(rows) // 8)
+    assert all(json.loads(p.read_text())["failed"] == 0 for p in shards)
+
+
+def test_test_shapes_were_never_seen_in_training(small_dataset):
+    sil = animals.load_silhouettes()
+    rows = ds.read_manifest(small_dataset).to_pylist()
+
+    def shapes(splits):
+        return {
+            sil.masks[int(r["fg_source"].split(":")[1])].tobytes()
+            for r in rows
+            if r["split"] in splits
+        }
+
+    assert not shapes({"train"}) & shapes({"test", "anti", "val"})
+
+
+def test_dataset_json_contents(small_dataset):
+    meta = json.loads((small_dataset / "dataset.json").read_text())
+    assert meta["schema_version"] == ds.SCHEMA_VERSION
+    assert meta["complete"] is True and meta["num_failed"] == 0
+    assert meta["classes"] == ["bear", "cat", "dog"]
+    assert meta["backgrounds"] == ["grass", "water", "snow"]
+    assert meta["label_maps"]["bg_class"] == {"grass": 0, "water": 1, "snow": 2}
+    cfg = ComposeConfig.from_dict(meta["config"])
+    assert cfg == resolve(small_config()).cfg  # the resolved config round-trips
+    assert meta["num_samples"] == ds.read_manifest(small_dataset).num_rows
+    assert set(meta["versions"]) >= {"dreamshift", "numpy", "pillow", "pyarrow"}
+
+
+def test_center_position_and_feather():
+    run = resolve(small_config(placement=Placement(position="center", feather=1.5, max_rotation=0)))
+    spec = plan_samples(run)[0]
+    img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
+    assert img.size == (64, 64)
+    assert abs(2 * fields["box_x"] + fields["box_w"] - 64) <= 1
+    assert abs(2 * fields["box_y"] + fields["box_h"] - 64) <= 1
+
+
+def test_rerun_of_a_finished_dataset_does_nothing_and_a_new_config_is_refused(small_dataset):
+    before = tree_digest(small_dataset, exclude_suffixes=())
+    result = compose(small_config(), small_dataset, progress=False)
+    assert result.shards_run == 0
+    with pytest.raises(DreamshiftError, match="different config"):
+        compose(small_config(seed=5), small_dataset, progress=False)
+    assert tree_digest(small_dataset, exclude_suffixes=()) == before
+
+
+def test_unknown_names_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(DreamshiftError, match=r"unknown background name \['lava'\]"):
+        compose(small_config(background_names=("grass", "lava")), tmp_path / "a")
+    with pytest.raises(DreamshiftError, match=r"unknown class \['unicorn'\]"):
+        compose(small_config(classes=("bear", "unicorn")), tmp_path / "b")
+    bad = replace(small_config().recipe, assignment=(("bear", "lava"),))
+    with pytest.raises(DreamshiftError, match="lava"):
+        compose(small_config(recipe=bad), tmp_path / "c")
+    assert not any(tmp_path.iterdir())
+
+
+COMPOSE_ARGS = [
+    "--classes", "bear,cat,dog,cow", "--background-names", "grass,water,snow,night",
+    "--train-size", "400", "--test-per-group", "4", "--val-per-group", "1",
+    "--anti-per-group", "1", "--shard-size", "16", "--size", "96", "--no-progress",
+]  # fmt: skip
+
+
+def _compose_cmd(out):
+    return [sys.executable, "-m", "dreamshift.cli", "compose", "--out", str(out), *COMPOSE_ARGS]
+
+
+@pytest.mark.parametrize("kill_after_done_shards", [1, 7])
+def test_resume_after_sigkill_is_byte_identical(tmp_path, kill_after_done_shards):
+    reference = tmp_path / "reference"
+    subprocess.run(_compose_cmd(reference), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_compose_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((killed / "shards").glob("*.done"))) >= kill_after_done_shards:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "manifest.parquet").exists()
+    done_before = len(list((killed / "shards").glob("*.done")))
+    assert done_before >= kill_after_done_shards
+
+    resumed = subprocess.run(_compose_cmd(killed), capture_output=True, text=True, check=True)
+    shards_run = int(resumed.stdout.split("failed, ")[1].split(" shards")[0])
+    total = len(list((reference / "shards").glob("*.done")))
+    assert shards_run == total - done_before  # finished shards were not redone
+    assert tree_digest(killed) == tree_digest(reference)
