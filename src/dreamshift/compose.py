@@ -36,7 +36,7 @@ import dreamshift
 from dreamshift import dataset as ds
 from dreamshift.config import ComposeConfig
 from dreamshift.errors import DreamshiftError
-from dreamshift.images import encode_png, sha256_bytes, write_atomic
+from dreamshift.images import encode_png, flush_to_disk, sha256_bytes
 from dreamshift.seeding import derive_seed, rng_for
 from dreamshift.sources import (
     BackgroundSource,
@@ -153,6 +153,11 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
     chash = cfg.content_hash()
     assigned = dict(cfg.recipe.assignment)
     specs: list[SampleSpec] = []
+    candidates = {
+        (split, c): fg.candidates(FOREGROUND_SPLIT[split], c)
+        for split in SPLITS
+        for c in cfg.classes
+    }
     for split, pairs in plan_groups(cfg).items():
         order = rng_for(cfg.seed, "order", split).permutation(len(pairs))
         for j in order:
@@ -160,11 +165,12 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
             index = len(specs)
             sample_id = f"{chash}-{index:07d}"
             seed = derive_seed(cfg.seed, sample_id)
-            candidates = fg.candidates(FOREGROUND_SPLIT[split], c)
-            if not candidates:
+            choices = candidates[split, c]
+            if not choices:
                 raise DreamshiftError(f"class {c!r} has no foregrounds in the {split} split")
-            fg_id = candidates[int(rng_for(seed, "fg").integers(len(candidates)))]
-            bg_id = bg.choose(b, rng_for(seed, "bg"))
+            rng = rng_for(seed, "plan")
+            fg_id = choices[int(rng.integers(len(choices)))]
+            bg_id = bg.choose(b, rng)
             specs.append(
                 SampleSpec(index, sample_id, split, c, b, assigned[c] == b, seed, fg_id, bg_id)
             )
@@ -246,18 +252,20 @@ def run_shard(run: Resolved, root: Path, shard: int, specs: list[SampleSpec]) ->
     layout = ds.DatasetLayout(root)
     folder = layout.shard_dir(shard)
     folder.mkdir(parents=True, exist_ok=True)
+    rel_folder = folder.relative_to(root).as_posix()
     rows = []
     for spec in specs:
         row = _row(spec)
         try:
             img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
             data = encode_png(img)
-            path = folder / f"{spec.sample_id}.png"
-            write_atomic(path, data)
+            rel_path = f"{rel_folder}/{spec.sample_id}.png"
+            with open(root / rel_path, "wb") as f:  # the shard is redone unless marked done
+                f.write(data)
             row.update(fields)
             row.update(
                 status=ds.OK,
-                path=path.relative_to(root).as_posix(),
+                path=rel_path,
                 sha256=sha256_bytes(data),
                 width=img.width,
                 height=img.height,
@@ -265,6 +273,7 @@ def run_shard(run: Resolved, root: Path, shard: int, specs: list[SampleSpec]) ->
         except Exception as exc:  # a batch run records the failure and goes on
             row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
         rows.append(row)
+    flush_to_disk()  # images durable before the rows and the marker that vouch for them
     failures = sum(r["status"] == ds.FAILED for r in rows)
     stats = {
         "shard": shard,

@@ -25,5 +25,5 @@ def derive_seed(*parts: object) -> int:
 
 
 def rng_for(*parts: object) -> np.random.Generator:
-    """A numpy generator seeded by :func:`derive_seed` of ``parts``."""
-    return np.random.default_rng(derive_seed(*parts))
+    """A numpy generator (PCG64) seeded by :func:`derive_seed` of ``parts``."""
+    return np.random.Generator(np.random.PCG64(derive_seed(*parts)))
