@@ -64,8 +64,9 @@ def test_config_file_with_flag_override(tmp_path):
     cfg = ds.read_dataset_json(out)["config"]
     assert cfg["recipe"]["train_size"] == 4 and cfg["recipe"]["rho"] == 1.0
     assert cfg["placement"]["position"] == "center"
-    (tmp_path / "bad.yaml").write_text("colours: [red]\n")
-    assert main(["compose", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
+    for bad in ("colours: [red]\n", "recipe: {rho: high}\n", "placement: {angle: 3}\n", "- 1\n"):
+        (tmp_path / "bad.yaml").write_text(bad)
+        assert main(["compose", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
 
 
 def test_info_counts_per_split_and_group(cli_dataset, capsys):

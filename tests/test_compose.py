@@ -166,23 +166,29 @@ COMPOSE_ARGS = [
 ]  # fmt: skip
 
 
-def _compose_cmd(out):
-    return [sys.executable, "-m", "dreamshift.cli", "compose", "--out", str(out), *COMPOSE_ARGS]
+def _compose_cmd(out, workers=1):
+    return [
+        sys.executable, "-m", "dreamshift.cli", "compose", "--out", str(out), *COMPOSE_ARGS,
+        "--workers", str(workers),
+    ]  # fmt: skip
 
 
-@pytest.mark.parametrize("kill_after_done_shards", [1, 7])
-def test_resume_after_sigkill_is_byte_identical(tmp_path, kill_after_done_shards):
+@pytest.mark.parametrize(("kill_after_done_shards", "workers"), [(1, 1), (7, 1), (3, 2)])
+def test_resume_after_sigkill_is_byte_identical(tmp_path, kill_after_done_shards, workers):
     reference = tmp_path / "reference"
     subprocess.run(_compose_cmd(reference), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_compose_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _compose_cmd(killed, workers), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list((killed / "shards").glob("*.done"))) >= kill_after_done_shards:
             break
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed / "manifest.parquet").exists()

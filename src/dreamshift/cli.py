@@ -116,12 +116,17 @@ def _compose_config(args: argparse.Namespace) -> Any:
     def given(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if v is not None}
 
-    return replace(
+    cfg = replace(
         cfg,
         **given(top),
         placement=replace(cfg.placement, **given(place)),
         recipe=replace(cfg.recipe, **given(recipe)),
     )
+    try:
+        cfg.check()
+    except (TypeError, ValueError) as exc:  # e.g. a string where the YAML needs a number
+        raise DreamshiftError(f"invalid compose config ({exc}): check {args.config}") from exc
+    return cfg
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
