@@ -62,6 +62,9 @@ def paint_silhouette(
     k = box_side / max(ch, cw)
     w, h = max(1, round(cw * k)), max(1, round(ch * k))
     alpha = Image.fromarray(crop).resize((w, h), Image.Resampling.BICUBIC)
+    gain = min(4.0, max(1.0, k / 2))  # sharpen edges blurred by upscaling the 28x28 mask
+    if gain > 1:
+        alpha = alpha.point([min(255, max(0, round((v - 128) * gain + 128))) for v in range(256)])
 
     texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
     c1, c2 = _colour(rng), _colour(rng)
