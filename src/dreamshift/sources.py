@@ -170,12 +170,15 @@ class FolderBackgrounds:
 
     def __init__(self, root: Path):
         self.root = root
-        self.files = _label_folders(root, "background")
+        self.files = {
+            label: [f.relative_to(root).as_posix() for f in files]
+            for label, files in _label_folders(root, "background").items()
+        }
         self.names = tuple(self.files)
 
     def choose(self, name: str, rng: np.random.Generator) -> str:
         files = self.files[name]
-        return files[int(rng.integers(len(files)))].relative_to(self.root).as_posix()
+        return files[int(rng.integers(len(files)))]
 
     def image(self, source_id: str, size: int) -> Image.Image:
         img = load_image(self.root / source_id, "RGB")
