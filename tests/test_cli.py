@@ -56,14 +56,14 @@ def test_config_file_with_flag_override(tmp_path):
     (tmp_path / "run.yaml").write_text(
         "classes: [bear, cat]\nbackground_names: [grass, water]\n"
         "recipe: {rho: 1.0, train_size: 8, val_per_group: 0, test_per_group: 1,"
-        " anti_per_group: 0}\nplacement: {position: center}\n"
+        " anti_per_group: 0}\nplacement: {position: center, scale: 0.25}\n"
     )
     out = tmp_path / "ds"
     argv = ["compose", "--config", str(tmp_path / "run.yaml"), "--out", str(out)]
     assert main([*argv, "--train-size", "4", "--no-progress"]) == 0
     cfg = ds.read_dataset_json(out)["config"]
     assert cfg["recipe"]["train_size"] == 4 and cfg["recipe"]["rho"] == 1.0
-    assert cfg["placement"]["position"] == "center"
+    assert cfg["placement"]["position"] == "center" and cfg["placement"]["scale"] == [0.25, 0.25]
     for bad in ("colours: [red]\n", "recipe: {rho: high}\n", "placement: {angle: 3}\n", "- 1\n"):
         (tmp_path / "bad.yaml").write_text(bad)
         assert main(["compose", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dreamshift.errors import DreamshiftError
@@ -100,8 +100,11 @@ class ComposeConfig:
         if unknown:
             raise DreamshiftError(f"unknown compose config keys: {sorted(unknown)}")
         d = dict(d)
-        d["placement"] = Placement(**{**d.get("placement", {})})
-        d["placement"] = replace(d["placement"], scale=tuple(d["placement"].scale))
+        place = dict(d.get("placement", {}))
+        if "scale" in place:  # a number or [min, max]
+            scale = place["scale"]
+            place["scale"] = (scale, scale) if isinstance(scale, int | float) else tuple(scale)
+        d["placement"] = Placement(**place)
         rec = dict(d.get("recipe", {}))
         rec["assignment"] = tuple(tuple(p) for p in rec.get("assignment", ()))
         d["recipe"] = ShiftRecipe(**rec)
