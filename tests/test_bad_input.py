@@ -176,3 +176,33 @@ def test_foreign_folder_is_not_overwritten(folders, tmp_path, capsys):
     assert "not a dreamshift dataset" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "keep me"
     assert np.array_equal(sorted(p.name for p in out.iterdir()), ["mine.txt"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--background-names", "grass,grass,water"], "more than once"),
+        (["--classes", "bear,bear"], "more than once"),
+        (["--assign", "bear=grass,bear=water"], "more than one background"),
+    ],
+)
+def test_repeated_names_are_refused(folders, tmp_path, capsys, flags, message):
+    fg, bg = folders
+    assert _compose(fg, bg, tmp_path / "out", *flags) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_a_clear_error(folders, tmp_path, capsys):
+    fg, bg = folders
+    (tmp_path / "file").write_text("x")
+    assert _compose(fg, bg, tmp_path / "file") == 2
+    assert "not a dreamshift dataset" in capsys.readouterr().err
+
+
+def test_run_killed_while_writing_its_first_metadata_resumes(folders, tmp_path):
+    fg, bg = folders
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dataset.json.tmp").write_text('{"partial')  # what a kill before os.replace leaves
+    assert _compose(fg, bg, out) == 0
+    assert not (out / "dataset.json.tmp").exists()

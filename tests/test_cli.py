@@ -64,9 +64,28 @@ def test_config_file_with_flag_override(tmp_path):
     cfg = ds.read_dataset_json(out)["config"]
     assert cfg["recipe"]["train_size"] == 4 and cfg["recipe"]["rho"] == 1.0
     assert cfg["placement"]["position"] == "center" and cfg["placement"]["scale"] == [0.25, 0.25]
-    for bad in ("colours: [red]\n", "recipe: {rho: high}\n", "placement: {angle: 3}\n", "- 1\n"):
+    bad_configs = (
+        "colours: [red]\n",
+        "recipe: {rho: high}\n",
+        "recipe: {train_size: 5.5}\n",
+        "shard_size: 2.0\n",
+        "placement: {angle: 3}\n",
+        "- 1\n",
+    )
+    for bad in bad_configs:
         (tmp_path / "bad.yaml").write_text(bad)
         assert main(["compose", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
+
+
+def test_config_file_assignment_as_a_mapping(tmp_path):
+    (tmp_path / "run.yaml").write_text(
+        "classes: [bear, cat]\nbackground_names: [grass, water]\n"
+        "recipe: {assignment: {bear: water}, train_size: 4, val_per_group: 0,"
+        " test_per_group: 0, anti_per_group: 0}\n"
+    )
+    out = tmp_path / "ds"
+    assert main(["compose", "--config", str(tmp_path / "run.yaml"), "--out", str(out)]) == 0
+    assert ds.read_dataset_json(out)["assignment"] == {"bear": "water", "cat": "water"}
 
 
 def test_info_counts_per_split_and_group(cli_dataset, capsys):

@@ -102,6 +102,8 @@ def resolve(cfg: ComposeConfig) -> Resolved:
     classes = _pick(fg.classes, cfg.classes, "class")
     names = _pick(bg.names, cfg.background_names, "background name")
     given = dict(cfg.recipe.assignment)
+    if len(given) != len(cfg.recipe.assignment):
+        raise DreamshiftError("the assignment gives some class more than one background")
     _pick(classes, tuple(given), "class in the assignment")
     _pick(names, tuple(given.values()), "background name in the assignment")
     assignment = tuple((c, given.get(c, names[i % len(names)])) for i, c in enumerate(classes))
@@ -348,7 +350,9 @@ def compose(
         if old.get("complete"):
             failed = old.get("num_failed", 0)
             return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
-    elif root.exists() and any(root.iterdir()):
+    elif root.exists() and (
+        not root.is_dir() or {p.name for p in root.iterdir()} - {ds.DATASET_JSON + ".tmp"}
+    ):  # a run killed while writing its first dataset.json leaves only that .tmp file
         raise DreamshiftError(
             f"{root} exists and is not a dreamshift dataset: choose another --out"
         )

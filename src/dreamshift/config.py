@@ -12,6 +12,17 @@ from dreamshift.errors import DreamshiftError
 POSITIONS = ("random", "center")
 
 
+def _check_types(obj: object, ints: tuple[str, ...], numbers: tuple[str, ...]) -> None:
+    for name in ints:
+        v = getattr(obj, name)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise DreamshiftError(f"{name} = {v!r} must be a whole number")
+    for name in numbers:
+        v = getattr(obj, name)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise DreamshiftError(f"{name} = {v!r} must be a number")
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where and how a foreground cut-out is pasted.
@@ -27,6 +38,9 @@ class Placement:
     max_rotation: float = 10.0
 
     def check(self) -> None:
+        _check_types(self, (), ("feather", "max_rotation"))
+        if len(self.scale) != 2 or not all(isinstance(v, int | float) for v in self.scale):
+            raise DreamshiftError(f"scale = {self.scale!r} must be a number or [min, max]")
         lo, hi = self.scale
         if not 0.0 < lo <= hi <= 1.0:
             raise DreamshiftError(f"scale range {lo}..{hi} must satisfy 0 < min <= max <= 1")
@@ -56,6 +70,8 @@ class ShiftRecipe:
     assignment: tuple[tuple[str, str], ...] = ()
 
     def check(self) -> None:
+        counts = ("train_size", "val_per_group", "test_per_group", "anti_per_group")
+        _check_types(self, counts, ("rho",))
         if not 0.0 <= self.rho <= 1.0:
             raise DreamshiftError(f"rho = {self.rho} must lie in [0, 1]")
         for name in ("train_size", "val_per_group", "test_per_group", "anti_per_group"):
@@ -83,6 +99,11 @@ class ComposeConfig:
     shard_size: int = 256
 
     def check(self) -> None:
+        _check_types(self, ("size", "seed", "shard_size"), ())
+        for what, names in (("classes", self.classes), ("background_names", self.background_names)):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise DreamshiftError(f"{what} lists {repeated} more than once")
         if not 8 <= self.size <= 4096:
             raise DreamshiftError(f"size = {self.size}: choose a side between 8 and 4096 pixels")
         if self.shard_size < 1:
@@ -106,7 +127,9 @@ class ComposeConfig:
             place["scale"] = (scale, scale) if isinstance(scale, int | float) else tuple(scale)
         d["placement"] = Placement(**place)
         rec = dict(d.get("recipe", {}))
-        rec["assignment"] = tuple(tuple(p) for p in rec.get("assignment", ()))
+        pairs = rec.get("assignment", ())  # {class: background} or [[class, background], ...]
+        pairs = pairs.items() if isinstance(pairs, dict) else pairs
+        rec["assignment"] = tuple(tuple(p) for p in pairs)
         d["recipe"] = ShiftRecipe(**rec)
         for key in ("classes", "background_names"):
             d[key] = tuple(d.get(key, ()))

@@ -38,6 +38,8 @@ def load_image(path: Path, mode: str | None = None) -> Image.Image:
             f"{path} is not an image (expected one of {', '.join(sorted(IMAGE_SUFFIXES))}): "
             "remove it from the folder"
         ) from exc
+    except Image.DecompressionBombError as exc:
+        raise BadInputError(f"image {path} is too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInputError(f"image {path} is corrupt or truncated ({exc}): replace it") from exc
     return img.convert(mode) if mode and img.mode != mode else img
