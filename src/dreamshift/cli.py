@@ -116,17 +116,12 @@ def _compose_config(args: argparse.Namespace) -> Any:
     def given(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if v is not None}
 
-    cfg = replace(
+    return replace(
         cfg,
         **given(top),
         placement=replace(cfg.placement, **given(place)),
         recipe=replace(cfg.recipe, **given(recipe)),
-    )
-    try:
-        cfg.check()
-    except (TypeError, ValueError) as exc:  # e.g. a string where the YAML needs a number
-        raise DreamshiftError(f"invalid compose config ({exc}): check {args.config}") from exc
-    return cfg
+    )  # compose() checks it: ComposeConfig.check names any wrong type or value
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:

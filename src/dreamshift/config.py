@@ -74,7 +74,7 @@ class ShiftRecipe:
         _check_types(self, counts, ("rho",))
         if not 0.0 <= self.rho <= 1.0:
             raise DreamshiftError(f"rho = {self.rho} must lie in [0, 1]")
-        for name in ("train_size", "val_per_group", "test_per_group", "anti_per_group"):
+        for name in counts:
             if getattr(self, name) < 0:
                 raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
 
