@@ -80,17 +80,22 @@ def _add_compose(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _read_yaml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        base = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DreamshiftError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(base, dict):
+        raise DreamshiftError(f"config {path} must hold a mapping of fields")
+    return base
+
+
 def _compose_config(args: argparse.Namespace) -> Any:
     from dreamshift.config import ComposeConfig
 
-    base: dict[str, Any] = {}
-    if args.config:
-        try:
-            base = yaml.safe_load(args.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise DreamshiftError(f"cannot read config {args.config}: {exc}") from exc
-        if not isinstance(base, dict):
-            raise DreamshiftError(f"config {args.config} must hold a mapping of fields")
+    base = _read_yaml(args.config)
     try:
         cfg = ComposeConfig.from_dict(base)
     except TypeError as exc:
@@ -142,6 +147,108 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _add_dream(sub: Any) -> None:
+    p = sub.add_parser(
+        "dream",
+        help="diffusion img2img/txt2img from a composed dataset (or paste: copy the guides)",
+        description="Turn a composed dataset of guides into a dreamed one with a diffusers "
+        "Stable Diffusion model (D3S img2img, or txt2img as ImageNet-G). Every image has its "
+        "own seed and full provenance in the manifest. Run the same command again to "
+        "continue an interrupted run; add --retry-failed to redo failed samples.",
+    )
+    p.add_argument("source", help="composed dataset directory")
+    p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
+    p.add_argument("--config", type=Path, help="YAML file of DreamConfig fields (flags win)")
+    p.add_argument("--mode", choices=["img2img", "txt2img", "paste"], help="(img2img)")
+    p.add_argument("--model", help="diffusers Stable Diffusion folder or hub id")
+    p.add_argument("--prompts", help="recipe: d3s (default), imagenet-g, or a YAML file")
+    p.add_argument("--negative-prompt", help="overrides the recipe's negative prompt")
+    p.add_argument("--scheduler", help="model (default), ddim, euler, euler-a, dpm++, lcm")
+    p.add_argument("--steps", type=int, help="denoising steps (30)")
+    p.add_argument("--strength", type=float, help="img2img noise strength in (0, 1] (0.8)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (7.5)")
+    p.add_argument("--width", type=int, help="output width (default: the guides')")
+    p.add_argument("--height", type=int, help="output height (default: the guides')")
+    p.add_argument("--splits", type=_names, help="comma-separated splits to dream (all)")
+    p.add_argument("--seed", type=int, help="run seed (0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="(auto)")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="(auto: float16 on CUDA, else float32)")  # fmt: skip
+    p.add_argument("--threads", type=int, help="torch threads per worker on a CPU "
+                   "(cores / workers); recorded, as results depend on it")  # fmt: skip
+    p.add_argument("--no-batch-invariant", action="store_true",
+                   help="let the networks see whole batches: faster on a GPU, but pixels "
+                   "then depend on the batch (to within float rounding)")  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (1)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    p.add_argument("--shard-size", type=int, help="images per shard folder (64)")
+    p.add_argument("--retry-failed", action="store_true", help="redo the failed samples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _dream_config(args: argparse.Namespace) -> Any:
+    from dreamshift.config import DreamConfig
+
+    base = _read_yaml(args.config)
+    base["source"] = args.source
+    try:
+        cfg = DreamConfig.from_dict(base)
+    except TypeError as exc:
+        raise DreamshiftError(f"config {args.config}: {exc}") from exc
+    names = [
+        "mode", "model", "prompts", "negative_prompt", "scheduler", "steps", "strength",
+        "guidance_scale", "width", "height", "splits", "seed", "device", "dtype", "threads",
+        "shard_size",
+    ]  # fmt: skip
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.no_batch_invariant:
+        given["batch_invariant"] = False
+    if args.compile:
+        given["compile"] = True
+    return replace(cfg, **given)
+
+
+def _cmd_dream(args: argparse.Namespace) -> int:
+    from dreamshift.dream.runner import dream
+
+    result = dream(
+        _dream_config(args), args.out, workers=args.workers, batch_size=args.batch_size,
+        retry_failed=args.retry_failed, progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"dreamed {result.num_samples} samples ({result.num_failed} failed, "
+        f"{result.num_flagged} flagged, {result.shards_run} shards run) in "
+        f"{result.seconds:.1f} s: {result.root}"
+    )
+    if result.num_flagged:
+        print(f"{result.num_flagged} images are flagged (black or blank); they have status "
+              "'flagged' and the reason in 'flag'", file=sys.stderr)  # fmt: skip
+    if result.num_failed:
+        print(
+            f"{result.num_failed} samples failed: see `dreamshift info {result.root} --failed`; "
+            "fix the cause and run the same command with --retry-failed",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_regenerate(args: argparse.Namespace) -> int:
+    from dreamshift.dream.runner import regenerate
+
+    if not args.sample_ids and not args.all:
+        raise DreamshiftError("name SAMPLE_IDs to regenerate, or pass --all")
+    results = regenerate(args.dataset, args.sample_ids or None, args.model, args.out)
+    for r in results:
+        state = {True: "match", False: "MISMATCH", None: "skipped"}[r.match]
+        print(f"{state} {r.sample_id}: {r.detail}")
+    bad = sum(r.match is False for r in results)
+    same = sum(r.match is True for r in results)
+    print(f"{same} of {len(results)} regenerated identically, {bad} differ")
+    return 1 if bad else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -204,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_compose(sub)
     sub.choices["compose"].set_defaults(func=_cmd_compose)
+
+    _add_dream(sub)
+    sub.choices["dream"].set_defaults(func=_cmd_dream)
+
+    regen = sub.add_parser(
+        "regenerate", help="remake dreamed samples from their manifest rows and compare"
+    )
+    regen.add_argument("dataset", type=Path)
+    regen.add_argument("sample_ids", nargs="*", metavar="SAMPLE_ID")
+    regen.add_argument("--all", action="store_true", help="every sample of the dataset")
+    regen.add_argument("--model", help="where the model is now (default: where the run found it)")
+    regen.add_argument("--out", type=Path, help="also write the remade images to this folder")
+    regen.set_defaults(func=_cmd_regenerate)
 
     info = sub.add_parser("info", help="counts per split and per foreground x background group")
     info.add_argument("dataset", type=Path)

@@ -340,24 +340,10 @@ def compose(
     specs = plan_samples(run)
     shards = [specs[i : i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
     meta = _metadata(cfg, specs, len(shards))
-    if layout.json_path.exists():
-        old = ds.read_dataset_json(root)
-        if old.get("config") != meta["config"]:
-            raise DreamshiftError(
-                f"{root} holds a dataset made with a different config: choose another --out "
-                "or delete that folder"
-            )
-        if old.get("complete"):
-            failed = old.get("num_failed", 0)
-            return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
-    elif root.exists() and (
-        not root.is_dir() or {p.name for p in root.iterdir()} - {ds.DATASET_JSON + ".tmp"}
-    ):  # a run killed while writing its first dataset.json leaves only that .tmp file
-        raise DreamshiftError(
-            f"{root} exists and is not a dreamshift dataset: choose another --out"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    ds.write_json_atomic(layout.json_path, meta)
+    old = ds.prepare_output(root, meta)
+    if old is not None and old.get("complete"):
+        failed = old.get("num_failed", 0)
+        return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
 
     todo = [k for k in range(len(shards)) if not ds.shard_is_done(layout, k)]
     bar = tqdm(

@@ -140,3 +140,88 @@ class ComposeConfig:
         d = self.to_dict()
         d.pop("shard_size")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+DREAM_MODES = ("img2img", "txt2img", "paste")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    """A dream run: which guides, which model and sampler settings make the images.
+
+    ``source``: a composed dataset directory. ``mode``: ``img2img`` (D3S: guide + prompt),
+    ``txt2img`` (ImageNet-G: prompt only; the guide's labels are kept) or ``paste`` (the guide
+    copied unchanged, the no-diffusion baseline). ``prompts``: a shipped recipe name (``d3s``,
+    ``imagenet-g``) or a YAML recipe file. ``negative_prompt``: None takes the recipe's.
+    ``scheduler``: ``model`` (the checkpoint's own) or a name from
+    :data:`dreamshift.dream.models.SCHEDULERS`. ``threads``: torch threads per worker on the
+    CPU (None: cores / workers); results are bit-exact only for the same thread count, so it
+    is recorded. ``batch_invariant``: run the networks one sample at a time inside a batch, so
+    that pixels do not depend on batch size (the default; see ``dreamshift.dream.models``).
+    """
+
+    source: str
+    mode: str = "img2img"
+    model: str | None = None
+    prompts: str = "d3s"
+    negative_prompt: str | None = None
+    scheduler: str = "model"
+    steps: int = 30
+    strength: float = 0.8
+    guidance_scale: float = 7.5
+    width: int | None = None
+    height: int | None = None
+    splits: tuple[str, ...] = ()
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    batch_invariant: bool = True
+    compile: bool = False
+    shard_size: int = 64
+
+    def check(self) -> None:
+        _check_types(self, ("steps", "seed", "shard_size"), ("strength", "guidance_scale"))
+        for name in ("width", "height", "threads"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise DreamshiftError(f"{name} = {v!r} must be a whole number >= 1")
+        if self.mode not in DREAM_MODES:
+            raise DreamshiftError(f"mode {self.mode!r}: choose one of {', '.join(DREAM_MODES)}")
+        if self.mode != "paste" and not self.model:
+            raise DreamshiftError(
+                f"mode {self.mode} needs --model: a diffusers Stable Diffusion folder or hub id"
+            )
+        if self.device not in DEVICES:
+            raise DreamshiftError(f"device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise DreamshiftError(f"dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.steps < 1:
+            raise DreamshiftError(f"steps = {self.steps} must be >= 1")
+        if not 0.0 < self.strength <= 1.0:
+            raise DreamshiftError(f"strength = {self.strength} must lie in (0, 1]")
+        if self.guidance_scale < 0:
+            raise DreamshiftError(f"guidance_scale = {self.guidance_scale} must be >= 0")
+        if self.shard_size < 1:
+            raise DreamshiftError(f"shard_size = {self.shard_size} must be >= 1")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and self.mode != "paste" and v % 8:
+                raise DreamshiftError(f"{name} = {v}: Stable Diffusion needs a multiple of 8")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DreamConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise DreamshiftError(f"unknown dream config keys: {sorted(unknown)}")
+        if "source" not in d:
+            raise DreamshiftError("a dream config needs 'source': a composed dataset directory")
+        d = dict(d)
+        d["splits"] = tuple(d.get("splits", ()))
+        return cls(**d)

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 from dreamshift.errors import DreamshiftError
 from dreamshift.images import write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.parquet"
-OK, FAILED = "ok", "failed"
+OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (black)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -37,7 +37,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("sample_id", pa.string()),
         ("index", pa.int64()),
         ("split", pa.string()),
-        ("status", pa.string()),  # "ok" | "failed"
+        ("status", pa.string()),  # "ok" | "failed" | "flagged"
         ("error", pa.string()),  # why a sample failed, naming the file
         ("path", pa.string()),  # relative to the dataset directory
         ("sha256", pa.string()),
@@ -58,8 +58,24 @@ MANIFEST_SCHEMA = pa.schema(
         ("scale", pa.float64()),
         ("appearance", pa.string()),  # JSON of drawn appearance/augmentation parameters
         # generation
-        ("pipeline", pa.string()),  # "paste" for composed guides
+        ("pipeline", pa.string()),  # "paste" (guides, copies) | "img2img" | "txt2img"
         ("seed", pa.int64()),  # per-sample seed = derive_seed(run seed, sample_id)
+        ("model_id", pa.string()),  # as given: a local folder or a hub id
+        ("model_sha256", pa.string()),  # of every file of the model folder
+        ("scheduler", pa.string()),  # class name, e.g. "DDIMScheduler"
+        ("scheduler_config", pa.string()),  # JSON, enough to rebuild it with from_config
+        ("steps", pa.int32()),
+        ("strength", pa.float64()),  # img2img only
+        ("guidance_scale", pa.float64()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("prompt_template", pa.string()),  # the recipe template the prompt was filled from
+        ("guide_sample_id", pa.string()),  # the source row this sample was made from
+        ("guide_sha256", pa.string()),
+        ("runtime", pa.string()),  # JSON: device, dtype, threads, batch_invariant
+        ("versions", pa.string()),  # JSON: torch, diffusers, transformers, dreamshift, ...
+        # quality
+        ("flag", pa.string()),  # "black" | "blank" | null; such samples have status "flagged"
     ]
 )
 
@@ -116,6 +132,37 @@ def write_shard(
 
 def shard_is_done(layout: DatasetLayout, shard: int) -> bool:
     return layout.shard_done(shard).exists() and layout.shard_rows(shard).exists()
+
+
+def prepare_output(root: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Check that ``root`` is new or holds an unfinished run of the same config; write
+    ``meta`` as its dataset.json unless that run is complete. Returns the existing metadata
+    (None for a new dataset). Never touches a folder that is not a dataset of this config."""
+    layout = DatasetLayout(root)
+    if layout.json_path.exists():
+        old = read_dataset_json(root)
+        if old.get("config") != meta["config"]:
+            new_cfg, old_cfg = meta["config"], old.get("config") or {}
+            diff = sorted(
+                k for k in new_cfg.keys() | old_cfg.keys() if new_cfg.get(k) != old_cfg.get(k)
+            )
+            raise DreamshiftError(
+                f"{root} holds a dataset made with a different config (differs in {diff}): "
+                "choose another --out or delete that folder"
+            )
+        if old.get("complete"):
+            return old
+    elif root.exists() and (
+        not root.is_dir() or {p.name for p in root.iterdir()} - {DATASET_JSON + ".tmp"}
+    ):  # a run killed while writing its first dataset.json leaves only that .tmp file
+        raise DreamshiftError(
+            f"{root} exists and is not a dreamshift dataset: choose another --out"
+        )
+    else:
+        old = None
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(layout.json_path, meta)
+    return old
 
 
 def read_dataset_json(root: str | Path) -> dict[str, Any]:

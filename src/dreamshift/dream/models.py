@@ -1,0 +1,356 @@
+"""Stable Diffusion through diffusers: finding a model offline, hashing it, and generating
+images that depend only on their own seed.
+
+Any Stable Diffusion 1.x/2.x checkpoint in diffusers format works, by local folder or hub id.
+Models are never fetched silently when they cannot be: a hub id is looked up in the local
+cache first, a download is tried only when ``HF_HUB_OFFLINE`` is unset, and either failure
+ends within seconds with a message saying what was looked for and how to provide it.
+
+Reproducibility (DESIGN.md, "Seeds"): every sample gets its own ``torch.Generator`` on the CPU
+(diffusers accepts a list, one per image), so the starting noise never depends on the batch.
+Floating-point kernels do: a matrix product over 2 rows and over 8 rows may round differently,
+and on a CPU so does the thread count. With ``batch_invariant`` (the default) the UNet and the
+VAE decoder see one sample at a time inside a batch, and prompts are encoded one at a time, so
+an image is bit-identical for any batch size, batch position, worker count or resume point on
+the same hardware, thread count and library versions. On a CPU this costs nothing measurable
+(batching does not speed up these networks there); on a GPU ``--no-batch-invariant`` buys
+throughput at the price of bit-exactness (pixels then agree to within float rounding).
+
+>>> ref = locate_model("out/tiny-sd")  # doctest: +SKIP
+>>> name, config = resolve_scheduler(ref.path, "ddim")  # doctest: +SKIP
+>>> dreamer = Dreamer(ref.path, "img2img", name, config, resolve_runtime())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dreamshift.errors import DreamshiftError
+
+# name -> (diffusers scheduler class, config overrides). "model": the checkpoint's own.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "lcm": ("LCMScheduler", {}),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _quiet_libraries() -> None:
+    """diffusers and transformers log per-call warnings and progress bars; keep errors only."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    model_id: str  # as the user gave it
+    path: Path  # a local diffusers folder
+    revision: str | None  # the hub commit of a cached snapshot
+
+
+def check_model_folder(path: Path) -> None:
+    """Fail with the missing file's name unless ``path`` looks like a diffusers SD folder."""
+    if not (path / "model_index.json").is_file():
+        raise DreamshiftError(
+            f"{path} is not a diffusers model folder (no model_index.json). Convert a single "
+            "checkpoint file with StableDiffusionPipeline.from_single_file(FILE)"
+            ".save_pretrained(FOLDER) and pass --model FOLDER"
+        )
+    for comp in _COMPONENTS:
+        folder = path / comp
+        if not folder.is_dir():
+            raise DreamshiftError(f"model folder {path} lacks its {comp}/ folder")
+    tok = path / "tokenizer"
+    if (
+        not ((tok / "vocab.json").is_file() and (tok / "merges.txt").is_file())
+        and not (tok / "tokenizer.json").is_file()
+    ):
+        raise DreamshiftError(
+            f"model folder {path} has no tokenizer files (tokenizer/vocab.json and merges.txt, "
+            "or tokenizer.json): copy them from the checkpoint's repository"
+        )
+    for comp in ("unet", "vae", "text_encoder"):
+        if not any(p.suffix in (".safetensors", ".bin") for p in (path / comp).iterdir()):
+            raise DreamshiftError(
+                f"model folder {path} has no weights in {comp}/ (*.safetensors or *.bin)"
+            )
+
+
+def locate_model(model_id: str) -> ModelRef:
+    """A local folder, or a hub id found in the Hugging Face cache (or downloaded, when the
+    hub may be reached). Fails within seconds with what was looked for and what to do."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        check_model_folder(path)
+        return ModelRef(model_id, path.resolve(), None)
+    if path.exists() or not _HUB_ID.match(model_id) or model_id.startswith((".", "~")):
+        raise DreamshiftError(
+            f"--model {model_id}: no diffusers model folder at {path.resolve()} (and it is not "
+            "a hub id like 'org/name')"
+        )
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    why = ""
+    try:
+        folder = Path(snapshot_download(model_id, local_files_only=True, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        if constants.HF_HUB_OFFLINE:
+            why = "downloads are off (HF_HUB_OFFLINE=1)"
+        else:
+            try:
+                folder = Path(snapshot_download(model_id, allow_patterns=patterns))
+            except Exception as exc:  # no network, unknown repo, gated repo ...
+                why = f"the hub could not provide it ({type(exc).__name__}: {exc})"
+    if why:
+        raise DreamshiftError(
+            f"model {model_id!r} is not available: there is no folder {path.resolve()}, the "
+            f"Hugging Face cache {constants.HF_HUB_CACHE} holds no copy of it, and {why}. "
+            f"On a machine with internet run `hf download {model_id} --local-dir FOLDER`, "
+            "copy FOLDER here and pass --model FOLDER (or point HF_HOME at a cache holding it)"
+        )
+    check_model_folder(folder)
+    return ModelRef(model_id, folder, folder.name)
+
+
+def hash_model(path: Path) -> str:
+    """sha256 over every file of a model folder (relative path and content), in path order."""
+    total = hashlib.sha256()
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    for p in files:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        total.update(f"{p.relative_to(path).as_posix()}\0{h.hexdigest()}\n".encode())
+    return total.hexdigest()
+
+
+def resolve_scheduler(path: Path, name: str) -> tuple[str, dict[str, Any]]:
+    """(class name, full config) of the scheduler to use: the checkpoint's own (``model``) or
+    one of :data:`SCHEDULERS` built from the checkpoint's config (its beta schedule)."""
+    _quiet_libraries()
+    import diffusers
+
+    base_file = path / "scheduler" / "scheduler_config.json"
+    try:
+        base = json.loads(base_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DreamshiftError(f"cannot read the scheduler config {base_file}: {exc}") from exc
+    overrides: dict[str, Any] = {}
+    if name == "model":
+        cls_name = str(base.get("_class_name"))
+    elif name in SCHEDULERS:
+        cls_name, overrides = SCHEDULERS[name]
+    else:
+        raise DreamshiftError(
+            f"unknown scheduler {name!r}: choose 'model' or one of {', '.join(SCHEDULERS)}"
+        )
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None:
+        raise DreamshiftError(f"{base_file} names scheduler {cls_name!r}, unknown to diffusers")
+    scheduler = cls.from_config(base, **overrides)
+    return cls_name, {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+
+
+def resolve_runtime(
+    device: str = "auto", dtype: str = "auto", threads: int | None = None, workers: int = 1
+) -> dict[str, Any]:
+    """The device, dtype and (on a CPU) torch thread count a run uses, all spelled out."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DreamshiftError("--device cuda: torch sees no CUDA device here; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise DreamshiftError("--device mps: torch sees no MPS device here; use --device cpu")
+    if dtype == "auto":
+        dtype = "float16" if device == "cuda" else "float32"
+    runtime: dict[str, Any] = {"device": device, "dtype": dtype}
+    if device == "cpu":
+        runtime["threads"] = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    return runtime
+
+
+def _one_sample_at_a_time(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a network's forward so that every tensor argument whose first dimension is the
+    batch is fed one sample at a time, and the outputs are concatenated."""
+    import torch
+
+    def split(x: Any, n: int, i: int) -> Any:
+        return x[i : i + 1] if torch.is_tensor(x) and x.ndim and x.shape[0] == n else x
+
+    @functools.wraps(forward)
+    def wrapper(sample: Any, *args: Any, **kwargs: Any) -> Any:
+        n = sample.shape[0]
+        if n == 1:
+            return forward(sample, *args, **kwargs)
+        outs = [
+            forward(
+                sample[i : i + 1],
+                *(split(a, n, i) for a in args),
+                **{k: split(v, n, i) for k, v in kwargs.items()},
+            )
+            for i in range(n)
+        ]
+        first = outs[0]
+        if isinstance(first, tuple):
+            return (torch.cat([o[0] for o in outs]),)
+        first.sample = torch.cat([o.sample for o in outs])  # UNet/Decoder output dataclasses
+        return first
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image to make: its prompt, seed and (img2img) guide, already at the output size."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    guide: Image.Image | None = None
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """diffusers' float output in [0, 1] -> uint8, rounded as ``numpy_to_pil`` does."""
+    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+class Dreamer:
+    """A loaded Stable Diffusion pipeline that makes images from :class:`Request` batches."""
+
+    def __init__(
+        self,
+        path: Path,
+        mode: str,
+        scheduler: str,
+        scheduler_config: dict[str, Any],
+        runtime: dict[str, Any],
+        batch_invariant: bool = True,
+        compile: bool = False,
+    ):
+        _quiet_libraries()
+        import diffusers
+        import torch
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.mode = mode
+        self.device = runtime["device"]
+        if self.device == "cpu":
+            torch.set_num_threads(int(runtime["threads"]))
+        if self.device == "cuda" and batch_invariant:
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        cls = (
+            diffusers.StableDiffusionImg2ImgPipeline
+            if mode == "img2img"
+            else diffusers.StableDiffusionPipeline
+        )
+        try:
+            with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe = cls.from_pretrained(
+                    path,
+                    torch_dtype=getattr(torch, runtime["dtype"]),
+                    safety_checker=None,
+                    requires_safety_checker=False,
+                    local_files_only=True,
+                )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise DreamshiftError(f"cannot load the model in {path}: {exc}") from exc
+        if len(pipe.tokenizer) <= 2:  # transformers' stand-in for missing tokenizer files
+            raise DreamshiftError(
+                f"the tokenizer in {path / 'tokenizer'} has {len(pipe.tokenizer)} tokens: its "
+                "vocabulary files are missing or unreadable"
+            )
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(scheduler_config)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA
+        pipe.to(self.device)
+        if self.device == "cuda":
+            pipe.unet.to(memory_format=torch.channels_last)
+        unet_forward = pipe.unet.forward
+        if compile:
+            unet_forward = torch.compile(unet_forward)
+        if batch_invariant:
+            unet_forward = _one_sample_at_a_time(unet_forward)
+            pipe.vae.decode = _one_sample_at_a_time(pipe.vae.decode)
+        pipe.unet.forward = unet_forward
+        self.pipe = pipe
+        self.batch_invariant = batch_invariant
+        self._embeds: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
+
+    def _encode(self, prompt: str, negative: str, cfg: bool) -> tuple[Any, Any]:
+        key = (prompt, negative, cfg)
+        if key not in self._embeds:
+            if len(self._embeds) > 4096:
+                self._embeds.clear()
+            self._embeds[key] = self.pipe.encode_prompt(
+                prompt, self.device, 1, cfg, negative_prompt=negative or None
+            )
+        return self._embeds[key]
+
+    def generate(
+        self,
+        requests: list[Request],
+        steps: int,
+        strength: float,
+        guidance_scale: float,
+        width: int,
+        height: int,
+    ) -> list[np.ndarray]:
+        """Images as uint8 arrays (H, W, 3), one per request, each from its own seed."""
+        import torch
+
+        cfg = guidance_scale > 1.0  # diffusers applies classifier-free guidance only then
+        if self.batch_invariant:  # one prompt at a time, each encoding cached
+            embeds = [self._encode(r.prompt, r.negative_prompt, cfg) for r in requests]
+            kwargs: dict[str, Any] = {"prompt_embeds": torch.cat([e[0] for e in embeds])}
+            if cfg:
+                kwargs["negative_prompt_embeds"] = torch.cat([e[1] for e in embeds])
+        else:
+            kwargs = {
+                "prompt": [r.prompt for r in requests],
+                "negative_prompt": [r.negative_prompt for r in requests] if cfg else None,
+            }
+        kwargs.update(
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
+            output_type="np",
+        )
+        if self.mode == "img2img":
+            kwargs.update(image=[r.guide for r in requests], strength=strength)
+        else:
+            kwargs.update(width=width, height=height)
+        with torch.inference_mode():
+            images = self.pipe(**kwargs).images  # (B, H, W, 3) floats in [0, 1]
+        return list(to_uint8(np.asarray(images)))

@@ -1,0 +1,604 @@
+"""``dreamshift dream``: turn a composed dataset of guides into a dreamed one.
+
+D3S (Kattakinda et al. 2022, Sec. 3) feeds each guide, a foreground pasted on a background
+template, to Stable Diffusion's img2img with a prompt naming the class and the background;
+ImageNet-G (Bansal & Grover 2023) dreams from prompts alone (txt2img). ``paste`` copies the
+guides unchanged: the no-diffusion baseline.
+
+A run is planned in full before any image is made (prompt, seed and guide of every sample),
+then executed shard by shard like ``compose``: a shard is durable once its ``.done`` marker
+exists, a killed run continues from the unfinished shards, and a sample that raises is
+recorded as failed while the run goes on; ``retry_failed`` redoes only those. Each row holds
+everything needed to remake its image (:func:`regenerate`).
+
+>>> from dreamshift.config import DreamConfig
+>>> cfg = DreamConfig(source="out/demo/paste", model="out/tiny-sd", steps=4)
+>>> result = dream(cfg, "out/demo/dream")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import platform
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+import dreamshift
+from dreamshift import dataset as ds
+from dreamshift.config import DreamConfig
+from dreamshift.dream.models import (
+    Dreamer,
+    Request,
+    hash_model,
+    locate_model,
+    resolve_runtime,
+    resolve_scheduler,
+)
+from dreamshift.dream.prompts import load_recipe
+from dreamshift.dream.quality import quality_flag
+from dreamshift.errors import BadInputError, DreamshiftError
+from dreamshift.images import encode_png, flush_to_disk, load_image, sha256_bytes
+from dreamshift.seeding import derive_seed, rng_for
+
+# columns a dreamed row takes over from its guide: labels, and for img2img/paste the layout
+_LABELS = ("split", "fg_class", "bg_class", "aligned")
+_COMPOSITION = (
+    "fg_source", "mask_source", "bg_source", "box_x", "box_y", "box_w", "box_h", "scale",
+    "appearance",
+)  # fmt: skip
+_LIBRARIES = ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors")
+
+
+@dataclass(frozen=True)
+class DreamSpec:
+    """One planned sample: its identity, seed, prompt and the source row it is made from."""
+
+    index: int
+    sample_id: str
+    seed: int
+    prompt: str | None
+    negative_prompt: str | None
+    template: str | None
+    guide: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DreamPlan:
+    """A resolved run: every setting spelled out, and every sample planned."""
+
+    cfg: DreamConfig
+    resolved: dict[str, Any]  # model path/hash, scheduler, runtime, size, recipe, hashes
+    specs: list[DreamSpec]
+
+    @property
+    def source(self) -> Path:
+        return Path(self.cfg.source)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.resolved["width"]), int(self.resolved["height"])
+
+
+@dataclass(frozen=True)
+class DreamResult:
+    root: Path
+    num_samples: int
+    num_failed: int
+    num_flagged: int
+    shards_run: int
+    seconds: float
+
+
+def library_versions() -> dict[str, str]:
+    out = {"dreamshift": dreamshift.__version__, "python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _source_rows(cfg: DreamConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    meta = ds.read_dataset_json(cfg.source)
+    if not meta.get("complete"):
+        raise DreamshiftError(
+            f"source {cfg.source} is an unfinished dataset: run the command that made it again"
+        )
+    rows = [r for r in ds.read_manifest(cfg.source).to_pylist() if r["status"] == ds.OK]
+    present = list(dict.fromkeys(r["split"] for r in rows))
+    unknown = [s for s in cfg.splits if s not in present]
+    if unknown:
+        raise DreamshiftError(f"source {cfg.source} has no split {unknown}: it has {present}")
+    if cfg.splits:
+        rows = [r for r in rows if r["split"] in cfg.splits]
+    if not rows:
+        raise DreamshiftError(f"source {cfg.source} has no usable (status ok) samples")
+    return meta, rows
+
+
+def _output_size(cfg: DreamConfig, rows: list[dict[str, Any]]) -> tuple[int, int]:
+    sizes = {(r["width"], r["height"]) for r in rows}
+    if cfg.width and cfg.height:
+        return cfg.width, cfg.height
+    if len(sizes) > 1:
+        raise DreamshiftError(
+            f"source {cfg.source} holds images of several sizes {sorted(sizes)}: give --width "
+            "and --height"
+        )
+    w, h = sizes.pop()
+    w, h = cfg.width or w, cfg.height or h
+    if cfg.mode != "paste" and (w % 8 or h % 8):
+        raise DreamshiftError(
+            f"the source images are {w}x{h}; Stable Diffusion needs multiples of 8: give "
+            "--width and --height"
+        )
+    return w, h
+
+
+def plan_dream(cfg: DreamConfig, workers: int = 1, batch_size: int = 1) -> DreamPlan:
+    """Check and resolve ``cfg`` and plan every sample. Fails before any image is made on a
+    bad source, recipe, model or setting."""
+    cfg.check()
+    cfg = replace(cfg, source=str(Path(cfg.source).resolve()))
+    src_meta, rows = _source_rows(cfg)
+    width, height = _output_size(cfg, rows)
+    resolved: dict[str, Any] = {
+        "source_content_hash": src_meta["content_hash"],
+        "width": width,
+        "height": height,
+    }
+    recipe = None
+    if cfg.mode != "paste":
+        recipe = load_recipe(cfg.prompts)
+        recipe.check_labels(
+            sorted({r["fg_class"] for r in rows}), sorted({r["bg_class"] for r in rows})
+        )
+        assert cfg.model is not None  # DreamConfig.check
+        ref = locate_model(cfg.model)
+        scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
+        resolved.update(
+            model_path=str(ref.path),
+            model_revision=ref.revision,
+            model_sha256=hash_model(ref.path),
+            scheduler=scheduler,
+            scheduler_config=scheduler_config,
+            runtime=resolve_runtime(cfg.device, cfg.dtype, cfg.threads, workers)
+            | {"batch_invariant": cfg.batch_invariant},
+            recipe={"name": recipe.name, "file": recipe.source, "hash": recipe.content_hash()},
+            negative_prompt=(
+                cfg.negative_prompt if cfg.negative_prompt is not None else recipe.negative_prompt
+            ),
+        )
+        if not cfg.batch_invariant:  # then the batch composition decides the last bits
+            resolved["batch_size"] = batch_size
+    fingerprint = cfg.to_dict()
+    for key in ("source", "model", "prompts", "shard_size"):
+        fingerprint.pop(key)
+    fingerprint["resolved"] = {k: v for k, v in resolved.items() if k != "model_path"}
+    fingerprint["resolved"].pop("recipe", None)
+    fingerprint["recipe_hash"] = recipe.content_hash() if recipe else None
+    content_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    resolved["content_hash"] = content_hash[:12]
+
+    specs = []
+    for index, row in enumerate(rows):
+        sample_id = f"{resolved['content_hash']}-{index:07d}"
+        seed = derive_seed(cfg.seed, sample_id)
+        prompt = template = negative = None
+        if recipe is not None:
+            t = int(rng_for(seed, "template").integers(len(recipe.templates)))
+            template = recipe.templates[t]
+            prompt = recipe.render(t, row["fg_class"], row["bg_class"])
+            negative = resolved["negative_prompt"]
+        specs.append(DreamSpec(index, sample_id, seed, prompt, negative, template, row))
+    return DreamPlan(cfg, resolved, specs)
+
+
+def _metadata(plan: DreamPlan, src_meta: dict[str, Any], num_shards: int) -> dict[str, Any]:
+    groups: dict[str, dict[str, dict[str, int]]] = {}
+    for s in plan.specs:
+        g = s.guide
+        by_bg = groups.setdefault(g["split"], {}).setdefault(g["fg_class"], {})
+        by_bg[g["bg_class"]] = by_bg.get(g["bg_class"], 0) + 1
+    return {
+        "schema_version": ds.SCHEMA_VERSION,
+        "dreamshift_version": dreamshift.__version__,
+        "stage": "dream",
+        "config": plan.cfg.to_dict() | {"resolved": plan.resolved},
+        "content_hash": plan.resolved["content_hash"],
+        "classes": src_meta["classes"],
+        "backgrounds": src_meta["backgrounds"],
+        "label_maps": src_meta["label_maps"],
+        "assignment": src_meta.get("assignment", {}),
+        "splits": {
+            s: {"num_samples": sum(sum(v.values()) for v in g.values()), "groups": g}
+            for s, g in groups.items()
+        },
+        "num_samples": len(plan.specs),
+        "num_shards": num_shards,
+        "versions": library_versions(),
+        "complete": False,
+    }
+
+
+def make_dreamer(plan: DreamPlan) -> Dreamer | None:
+    """The loaded pipeline of a plan (None for paste)."""
+    if plan.cfg.mode == "paste":
+        return None
+    r = plan.resolved
+    return Dreamer(
+        Path(r["model_path"]),
+        plan.cfg.mode,
+        r["scheduler"],
+        r["scheduler_config"],
+        r["runtime"],
+        batch_invariant=plan.cfg.batch_invariant,
+        compile=plan.cfg.compile,
+    )
+
+
+def base_row(plan: DreamPlan, spec: DreamSpec, versions: str) -> dict[str, Any]:
+    """A sample's manifest row before its image exists: identity, labels, provenance."""
+    cfg, r, g = plan.cfg, plan.resolved, spec.guide
+    row: dict[str, Any] = {k: g[k] for k in _LABELS}
+    if cfg.mode != "txt2img":
+        row.update({k: g[k] for k in _COMPOSITION})
+    row.update(
+        sample_id=spec.sample_id,
+        index=spec.index,
+        pipeline=cfg.mode,
+        seed=spec.seed,
+        guide_sample_id=g["sample_id"],
+        guide_sha256=g["sha256"],
+        versions=versions,
+    )
+    if cfg.mode != "paste":
+        row.update(
+            model_id=cfg.model,
+            model_sha256=r["model_sha256"],
+            scheduler=r["scheduler"],
+            scheduler_config=json.dumps(r["scheduler_config"], sort_keys=True),
+            steps=cfg.steps,
+            strength=cfg.strength if cfg.mode == "img2img" else None,
+            guidance_scale=cfg.guidance_scale,
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt,
+            prompt_template=spec.template,
+            runtime=json.dumps(r["runtime"], sort_keys=True),
+        )
+    return row
+
+
+def read_guide(source: Path, guide: dict[str, Any]) -> bytes:
+    """The guide's file bytes, checked against the sha256 its manifest recorded."""
+    path = source / guide["path"]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read guide {path}: {exc.strerror or exc}") from exc
+    if sha256_bytes(data) != guide["sha256"]:
+        raise BadInputError(
+            f"guide {path} changed since it was composed (sha256 differs from its manifest "
+            "row): restore it or compose the source again"
+        )
+    return data
+
+
+def guide_image(source: Path, guide: dict[str, Any], size: tuple[int, int]) -> Image.Image:
+    """The guide as an RGB image at the output size."""
+    data = read_guide(source, guide)
+    path = source / guide["path"]
+    try:
+        opened = Image.open(io.BytesIO(data))
+        img = opened.convert("RGB")
+    except Exception as exc:
+        raise BadInputError(f"guide {path} cannot be decoded ({exc})") from exc
+    return img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
+
+
+def _finish(row: dict[str, Any], pixels: np.ndarray, root: Path, rel_path: str) -> None:
+    flag = quality_flag(pixels)
+    data = encode_png(Image.fromarray(pixels))
+    with open(root / rel_path, "wb") as f:  # the shard is redone unless marked done
+        f.write(data)
+    row.update(
+        status=ds.FLAGGED if flag else ds.OK,
+        flag=flag,
+        error=f"{flag} image" if flag else None,
+        path=rel_path,
+        sha256=sha256_bytes(data),
+        width=int(pixels.shape[1]),
+        height=int(pixels.shape[0]),
+    )
+
+
+def _failed(row: dict[str, Any], exc: BaseException) -> None:
+    row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+def _generate(
+    plan: DreamPlan, dreamer: Dreamer, requests: list[Request]
+) -> list[np.ndarray | BaseException]:
+    """Images of a batch; if the batch raises, each sample is tried alone so that only the
+    samples that fail are recorded as failed (batch invariance makes the results identical)."""
+    cfg = plan.cfg
+    w, h = plan.size
+
+    def run(reqs: list[Request]) -> list[np.ndarray]:
+        return dreamer.generate(reqs, cfg.steps, cfg.strength, cfg.guidance_scale, w, h)
+
+    try:
+        return list(run(requests))
+    except Exception:
+        if len(requests) == 1:
+            raise
+    out: list[np.ndarray | BaseException] = []
+    for req in requests:
+        try:
+            out.append(run([req])[0])
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def run_shard(
+    plan: DreamPlan,
+    root: Path,
+    shard: int,
+    specs: list[DreamSpec],
+    dreamer: Dreamer | None,
+    batch_size: int = 1,
+    keep: list[dict[str, Any]] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Make ``specs``' images and make the shard durable. ``keep``: rows of the shard that
+    stay as they are (a retry of its failed samples)."""
+    start = time.perf_counter()
+    layout = ds.DatasetLayout(root)
+    folder = layout.shard_dir(shard)
+    folder.mkdir(parents=True, exist_ok=True)
+    rel_folder = folder.relative_to(root).as_posix()
+    versions = json.dumps(library_versions(), sort_keys=True)
+    rows = []
+    for b in range(0, len(specs), batch_size):
+        batch = specs[b : b + batch_size]
+        todo: list[tuple[dict[str, Any], DreamSpec, Request]] = []
+        for spec in batch:
+            row = base_row(plan, spec, versions)
+            rows.append(row)
+            rel_path = f"{rel_folder}/{spec.sample_id}.png"
+            try:
+                if plan.cfg.mode == "paste":
+                    img = guide_image(plan.source, spec.guide, plan.size)
+                    _finish(row, np.asarray(img), root, rel_path)
+                    continue
+                guide = None
+                if plan.cfg.mode == "img2img":
+                    guide = guide_image(plan.source, spec.guide, plan.size)
+                assert spec.prompt is not None and spec.negative_prompt is not None
+                todo.append(
+                    (row, spec, Request(spec.prompt, spec.negative_prompt, spec.seed, guide))
+                )
+            except Exception as exc:  # a batch run records the failure and goes on
+                _failed(row, exc)
+        if todo:
+            assert dreamer is not None
+            results = _generate(plan, dreamer, [t[2] for t in todo])
+            for (row, spec, _), result in zip(todo, results, strict=True):
+                try:
+                    if isinstance(result, BaseException):
+                        raise result
+                    _finish(row, result, root, f"{rel_folder}/{spec.sample_id}.png")
+                except Exception as exc:
+                    _failed(row, exc)
+        if progress is not None:
+            progress.update(len(batch))
+    flush_to_disk()  # images durable before the rows and the marker that vouch for them
+    all_rows = sorted([*(keep or []), *rows], key=lambda r: r["index"])
+    counts = Counter(r["status"] for r in rows)
+    seconds = time.perf_counter() - start
+    stats = {
+        "shard": shard,
+        "count": len(all_rows),
+        "made": len(rows),
+        "ok": sum(r["status"] == ds.OK for r in all_rows),
+        "failed": sum(r["status"] == ds.FAILED for r in all_rows),
+        "flagged": sum(r["status"] == ds.FLAGGED for r in all_rows),
+        "failed_now": counts[ds.FAILED],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(rows) / seconds, 3) if seconds > 0 else None,
+    }
+    ds.write_shard(layout, shard, all_rows, stats)
+    return stats
+
+
+# worker processes: each loads the pipeline once
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(plan: DreamPlan) -> None:
+    _WORKER["plan"] = plan
+    _WORKER["dreamer"] = make_dreamer(plan)
+
+
+def _worker_shard(
+    root: Path, shard: int, specs: list[DreamSpec], batch_size: int, keep: list | None
+) -> dict[str, Any]:
+    return run_shard(_WORKER["plan"], root, shard, specs, _WORKER["dreamer"], batch_size, keep)
+
+
+def _retry_work(
+    layout: ds.DatasetLayout, shards: list[list[DreamSpec]], k: int
+) -> tuple[list[DreamSpec], list[dict[str, Any]]] | None:
+    """(failed specs to redo, rows to keep) of a done shard, or None if nothing failed."""
+    rows = pq.read_table(layout.shard_rows(k), schema=ds.MANIFEST_SCHEMA).to_pylist()
+    failed = {r["sample_id"] for r in rows if r["status"] == ds.FAILED}
+    if not failed:
+        return None
+    redo = [s for s in shards[k] if s.sample_id in failed]
+    return redo, [r for r in rows if r["sample_id"] not in failed]
+
+
+def dream(
+    cfg: DreamConfig,
+    out: str | Path,
+    workers: int = 1,
+    batch_size: int = 1,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> DreamResult:
+    """Dream the dataset of ``cfg`` into ``out``; continue an unfinished run of the same
+    config. ``retry_failed`` also redoes the samples that failed. ``workers`` > 1 runs shards
+    in that many processes, each loading the model once."""
+    start = time.perf_counter()
+    if batch_size < 1 or workers < 1:
+        raise DreamshiftError("--batch-size and --workers must be >= 1")
+    plan = plan_dream(cfg, workers, batch_size)
+    root = Path(out)
+    if root.resolve() == plan.source:
+        raise DreamshiftError(f"--out {root} is the source dataset: choose another folder")
+    layout = ds.DatasetLayout(root)
+    n = plan.cfg.shard_size
+    shards = [plan.specs[i : i + n] for i in range(0, len(plan.specs), n)]
+    meta = _metadata(plan, ds.read_dataset_json(plan.source), len(shards))
+    old = ds.prepare_output(root, meta)
+    if old is not None and old.get("complete"):
+        if not retry_failed or not old.get("num_failed"):
+            return DreamResult(
+                root, len(plan.specs), old.get("num_failed", 0), old.get("num_flagged", 0), 0,
+                time.perf_counter() - start,
+            )  # fmt: skip
+        ds.write_json_atomic(layout.json_path, meta)  # incomplete until the retry is done
+        layout.manifest_path.unlink()  # stale once a shard changes; the shards hold the rows
+
+    work: dict[int, tuple[list[DreamSpec], list[dict[str, Any]] | None]] = {}
+    for k in range(len(shards)):
+        if not ds.shard_is_done(layout, k):
+            work[k] = (shards[k], None)
+        elif retry_failed and (redo := _retry_work(layout, shards, k)):
+            work[k] = redo
+    todo_count = sum(len(w[0]) for w in work.values())
+    bar = tqdm(
+        total=len(plan.specs), initial=len(plan.specs) - todo_count, unit="img",
+        desc=f"dream {plan.cfg.mode}", disable=not progress, smoothing=0.1,
+    )  # fmt: skip
+    with bar:
+        if workers <= 1 or len(work) <= 1:
+            dreamer = make_dreamer(plan) if work else None
+            for k, (specs, keep) in work.items():
+                run_shard(plan, root, k, specs, dreamer, batch_size, keep, progress=bar)
+        else:
+            ctx = multiprocessing.get_context("spawn")  # CUDA and torch threads need spawn
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(plan,)
+            ) as pool:
+                futures = {
+                    pool.submit(_worker_shard, root, k, specs, batch_size, keep): k
+                    for k, (specs, keep) in work.items()
+                }
+                for fut in as_completed(futures):
+                    fut.result()
+                    bar.update(len(work[futures[fut]][0]))
+
+    table = ds.consolidate_manifest(layout, len(shards))
+    status = Counter(table.column("status").to_pylist())
+    meta.update(complete=True, num_failed=status[ds.FAILED], num_flagged=status[ds.FLAGGED])
+    ds.write_json_atomic(layout.json_path, meta)
+    return DreamResult(
+        root, len(plan.specs), status[ds.FAILED], status[ds.FLAGGED], len(work),
+        time.perf_counter() - start,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Regenerated:
+    sample_id: str
+    match: bool | None  # None: the sample failed in the run, there is nothing to compare
+    detail: str
+
+
+def _plan_of(root: Path) -> tuple[DreamPlan, dict[str, Any]]:
+    meta = ds.read_dataset_json(root)
+    if meta.get("stage") != "dream":
+        raise DreamshiftError(f"{root} was made by `dreamshift {meta.get('stage')}`, not dream")
+    config = dict(meta["config"])
+    resolved = config.pop("resolved")
+    return DreamPlan(DreamConfig.from_dict(config), resolved, []), meta
+
+
+def regenerate(
+    root: str | Path,
+    sample_ids: list[str] | None = None,
+    model: str | None = None,
+    out_dir: str | Path | None = None,
+) -> list[Regenerated]:
+    """Remake samples from their manifest rows alone and compare them with the stored files
+    (sha256 of the PNG). ``sample_ids`` None: every sample. ``model``: where the model lives
+    now, if not where the run found it; it must hash to the recorded ``model_sha256``."""
+    root = Path(root)
+    plan, _ = _plan_of(root)
+    rows = ds.read_manifest(root).to_pylist()
+    by_id = {r["sample_id"]: r for r in rows}
+    if sample_ids:
+        unknown = [s for s in sample_ids if s not in by_id]
+        if unknown:
+            raise DreamshiftError(f"{root} has no samples {unknown[:5]}")
+        rows = [by_id[s] for s in sample_ids]
+    guides = {
+        r["sample_id"]: r for r in ds.read_manifest(plan.source).to_pylist()
+    }  # the source dataset's rows, for the guide files
+    dreamer = None
+    if plan.cfg.mode != "paste":
+        ref = locate_model(model or plan.resolved["model_path"])
+        digest = hash_model(ref.path)
+        if digest != plan.resolved["model_sha256"]:
+            raise DreamshiftError(
+                f"the model in {ref.path} is not the one this dataset was made with (sha256 "
+                f"{digest[:12]}..., recorded {plan.resolved['model_sha256'][:12]}...)"
+            )
+        plan = replace(plan, resolved=plan.resolved | {"model_path": str(ref.path)})
+        dreamer = make_dreamer(plan)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    results = []
+    for row in rows:
+        sid = row["sample_id"]
+        if row["status"] == ds.FAILED:
+            results.append(Regenerated(sid, None, f"failed in the run: {row['error']}"))
+            continue
+        guide = guides.get(row["guide_sample_id"])
+        if guide is None:
+            raise DreamshiftError(f"guide {row['guide_sample_id']} is not in {plan.source}")
+        size = (row["width"], row["height"])
+        if dreamer is None:
+            pixels = np.asarray(guide_image(plan.source, guide, size))
+        else:
+            img = guide_image(plan.source, guide, size) if row["pipeline"] == "img2img" else None
+            req = Request(row["prompt"], row["negative_prompt"], row["seed"], img)
+            pixels = dreamer.generate(
+                [req], row["steps"], row["strength"] or 0.0, row["guidance_scale"], *size
+            )[0]
+        data = encode_png(Image.fromarray(pixels))
+        if out_dir is not None:
+            (Path(out_dir) / f"{sid}.png").write_bytes(data)
+        if sha256_bytes(data) == row["sha256"]:
+            results.append(Regenerated(sid, True, "identical"))
+            continue
+        stored = np.asarray(load_image(root / row["path"], "RGB"), dtype=np.int16)
+        diff = int(np.abs(stored - pixels.astype(np.int16)).max())
+        results.append(Regenerated(sid, False, f"differs: max pixel difference {diff}"))
+    return results
