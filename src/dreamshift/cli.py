@@ -282,6 +282,10 @@ def _cmd_world(args: argparse.Namespace) -> int:
         print(f"foregrounds in {out / 'foregrounds'}, backgrounds in {out / 'backgrounds'}")
     elif args.world_command == "preview":
         print(export.preview_sheet(args.out, size=args.size, seed=args.seed))
+    elif args.world_command == "tiny-sd":
+        from dreamshift.world.tiny_sd import save_tiny_sd
+
+        print(save_tiny_sd(args.out, seed=args.seed))
     return 0
 
 
@@ -307,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True, type=Path)
     pre.add_argument("--size", type=int, default=64)
     pre.add_argument("--seed", type=int, default=0)
+    tiny = wsub.add_parser(
+        "tiny-sd",
+        help="save a tiny random-weight Stable Diffusion (diffusers format) for trying dream",
+    )
+    tiny.add_argument("--out", required=True, type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
     world.set_defaults(func=_cmd_world)
 
     _add_compose(sub)

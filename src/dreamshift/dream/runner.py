@@ -595,10 +595,20 @@ def regenerate(
         data = encode_png(Image.fromarray(pixels))
         if out_dir is not None:
             (Path(out_dir) / f"{sid}.png").write_bytes(data)
-        if sha256_bytes(data) == row["sha256"]:
+        stored_file = root / row["path"]
+        stored_ok = (
+            stored_file.is_file() and sha256_bytes(stored_file.read_bytes()) == row["sha256"]
+        )
+        if sha256_bytes(data) == row["sha256"] and stored_ok:
             results.append(Regenerated(sid, True, "identical"))
             continue
-        stored = np.asarray(load_image(root / row["path"], "RGB"), dtype=np.int16)
+        if not stored_file.is_file():
+            results.append(Regenerated(sid, False, f"{stored_file} is missing"))
+            continue
+        stored = np.asarray(load_image(stored_file, "RGB"), dtype=np.int16)
         diff = int(np.abs(stored - pixels.astype(np.int16)).max())
-        results.append(Regenerated(sid, False, f"differs: max pixel difference {diff}"))
+        what = (
+            "the remade image" if stored_ok else f"the file {stored_file} (changed since the run)"
+        )
+        results.append(Regenerated(sid, False, f"{what} differs: max pixel difference {diff}"))
     return results

@@ -158,6 +158,7 @@ def build_tiny_sd(seed: int = 0, tokenizer_dir: str | Path | None = None):
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,  # as Stable Diffusion 1.x ships it
     )
     return StableDiffusionPipeline(
         vae=vae,

@@ -1,0 +1,368 @@
+"""dreamshift dream on a tiny random-weight Stable Diffusion, saved and loaded like a real one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import tree_digest
+from dreamshift import dataset as ds
+from dreamshift.cli import main
+from dreamshift.compose import compose
+from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.dream.models import SCHEDULERS, Dreamer, Request, resolve_runtime
+from dreamshift.dream.prompts import load_recipe
+from dreamshift.dream.quality import quality_flag
+from dreamshift.errors import DreamshiftError
+from dreamshift.images import sha256_bytes
+from dreamshift.world.tiny_sd import save_tiny_sd
+
+STEPS = ["--steps", "2", "--strength", "0.5", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def guides(tmp_path_factory) -> Path:
+    """12 composed guides: 2 classes x 2 backgrounds, train and test splits."""
+    cfg = ComposeConfig(
+        classes=("cat", "dog"),
+        background_names=("grass", "snow"),
+        recipe=ShiftRecipe(rho=1.0, train_size=8, val_per_group=0, test_per_group=1,
+                           anti_per_group=0),
+        placement=Placement(scale=(0.5, 0.5)),
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("guides") / "paste"
+    compose(cfg, out, progress=False)
+    return out
+
+
+def rows(root: Path) -> list[dict]:
+    return ds.read_manifest(root).to_pylist()
+
+
+def dream_cmd(src: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    return ["dream", str(src), "--out", str(out), "--model", str(model), *STEPS, *extra]
+
+
+def images_and_rows(root: Path) -> dict[str, str]:
+    """Digest of a dataset's images and manifest (not its timing stats)."""
+    return tree_digest(root, exclude_suffixes=(".done",))
+
+
+def test_img2img_through_the_cli_records_full_provenance(tmp_path, tiny_sd, guides):
+    out = tmp_path / "dream"
+    assert main(dream_cmd(guides, out, tiny_sd)) == 0
+    made, source = rows(out), {r["sample_id"]: r for r in rows(guides)}
+    assert len(made) == len(source) == 12
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["stage"] == "dream" and meta["complete"] and meta["num_failed"] == 0
+    seeds = set()
+    for r in made:
+        g = source[r["guide_sample_id"]]
+        assert r["status"] == "ok" and r["flag"] is None
+        assert (r["split"], r["fg_class"], r["bg_class"]) == (
+            g["split"],
+            g["fg_class"],
+            g["bg_class"],
+        )
+        assert (r["box_x"], r["box_w"], r["fg_source"]) == (g["box_x"], g["box_w"], g["fg_source"])
+        assert r["guide_sha256"] == g["sha256"]
+        assert r["pipeline"] == "img2img" and r["model_id"] == str(tiny_sd)
+        assert r["model_sha256"] == meta["config"]["resolved"]["model_sha256"]
+        assert r["scheduler"] == "DDIMScheduler"
+        assert json.loads(r["scheduler_config"])["beta_schedule"] == "scaled_linear"
+        assert (r["steps"], r["strength"], r["guidance_scale"]) == (2, 0.5, 7.5)
+        background = {"grass": "on grass", "snow": "in snow"}[r["bg_class"]]
+        assert r["prompt"].startswith(f"a photo of a {r['fg_class']}, ")
+        assert r["prompt"].endswith(f", {background}")
+        assert r["negative_prompt"] == ""
+        assert json.loads(r["runtime"])["device"] == "cpu"
+        assert json.loads(r["versions"])["diffusers"]
+        img = Image.open(out / r["path"])
+        assert img.size == (64, 64) and img.mode == "RGB"
+        assert sha256_bytes((out / r["path"]).read_bytes()) == r["sha256"]
+        seeds.add(r["seed"])
+        # img2img changed the guide
+        guide = np.asarray(Image.open(guides / g["path"]).convert("RGB"))
+        assert np.abs(np.asarray(img).astype(int) - guide).mean() > 1
+    assert len(seeds) == 12
+
+
+def test_txt2img_uses_the_imagenet_g_templates(tmp_path, tiny_sd, guides):
+    out = tmp_path / "dream"
+    argv = dream_cmd(guides, out, tiny_sd, "--mode", "txt2img", "--prompts", "imagenet-g")
+    assert main(argv) == 0
+    templates = load_recipe("imagenet-g").templates
+    assert len(templates) == 80
+    for r in rows(out):
+        assert r["pipeline"] == "txt2img" and r["strength"] is None
+        assert r["prompt_template"] in templates
+        assert r["prompt"] == r["prompt_template"].replace("${class_name}", r["fg_class"])
+        assert r["box_x"] is None  # no guide layout in a txt2img image
+    assert len({r["prompt_template"] for r in rows(out)}) > 1  # drawn per sample
+
+
+def test_paste_mode_copies_guides_unchanged(tmp_path, guides):
+    out = tmp_path / "paste"
+    assert main(["dream", str(guides), "--out", str(out), "--mode", "paste", "--no-progress"]) == 0
+    for r in rows(out):
+        assert r["sha256"] == r["guide_sha256"] and r["pipeline"] == "paste"
+
+
+def test_pixels_do_not_depend_on_batch_size_or_workers(tmp_path, tiny_sd, guides):
+    common = ["--threads", "1", "--shard-size", "5"]
+    runs = {
+        "b1w1": ["--batch-size", "1"],
+        "b4w1": ["--batch-size", "4"],
+        "b3w2": ["--batch-size", "3", "--workers", "2"],
+    }
+    digests = {}
+    for name, extra in runs.items():
+        assert main(dream_cmd(guides, tmp_path / name, tiny_sd, *common, *extra)) == 0
+        digests[name] = images_and_rows(tmp_path / name)
+    assert digests["b1w1"] == digests["b4w1"] == digests["b3w2"]
+
+
+def test_without_batch_invariance_batches_are_recorded(tmp_path, tiny_sd, guides):
+    out = tmp_path / "fast"
+    assert main(dream_cmd(guides, out, tiny_sd, "--no-batch-invariant", "--batch-size", "4")) == 0
+    resolved = json.loads((out / "dataset.json").read_text())["config"]["resolved"]
+    assert resolved["batch_size"] == 4 and resolved["runtime"]["batch_invariant"] is False
+
+
+def test_every_row_regenerates_exactly_and_a_changed_image_is_caught(
+    tmp_path, tiny_sd, guides, capsys
+):
+    out = tmp_path / "dream"
+    assert main(dream_cmd(guides, out, tiny_sd, "--batch-size", "4")) == 0
+    capsys.readouterr()
+    assert main(["regenerate", str(out), "--all"]) == 0
+    assert "12 of 12 regenerated identically" in capsys.readouterr().out
+
+    victim, other = rows(out)[3], rows(out)[4]
+    shutil.copy(out / other["path"], out / victim["path"])
+    assert main(["regenerate", str(out), victim["sample_id"], other["sample_id"]]) == 1
+    printed = capsys.readouterr().out
+    assert f"MISMATCH {victim['sample_id']}: the file" in printed
+    assert f"match {other['sample_id']}: identical" in printed
+
+
+def test_regenerate_refuses_a_different_model(tmp_path, tiny_sd, guides, capsys):
+    out = tmp_path / "dream"
+    assert main(dream_cmd(guides, out, tiny_sd, "--splits", "test")) == 0
+    other = save_tiny_sd(tmp_path / "other-sd", seed=1)
+    assert main(["regenerate", str(out), "--all", "--model", str(other)]) == 2
+    assert "is not the one this dataset was made with" in capsys.readouterr().err
+
+
+def _dream_subprocess(src: Path, out: Path, model: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dreamshift.cli",
+        *dream_cmd(src, out, model, "--shard-size", "2"),
+    ]
+
+
+def test_resume_after_sigkill_is_byte_identical(tmp_path, tiny_sd, guides):
+    reference = tmp_path / "reference"
+    assert main(dream_cmd(guides, reference, tiny_sd, "--shard-size", "2")) == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        _dream_subprocess(guides, killed, tiny_sd), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((killed / "shards").glob("*.done"))) >= 2:
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before = sorted((killed / "shards").glob("*.done"))
+    assert 2 <= len(done_before) < 6 and not (killed / "manifest.parquet").exists()
+    stamps = {p.name: p.read_text() for p in done_before}
+
+    resumed = subprocess.run(
+        _dream_subprocess(guides, killed, tiny_sd), capture_output=True, text=True, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{6 - len(done_before)} shards run" in resumed.stdout
+    assert {p.name: p.read_text() for p in done_before} == stamps  # finished shards kept
+    assert images_and_rows(killed) == images_and_rows(reference)
+
+
+def test_failed_samples_are_recorded_and_retried(tmp_path, tiny_sd, guides, capsys):
+    src = tmp_path / "guides"
+    shutil.copytree(guides, src)
+    broken = rows(src)[:2]
+    saved = {r["path"]: (src / r["path"]).read_bytes() for r in broken}
+    for r in broken:
+        (src / r["path"]).write_bytes(b"not a png")
+
+    out = tmp_path / "dream"
+    assert main(dream_cmd(src, out, tiny_sd, "--batch-size", "4")) == 1
+    made = {r["guide_sample_id"]: r for r in rows(out)}
+    for r in broken:
+        failed = made[r["sample_id"]]
+        assert failed["status"] == "failed" and failed["path"] is None
+        assert str(src / r["path"]) in failed["error"] and "changed since" in failed["error"]
+    assert sum(r["status"] == "ok" for r in made.values()) == 10
+    assert json.loads((out / "dataset.json").read_text())["num_failed"] == 2
+    ok_files = {r["path"]: (out / r["path"]).stat().st_mtime_ns for r in rows(out) if r["path"]}
+
+    assert main(dream_cmd(src, out, tiny_sd, "--retry-failed")) == 1  # still broken
+    for path, data in saved.items():
+        (src / path).write_bytes(data)
+    capsys.readouterr()
+    assert main(dream_cmd(src, out, tiny_sd, "--retry-failed")) == 0
+    assert "(0 failed, 0 flagged, 1 shards run)" in capsys.readouterr().out
+    assert all(r["status"] == "ok" for r in rows(out))
+    assert {p: (out / p).stat().st_mtime_ns for p in ok_files} == ok_files  # not redone
+
+    reference = tmp_path / "reference"
+    assert main(dream_cmd(src, reference, tiny_sd)) == 0
+    assert images_and_rows(out) == images_and_rows(reference)
+
+
+def _broken_decoder(src: Path, out: Path, bias: float) -> Path:
+    """A copy of the tiny model whose VAE decodes every latent to one flat colour."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(src, safety_checker=None)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.zero_()
+        pipe.vae.decoder.conv_out.bias.fill_(bias)
+    pipe.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize(("bias", "flag"), [(-1.0, "black"), (0.0, "blank")])
+def test_black_and_blank_outputs_are_flagged_not_kept(tmp_path, tiny_sd, guides, bias, flag):
+    model = _broken_decoder(tiny_sd, tmp_path / "broken", bias)
+    out = tmp_path / "dream"
+    assert main(dream_cmd(guides, out, model, "--splits", "test")) == 0
+    made = rows(out)
+    assert made and all(r["status"] == "flagged" and r["flag"] == flag for r in made)
+    assert json.loads((out / "dataset.json").read_text())["num_flagged"] == len(made)
+
+
+def test_quality_flag_thresholds():
+    img = np.zeros((16, 16, 3), np.uint8)
+    assert quality_flag(img) == "black"
+    img[0, 0] = 200  # one bright pixel: not black, and not flat either? std is 12.4
+    assert quality_flag(img) is None
+    assert quality_flag(np.full((16, 16, 3), 7, np.uint8)) == "black"
+    assert quality_flag(np.full((16, 16, 3), 9, np.uint8)) == "blank"
+    noisy = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    assert quality_flag(noisy) is None
+
+
+def test_a_missing_model_fails_fast_with_what_to_do(tmp_path, guides, capsys):
+    start = time.monotonic()
+    argv = dream_cmd(guides, tmp_path / "out", Path("no-such-org/no-such-model"))
+    assert main(argv) == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    assert "'no-such-org/no-such-model' is not available" in err and "hf download" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_folder_without_tokenizer_files_is_named(tmp_path, tiny_sd, guides, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd, model)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (model / "tokenizer" / name).unlink(missing_ok=True)
+    assert main(dream_cmd(guides, tmp_path / "out", model)) == 2
+    assert f"model folder {model} has no tokenizer files" in capsys.readouterr().err
+
+
+def test_a_two_token_tokenizer_is_refused(tmp_path, tiny_sd):
+    """transformers loads a tokenizer folder without vocabulary as a 2-token tokenizer."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd, model)
+    (model / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(DreamshiftError, match="has 2 tokens: its vocabulary files are missing"):
+        Dreamer(model, "img2img", "DDIMScheduler", {}, resolve_runtime("cpu"))
+
+
+def test_an_unknown_placeholder_fails_before_any_image(tmp_path, tiny_sd, guides, capsys):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text('templates:\n  - "a ${colour} ${class_name}"\n')
+    assert main(dream_cmd(guides, tmp_path / "out", tiny_sd, "--prompts", str(recipe))) == 2
+    err = capsys.readouterr().err
+    assert str(recipe) in err and "['colour']" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_missing_a_background_phrase_is_refused(tmp_path, tiny_sd, guides, capsys):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        'templates:\n  - "a ${class_name} ${background}"\nbackgrounds:\n  grass: on grass\n'
+    )
+    assert main(dream_cmd(guides, tmp_path / "out", tiny_sd, "--prompts", str(recipe))) == 2
+    assert "no entry for the backgrounds ['snow']" in capsys.readouterr().err
+
+
+def test_d3s_prompt_is_the_papers_template():
+    recipe = load_recipe("d3s")
+    assert recipe.render(0, "giraffe", "cave") == (
+        "a photo of a giraffe, a tall African mammal with a very long neck and spotted coat, "
+        "in a cave"
+    )
+    assert len(recipe.backgrounds) == 10
+
+
+def test_a_changed_setting_is_not_mixed_into_an_existing_run(tmp_path, tiny_sd, guides, capsys):
+    out = tmp_path / "dream"
+    assert main(dream_cmd(guides, out, tiny_sd, "--splits", "test")) == 0
+    before = images_and_rows(out)
+    assert (
+        main([*dream_cmd(guides, out, tiny_sd, "--splits", "test"), "--guidance-scale", "3"]) == 2
+    )
+    assert "differs in ['guidance_scale', 'resolved']" in capsys.readouterr().err
+    assert images_and_rows(out) == before
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_runs_and_is_deterministic(tiny_sd, name):
+    from dreamshift.dream.models import resolve_scheduler
+
+    cls_name, config = resolve_scheduler(tiny_sd, name)
+    assert cls_name == SCHEDULERS[name][0]
+    dreamer = Dreamer(tiny_sd, "txt2img", cls_name, config, resolve_runtime("cpu", threads=1))
+    assert type(dreamer.pipe.scheduler).__name__ == cls_name
+    reqs = [Request("a photo of a cat", "", 7), Request("a dog", "", 8)]
+    a = dreamer.generate(reqs, 2, 1.0, 2.0, 64, 64)
+    b = dreamer.generate(reqs[1:], 2, 1.0, 2.0, 64, 64)
+    assert a[0].shape == (64, 64, 3) and (a[1] == b[0]).all()
+    assert not (a[0] == a[1]).all()
+
+
+def test_the_shard_stats_say_how_long_and_how_many(tmp_path, tiny_sd, guides):
+    out = tmp_path / "dream"
+    assert main(dream_cmd(guides, out, tiny_sd, "--shard-size", "8")) == 0
+    stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*.done"))]
+    assert [s["count"] for s in stats] == [8, 4]
+    assert all(s["ok"] == s["count"] and s["failed"] == 0 and s["seconds"] > 0 for s in stats)
+    table = pq.read_table(out / "manifest.parquet")
+    assert table.num_rows == 12 and table.schema.equals(ds.MANIFEST_SCHEMA)
