@@ -13,7 +13,8 @@ from dreamshift import dataset as ds
 def dataset_info(root: str | Path) -> dict[str, Any]:
     """Counts of a dataset directory.
 
-    Returns ``{"splits": {split: {"ok": n, "failed": n, "groups": {fg: {bg: n}}}}, ...}``.
+    Returns ``{"splits": {split: {"ok": n, "failed": n, "flagged": n, "groups": {fg: {bg: n}}}},
+    ...}``; ``flagged`` samples (black or blank images) are not counted in the groups.
     """
     meta = ds.read_dataset_json(root)
     table = ds.read_manifest(root)
@@ -31,6 +32,7 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
         splits[split] = {
             "ok": status[(split, ds.OK)],
             "failed": status[(split, ds.FAILED)],
+            "flagged": status[(split, ds.FLAGGED)],
             "groups": {
                 c: {b: groups[(split, c, b)] for b in meta["backgrounds"]} for c in meta["classes"]
             },
@@ -43,7 +45,8 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
         "classes": list(meta["classes"]),
         "backgrounds": list(meta["backgrounds"]),
         "assignment": meta.get("assignment", {}),
-        "rho": meta.get("config", {}).get("recipe", {}).get("rho"),
+        # a dreamed dataset carries its source's rho
+        "rho": meta.get("config", {}).get("recipe", {}).get("rho", meta.get("rho")),
         "splits": splits,
     }
 
@@ -56,10 +59,10 @@ def format_info(info: dict[str, Any]) -> str:
         f"rho = {info['rho']}; assigned backgrounds: "
         + ", ".join(f"{c}->{b}" for c, b in info["assignment"].items()),
         "",
-        f"{'split':<8}{'ok':>8}{'failed':>8}",
+        f"{'split':<8}{'ok':>8}{'failed':>8}{'flagged':>8}",
     ]
     for split, s in info["splits"].items():
-        lines.append(f"{split:<8}{s['ok']:>8}{s['failed']:>8}")
+        lines.append(f"{split:<8}{s['ok']:>8}{s['failed']:>8}{s['flagged']:>8}")
     bgs = info["backgrounds"]
     width = max([len(b) for b in bgs] + [4]) + 1
     cw = max(len(c) for c in info["classes"]) + 1

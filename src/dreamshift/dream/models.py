@@ -10,11 +10,12 @@ Reproducibility (DESIGN.md, "Seeds"): every sample gets its own ``torch.Generato
 (diffusers accepts a list, one per image), so the starting noise never depends on the batch.
 Floating-point kernels do: a matrix product over 2 rows and over 8 rows may round differently,
 and on a CPU so does the thread count. With ``batch_invariant`` (the default) the UNet and the
-VAE decoder see one sample at a time inside a batch, and prompts are encoded one at a time, so
-an image is bit-identical for any batch size, batch position, worker count or resume point on
-the same hardware, thread count and library versions. On a CPU this costs nothing measurable
-(batching does not speed up these networks there); on a GPU ``--no-batch-invariant`` buys
-throughput at the price of bit-exactness (pixels then agree to within float rounding).
+VAE decoder compute each sample of a batch on its own (exactly the tensors of a batch of one)
+and prompts are encoded one at a time, so an image is bit-identical for any batch size, batch
+position, worker count or resume point on the same hardware, thread count and library
+versions. A batch of one runs unchanged, and on a CPU larger batches gain nothing anyway; on a
+GPU ``--no-batch-invariant`` buys throughput at the price of bit-exactness (pixels then agree
+to within float rounding).
 
 >>> ref = locate_model("out/tiny-sd")  # doctest: +SKIP
 >>> name, config = resolve_scheduler(ref.path, "ddim")  # doctest: +SKIP
@@ -199,34 +200,48 @@ def resolve_runtime(
     return runtime
 
 
-def _one_sample_at_a_time(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a network's forward so that every tensor argument whose first dimension is the
-    batch is fed one sample at a time, and the outputs are concatenated."""
-    import torch
+class _PerSample:
+    """Wrap a network's forward so that each sample of a batch is computed on its own.
 
-    def split(x: Any, n: int, i: int) -> Any:
-        return x[i : i + 1] if torch.is_tensor(x) and x.ndim and x.shape[0] == n else x
+    With classifier-free guidance diffusers feeds the UNet ``cat([uncond_1..B, cond_1..B])``:
+    ``rows_per_sample = 2``. Sample i's rows ``[i, B + i]`` are then computed together, exactly
+    as in a batch of one, and the outputs are put back in place. Tensor arguments whose first
+    dimension is the batch are indexed the same way; others (a scalar timestep) pass as is.
+    """
 
-    @functools.wraps(forward)
-    def wrapper(sample: Any, *args: Any, **kwargs: Any) -> Any:
-        n = sample.shape[0]
-        if n == 1:
-            return forward(sample, *args, **kwargs)
-        outs = [
-            forward(
-                sample[i : i + 1],
-                *(split(a, n, i) for a in args),
-                **{k: split(v, n, i) for k, v in kwargs.items()},
+    def __init__(self, forward: Callable[..., Any]):
+        self.forward = forward
+        self.samples = 1  # set by Dreamer.generate before each pipeline call
+        functools.update_wrapper(self, forward)
+
+    def __call__(self, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        n, b = sample.shape[0], self.samples
+        if b == 1 or n % b:
+            return self.forward(sample, *args, **kwargs)
+        per = n // b
+
+        def take(x: Any, idx: list[int]) -> Any:
+            return x[idx] if torch.is_tensor(x) and x.ndim and x.shape[0] == n else x
+
+        outs = []
+        for i in range(b):
+            idx = [i + k * b for k in range(per)]
+            outs.append(
+                self.forward(
+                    take(sample, idx),
+                    *(take(a, idx) for a in args),
+                    **{k: take(v, idx) for k, v in kwargs.items()},
+                )
             )
-            for i in range(n)
-        ]
         first = outs[0]
+        parts = [o[0] if isinstance(o, tuple) else o.sample for o in outs]  # each (per, ...)
+        merged = torch.cat([p[k : k + 1] for k in range(per) for p in parts])  # back in order
         if isinstance(first, tuple):
-            return (torch.cat([o[0] for o in outs]),)
-        first.sample = torch.cat([o.sample for o in outs])  # UNet/Decoder output dataclasses
+            return (merged,)
+        first.sample = merged  # UNet2DConditionOutput / DecoderOutput
         return first
-
-    return wrapper
 
 
 @dataclass(frozen=True)
@@ -300,9 +315,11 @@ class Dreamer:
         unet_forward = pipe.unet.forward
         if compile:
             unet_forward = torch.compile(unet_forward)
+        self._per_sample: list[_PerSample] = []
         if batch_invariant:
-            unet_forward = _one_sample_at_a_time(unet_forward)
-            pipe.vae.decode = _one_sample_at_a_time(pipe.vae.decode)
+            unet_forward = _PerSample(unet_forward)
+            pipe.vae.decode = _PerSample(pipe.vae.decode)
+            self._per_sample = [unet_forward, pipe.vae.decode]
         pipe.unet.forward = unet_forward
         self.pipe = pipe
         self.batch_invariant = batch_invariant
@@ -331,6 +348,8 @@ class Dreamer:
         import torch
 
         cfg = guidance_scale > 1.0  # diffusers applies classifier-free guidance only then
+        for wrapper in self._per_sample:
+            wrapper.samples = len(requests)
         if self.batch_invariant:  # one prompt at a time, each encoding cached
             embeds = [self._encode(r.prompt, r.negative_prompt, cfg) for r in requests]
             kwargs: dict[str, Any] = {"prompt_embeds": torch.cat([e[0] for e in embeds])}

@@ -224,6 +224,7 @@ def _metadata(plan: DreamPlan, src_meta: dict[str, Any], num_shards: int) -> dic
         "backgrounds": src_meta["backgrounds"],
         "label_maps": src_meta["label_maps"],
         "assignment": src_meta.get("assignment", {}),
+        "rho": src_meta.get("config", {}).get("recipe", {}).get("rho"),
         "splits": {
             s: {"num_samples": sum(sum(v.values()) for v in g.values()), "groups": g}
             for s, g in groups.items()

@@ -1,0 +1,98 @@
+"""Benchmark: images per second of `dreamshift dream` against a bare diffusers loop.
+
+Both use the same tiny random-weight Stable Diffusion (saved and loaded with from_pretrained),
+the same 64x64 guides, prompts, steps, strength and guidance. The bare loop loads
+StableDiffusionImg2ImgPipeline and calls it one image at a time with a seeded generator, saving
+each image as PNG. dreamshift also plans the run, hashes the model, checks every guide's
+sha256, flags black images, syncs each shard to disk and writes the manifest. Both timings
+include loading the model (and, with workers, starting the processes). Printed: images/s of
+each configuration and its ratio to the bare loop, run in this process.
+Run: `make bench-dream` or `.venv/bin/python bench/dream.py [--images N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dreamshift import dataset as ds  # noqa: E402
+from dreamshift.compose import compose  # noqa: E402
+from dreamshift.config import ComposeConfig, DreamConfig, ShiftRecipe  # noqa: E402
+from dreamshift.dream.models import _quiet_libraries  # noqa: E402
+from dreamshift.dream.runner import dream  # noqa: E402
+from dreamshift.world.tiny_sd import save_tiny_sd  # noqa: E402
+
+STEPS, STRENGTH, GUIDANCE = 8, 0.75, 7.5
+
+
+def bare_loop(model: Path, source: Path, prompts: list[str], out: Path) -> float:
+    """The baseline: load the pipeline, then one pipeline call per image. Returns seconds."""
+    _quiet_libraries()
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    rows = [r for r in ds.read_manifest(source).to_pylist() if r["status"] == "ok"]
+    out.mkdir(parents=True)
+    start = time.perf_counter()
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    for i, (r, prompt) in enumerate(zip(rows, prompts, strict=True)):
+        image = pipe(
+            prompt=prompt,
+            image=Image.open(source / r["path"]).convert("RGB"),
+            strength=STRENGTH,
+            num_inference_steps=STEPS,
+            guidance_scale=GUIDANCE,
+            generator=torch.Generator().manual_seed(i),
+        ).images[0]
+        image.save(out / f"{i}.png")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="dreamshift-bench-"))
+    model = save_tiny_sd(tmp / "tiny-sd")
+    source = tmp / "guides"
+    recipe = ShiftRecipe(train_size=args.images, val_per_group=0, test_per_group=0,
+                         anti_per_group=0)  # fmt: skip
+    compose(ComposeConfig(recipe=recipe), source, progress=False)
+    cfg = DreamConfig(
+        source=str(source), model=str(model), steps=STEPS, strength=STRENGTH,
+        guidance_scale=GUIDANCE, shard_size=50,
+    )  # fmt: skip
+
+    runs = {  # name: (workers, batch size, threads per worker)
+        "dream, batch 1, 1 worker x 2 threads": (1, 1, 2),
+        "dream, batch 4, 1 worker x 2 threads": (1, 4, 2),
+        "dream, batch 4, 2 workers x 1 thread": (2, 4, 1),
+    }
+    rates: dict[str, float] = {}
+    prompts: list[str] = []
+    for k, (name, (workers, batch, threads)) in enumerate(runs.items()):
+        out = tmp / f"dream{k}"
+        start = time.perf_counter()
+        run_cfg = DreamConfig(**{**cfg.__dict__, "threads": threads})
+        dream(run_cfg, out, workers=workers, batch_size=batch, progress=False)
+        rates[name] = args.images / (time.perf_counter() - start)
+        if not prompts:
+            prompts = [r["prompt"] for r in ds.read_manifest(out).to_pylist()]
+    bare = args.images / bare_loop(model, source, prompts, tmp / "bare")
+
+    print(f"{args.images} images, 64x64, {STEPS} steps x strength {STRENGTH}, 2 CPU cores")
+    print(f"  {'bare diffusers loop, 1 image per call':<40}{bare:7.2f} img/s")
+    for name, rate in rates.items():
+        print(f"  {name:<40}{rate:7.2f} img/s   ratio {rate / bare:.2f}")
+    print(f"(temporary files in {tmp})")
+
+
+if __name__ == "__main__":
+    main()
