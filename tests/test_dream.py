@@ -138,6 +138,44 @@ def test_pixels_do_not_depend_on_batch_size_or_workers(tmp_path, tiny_sd, guides
     assert digests["b1w1"] == digests["b4w1"] == digests["b3w2"]
 
 
+def test_seeds_and_ids_do_not_depend_on_threads(tmp_path, tiny_sd, guides):
+    made = {}
+    for threads in ("1", "2"):
+        out = tmp_path / threads
+        assert main(dream_cmd(guides, out, tiny_sd, "--splits", "test", "--threads", threads)) == 0
+        made[threads] = [(r["sample_id"], r["seed"], r["prompt"]) for r in rows(out)]
+    assert made["1"] == made["2"]
+
+
+def test_a_sample_that_raises_is_recorded_and_the_run_goes_on(
+    tmp_path, tiny_sd, guides, monkeypatch
+):
+    real = Dreamer.generate
+    doomed = rows(guides)[5]["sample_id"]
+    seeds: dict[int, str] = {}
+
+    def generate(self, requests, *args):
+        if any(seeds.get(r.seed) == doomed for r in requests):
+            raise RuntimeError("out of memory (injected)")
+        return real(self, requests, *args)
+
+    monkeypatch.setattr(Dreamer, "generate", generate)
+    from dreamshift.config import DreamConfig
+    from dreamshift.dream.runner import dream, plan_dream
+
+    cfg = DreamConfig(source=str(guides), model=str(tiny_sd), steps=2, strength=0.5)
+    seeds.update({s.seed: s.guide["sample_id"] for s in plan_dream(cfg).specs})
+    outcome = {}
+    for batch in (1, 4):
+        out = tmp_path / f"b{batch}"
+        result = dream(cfg, out, batch_size=batch, progress=False)
+        assert result.num_failed == 1
+        (failed,) = [r for r in rows(out) if r["status"] == "failed"]
+        assert failed["guide_sample_id"] == doomed and "out of memory (injected)" in failed["error"]
+        outcome[batch] = images_and_rows(out)
+    assert outcome[1] == outcome[4]
+
+
 def test_without_batch_invariance_batches_are_recorded(tmp_path, tiny_sd, guides):
     out = tmp_path / "fast"
     assert main(dream_cmd(guides, out, tiny_sd, "--no-batch-invariant", "--batch-size", "4")) == 0
@@ -201,9 +239,10 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, tiny_sd, guides):
     assert 2 <= len(done_before) < 6 and not (killed / "manifest.parquet").exists()
     stamps = {p.name: p.read_text() for p in done_before}
 
-    resumed = subprocess.run(
-        _dream_subprocess(guides, killed, tiny_sd), capture_output=True, text=True, env=env
-    )
+    resumed = subprocess.run(  # other workers: the run's recorded thread count is kept
+        [*_dream_subprocess(guides, killed, tiny_sd), "--workers", "2"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert f"{6 - len(done_before)} shards run" in resumed.stdout
     assert {p.name: p.read_text() for p in done_before} == stamps  # finished shards kept
@@ -269,7 +308,7 @@ def test_black_and_blank_outputs_are_flagged_not_kept(tmp_path, tiny_sd, guides,
 def test_quality_flag_thresholds():
     img = np.zeros((16, 16, 3), np.uint8)
     assert quality_flag(img) == "black"
-    img[0, 0] = 200  # one bright pixel: not black, and not flat either? std is 12.4
+    img[0, 0] = 200  # one bright pixel: not black, and its channel's std is 12.5: not blank
     assert quality_flag(img) is None
     assert quality_flag(np.full((16, 16, 3), 7, np.uint8)) == "black"
     assert quality_flag(np.full((16, 16, 3), 9, np.uint8)) == "blank"

@@ -50,6 +50,8 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_VARIANTS = ["*.fp16.*", "*.bf16.*", "*.non_ema.*", "*.ema.*"]
+_VARIANT = re.compile(r"\.(fp16|bf16|non_ema|ema)\.")
 
 
 def _quiet_libraries() -> None:
@@ -113,16 +115,24 @@ def locate_model(model_id: str) -> ModelRef:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    # the component folders in safetensors; not root-level single-file checkpoints, .bin
+    # duplicates or fp16/EMA variants (diffusers' from_pretrained loads none of them)
+    patterns = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors"]
     why = ""
     try:
-        folder = Path(snapshot_download(model_id, local_files_only=True, allow_patterns=patterns))
+        folder = Path(
+            snapshot_download(
+                model_id, local_files_only=True, allow_patterns=patterns, ignore_patterns=_VARIANTS
+            )
+        )
     except (LocalEntryNotFoundError, OSError, ValueError):
         if constants.HF_HUB_OFFLINE:
             why = "downloads are off (HF_HUB_OFFLINE=1)"
         else:
             try:
-                folder = Path(snapshot_download(model_id, allow_patterns=patterns))
+                folder = Path(
+                    snapshot_download(model_id, allow_patterns=patterns, ignore_patterns=_VARIANTS)
+                )
             except Exception as exc:  # no network, unknown repo, gated repo ...
                 why = f"the hub could not provide it ({type(exc).__name__}: {exc})"
     if why:
@@ -136,15 +146,23 @@ def locate_model(model_id: str) -> ModelRef:
     return ModelRef(model_id, folder, folder.name)
 
 
+def model_files(path: Path) -> list[Path]:
+    """The files a Stable Diffusion pipeline loads from ``path``: model_index.json and its
+    component folders, without weight variants, and without .bin files where a folder has
+    safetensors. Extra files (a README, a single-file checkpoint) do not count."""
+    files = [path / "model_index.json"]
+    for comp in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        inside = sorted(p for p in comp.rglob("*") if p.is_file() and not _VARIANT.search(p.name))
+        if any(p.suffix == ".safetensors" for p in inside):
+            inside = [p for p in inside if p.suffix != ".bin"]
+        files += inside
+    return files
+
+
 def hash_model(path: Path) -> str:
-    """sha256 over every file of a model folder (relative path and content), in path order."""
+    """sha256 over :func:`model_files` (relative path and content), in path order."""
     total = hashlib.sha256()
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
-    for p in files:
+    for p in model_files(path):
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -330,9 +348,12 @@ class Dreamer:
         if key not in self._embeds:
             if len(self._embeds) > 4096:
                 self._embeds.clear()
-            self._embeds[key] = self.pipe.encode_prompt(
-                prompt, self.device, 1, cfg, negative_prompt=negative or None
-            )
+            import torch
+
+            with torch.inference_mode():  # no autograd graph kept alive in the cache
+                self._embeds[key] = self.pipe.encode_prompt(
+                    prompt, self.device, 1, cfg, negative_prompt=negative or None
+                )
         return self._embeds[key]
 
     def generate(

@@ -26,6 +26,7 @@ import platform
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -149,18 +150,32 @@ def _output_size(cfg: DreamConfig, rows: list[dict[str, Any]]) -> tuple[int, int
     return w, h
 
 
-def plan_dream(cfg: DreamConfig, workers: int = 1, batch_size: int = 1) -> DreamPlan:
+def plan_dream(
+    cfg: DreamConfig,
+    workers: int = 1,
+    batch_size: int = 1,
+    prior_runtime: dict[str, Any] | None = None,
+) -> DreamPlan:
     """Check and resolve ``cfg`` and plan every sample. Fails before any image is made on a
-    bad source, recipe, model or setting."""
+    bad source, recipe, model or setting. ``prior_runtime``: the runtime an unfinished run of
+    this dataset recorded; its thread count is kept unless ``cfg.threads`` is given."""
     cfg.check()
     cfg = replace(cfg, source=str(Path(cfg.source).resolve()))
     src_meta, rows = _source_rows(cfg)
     width, height = _output_size(cfg, rows)
+    guides = hashlib.sha256("".join(f"{r['sample_id']}:{r['sha256']}\n" for r in rows).encode())
     resolved: dict[str, Any] = {
         "source_content_hash": src_meta["content_hash"],
+        "guides_sha256": guides.hexdigest(),  # which guides, with which bytes
         "width": width,
         "height": height,
     }
+    # what decides the images: it names the samples and seeds them. Not the device, threads or
+    # batch size: they move pixels by float rounding only, and are checked on resume instead.
+    content: dict[str, Any] = {
+        "mode": cfg.mode, "seed": cfg.seed, "splits": list(cfg.splits),
+        "guides": resolved["guides_sha256"], "width": width, "height": height,
+    }  # fmt: skip
     recipe = None
     if cfg.mode != "paste":
         recipe = load_recipe(cfg.prompts)
@@ -170,13 +185,14 @@ def plan_dream(cfg: DreamConfig, workers: int = 1, batch_size: int = 1) -> Dream
         assert cfg.model is not None  # DreamConfig.check
         ref = locate_model(cfg.model)
         scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
+        threads = cfg.threads or (prior_runtime or {}).get("threads")
         resolved.update(
             model_path=str(ref.path),
             model_revision=ref.revision,
             model_sha256=hash_model(ref.path),
             scheduler=scheduler,
             scheduler_config=scheduler_config,
-            runtime=resolve_runtime(cfg.device, cfg.dtype, cfg.threads, workers)
+            runtime=resolve_runtime(cfg.device, cfg.dtype, threads, workers)
             | {"batch_invariant": cfg.batch_invariant},
             recipe={"name": recipe.name, "file": recipe.source, "hash": recipe.content_hash()},
             negative_prompt=(
@@ -185,14 +201,15 @@ def plan_dream(cfg: DreamConfig, workers: int = 1, batch_size: int = 1) -> Dream
         )
         if not cfg.batch_invariant:  # then the batch composition decides the last bits
             resolved["batch_size"] = batch_size
-    fingerprint = cfg.to_dict()
-    for key in ("source", "model", "prompts", "shard_size"):
-        fingerprint.pop(key)
-    fingerprint["resolved"] = {k: v for k, v in resolved.items() if k != "model_path"}
-    fingerprint["resolved"].pop("recipe", None)
-    fingerprint["recipe_hash"] = recipe.content_hash() if recipe else None
-    content_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    resolved["content_hash"] = content_hash[:12]
+        content.update(
+            model=resolved["model_sha256"], scheduler=scheduler,
+            scheduler_config=scheduler_config, steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale, recipe=recipe.content_hash(),
+            negative_prompt=resolved["negative_prompt"],
+            strength=cfg.strength if cfg.mode == "img2img" else None,
+        )  # fmt: skip
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    resolved["content_hash"] = digest[:12]
 
     specs = []
     for index, row in enumerate(rows):
@@ -344,9 +361,9 @@ def _generate(
 
     try:
         return list(run(requests))
-    except Exception:
+    except Exception as exc:
         if len(requests) == 1:
-            raise
+            return [exc]
     out: list[np.ndarray | BaseException] = []
     for req in requests:
         try:
@@ -468,8 +485,11 @@ def dream(
     start = time.perf_counter()
     if batch_size < 1 or workers < 1:
         raise DreamshiftError("--batch-size and --workers must be >= 1")
-    plan = plan_dream(cfg, workers, batch_size)
     root = Path(out)
+    prior = None
+    if ds.DatasetLayout(root).json_path.is_file():  # keep an unfinished run's thread count
+        prior = ds.read_dataset_json(root).get("config", {}).get("resolved", {}).get("runtime")
+    plan = plan_dream(cfg, workers, batch_size, prior)
     if root.resolve() == plan.source:
         raise DreamshiftError(f"--out {root} is the source dataset: choose another folder")
     layout = ds.DatasetLayout(root)
@@ -484,7 +504,9 @@ def dream(
                 time.perf_counter() - start,
             )  # fmt: skip
         ds.write_json_atomic(layout.json_path, meta)  # incomplete until the retry is done
-        layout.manifest_path.unlink()  # stale once a shard changes; the shards hold the rows
+        layout.manifest_path.unlink(
+            missing_ok=True
+        )  # stale once a shard changes; the shards hold the rows
 
     work: dict[int, tuple[list[DreamSpec], list[dict[str, Any]] | None]] = {}
     for k in range(len(shards)):
@@ -512,7 +534,14 @@ def dream(
                     for k, (specs, keep) in work.items()
                 }
                 for fut in as_completed(futures):
-                    fut.result()
+                    try:
+                        fut.result()
+                    except BrokenProcessPool as exc:
+                        raise DreamshiftError(
+                            "a worker process died (out of memory, or the model failed to "
+                            "load in it): run with --workers 1 to see the error; finished "
+                            "shards are kept"
+                        ) from exc
                     bar.update(len(work[futures[fut]][0]))
 
     table = ds.consolidate_manifest(layout, len(shards))
@@ -559,9 +588,11 @@ def regenerate(
         if unknown:
             raise DreamshiftError(f"{root} has no samples {unknown[:5]}")
         rows = [by_id[s] for s in sample_ids]
-    guides = {
-        r["sample_id"]: r for r in ds.read_manifest(plan.source).to_pylist()
-    }  # the source dataset's rows, for the guide files
+    if not (plan.source / ds.DATASET_JSON).is_file():
+        raise DreamshiftError(
+            f"{root} was dreamed from {plan.source}, which is gone: regenerate reads its guides"
+        )
+    guides = {r["sample_id"]: r for r in ds.read_manifest(plan.source).to_pylist()}
     dreamer = None
     if plan.cfg.mode != "paste":
         ref = locate_model(model or plan.resolved["model_path"])
@@ -583,16 +614,23 @@ def regenerate(
             continue
         guide = guides.get(row["guide_sample_id"])
         if guide is None:
-            raise DreamshiftError(f"guide {row['guide_sample_id']} is not in {plan.source}")
+            results.append(Regenerated(sid, False, f"its guide is not in {plan.source}"))
+            continue
         size = (row["width"], row["height"])
-        if dreamer is None:
-            pixels = np.asarray(guide_image(plan.source, guide, size))
-        else:
-            img = guide_image(plan.source, guide, size) if row["pipeline"] == "img2img" else None
-            req = Request(row["prompt"], row["negative_prompt"], row["seed"], img)
-            pixels = dreamer.generate(
-                [req], row["steps"], row["strength"] or 0.0, row["guidance_scale"], *size
-            )[0]
+        try:
+            if dreamer is None:
+                pixels = np.asarray(guide_image(plan.source, guide, size))
+            else:
+                img = (
+                    guide_image(plan.source, guide, size) if row["pipeline"] == "img2img" else None
+                )
+                req = Request(row["prompt"], row["negative_prompt"], row["seed"], img)
+                pixels = dreamer.generate(
+                    [req], row["steps"], row["strength"] or 0.0, row["guidance_scale"], *size
+                )[0]
+        except BadInputError as exc:
+            results.append(Regenerated(sid, False, str(exc)))
+            continue
         data = encode_png(Image.fromarray(pixels))
         if out_dir is not None:
             (Path(out_dir) / f"{sid}.png").write_bytes(data)
