@@ -71,7 +71,7 @@ def main() -> None:
     compose(ComposeConfig(recipe=recipe), source, progress=False)
     cfg = DreamConfig(
         source=str(source), model=str(model), steps=STEPS, strength=STRENGTH,
-        guidance_scale=GUIDANCE, shard_size=50,
+        guidance_scale=GUIDANCE, shard_size=16,
     )  # fmt: skip
 
     runs = {  # name: (workers, batch size, threads per worker)

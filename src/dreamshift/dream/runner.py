@@ -525,7 +525,11 @@ def dream(
             for k, (specs, keep) in work.items():
                 run_shard(plan, root, k, specs, dreamer, batch_size, keep, progress=bar)
         else:
-            ctx = multiprocessing.get_context("spawn")  # CUDA and torch threads need spawn
+            # CUDA cannot be used in a forked child; on a CPU, fork spares each worker the
+            # seconds of importing diffusers again (the parent has run no torch kernels)
+            on_cpu = plan.resolved.get("runtime", {}).get("device", "cpu") == "cpu"
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if on_cpu and "fork" in methods else "spawn")
             with ProcessPoolExecutor(
                 max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(plan,)
             ) as pool:
