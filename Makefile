@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dreamshift info $(DEMO)/paste
 	$(VENV)/bin/dreamshift grid $(DEMO)/paste --split test --out $(DEMO)/paste_grid.png
 	$(VENV)/bin/dreamshift world tiny-sd --out $(DEMO)/tiny-sd
-	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --out $(DEMO)/dream --model $(DEMO)/tiny-sd --steps 4 --strength 0.6 --batch-size 4 --workers 2
+	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --out $(DEMO)/dream --model $(DEMO)/tiny-sd --steps 4 --strength 0.6 --batch-size 4 --workers 2 --shard-size 25
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift regenerate $(DEMO)/dream $$($(PY) -c "import dreamshift.dataset as d; print(d.read_manifest('$(DEMO)/dream')['sample_id'][0])")
 	$(VENV)/bin/dreamshift grid $(DEMO)/dream --out $(DEMO)/dream_grid.png
 	@echo "demo outputs: datasets $(DEMO)/paste and $(DEMO)/dream, grids $(DEMO)/paste_grid.png and $(DEMO)/dream_grid.png"

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from dreamshift import dataset as ds
 from dreamshift.compose import compose
 from dreamshift.config import ComposeConfig, DreamConfig, ShiftRecipe
-from dreamshift.dream.models import _quiet_libraries
+from dreamshift.dream.models import quiet_libraries
 from dreamshift.dream.runner import dream
 from dreamshift.world.tiny_sd import save_tiny_sd
 
@@ -34,7 +34,7 @@ STEPS, STRENGTH, GUIDANCE = 8, 0.75, 7.5
 
 def bare_loop(model: Path, source: Path, prompts: list[str], out: Path) -> float:
     """The baseline: load the pipeline, then one pipeline call per image. Returns seconds."""
-    _quiet_libraries()
+    quiet_libraries()
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
     from PIL import Image
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    _quiet_libraries()  # imports diffusers and transformers (~5 s) before any timing
+    quiet_libraries()  # imports diffusers and transformers (~5 s) before any timing
     tmp = Path(tempfile.mkdtemp(prefix="dreamshift-bench-"))
     model = save_tiny_sd(tmp / "tiny-sd")
     source = tmp / "guides"

@@ -54,7 +54,7 @@ _VARIANTS = ["*.fp16.*", "*.bf16.*", "*.non_ema.*", "*.ema.*"]
 _VARIANT = re.compile(r"\.(fp16|bf16|non_ema|ema)\.")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """diffusers and transformers log per-call warnings and progress bars; keep errors only."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -174,7 +174,7 @@ def hash_model(path: Path) -> str:
 def resolve_scheduler(path: Path, name: str) -> tuple[str, dict[str, Any]]:
     """(class name, full config) of the scheduler to use: the checkpoint's own (``model``) or
     one of :data:`SCHEDULERS` built from the checkpoint's config (its beta schedule)."""
-    _quiet_libraries()
+    quiet_libraries()
     import diffusers
 
     base_file = path / "scheduler" / "scheduler_config.json"
@@ -290,7 +290,7 @@ class Dreamer:
         batch_invariant: bool = True,
         compile: bool = False,
     ):
-        _quiet_libraries()
+        quiet_libraries()
         import diffusers
         import torch
         from diffusers.models.attention_processor import AttnProcessor2_0

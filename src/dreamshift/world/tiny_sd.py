@@ -91,6 +91,9 @@ def byte_bpe_vocab() -> tuple[dict[str, int], list[str]]:
 
 def write_byte_bpe_tokenizer(folder: str | Path) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and a CLIPTokenizer config to ``folder``."""
+    from dreamshift.dream.models import quiet_libraries
+
+    quiet_libraries()
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
@@ -107,6 +110,9 @@ def build_tiny_sd(seed: int = 0, tokenizer_dir: str | Path | None = None):
     """A random-weight StableDiffusionPipeline (deterministic for ``seed``) on the CPU."""
     import tempfile
 
+    from dreamshift.dream.models import quiet_libraries
+
+    quiet_libraries()
     import torch
     from diffusers import (
         AutoencoderKL,
