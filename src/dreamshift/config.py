@@ -23,6 +23,12 @@ def _check_types(obj: object, ints: tuple[str, ...], numbers: tuple[str, ...]) -
             raise DreamshiftError(f"{name} = {v!r} must be a number")
 
 
+def _reject_unknown_keys(cls: Any, d: dict[str, Any], what: str) -> None:
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise DreamshiftError(f"unknown {what} config keys: {sorted(unknown)}")
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where and how a foreground cut-out is pasted.
@@ -116,10 +122,7 @@ class ComposeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ComposeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DreamshiftError(f"unknown compose config keys: {sorted(unknown)}")
+        _reject_unknown_keys(cls, d, "compose")
         d = dict(d)
         place = dict(d.get("placement", {}))
         if "scale" in place:  # a number or [min, max]
@@ -212,14 +215,11 @@ class DreamConfig:
                 raise DreamshiftError(f"{name} = {v}: Stable Diffusion needs a multiple of 8")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as written to JSON
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DreamConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DreamshiftError(f"unknown dream config keys: {sorted(unknown)}")
+        _reject_unknown_keys(cls, d, "dream")
         if "source" not in d:
             raise DreamshiftError("a dream config needs 'source': a composed dataset directory")
         d = dict(d)
