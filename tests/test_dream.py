@@ -405,3 +405,18 @@ def test_the_shard_stats_say_how_long_and_how_many(tmp_path, tiny_sd, guides):
     assert all(s["ok"] == s["count"] and s["failed"] == 0 and s["seconds"] > 0 for s in stats)
     table = pq.read_table(out / "manifest.parquet")
     assert table.num_rows == 12 and table.schema.equals(ds.MANIFEST_SCHEMA)
+
+
+def test_a_config_file_is_read_and_flags_win(tmp_path, tiny_sd, guides, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_sd}\nsteps: 3\nstrength: 0.6\nsplits: [test]\n")
+    out = tmp_path / "dream"
+    argv = ["dream", str(guides), "--out", str(out), "--config", str(config), "--steps", "2"]
+    assert main([*argv, "--no-progress"]) == 0
+    made = rows(out)
+    assert len(made) == 4 and {(r["steps"], r["strength"]) for r in made} == {(2, 0.6)}
+    assert main([*argv, "--strength", "0.4"]) == 2  # int(2 * 0.4) = 0 denoising steps
+    assert "runs no denoising step" in capsys.readouterr().err
+    config.write_text("stepz: 3\n")
+    assert main([*argv, "--no-progress"]) == 2
+    assert "unknown dream config keys: ['stepz']" in capsys.readouterr().err

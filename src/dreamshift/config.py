@@ -205,6 +205,11 @@ class DreamConfig:
             raise DreamshiftError(f"steps = {self.steps} must be >= 1")
         if not 0.0 < self.strength <= 1.0:
             raise DreamshiftError(f"strength = {self.strength} must lie in (0, 1]")
+        if self.mode == "img2img" and int(self.steps * self.strength) < 1:
+            raise DreamshiftError(
+                f"steps x strength = {self.steps} x {self.strength} runs no denoising step "
+                "(img2img runs int(steps * strength) of them): raise --steps or --strength"
+            )
         if self.guidance_scale < 0:
             raise DreamshiftError(f"guidance_scale = {self.guidance_scale} must be >= 0")
         if self.shard_size < 1:
