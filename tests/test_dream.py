@@ -420,3 +420,10 @@ def test_a_config_file_is_read_and_flags_win(tmp_path, tiny_sd, guides, capsys):
     config.write_text("stepz: 3\n")
     assert main([*argv, "--no-progress"]) == 2
     assert "unknown dream config keys: ['stepz']" in capsys.readouterr().err
+
+
+def test_the_source_is_never_the_output(tiny_sd, guides, capsys):
+    before = images_and_rows(guides)
+    assert main(dream_cmd(guides, guides, tiny_sd)) == 2
+    assert "is the source dataset" in capsys.readouterr().err
+    assert images_and_rows(guides) == before
