@@ -107,7 +107,9 @@ def test_batch_run_records_bad_samples_and_makes_the_rest(folders, tmp_path, cap
     Image.new("L", (10, 10), 255).save(fg / "cat" / "wrong.mask.png")
     (bg / "grass" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     out = tmp_path / "out"
-    status = _compose(fg, bg, out, "--share-foregrounds")
+    # ~200 cat samples over 7 files: each bad file is drawn (a 40-sample run misses one with
+    # probability ~1 %, as the draws follow the config hash, which holds the folder's path)
+    status = _compose(fg, bg, out, "--share-foregrounds", "--train-size", "400")
     assert status == 1  # some samples failed
     rows = ds.read_manifest(out).to_pylist()
     failed = [r for r in rows if r["status"] == "failed"]
