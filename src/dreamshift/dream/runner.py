@@ -394,7 +394,7 @@ def run_shard(
     rows = []
     for b in range(0, len(specs), batch_size):
         batch = specs[b : b + batch_size]
-        todo: list[tuple[dict[str, Any], DreamSpec, Request]] = []
+        todo: list[tuple[dict[str, Any], str, Request]] = []  # row, image path, request
         for spec in batch:
             row = base_row(plan, spec, versions)
             rows.append(row)
@@ -409,25 +409,24 @@ def run_shard(
                     guide = guide_image(plan.source, spec.guide, plan.size)
                 assert spec.prompt is not None and spec.negative_prompt is not None
                 todo.append(
-                    (row, spec, Request(spec.prompt, spec.negative_prompt, spec.seed, guide))
+                    (row, rel_path, Request(spec.prompt, spec.negative_prompt, spec.seed, guide))
                 )
             except Exception as exc:  # a batch run records the failure and goes on
                 _failed(row, exc)
         if todo:
             assert dreamer is not None
             results = _generate(plan, dreamer, [t[2] for t in todo])
-            for (row, spec, _), result in zip(todo, results, strict=True):
+            for (row, rel_path, _), result in zip(todo, results, strict=True):
                 try:
                     if isinstance(result, BaseException):
                         raise result
-                    _finish(row, result, root, f"{rel_folder}/{spec.sample_id}.png")
+                    _finish(row, result, root, rel_path)
                 except Exception as exc:
                     _failed(row, exc)
         if progress is not None:
             progress.update(len(batch))
     flush_to_disk()  # images durable before the rows and the marker that vouch for them
     all_rows = sorted([*(keep or []), *rows], key=lambda r: r["index"])
-    counts = Counter(r["status"] for r in rows)
     seconds = time.perf_counter() - start
     stats = {
         "shard": shard,
@@ -436,7 +435,7 @@ def run_shard(
         "ok": sum(r["status"] == ds.OK for r in all_rows),
         "failed": sum(r["status"] == ds.FAILED for r in all_rows),
         "flagged": sum(r["status"] == ds.FLAGGED for r in all_rows),
-        "failed_now": counts[ds.FAILED],
+        "failed_now": sum(r["status"] == ds.FAILED for r in rows),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(rows) / seconds, 3) if seconds > 0 else None,
     }
