@@ -194,7 +194,7 @@ def plan_dream(
             scheduler_config=scheduler_config,
             runtime=resolve_runtime(cfg.device, cfg.dtype, threads, workers)
             | {"batch_invariant": cfg.batch_invariant},
-            recipe={"name": recipe.name, "file": recipe.source, "hash": recipe.content_hash()},
+            recipe={"name": recipe.name, "hash": recipe.content_hash()},  # config has its file
             negative_prompt=(
                 cfg.negative_prompt if cfg.negative_prompt is not None else recipe.negative_prompt
             ),
