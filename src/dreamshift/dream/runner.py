@@ -564,13 +564,14 @@ class Regenerated:
     detail: str
 
 
-def _plan_of(root: Path) -> tuple[DreamPlan, dict[str, Any]]:
+def _plan_of(root: Path) -> DreamPlan:
+    """The plan a dream dataset recorded (settings only; its samples are the manifest rows)."""
     meta = ds.read_dataset_json(root)
     if meta.get("stage") != "dream":
         raise DreamshiftError(f"{root} was made by `dreamshift {meta.get('stage')}`, not dream")
     config = dict(meta["config"])
     resolved = config.pop("resolved")
-    return DreamPlan(DreamConfig.from_dict(config), resolved, []), meta
+    return DreamPlan(DreamConfig.from_dict(config), resolved, [])
 
 
 def regenerate(
@@ -583,7 +584,7 @@ def regenerate(
     (sha256 of the PNG). ``sample_ids`` None: every sample. ``model``: where the model lives
     now, if not where the run found it; it must hash to the recorded ``model_sha256``."""
     root = Path(root)
-    plan, _ = _plan_of(root)
+    plan = _plan_of(root)
     rows = ds.read_manifest(root).to_pylist()
     by_id = {r["sample_id"]: r for r in rows}
     if sample_ids:
