@@ -286,6 +286,19 @@ def _cmd_world(args: argparse.Namespace) -> int:
         from dreamshift.world.tiny_sd import save_tiny_sd
 
         print(save_tiny_sd(args.out, seed=args.seed))
+    elif args.world_command == "train-dream":
+        from dreamshift.config import _reject_unknown_keys
+        from dreamshift.world.tiny_dream import TrainDreamConfig, train_tiny_dream
+
+        base = _read_yaml(args.config)
+        if args.seed is not None:
+            base["seed"] = args.seed
+        _reject_unknown_keys(TrainDreamConfig, base, "train-dream")
+        try:
+            cfg = TrainDreamConfig(**base)
+        except TypeError as exc:
+            raise DreamshiftError(f"config {args.config}: {exc}") from exc
+        print(train_tiny_dream(args.out, cfg, workers=args.workers, progress=not args.quiet))
     return 0
 
 
@@ -317,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("--out", required=True, type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    train = wsub.add_parser(
+        "train-dream",
+        help="train tiny-dream (tokenizer, text encoder, VAE, UNet) on world renders; "
+        "resumes from OUT's checkpoints (about an hour on 2 CPU cores)",
+    )
+    train.add_argument("--out", required=True, type=Path)
+    train.add_argument("--seed", type=int, help="(default 0)")
+    train.add_argument(
+        "--config", type=Path, help="YAML of TrainDreamConfig fields (steps, batch sizes, ...)"
+    )
+    train.add_argument("--workers", type=int, default=2, help="processes that render (2)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
     world.set_defaults(func=_cmd_world)
 
     _add_compose(sub)

@@ -69,19 +69,34 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
-def byte_bpe_vocab() -> tuple[dict[str, int], list[str]]:
-    """The vocabulary and merge list of the tiny tokenizer."""
+def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word as CLIP's tokenizer does it: merge the lowest-ranked
+    adjacent pair until no pair has a rank."""
+    while len(parts) > 1:
+        pairs = [(ranks.get(p, len(ranks) + 1), i) for i, p in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank > len(ranks):
+            break
+        parts = [*parts[:i], parts[i] + parts[i + 1], *parts[i + 2 :]]
+    return parts
+
+
+def byte_bpe_vocab(words: list[str] | None = None) -> tuple[dict[str, int], list[str]]:
+    """The vocabulary and merge list of a byte-level BPE tokenizer in which each of ``words``
+    (default: the world's class and background names) is one token; any other text falls back
+    to smaller pieces, down to single bytes."""
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
-    for word in _WORDS:
-        # merge left to right: "c a", "ca t</w>"; every part is already in the vocabulary
-        parts = [*word[:-1], word[-1] + "</w>"]
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words or _WORDS:
+        # apply the merges so far as the tokenizer will (lowest rank first), then join what is
+        # left from the left: "c a", "ca t</w>"; later merges never split an earlier word
+        parts = _bpe([*word[:-1], word[-1] + "</w>"], ranks)
         while len(parts) > 1:
             merged = parts[0] + parts[1]
-            merge = f"{parts[0]} {parts[1]}"
-            if merge not in merges:
-                merges.append(merge)
+            ranks[parts[0], parts[1]] = len(merges)
+            merges.append(f"{parts[0]} {parts[1]}")
             if merged not in tokens:
                 tokens.append(merged)
             parts = [merged, *parts[2:]]
@@ -89,8 +104,11 @@ def byte_bpe_vocab() -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def write_byte_bpe_tokenizer(folder: str | Path) -> Path:
-    """Write ``vocab.json``, ``merges.txt`` and a CLIPTokenizer config to ``folder``."""
+def write_byte_bpe_tokenizer(
+    folder: str | Path, words: list[str] | None = None, max_length: int = 77
+) -> Path:
+    """Write ``vocab.json``, ``merges.txt`` and a CLIPTokenizer config to ``folder``; prompts
+    are padded or cut to ``max_length`` tokens."""
     from dreamshift.dream.models import quiet_libraries
 
     quiet_libraries()
@@ -98,10 +116,10 @@ def write_byte_bpe_tokenizer(folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = byte_bpe_vocab()
+    vocab, merges = byte_bpe_vocab(words)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
     tok.save_pretrained(folder)
     return folder
 

@@ -1,0 +1,533 @@
+"""tiny-dream: a small latent diffusion model in Stable Diffusion's format, trained on the world.
+
+Latent diffusion (Rombach et al. 2022) at toy scale, trained in stages that each checkpoint
+and resume:
+
+1. ``renders``: world images, every class on every background with random appearance, scale and
+   placement (made by :func:`dreamshift.compose.compose`, so they are cached and resumable);
+2. ``vae``: an ``AutoencoderKL`` from 64x64x3 pixels to 16x16x4 latents, trained with a pixel
+   MSE and a small KL term (the paper adds perceptual and adversarial losses; at 64x64 the
+   MSE alone reaches the PSNR we need);
+3. ``unet``: a ``UNet2DConditionModel`` and a ``CLIPTextModel`` trained together on the
+   encoded renders with the DDPM noise-prediction loss (Ho et al. 2020), Min-SNR weighting
+   (Hang et al. 2023), an EMA of the weights, and the prompt dropped for 10 % of the samples
+   so that classifier-free guidance works (Ho & Salimans 2022). Prompts come from the D3S
+   recipe (class, definition, background) and the ImageNet-G templates (class only).
+
+The result is saved with ``save_pretrained`` and loads with ``StableDiffusionPipeline`` and
+``StableDiffusionImg2ImgPipeline``. Every random draw of step ``s`` comes from a generator seeded
+by ``(seed, stage, s)``, so a resumed run computes exactly what an uninterrupted one does.
+
+>>> train_tiny_dream("out/tiny-dream-train", TrainDreamConfig())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamshift.errors import DreamshiftError
+from dreamshift.seeding import derive_seed
+from dreamshift.world.animals import CLASSES
+from dreamshift.world.backgrounds import BACKGROUNDS
+
+SIZE, LATENT_SIZE = 64, 16
+MAX_TOKENS = 32  # every world prompt fits; longer prompts are cut, as CLIP cuts at 77
+PROMPT_RECIPES = ("d3s", "imagenet-g")
+
+
+@dataclass(frozen=True)
+class TrainDreamConfig:
+    """What decides the trained weights. The defaults are the shipped model's (about an hour on
+    two CPU cores)."""
+
+    seed: int = 0
+    train_renders: int = 30000
+    test_per_group: int = 3  # held-out renders (unseen silhouettes) per class x background
+    vae_steps: int = 2500
+    vae_batch: int = 32
+    vae_crop: int = 32  # the VAE is convolutional: it trains on crops, 4x cheaper than 64x64
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-7
+    unet_steps: int = 3000
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    uncond_prob: float = 0.1  # prompt dropout, for classifier-free guidance
+    template_prob: float = 0.25  # share of prompts from the class-only ImageNet-G templates
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.998
+    warmup_steps: int = 200
+    checkpoint_every: int = 250
+
+    def check(self) -> None:
+        for name in ("train_renders", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
+            if getattr(self, name) < 1:
+                raise DreamshiftError(f"train-dream: {name} must be at least 1")
+        if self.vae_crop % 4 or not 8 <= self.vae_crop <= SIZE:
+            raise DreamshiftError(f"train-dream: vae_crop must be a multiple of 4 in 8..{SIZE}")
+        if not 0 <= self.uncond_prob < 1 or not 0 <= self.template_prob < 1:
+            raise DreamshiftError("train-dream: uncond_prob and template_prob must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------- components
+
+
+def prompt_words() -> list[str]:
+    """Every word of the world's prompts: class names, background phrases, definitions and
+    template words of the shipped recipes, in first-seen order."""
+    from dreamshift.dream.prompts import load_recipe
+
+    text = " ".join([*CLASSES, *BACKGROUNDS])
+    for name in PROMPT_RECIPES:
+        r = load_recipe(name)
+        text += " ".join(["", *r.templates, *r.backgrounds.values(), *r.definitions.values()])
+    words = re.findall(r"[a-z]+", re.sub(r"\$\{\w+\}", " ", text.lower()))
+    return list(dict.fromkeys(words))
+
+
+def world_prompts() -> list[str]:
+    """All prompts tiny-dream is trained on: ``""`` (unconditional) first, then the D3S prompt
+    of every (class, background), then every ImageNet-G template of every class."""
+    from dreamshift.dream.prompts import load_recipe
+
+    d3s, templates = (load_recipe(n) for n in PROMPT_RECIPES)
+    prompts = [""]
+    prompts += [d3s.render(0, c, b) for c in CLASSES for b in BACKGROUNDS]
+    prompts += [templates.render(i, c, None) for c in CLASSES for i in range(len(templates.templates))]
+    return prompts
+
+
+def build_components(tokenizer_dir: Path, seed: int) -> dict[str, Any]:
+    """Untrained tokenizer, text encoder, VAE and UNet of tiny-dream (deterministic for seed)."""
+    from dreamshift.dream.models import quiet_libraries
+
+    quiet_libraries()
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dreamshift.world.tiny_sd import write_byte_bpe_tokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(
+        write_byte_bpe_tokenizer(tokenizer_dir, prompt_words(), MAX_TOKENS)
+    )
+    torch.manual_seed(derive_seed(seed, "text_encoder"))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    torch.manual_seed(derive_seed(seed, "vae"))
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),  # two downsamplings: 64x64 -> 16x16
+        layers_per_block=1,
+        latent_channels=4,
+        sample_size=SIZE,
+    )
+    torch.manual_seed(derive_seed(seed, "unet"))
+    unet = UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 128),  # 16x16, 8x8, 4x4: the parameters sit where it is cheap
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,  # read as the number of heads, as in Stable Diffusion 1.x configs
+    )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet}
+
+
+NOISE_SCHEDULE = {  # Stable Diffusion 1.x's: scaled linear betas over 1000 steps
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "steps_offset": 1,
+}
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def render_world(out: Path, cfg: TrainDreamConfig, workers: int = 2) -> Path:
+    """Training renders (train silhouettes, every class on every background, balanced) and
+    held-out renders (test silhouettes), composed into ``out`` (cached, resumable)."""
+    from dreamshift.compose import compose
+    from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
+
+    compose_cfg = ComposeConfig(
+        seed=cfg.seed,
+        size=SIZE,
+        placement=Placement(scale=(0.3, 0.7), max_rotation=15.0),
+        recipe=ShiftRecipe(
+            rho=1 / len(BACKGROUNDS),  # the assigned background is as frequent as any other
+            train_size=cfg.train_renders,
+            val_per_group=0,
+            test_per_group=cfg.test_per_group,
+            anti_per_group=0,
+        ),
+        shard_size=1000,
+    )
+    compose(compose_cfg, out, workers=workers, progress=True)
+    return out
+
+
+def load_renders(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (N, 64, 64, 3) uint8, fg class index (N,), bg class index (N,)) of one split."""
+    from PIL import Image
+
+    from dreamshift import dataset as ds
+
+    rows = [
+        r
+        for r in ds.read_manifest(root).to_pylist()
+        if r["status"] == ds.OK and r["split"] == split
+    ]
+    if not rows:
+        raise DreamshiftError(f"{root} has no usable {split} renders")
+    images = np.stack([np.asarray(Image.open(root / r["path"]).convert("RGB")) for r in rows])
+    fg = np.array([CLASSES.index(r["fg_class"]) for r in rows])
+    bg = np.array([BACKGROUNDS.index(r["bg_class"]) for r in rows])
+    return images, fg, bg
+
+
+def to_tensor(images: np.ndarray) -> Any:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1], as Stable Diffusion's VAE expects."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def psnr(a: Any, b: Any) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = float(((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).mean())
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as exc:
+        raise DreamshiftError(
+            f"checkpoint {path} cannot be read ({exc}): delete it to restart that stage"
+        ) from exc
+
+
+def _generator(seed: int, stage: str, step: int) -> Any:
+    import torch
+
+    return torch.Generator().manual_seed(derive_seed(seed, stage, step))
+
+
+# -------------------------------------------------------------------------------- training
+
+
+def train_vae(
+    vae: Any,
+    images: Any,
+    held_out: Any,
+    cfg: TrainDreamConfig,
+    ckpt: Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train the autoencoder on ``images`` ((N, 3, 64, 64) in [-1, 1]); returns its record."""
+    import torch
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    state = _load_checkpoint(ckpt)
+    step, losses = 0, []
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, losses = state["step"], state["losses"]
+    vae.train()
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", disable=not progress, unit="step")
+    while step < cfg.vae_steps:
+        if stop_after is not None and step >= stop_after:
+            break
+        g = _generator(cfg.seed, "vae", step)
+        idx = torch.randint(len(images), (cfg.vae_batch,), generator=g)
+        corner = torch.randint(SIZE - cfg.vae_crop + 1, (cfg.vae_batch, 2), generator=g).tolist()
+        c = cfg.vae_crop
+        x = torch.stack(
+            [images[i, :, t : t + c, left : left + c] for i, (t, left) in zip(idx, corner, strict=True)]
+        )
+        flip = torch.rand(cfg.vae_batch, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample(generator=g)).sample
+        mse = torch.nn.functional.mse_loss(rec, x)
+        loss = mse + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(mse.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
+            _save_checkpoint(
+                ckpt,
+                {"step": step, "model": vae.state_dict(), "optimizer": opt.state_dict(),
+                 "losses": losses},
+            )  # fmt: skip
+    bar.close()
+    vae.eval()
+    return {"steps": step, "final_mse": float(np.mean(losses[-100:])) if losses else None,
+            "held_out_psnr": reconstruction_psnr(vae, held_out)}  # fmt: skip
+
+
+def reconstruction_psnr(vae: Any, images: Any, batch: int = 100) -> float:
+    """PSNR of the autoencoder's reconstruction (posterior mean) of ``images``."""
+    import torch
+
+    rec = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch]
+            rec.append(vae.decode(vae.encode(x).latent_dist.mode()).sample)
+    return psnr(torch.cat(rec), images)
+
+
+def encode_latents(vae: Any, images: Any, batch: int = 100) -> tuple[Any, Any]:
+    """Posterior mean and standard deviation of every image: (N, 4, 16, 16) each."""
+    import torch
+
+    means, stds = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            dist = vae.encode(images[i : i + batch]).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_unet(
+    parts: dict[str, Any],
+    latents: tuple[Any, Any],
+    labels: tuple[np.ndarray, np.ndarray],
+    cfg: TrainDreamConfig,
+    ckpt: Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train the UNet and the text encoder together on scaled latents; returns its record.
+    On return the models hold the EMA weights."""
+    import torch
+    from diffusers import DDPMScheduler
+    from tqdm import tqdm
+
+    unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    prompts = world_prompts()
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
+    n_cls, n_bg = len(CLASSES), len(BACKGROUNDS)
+    n_templates = (len(prompts) - 1 - n_cls * n_bg) // n_cls
+    fg = torch.from_numpy(labels[0])
+    bg = torch.from_numpy(labels[1])
+    means, stds = latents
+    scheduler = DDPMScheduler(**NOISE_SCHEDULE)
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight_of_t = torch.clamp(snr, max=cfg.snr_gamma) / snr  # Min-SNR-gamma, epsilon target
+
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    ema = [p.detach().clone() for p in params]
+    state = _load_checkpoint(ckpt)
+    step, losses = 0, []
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["optimizer"])
+        ema = state["ema"]
+        step, losses = state["step"], state["losses"]
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", disable=not progress, unit="step")
+    while step < cfg.unet_steps:
+        if stop_after is not None and step >= stop_after:
+            break
+        g = _generator(cfg.seed, "unet", step)
+        b = cfg.unet_batch
+        idx = torch.randint(len(means), (b,), generator=g)
+        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * parts[
+            "scaling_factor"
+        ]
+        # prompt per sample: empty, a class-only template, or the D3S (class, background) one
+        u = torch.rand(b, generator=g)
+        template = torch.randint(n_templates, (b,), generator=g)
+        d3s_index = 1 + fg[idx] * n_bg + bg[idx]
+        template_index = 1 + n_cls * n_bg + fg[idx] * n_templates + template
+        prompt_index = torch.where(u < cfg.template_prob + cfg.uncond_prob, template_index,
+                                   d3s_index)  # fmt: skip
+        prompt_index = torch.where(u < cfg.uncond_prob, 0, prompt_index)
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=g)
+        noisy = scheduler.add_noise(z0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
+        cond = text_encoder(ids[prompt_index])[0]
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_sample * weight_of_t[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params, strict=True):
+                e.lerp_(p.detach(), 1 - decay)
+        losses.append(per_sample.mean().item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
+            _save_checkpoint(
+                ckpt,
+                {"step": step, "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                 "optimizer": opt.state_dict(), "ema": ema, "losses": losses},
+            )  # fmt: skip
+    bar.close()
+    with torch.no_grad():
+        for e, p in zip(ema, params, strict=True):
+            p.copy_(e)
+    unet.eval()
+    text_encoder.eval()
+    return {"steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None}
+
+
+def assemble_pipeline(parts: dict[str, Any]) -> Any:
+    """The trained parts as a ``StableDiffusionPipeline`` with Stable Diffusion's DDIM sampler."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        scheduler=DDIMScheduler(**NOISE_SCHEDULE, set_alpha_to_one=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def train_tiny_dream(
+    out: str | Path,
+    cfg: TrainDreamConfig | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    stop_after: dict[str, int] | None = None,
+    log: Any = print,
+) -> Path | None:
+    """Run (or resume) every stage and save the pipeline to ``out/pipeline``; returns its path,
+    or None when ``stop_after`` (``{"vae": steps}`` or ``{"unet": steps}``, for tests of
+    resuming) stopped a stage early."""
+    import torch
+
+    cfg = cfg or TrainDreamConfig()
+    cfg.check()
+    out = Path(out)
+    ckpts = out / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    config_file = out / "train_config.json"
+    if config_file.is_file():
+        before = json.loads(config_file.read_text())
+        if before != asdict(cfg):
+            raise DreamshiftError(
+                f"{out} holds a training run with another config ({config_file}): resume it "
+                "with the same settings, or use a new --out"
+            )
+    else:
+        config_file.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    stop_after = stop_after or {}
+    started = time.perf_counter()
+
+    renders = render_world(out / "renders", cfg, workers)
+    train_images, fg, bg = load_renders(renders, "train")
+    test_images = load_renders(renders, "test")[0]
+    x_train, x_test = to_tensor(train_images), to_tensor(test_images)
+    log(f"renders: {len(x_train)} train, {len(x_test)} held-out")
+
+    parts = build_components(out / "tokenizer", cfg.seed)
+    record: dict[str, Any] = {"config": asdict(cfg), "threads": torch.get_num_threads()}
+    record["vae"] = train_vae(
+        parts["vae"], x_train, x_test, cfg, ckpts / "vae.pt", progress, stop_after.get("vae")
+    )
+    if record["vae"]["steps"] < cfg.vae_steps:
+        return None
+    log(f"vae: held-out reconstruction PSNR {record['vae']['held_out_psnr']:.2f} dB")
+    means, stds = encode_latents(parts["vae"], x_train)
+    scaling = float(1.0 / means.std())
+    parts["vae"].register_to_config(scaling_factor=scaling)
+    parts["scaling_factor"] = scaling
+    record["vae"]["scaling_factor"] = scaling
+    record["unet"] = train_unet(
+        parts, (means, stds), (fg, bg), cfg, ckpts / "unet.pt", progress, stop_after.get("unet")
+    )
+    if record["unet"]["steps"] < cfg.unet_steps:
+        return None
+    pipeline_dir = out / "pipeline"
+    assemble_pipeline(parts).save_pretrained(pipeline_dir, safe_serialization=True)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    record["parameters"] = {
+        name: sum(p.numel() for p in parts[name].parameters())
+        for name in ("unet", "vae", "text_encoder")
+    }
+    (out / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"tiny-dream saved to {pipeline_dir} ({record['seconds']:.0f} s)")
+    return pipeline_dir
