@@ -162,7 +162,11 @@ def _add_dream(sub: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
     p.add_argument("--config", type=Path, help="YAML file of DreamConfig fields (flags win)")
     p.add_argument("--mode", choices=["img2img", "txt2img", "paste"], help="(img2img)")
-    p.add_argument("--model", help="diffusers Stable Diffusion folder or hub id")
+    p.add_argument(
+        "--model",
+        help="tiny-dream (default: shipped, trained on the world), a diffusers "
+        "Stable Diffusion folder, or a hub id",
+    )
     p.add_argument("--prompts", help="recipe: d3s (default), imagenet-g, or a YAML file")
     p.add_argument("--negative-prompt", help="overrides the recipe's negative prompt")
     p.add_argument("--scheduler", help="model (default), ddim, euler, euler-a, dpm++, lcm")
@@ -299,6 +303,24 @@ def _cmd_world(args: argparse.Namespace) -> int:
         except TypeError as exc:
             raise DreamshiftError(f"config {args.config}: {exc}") from exc
         print(train_tiny_dream(args.out, cfg, workers=args.workers, progress=not args.quiet))
+    elif args.world_command == "train-oracles":
+        from dreamshift.world.oracles import OracleConfig, train_oracles
+
+        names = ("seed", "train_renders", "test_per_group", "fg_epochs", "bg_epochs")
+        given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        ocfg = OracleConfig(**given)
+        acc = train_oracles(args.out, ocfg, workers=args.workers)
+        print(f"oracles in {args.out}: held-out accuracy fg {acc['fg']:.2%}, bg {acc['bg']:.2%}")
+    elif args.world_command == "evaluate-dream":
+        from dreamshift.world.evaluate_dream import evaluate_dream, format_table
+
+        rows = evaluate_dream(
+            args.out, model=args.model, strengths=tuple(args.strengths), per_group=args.per_group,
+            steps=args.steps, guidance_scale=args.guidance_scale, oracles=args.oracles,
+            workers=args.workers, progress=not args.quiet,
+        )  # fmt: skip
+        print(format_table(rows))
+        print(f"datasets, evaluation.json and evaluation_grid.png in {args.out}")
     return 0
 
 
@@ -342,6 +364,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--workers", type=int, default=2, help="processes that render (2)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    orc = wsub.add_parser(
+        "train-oracles", help="train the fg and bg oracles on clean world renders"
+    )
+    orc.add_argument("--out", required=True, type=Path)
+    orc.add_argument("--seed", type=int, help="(0)")
+    orc.add_argument("--train-renders", type=int, help="(30000)")
+    orc.add_argument("--test-per-group", type=int, help="held-out renders per group (10)")
+    orc.add_argument("--fg-epochs", type=int, help="(15)")
+    orc.add_argument("--bg-epochs", type=int, help="(1)")
+    orc.add_argument("--workers", type=int, default=2, help="processes that render (2)")
+    ev = wsub.add_parser(
+        "evaluate-dream",
+        help="label fidelity (oracles), change from the guide and diversity of a model's "
+        "img2img at several strengths and txt2img",
+    )
+    ev.add_argument("--out", required=True, type=Path, help="folder for guides and dreams")
+    ev.add_argument("--model", default="tiny-dream")
+    ev.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8, 1.0])
+    ev.add_argument("--per-group", type=int, default=2, help="guides per class x background")
+    ev.add_argument("--steps", type=int, default=30)
+    ev.add_argument("--guidance-scale", type=float, default=7.5)
+    ev.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     world.set_defaults(func=_cmd_world)
 
     _add_compose(sub)

@@ -154,7 +154,9 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 class DreamConfig:
     """A dream run: which guides, which model and sampler settings make the images.
 
-    ``source``: a composed dataset directory. ``mode``: ``img2img`` (D3S: guide + prompt),
+    ``source``: a composed dataset directory. ``model``: ``tiny-dream`` (the small model
+    trained on the embedded world and shipped in the package), a diffusers folder or a hub
+    id. ``mode``: ``img2img`` (D3S: guide + prompt),
     ``txt2img`` (ImageNet-G: prompt only; the guide's labels are kept) or ``paste`` (the guide
     copied unchanged, the no-diffusion baseline). ``prompts``: a shipped recipe name (``d3s``,
     ``imagenet-g``) or a YAML recipe file. ``negative_prompt``: None takes the recipe's.
@@ -167,7 +169,7 @@ class DreamConfig:
 
     source: str
     mode: str = "img2img"
-    model: str | None = None
+    model: str = "tiny-dream"
     prompts: str = "d3s"
     negative_prompt: str | None = None
     scheduler: str = "model"
@@ -195,7 +197,8 @@ class DreamConfig:
             raise DreamshiftError(f"mode {self.mode!r}: choose one of {', '.join(DREAM_MODES)}")
         if self.mode != "paste" and not self.model:
             raise DreamshiftError(
-                f"mode {self.mode} needs --model: a diffusers Stable Diffusion folder or hub id"
+                f"mode {self.mode} needs a model: tiny-dream, or a diffusers Stable Diffusion "
+                "folder or hub id"
             )
         if self.device not in DEVICES:
             raise DreamshiftError(f"device {self.device!r}: choose one of {', '.join(DEVICES)}")

@@ -100,9 +100,18 @@ def check_model_folder(path: Path) -> None:
             )
 
 
+TINY_DREAM = "tiny-dream"  # the model shipped in the package (dreamshift.world.tiny_dream)
+
+
 def locate_model(model_id: str) -> ModelRef:
     """A local folder, or a hub id found in the Hugging Face cache (or downloaded, when the
     hub may be reached). Fails within seconds with what was looked for and what to do."""
+    if model_id == TINY_DREAM:
+        from dreamshift.world.tiny_dream import shipped_pipeline_dir
+
+        path = shipped_pipeline_dir()
+        check_model_folder(path)
+        return ModelRef(model_id, path, None)
     path = Path(model_id).expanduser()
     if path.is_dir():
         check_model_folder(path)

@@ -182,7 +182,6 @@ def plan_dream(
         recipe.check_labels(
             sorted({r["fg_class"] for r in rows}), sorted({r["bg_class"] for r in rows})
         )
-        assert cfg.model is not None  # DreamConfig.check
         ref = locate_model(cfg.model)
         scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
         threads = cfg.threads or (prior_runtime or {}).get("threads")

@@ -15,6 +15,7 @@ checkpoint, so everything downstream takes the same code path on a CPU as on a G
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Byte-pair encoding of one word as CLIP's tokenizer does it: merge the lowest-ranked
     adjacent pair until no pair has a rank."""
     while len(parts) > 1:
-        pairs = [(ranks.get(p, len(ranks) + 1), i) for i, p in enumerate(zip(parts, parts[1:]))]
+        pairs = [(ranks.get(p, len(ranks) + 1), i) for i, p in enumerate(itertools.pairwise(parts))]
         rank, i = min(pairs)
         if rank > len(ranks):
             break
@@ -119,7 +120,9 @@ def write_byte_bpe_tokenizer(
     vocab, merges = byte_bpe_vocab(words)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    tok = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
+    )
     tok.save_pretrained(folder)
     return folder
 
