@@ -277,6 +277,51 @@ def _generator(seed: int, stage: str, step: int) -> Any:
     return torch.Generator().manual_seed(derive_seed(seed, stage, step))
 
 
+def _run_steps(
+    stage: str,
+    total: int,
+    cfg: TrainDreamConfig,
+    ckpt: Path,
+    opt: Any,
+    step_fn: Any,
+    modules: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    metric: str = "loss",
+) -> tuple[int, list[float]]:
+    """The loop every stage shares: resume from ``ckpt``, run ``step_fn(step, generator)`` (it
+    returns the loss to log) up to ``total`` steps or ``stop_after``, and checkpoint
+    ``modules``' and ``extra``'s state, the optimizer and the losses every
+    ``cfg.checkpoint_every`` steps and at the end. ``extra`` is updated in place on resume."""
+    from tqdm import tqdm
+
+    state = _load_checkpoint(ckpt)
+    step, losses = 0, []
+    if state is not None:
+        for key, module in modules.items():
+            module.load_state_dict(state[key])
+        if extra is not None:
+            extra.update({key: state[key] for key in extra})
+        opt.load_state_dict(state["optimizer"])
+        step, losses = state["step"], state["losses"]
+    bar = tqdm(total=total, initial=step, desc=stage, disable=not progress, unit="step")
+    while step < total and (stop_after is None or step < stop_after):
+        losses.append(step_fn(step, _generator(cfg.seed, stage, step)))
+        step += 1
+        bar.update(1)
+        bar.set_postfix({metric: f"{np.mean(losses[-50:]):.4f}"})
+        if step % cfg.checkpoint_every == 0 or step == total:
+            state = {key: module.state_dict() for key, module in modules.items()}
+            _save_checkpoint(
+                ckpt,
+                {**state, **(extra or {}), "step": step, "optimizer": opt.state_dict(),
+                 "losses": losses},
+            )  # fmt: skip
+    bar.close()
+    return step, losses
+
+
 # -------------------------------------------------------------------------------- training
 
 
@@ -289,26 +334,15 @@ def train_vae(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Train the autoencoder on ``images`` ((N, 3, 64, 64) in [-1, 1]); returns its record."""
+    """Train the autoencoder on crops of ``images`` ((N, 3, 64, 64) in [-1, 1])."""
     import torch
-    from tqdm import tqdm
 
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    state = _load_checkpoint(ckpt)
-    step, losses = 0, []
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, losses = state["step"], state["losses"]
-    vae.train()
-    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", disable=not progress, unit="step")
-    while step < cfg.vae_steps:
-        if stop_after is not None and step >= stop_after:
-            break
-        g = _generator(cfg.seed, "vae", step)
+    c = cfg.vae_crop
+
+    def step_fn(step: int, g: Any) -> float:
         idx = torch.randint(len(images), (cfg.vae_batch,), generator=g)
-        corner = torch.randint(SIZE - cfg.vae_crop + 1, (cfg.vae_batch, 2), generator=g).tolist()
-        c = cfg.vae_crop
+        corner = torch.randint(SIZE - c + 1, (cfg.vae_batch, 2), generator=g).tolist()
         x = torch.stack(
             [images[i, :, t : t + c, s : s + c] for i, (t, s) in zip(idx, corner, strict=True)]
         )
@@ -323,17 +357,13 @@ def train_vae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(mse.item())
-        step += 1
-        bar.update(1)
-        bar.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
-            _save_checkpoint(
-                ckpt,
-                {"step": step, "model": vae.state_dict(), "optimizer": opt.state_dict(),
-                 "losses": losses},
-            )  # fmt: skip
-    bar.close()
+        return mse.item()
+
+    vae.train()
+    step, losses = _run_steps(
+        "vae", cfg.vae_steps, cfg, ckpt, opt, step_fn, {"model": vae},
+        progress=progress, stop_after=stop_after, metric="mse",
+    )  # fmt: skip
     vae.eval()
     return {"steps": step, "final_mse": float(np.mean(losses[-100:])) if losses else None,
             "held_out_psnr": reconstruction_psnr(vae, held_out)}  # fmt: skip
@@ -362,22 +392,12 @@ def finetune_decoder(
 ) -> dict[str, Any]:
     """Train the decoder (and its input convolution) on whole images; the encoder is frozen."""
     import torch
-    from tqdm import tqdm
 
     params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    state = _load_checkpoint(ckpt)
-    step, losses = 0, []
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, losses = state["step"], state["losses"]
     total, warmup = cfg.decoder_steps, min(cfg.warmup_steps, cfg.decoder_steps // 10 + 1)
-    bar = tqdm(total=total, initial=step, desc="decoder", disable=not progress, unit="step")
-    while step < total:
-        if stop_after is not None and step >= stop_after:
-            break
-        g = _generator(cfg.seed, "decoder", step)
+
+    def step_fn(step: int, g: Any) -> float:
         x = images[torch.randint(len(images), (cfg.decoder_batch,), generator=g)]
         flip = torch.rand(cfg.decoder_batch, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -389,17 +409,12 @@ def finetune_decoder(
         opt.zero_grad(set_to_none=True)
         mse.backward()
         opt.step()
-        losses.append(mse.item())
-        step += 1
-        bar.update(1)
-        bar.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
-        if step % cfg.checkpoint_every == 0 or step == total:
-            _save_checkpoint(
-                ckpt,
-                {"step": step, "model": vae.state_dict(), "optimizer": opt.state_dict(),
-                 "losses": losses},
-            )  # fmt: skip
-    bar.close()
+        return mse.item()
+
+    step, _ = _run_steps(
+        "decoder", total, cfg, ckpt, opt, step_fn, {"model": vae},
+        progress=progress, stop_after=stop_after, metric="mse",
+    )  # fmt: skip
     return {"steps": step, "held_out_psnr": reconstruction_psnr(vae, held_out)}
 
 
@@ -429,7 +444,6 @@ def train_unet(
     On return the models hold the EMA weights."""
     import torch
     from diffusers import DDPMScheduler
-    from tqdm import tqdm
 
     unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
     prompts = world_prompts()
@@ -449,22 +463,9 @@ def train_unet(
 
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    ema = [p.detach().clone() for p in params]
-    state = _load_checkpoint(ckpt)
-    step, losses = 0, []
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["optimizer"])
-        ema = state["ema"]
-        step, losses = state["step"], state["losses"]
-    unet.train()
-    text_encoder.train()
-    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", disable=not progress, unit="step")
-    while step < cfg.unet_steps:
-        if stop_after is not None and step >= stop_after:
-            break
-        g = _generator(cfg.seed, "unet", step)
+    extra = {"ema": [p.detach().clone() for p in params]}
+
+    def step_fn(step: int, g: Any) -> float:
         b = cfg.unet_batch
         idx = torch.randint(len(means), (b,), generator=g)
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * parts[
@@ -493,21 +494,18 @@ def train_unet(
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema, params, strict=True):
+            for e, p in zip(extra["ema"], params, strict=True):
                 e.lerp_(p.detach(), 1 - decay)
-        losses.append(per_sample.mean().item())
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
-            _save_checkpoint(
-                ckpt,
-                {"step": step, "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                 "optimizer": opt.state_dict(), "ema": ema, "losses": losses},
-            )  # fmt: skip
-    bar.close()
+        return per_sample.mean().item()
+
+    unet.train()
+    text_encoder.train()
+    step, losses = _run_steps(
+        "unet", cfg.unet_steps, cfg, ckpt, opt, step_fn,
+        {"unet": unet, "text_encoder": text_encoder}, extra, progress, stop_after,
+    )  # fmt: skip
     with torch.no_grad():
-        for e, p in zip(ema, params, strict=True):
+        for e, p in zip(extra["ema"], params, strict=True):
             p.copy_(e)
     unet.eval()
     text_encoder.eval()
