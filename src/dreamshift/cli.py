@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dreamshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    world = sub.add_parser("world", help="the embedded world: info, export, preview")
+    world = sub.add_parser(
+        "world", help="the embedded world: info, export, tiny-dream training, oracles, evaluation"
+    )
     wsub = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
     wsub.add_parser("info", help="classes, backgrounds and silhouette splits")
     exp = wsub.add_parser("export", help="write world cut-outs and backgrounds as folders")
@@ -348,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0)
     tiny = wsub.add_parser(
         "tiny-sd",
-        help="save a tiny random-weight Stable Diffusion (diffusers format) for trying dream",
+        help="save a tiny random-weight Stable Diffusion (diffusers format), for fast tests",
     )
     tiny.add_argument("--out", required=True, type=Path)
     tiny.add_argument("--seed", type=int, default=0)
