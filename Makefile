@@ -46,7 +46,7 @@ bench: $(STAMP)
 bench-dream: $(STAMP)
 	$(PY) bench/dream.py
 
-# the quality table of the README: oracle label fidelity, change and diversity (about 10 min)
+# the quality table of the README: oracle label fidelity, change and diversity (about 18 min)
 evaluate-dream: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift world evaluate-dream --out out/evaluate-dream
 

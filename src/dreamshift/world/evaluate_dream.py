@@ -82,24 +82,14 @@ def evaluate_dream(
 ) -> list[Row]:
     """Compose the guides, dream every setting with run seeds 0 and 1 (cached datasets under
     ``out``), score them, write ``out/evaluation.json`` and ``out/evaluation_grid.png``."""
-    from dreamshift.compose import compose
-    from dreamshift.config import ComposeConfig, DreamConfig, Placement, ShiftRecipe
+    from dreamshift.config import DreamConfig
     from dreamshift.dream.runner import dream
     from dreamshift.world.oracles import load_oracle
+    from dreamshift.world.tiny_dream import render_world
 
     out = Path(out)
     guides_dir = out / "guides"
-    compose(
-        ComposeConfig(
-            placement=Placement(scale=(0.3, 0.7), max_rotation=15.0),
-            recipe=ShiftRecipe(
-                rho=0.1, train_size=0, val_per_group=0, test_per_group=per_group, anti_per_group=0
-            ),
-        ),
-        guides_dir,
-        workers=workers,
-        progress=progress,
-    )
+    render_world(guides_dir, 0, 0, per_group, workers, progress)
     settings = [(f"img2img {s:g}", "img2img", s) for s in strengths] + [("txt2img", "txt2img", 1.0)]
     oracle = {kind: load_oracle(kind, oracles) for kind in ("fg", "bg")}
     guides = _images(guides_dir)

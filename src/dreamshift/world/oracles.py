@@ -155,17 +155,14 @@ def train_oracles(
     import torch
     from safetensors.torch import save_file
 
-    from dreamshift.world.tiny_dream import TrainDreamConfig, load_renders, render_world
+    from dreamshift.world.tiny_dream import load_renders, render_world
 
     cfg = cfg or OracleConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     renders = render_world(
-        out / "renders",
-        TrainDreamConfig(seed=cfg.seed, train_renders=cfg.train_renders,
-                         test_per_group=cfg.test_per_group),
-        workers,
-    )  # fmt: skip
+        out / "renders", cfg.seed, cfg.train_renders, cfg.test_per_group, workers
+    )
     images, fg, bg = load_renders(renders, "train")
     test_images, test_fg, test_bg = load_renders(renders, "test")
     x, x_test = prepare(images), prepare(test_images)

@@ -184,26 +184,35 @@ NOISE_SCHEDULE = {  # Stable Diffusion 1.x's: scaled linear betas over 1000 step
 # ------------------------------------------------------------------------------------ data
 
 
-def render_world(out: Path, cfg: TrainDreamConfig, workers: int = 2) -> Path:
-    """Training renders (train silhouettes, every class on every background, balanced) and
-    held-out renders (test silhouettes), composed into ``out`` (cached, resumable)."""
+def render_world(
+    out: Path,
+    seed: int,
+    train_renders: int,
+    test_per_group: int,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """World renders composed into ``out`` (cached, resumable): ``train_renders`` of train
+    silhouettes and ``test_per_group`` of test silhouettes per class x background, every class
+    on every background as often, with random appearance, scale 0.3-0.7 and rotation. They
+    train tiny-dream and the oracles and are the guides of ``evaluate-dream``."""
     from dreamshift.compose import compose
     from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
 
     compose_cfg = ComposeConfig(
-        seed=cfg.seed,
+        seed=seed,
         size=SIZE,
         placement=Placement(scale=(0.3, 0.7), max_rotation=15.0),
         recipe=ShiftRecipe(
             rho=1 / len(BACKGROUNDS),  # the assigned background is as frequent as any other
-            train_size=cfg.train_renders,
+            train_size=train_renders,
             val_per_group=0,
-            test_per_group=cfg.test_per_group,
+            test_per_group=test_per_group,
             anti_per_group=0,
         ),
         shard_size=1000,
     )
-    compose(compose_cfg, out, workers=workers, progress=True)
+    compose(compose_cfg, out, workers=workers, progress=progress)
     return out
 
 
@@ -559,7 +568,9 @@ def train_tiny_dream(
     stop_after = stop_after or {}
     started = time.perf_counter()
 
-    renders = render_world(out / "renders", cfg, workers)
+    renders = render_world(
+        out / "renders", cfg.seed, cfg.train_renders, cfg.test_per_group, workers
+    )
     train_images, fg, bg = load_renders(renders, "train")
     test_images = load_renders(renders, "test")[0]
     x_train, x_test = to_tensor(train_images), to_tensor(test_images)

@@ -71,8 +71,10 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Byte-pair encoding of one word as CLIP's tokenizer does it: merge the lowest-ranked
-    adjacent pair until no pair has a rank."""
+    """Byte-pair encoding of one word: merge the lowest-ranked adjacent pair until no pair has
+    a rank. CLIP's tokenizer merges every occurrence of that pair at once, this the first only,
+    so words that repeat a pair ("mammal") can end in several tokens; changing it changes the
+    vocabulary of the shipped tiny-dream."""
     while len(parts) > 1:
         pairs = [(ranks.get(p, len(ranks) + 1), i) for i, p in enumerate(itertools.pairwise(parts))]
         rank, i = min(pairs)
@@ -84,8 +86,8 @@ def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
 
 def byte_bpe_vocab(words: list[str] | None = None) -> tuple[dict[str, int], list[str]]:
     """The vocabulary and merge list of a byte-level BPE tokenizer in which each of ``words``
-    (default: the world's class and background names) is one token; any other text falls back
-    to smaller pieces, down to single bytes."""
+    (default: the world's class and background names) is one token, except words that repeat
+    a pair (see :func:`_bpe`); any other text falls back to smaller pieces, down to bytes."""
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
