@@ -45,9 +45,10 @@ from dreamshift.sources import (
     foreground_source,
 )
 
-SPLITS = ("train", "val", "test", "anti")
+SPLITS = ("train", "val", "test", "anti", "spurious")
 # which held-out silhouettes each split draws from: anti-correlated images are test images
 FOREGROUND_SPLIT = {"train": "train", "val": "val", "test": "test", "anti": "test"}
+NO_FOREGROUND = "spurious"  # this split's images show a background alone
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ class SampleSpec:
     index: int
     sample_id: str
     split: str
-    fg_class: str
+    fg_class: str | None  # None: a background alone (split "spurious")
     bg_class: str
-    aligned: bool
+    aligned: bool | None
     seed: int
-    fg_source: str
+    fg_source: str | None
     bg_source: str
 
 
@@ -146,6 +147,7 @@ def plan_groups(cfg: ComposeConfig) -> dict[str, list[tuple[str, str]]]:
             groups["test"] += [(c, b)] * r.test_per_group
             if b != assigned[c]:
                 groups["anti"] += [(c, b)] * r.anti_per_group
+        groups[NO_FOREGROUND] += [(c, assigned[c])] * r.spurious_per_class
     return groups
 
 
@@ -157,7 +159,7 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
     specs: list[SampleSpec] = []
     candidates = {
         (split, c): fg.candidates(FOREGROUND_SPLIT[split], c)
-        for split in SPLITS
+        for split in FOREGROUND_SPLIT
         for c in cfg.classes
     }
     for split, pairs in plan_groups(cfg).items():
@@ -167,10 +169,14 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
             index = len(specs)
             sample_id = f"{chash}-{index:07d}"
             seed = derive_seed(cfg.seed, sample_id)
+            rng = rng_for(seed, "plan")
+            if split == NO_FOREGROUND:  # labelled by its background only
+                bg_id = bg.choose(b, rng)
+                specs.append(SampleSpec(index, sample_id, split, None, b, None, seed, None, bg_id))
+                continue
             choices = candidates[split, c]
             if not choices:
                 raise DreamshiftError(f"class {c!r} has no foregrounds in the {split} split")
-            rng = rng_for(seed, "plan")
             fg_id = choices[int(rng.integers(len(choices)))]
             bg_id = bg.choose(b, rng)
             specs.append(
@@ -182,6 +188,10 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
 def group_counts(specs: list[SampleSpec]) -> dict[str, dict[str, dict[str, int]]]:
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for s in specs:
+        if s.fg_class is None:  # spurious-only images: counted per background
+            by_bg = counts.setdefault(s.split, {}).setdefault("(none)", {})
+            by_bg[s.bg_class] = by_bg.get(s.bg_class, 0) + 1
+            continue
         by_bg = counts.setdefault(s.split, {}).setdefault(s.fg_class, {})
         by_bg[s.bg_class] = by_bg.get(s.bg_class, 0) + 1
     return counts
@@ -203,6 +213,8 @@ def compose_image(
     p, size = cfg.placement, cfg.size
     rng = rng_for(spec.seed, "paste")
     canvas = bg.image(spec.bg_source, size)
+    if spec.fg_source is None:
+        return canvas, {}
     scale = float(rng.uniform(p.scale[0], p.scale[1]))
     cut, mask_id, appearance = fg.cutout(
         spec.fg_source, rng, max(4, round(scale * size)), p.flip, p.max_rotation

@@ -63,7 +63,9 @@ class ShiftRecipe:
     ``rho`` is the confounder strength: the share of a class's training images that show it on
     its assigned background (Waterbirds uses 0.95); the rest are spread evenly over the other
     backgrounds. val and test are balanced (``*_per_group`` images of every class x background);
-    ``anti`` holds every class on every background except its assigned one.
+    ``anti`` holds every class on every background except its assigned one. ``spurious``
+    holds ``spurious_per_class`` images of each class's assigned background *without* the
+    animal: the spurious feature alone, for the audit's spurious accuracy.
     ``assignment``: (class, background) pairs; classes not listed get background
     ``i mod n_backgrounds`` in order.
     """
@@ -73,10 +75,12 @@ class ShiftRecipe:
     val_per_group: int = 2
     test_per_group: int = 5
     anti_per_group: int = 2
+    spurious_per_class: int = 0
     assignment: tuple[tuple[str, str], ...] = ()
 
     def check(self) -> None:
-        counts = ("train_size", "val_per_group", "test_per_group", "anti_per_group")
+        counts = ("train_size", "val_per_group", "test_per_group", "anti_per_group",
+                  "spurious_per_class")  # fmt: skip
         _check_types(self, counts, ("rho",))
         if not 0.0 <= self.rho <= 1.0:
             raise DreamshiftError(f"rho = {self.rho} must lie in [0, 1]")
@@ -142,6 +146,8 @@ class ComposeConfig:
         """Hash of what decides the pixels (not the shard layout); it prefixes sample ids."""
         d = self.to_dict()
         d.pop("shard_size")
+        if not d["recipe"]["spurious_per_class"]:  # added later: unused, old hashes stand
+            d["recipe"].pop("spurious_per_class")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

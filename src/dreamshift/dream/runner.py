@@ -120,6 +120,12 @@ def _source_rows(cfg: DreamConfig) -> tuple[dict[str, Any], list[dict[str, Any]]
             f"source {cfg.source} is an unfinished dataset: run the command that made it again"
         )
     rows = [r for r in ds.read_manifest(cfg.source).to_pylist() if r["status"] == ds.OK]
+    if "spurious" in cfg.splits:
+        raise DreamshiftError(
+            f"split 'spurious' of {cfg.source} shows backgrounds without an object: there is "
+            "nothing to dream (the audit reads it from the source dataset)"
+        )
+    rows = [r for r in rows if r["fg_class"] is not None]  # backgrounds alone are not dreamed
     present = list(dict.fromkeys(r["split"] for r in rows))
     unknown = [s for s in cfg.splits if s not in present]
     if unknown:

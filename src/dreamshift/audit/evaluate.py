@@ -1,0 +1,458 @@
+"""``dreamshift audit``: run classifiers over a dataset directory and measure, per foreground
+class and per background, how they hold up (D3S, Kattakinda et al. 2022, Sec. 5.1: popular
+classifiers lose accuracy when the background changes).
+
+Everything comes from the manifest and ``dataset.json``: the groups (any manifest columns,
+``fg_class`` x ``bg_class`` by default), the groups a split was planned to hold (an empty one is
+an error: its accuracy is missing, not high), each class's usual background (for the BG-gap)
+and the spurious-only images (split ``spurious``: a background without an animal). Results are
+appended to ``results.jsonl``, one record per model x dataset x split, and each model's
+per-sample predictions are kept next to it for the report.
+
+>>> records = audit(AuditConfig(models=("world-cnn",)), "out/demo/dream")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+import dreamshift
+from dreamshift import dataset as ds
+from dreamshift.audit import metrics as M
+from dreamshift.audit.classifiers import Classifier, load_classifier
+from dreamshift.audit.labels import LabelMap, read_label_map
+from dreamshift.errors import DreamshiftError
+
+SPURIOUS_SPLIT = "spurious"  # images of a background alone, labelled with the class tied to it
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What ``dreamshift audit`` runs. ``split``: empty = ``test`` when the dataset has one,
+    else every split but ``spurious``. ``in_distribution``: a dataset directory (optionally
+    ``DIR:SPLIT``) to measure the drop against."""
+
+    models: tuple[str, ...]
+    split: str = ""
+    group_by: tuple[str, ...] = ("fg_class", "bg_class")
+    in_distribution: str = ""
+    label_map: str = ""
+    batch_size: int = 128
+    bootstrap: int = 1000
+    seed: int = 0
+    device: str = "cpu"
+    allow_empty_groups: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """Predictions of one model on the usable rows of one dataset split."""
+
+    rows: list[dict[str, Any]]
+    scores: np.ndarray  # (N, K) over the dataset's classes
+    predicted: list[str]
+    unreadable: list[tuple[str, str]]  # (sample_id, reason)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80]
+
+
+def _decode(root: Path, row: dict[str, Any]) -> np.ndarray | str:
+    try:
+        with Image.open(root / row["path"]) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        return f"cannot read {root / row['path']}: {exc}"
+
+
+def iter_batches(
+    root: Path, rows: Sequence[dict[str, Any]], batch_size: int, threads: int = 2
+) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
+    """(row positions, (B, H, W, 3) uint8 images, unreadable (position, reason)) per batch; the
+    next batch is decoded in threads while the caller runs the current one."""
+
+    def load(start: int) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
+        positions = list(range(start, min(start + batch_size, len(rows))))
+        decoded = list(pool.map(lambda i: _decode(root, rows[i]), positions))
+        ok = [(i, a) for i, a in zip(positions, decoded, strict=True) if not isinstance(a, str)]
+        bad = [(i, a) for i, a in zip(positions, decoded, strict=True) if isinstance(a, str)]
+        images = np.stack([a for _, a in ok]) if ok else None
+        return [i for i, _ in ok], images, bad
+
+    with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as ahead:
+        starts = list(range(0, len(rows), batch_size))
+        pending = ahead.submit(load, starts[0]) if starts else None
+        for k in range(len(starts)):
+            assert pending is not None
+            batch = pending.result()
+            pending = ahead.submit(load, starts[k + 1]) if k + 1 < len(starts) else None
+            yield batch
+
+
+def predict(
+    clf: Classifier, labels: LabelMap, root: Path, rows: list[dict[str, Any]], batch_size: int
+) -> Evaluated:
+    """Scores over the dataset's classes for every readable row; unreadable files are recorded
+    and skipped."""
+    scores = np.zeros((len(rows), len(labels.classes)), np.float32)
+    keep = np.ones(len(rows), bool)
+    unreadable = []
+    for positions, images, bad in iter_batches(root, rows, batch_size):
+        for i, reason in bad:
+            keep[i] = False
+            unreadable.append((rows[i]["sample_id"], reason))
+        if images is not None:
+            scores[positions] = labels.scores(clf.logits(images))
+    kept = [r for r, k in zip(rows, keep, strict=True) if k]
+    scores = scores[keep]
+    predicted = [labels.classes[i] for i in scores.argmax(1)] if len(kept) else []
+    return Evaluated(kept, scores, predicted, unreadable)
+
+
+def _usable_rows(root: Path, split: str | None) -> list[dict[str, Any]]:
+    table = ds.read_manifest(root)
+    return [
+        r
+        for r in table.to_pylist()
+        if r["status"] == ds.OK and (r["split"] == split if split else r["split"] != SPURIOUS_SPLIT)
+    ]
+
+
+def _default_split(root: Path) -> str:
+    splits = set(ds.read_manifest(root).column("split").to_pylist())
+    return "test" if "test" in splits else ""
+
+
+def _check_group_fields(root: Path, group_by: Sequence[str]) -> None:
+    columns = ds.MANIFEST_SCHEMA.names
+    unknown = [g for g in group_by if g not in columns]
+    if unknown or not group_by:
+        raise DreamshiftError(
+            f"unknown group field(s) {unknown or '(none given)'} for {root}: choose among the "
+            f"manifest columns {', '.join(c for c in columns if c not in ('sha256', 'path'))}"
+        )
+
+
+def expected_groups(meta: dict[str, Any], split: str, group_by: Sequence[str]) -> list[tuple]:
+    """The (class, background) groups ``dataset.json`` says the split was planned to hold."""
+    if tuple(group_by) not in (("fg_class", "bg_class"), ("bg_class", "fg_class")):
+        return []
+    planned = meta.get("splits", {}).get(split, {}).get("groups", {})
+    pairs = [(c, b) for c, by_bg in planned.items() for b, n in by_bg.items() if n > 0]
+    return pairs if group_by[0] == "fg_class" else [(b, c) for c, b in pairs]
+
+
+def _named(fields: Sequence[str], key: Any) -> dict[str, Any]:
+    return dict(zip(fields, key, strict=True))
+
+
+def _stat(s: M.GroupStat) -> dict[str, Any]:
+    return {"n": s.n, "acc": s.acc, "ci": list(s.ci) if s.ci else None}
+
+
+def measure(
+    ev: Evaluated,
+    classes: Sequence[str],
+    group_by: Sequence[str],
+    expected: Sequence[tuple],
+    usual_bg: dict[str, str],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Every accuracy metric of one model on one split."""
+    truth = [r["fg_class"] for r in ev.rows]
+    correct = np.array([p == t for p, t in zip(ev.predicted, truth, strict=True)], bool)
+    keys: list[Any] = [tuple(r[g] for g in group_by) for r in ev.rows]
+    groups = M.group_stats(correct, keys, expected, n_boot, seed)
+    worst = M.worst_group(groups)
+    out: dict[str, Any] = {
+        "n": len(correct),
+        "acc_avg": M.accuracy(correct),
+        "acc_avg_ci": M.bootstrap_ci(correct, n_boot, seed),
+        "acc_wg": worst[1] if worst else None,
+        "acc_wg_ci": M.worst_group_ci(correct, keys, n_boot, seed),
+        "worst_group": _named(group_by, worst[0]) if worst else None,
+        "groups": [{"group": _named(group_by, k), **_stat(s)} for k, s in groups.items()],
+    }
+    for field, name in (("bg_class", "per_background"), ("fg_class", "per_class")):
+        stats = M.group_stats(correct, [r[field] for r in ev.rows], (), n_boot, seed)
+        out[name] = {k: _stat(s) for k, s in stats.items()}
+    tally: dict[str, dict[str, list[int]]] = {c: {} for c in classes}  # class -> bg -> [ok, n]
+    for r, ok in zip(ev.rows, correct, strict=True):
+        cell = tally.setdefault(r["fg_class"], {}).setdefault(r["bg_class"], [0, 0])
+        cell[0] += int(ok)
+        cell[1] += 1
+    matrix = {c: {b: ok / n for b, (ok, n) in by_bg.items()} for c, by_bg in tally.items()}
+    out["matrix"] = matrix
+    if usual_bg:
+        usual = np.array([usual_bg.get(r["fg_class"]) == r["bg_class"] for r in ev.rows], bool)
+        out.update(M.bg_gap(correct, usual))
+    return out
+
+
+def _spurious_metrics(
+    ev_real: Evaluated, ev_spurious: Evaluated, classes: Sequence[str], tied: dict[str, str]
+) -> dict[str, Any]:
+    tied_class = [tied.get(r["bg_class"], "") for r in ev_spurious.rows]
+    score, per_class = M.spurious_auc(
+        ev_real.scores,
+        classes,
+        [r["fg_class"] for r in ev_real.rows],
+        ev_spurious.scores,
+        tied_class,
+    )
+    return {
+        "n_spurious": len(ev_spurious.rows),
+        "spurious_acc": M.spurious_accuracy(ev_spurious.predicted, tied_class),
+        "spurious_auc": score,
+        "spurious_auc_per_class": per_class,
+    }
+
+
+def _write_predictions(path: Path, ev: Evaluated, classes: Sequence[str]) -> None:
+    idx = {c: i for i, c in enumerate(classes)}
+    true_score = [
+        float(ev.scores[i, idx[r["fg_class"]]]) if r["fg_class"] in idx else None
+        for i, r in enumerate(ev.rows)
+    ]
+    table = pa.table(
+        {
+            "sample_id": [r["sample_id"] for r in ev.rows],
+            "split": [r["split"] for r in ev.rows],
+            "path": [r["path"] for r in ev.rows],
+            "fg_class": [r["fg_class"] for r in ev.rows],
+            "bg_class": [r["bg_class"] for r in ev.rows],
+            "predicted": ev.predicted,
+            "score_true": true_score,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.write_table_atomic(table, path)
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a ``results.jsonl`` (one JSON object per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DreamshiftError(f"no results file {path}: run `dreamshift audit` first")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DreamshiftError(f"{path} line {n} is not JSON ({exc})") from exc
+    return records
+
+
+def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def effective_robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Fit shifted vs in-distribution accuracy over the models of ``records`` (those of one
+    dataset, split and in-distribution reference; the latest record per model), linear and in
+    logit space; each model's effective robustness is its distance from the line."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        if r.get("acc_id") is not None and r.get("acc_avg") is not None:
+            latest[r["model"], r["weights_sha256"]] = r
+    family = list(latest.values())
+    x = [r["acc_id"] for r in family]
+    y = [r["acc_avg"] for r in family]
+    if len(family) < 2 or len(set(x)) < 2:
+        return None
+    out: dict[str, Any] = {"models": [r["model"] for r in family], "acc_id": x, "acc_shift": y}
+    for space in ("linear", "logit"):
+        fit = M.fit_effective_robustness(x, y, space)
+        out[space] = {
+            "slope": fit.slope,
+            "intercept": fit.intercept,
+            "effective_robustness": list(fit.residuals),
+        }
+    return out
+
+
+def _family_key(r: dict[str, Any]) -> tuple:
+    ref = r.get("in_distribution") or {}
+    return r["dataset_hash"], r["split"], ref.get("dataset_hash"), ref.get("split")
+
+
+def audit(
+    cfg: AuditConfig,
+    dataset: str | Path,
+    results: str | Path | None = None,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Evaluate every model of ``cfg`` on ``dataset``; append one record per model to
+    ``results`` (default ``DATASET/audit/results.jsonl``) and return the records."""
+    root = Path(dataset)
+    meta = ds.read_dataset_json(root)
+    classes = list(meta["classes"])
+    _check_group_fields(root, cfg.group_by)
+    split = cfg.split or _default_split(root)
+    rows = _usable_rows(root, split)
+    if not rows:
+        raise DreamshiftError(f"{root} has no usable rows in split {split or '(any)'}")
+    expected = expected_groups(meta, split, cfg.group_by) if split else []
+    present = {tuple(r[g] for g in cfg.group_by) for r in rows}
+    empty = [g for g in expected if g not in present]
+    if empty and not cfg.allow_empty_groups:
+        raise DreamshiftError(
+            f"split {split!r} of {root} has no usable images in group(s) "
+            f"{', '.join('/'.join(g) for g in empty[:5])}{' ...' if len(empty) > 5 else ''}; "
+            "their accuracy would be missing from the worst group. Re-run the command that "
+            "made the dataset to retry failed samples (`dreamshift info --failed` lists them), "
+            "or pass --allow-empty-groups"
+        )
+    usual_bg = dict(meta.get("assignment") or {})
+    tied = {b: c for c, b in usual_bg.items()}
+    spurious_root, spurious_rows = root, _usable_rows(root, SPURIOUS_SPLIT)
+    source = (meta.get("config") or {}).get("source")
+    if not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
+        spurious_root = Path(source)  # a dreamed dataset: its guides' backgrounds alone
+        spurious_rows = _usable_rows(spurious_root, SPURIOUS_SPLIT)
+    id_root, id_split, id_rows, id_meta = None, "", [], {}
+    if cfg.in_distribution:
+        text = cfg.in_distribution
+        id_root = Path(text)
+        if not id_root.exists() and ":" in text:
+            path, _, id_split = text.rpartition(":")
+            id_root = Path(path)
+        id_meta = ds.read_dataset_json(id_root)
+        id_split = id_split or _default_split(id_root)
+        id_rows = _usable_rows(id_root, id_split)
+        if not id_rows:
+            raise DreamshiftError(f"{id_root} has no usable rows in split {id_split or '(any)'}")
+    mapping = read_label_map(cfg.label_map) if cfg.label_map else None
+    results_path = Path(results) if results else root / "audit" / "results.jsonl"
+
+    records = []
+    for spec in cfg.models:
+        start = time.perf_counter()
+        clf = load_classifier(spec, classes, cfg.device)
+        labels = LabelMap.build(clf.classes, classes, mapping, model_name=spec)
+        ev = predict(clf, labels, root, rows, cfg.batch_size)
+        seconds = time.perf_counter() - start
+        record: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "dreamshift_version": dreamshift.__version__,
+            "model": spec,
+            "model_name": clf.name,
+            "weights_sha256": clf.weights_sha256,
+            "label_map": labels.describe(),
+            "dataset": str(root),
+            "dataset_hash": meta.get("content_hash", ""),
+            "stage": meta.get("stage", ""),
+            "split": split,
+            "group_by": list(cfg.group_by),
+            "n_unreadable": len(ev.unreadable),
+            "unreadable": [list(u) for u in ev.unreadable],
+            **measure(ev, classes, cfg.group_by, expected, usual_bg, cfg.bootstrap, cfg.seed),
+            "images_per_s": round(len(rows) / seconds, 1),
+        }
+        if spurious_rows:
+            ev_spurious = predict(clf, labels, spurious_root, spurious_rows, cfg.batch_size)
+            record.update(_spurious_metrics(ev, ev_spurious, classes, tied))
+            record["spurious_from"] = str(spurious_root)
+        if id_root is not None:
+            ev_id = predict(clf, labels, id_root, id_rows, cfg.batch_size)
+            acc_id = M.accuracy(
+                np.array(
+                    [p == r["fg_class"] for p, r in zip(ev_id.predicted, ev_id.rows, strict=True)]
+                )
+            )
+            record["in_distribution"] = {
+                "dataset": str(id_root),
+                "split": id_split,
+                "dataset_hash": id_meta.get("content_hash", ""),
+            }
+            record["acc_id"] = acc_id
+            record["drop"] = acc_id - record["acc_avg"] if acc_id is not None else None
+            record["relative_drop"] = M.relative_drop(acc_id, record["acc_avg"]) if acc_id else None
+        name = (
+            f"{_slug(spec)}-{record['dataset_hash'] or _slug(root.name)}-{split or 'all'}.parquet"
+        )
+        pred_path = results_path.parent / "predictions" / name
+        _write_predictions(pred_path, ev, classes)
+        record["predictions"] = str(pred_path)
+        records.append(record)
+        log(
+            f"audited {spec} on {root} ({split or 'all splits'}): {len(rows)} images in "
+            f"{seconds:.1f} s"
+        )
+
+    if cfg.in_distribution:
+        earlier = read_results(results_path) if results_path.is_file() else []
+        for r in records:
+            family = [e for e in [*earlier, *records] if _family_key(e) == _family_key(r)]
+            r["effective_robustness"] = effective_robustness(family)
+    _append(results_path, records)
+    return records
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """The audit table: one line per model, then accuracy per background."""
+    head = ["model", "n", "acc_avg [95% CI]", "acc_wg (group)", "bg_gap"]
+    has_id = any("acc_id" in r for r in records)
+    has_spurious = any("spurious_acc" in r for r in records)
+    head += ["acc_id", "rel. drop", "ER logit"] * has_id + ["spur. acc", "spur. AUC"] * has_spurious
+    lines = []
+    for r in records:
+        ci = r.get("acc_avg_ci")
+        wg = r.get("worst_group") or {}
+        cells = [
+            r["model"],
+            str(r["n"]),
+            f"{_pct(r['acc_avg'])} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(r["acc_avg"]),
+            f"{_pct(r['acc_wg'])} ({'/'.join(str(v) for v in wg.values())})",
+            _pct(r.get("bg_gap")),
+        ]
+        if has_id:
+            er = r.get("effective_robustness") or {}
+            i = er.get("models", []).index(r["model"]) if r["model"] in er.get("models", []) else -1
+            logit_er = er["logit"]["effective_robustness"][i] if i >= 0 else None
+            cells += [_pct(r.get("acc_id")), _pct(r.get("relative_drop")), _pct(logit_er)]
+        if has_spurious:
+            cells += [_pct(r.get("spurious_acc")), _pct(r.get("spurious_auc"))]
+        lines.append(cells)
+    table = _align([head, *lines])
+    backgrounds = list(dict.fromkeys(b for r in records for b in r["per_background"]))
+    per_bg = [["background", *(r["model"] for r in records)]]
+    per_bg += [
+        [b, *(_pct(r["per_background"].get(b, {}).get("acc")) for r in records)]
+        for b in backgrounds
+    ]
+    return table + "\n\naccuracy (%) per background\n" + _align(per_bg)
+
+
+def _align(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def read_predictions(record: dict[str, Any]) -> list[dict[str, Any]]:
+    path = Path(record["predictions"])
+    if not path.is_file():
+        raise DreamshiftError(f"predictions file {path} of {record['model']} is missing")
+    return pq.read_table(path).to_pylist()

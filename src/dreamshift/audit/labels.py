@@ -1,0 +1,119 @@
+"""From a model's label space to a dataset's classes (many-to-one).
+
+A dataset class may gather several model outputs, like ImageNet-9 (Xiao et al. 2021) gathers
+ImageNet-1k classes into 9 super-classes. The score of a dataset class is the largest logit
+among its members, and the prediction is the best-scoring dataset class: the model chooses
+among the dataset's classes only.
+
+The map comes, in this order, from a YAML/JSON file the user gives (``{class: [model label
+names or output indices]}``), from the map shipped for ImageNet-1k models and the world's
+classes, or from equal names (case-insensitive). A dataset class no model output maps to is an
+error: the accuracy of a class the model cannot name means nothing.
+
+>>> m = LabelMap.build(("cat", "tabby", "dog"), ("cat", "dog"), {"cat": ["cat", "tabby"]})
+>>> m.members
+((0, 1), (2,))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dreamshift.errors import DreamshiftError
+
+# ImageNet-1k output indices per world class, following ImageNet-9's super-classes where they
+# exist (dog 151-268, bird 7-24/80-100/127-146, ...). ImageNet-1k has no giraffe.
+IMAGENET_WORLD: dict[str, list[int]] = {
+    "bear": [294, 295, 296, 297],
+    "bird": [*range(7, 25), *range(80, 101), *range(127, 147)],
+    "cat": [281, 282, 283, 284, 285],
+    "cow": [345, 346, 347],
+    "dog": list(range(151, 269)),
+    "elephant": [101, 385, 386],
+    "horse": [339],
+    "sheep": [348, 349],
+    "zebra": [340],
+}
+
+
+def read_label_map(path: str | Path) -> dict[str, list[Any]]:
+    """A ``{dataset class: [model label names or indices]}`` YAML or JSON file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DreamshiftError(f"cannot read label map {path} ({exc})") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise DreamshiftError(
+            f"label map {path} must map each dataset class to a list of model labels, "
+            'e.g. {"dog": ["beagle", 162]}'
+        )
+    return {str(k): v for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """``members[i]``: the model outputs gathered into dataset class ``classes[i]``."""
+
+    classes: tuple[str, ...]
+    members: tuple[tuple[int, ...], ...]
+    identity: bool
+
+    @classmethod
+    def build(
+        cls,
+        model_classes: Sequence[str],
+        dataset_classes: Sequence[str],
+        mapping: Mapping[str, Sequence[Any]] | None = None,
+        model_name: str = "the model",
+    ) -> LabelMap:
+        if mapping is None and all(c.startswith("imagenet:") for c in model_classes[:1]):
+            mapping = {k: v for k, v in IMAGENET_WORLD.items() if k in dataset_classes}
+        index = {c.lower(): i for i, c in enumerate(model_classes)}
+        members: list[tuple[int, ...]] = []
+        unmapped = []
+        for c in dataset_classes:
+            if mapping is None:
+                found = [index[c.lower()]] if c.lower() in index else []
+            else:
+                found = []
+                for label in mapping.get(c, []):
+                    if isinstance(label, int) and 0 <= label < len(model_classes):
+                        found.append(label)
+                    elif isinstance(label, str) and label.lower() in index:
+                        found.append(index[label.lower()])
+                    else:
+                        raise DreamshiftError(
+                            f"label map entry {c}: {label!r} is not an output of {model_name} "
+                            f"(its {len(model_classes)} outputs are "
+                            f"{', '.join(model_classes[:5])}, ...)"
+                        )
+            if not found:
+                unmapped.append(c)
+            members.append(tuple(sorted(set(found))))
+        if unmapped:
+            raise DreamshiftError(
+                f"{model_name}'s label space cannot be mapped to the dataset's classes {unmapped}: "
+                "pass --label-map FILE (YAML {class: [model label names or output indices]}), "
+                "or audit a dataset without those classes (compose --classes ...)"
+            )
+        identity = list(dataset_classes) == list(model_classes)
+        return cls(tuple(dataset_classes), tuple(members), identity)
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """(N, K_model) logits -> (N, K_dataset) scores: the best member logit per class."""
+        if self.identity:
+            return logits
+        return np.stack([logits[:, list(m)].max(1) for m in self.members], axis=1)
+
+    def describe(self) -> dict[str, Any]:
+        if self.identity:
+            return {"kind": "identity"}
+        members = {c: list(m) for c, m in zip(self.classes, self.members, strict=True)}
+        return {"kind": "max over members", "members": members}

@@ -1,0 +1,237 @@
+"""Classifier adapters, train-classifier, `dreamshift audit` and `dreamshift report` end to end
+on a small world dataset."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config, tree_digest
+from dreamshift import dataset as ds
+from dreamshift.audit.classifiers import (
+    ARCHITECTURES,
+    load_checkpoint,
+    load_classifier,
+    shipped_classifiers,
+)
+from dreamshift.audit.labels import LabelMap
+from dreamshift.audit.train import TrainConfig, train_classifier
+from dreamshift.cli import main
+from dreamshift.compose import compose
+from dreamshift.config import ShiftRecipe
+from dreamshift.errors import DreamshiftError
+from dreamshift.world.animals import CLASSES
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    recipe = ShiftRecipe(rho=0.9, train_size=60, val_per_group=1, test_per_group=2,
+                         anti_per_group=1, spurious_per_class=2)  # fmt: skip
+    root = tmp_path_factory.mktemp("audit") / "ds"
+    compose(small_config(recipe=recipe), root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cnn(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cnn") / "cnn"
+    train_classifier(world, out, TrainConfig(epochs=2, batch_size=16), log=lambda *_: None)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_architectures_show_the_adapter_surface(arch):
+    import torch
+
+    net = ARCHITECTURES.get(arch)(7)
+    x = torch.zeros(2, 3, 64, 64)
+    features = net.forward_features(x)
+    assert features.shape == (2, net.num_features)
+    assert net.forward_head(features).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", shipped_classifiers())
+def test_shipped_classifiers_load_and_classify_world_images(name, world):
+    clf = load_classifier(name)
+    assert clf.classes == CLASSES and len(clf.weights_sha256) == 64
+    rows = [r for r in ds.read_manifest(world).to_pylist() if r["split"] == "test"]
+    from PIL import Image
+
+    images = np.stack([np.asarray(Image.open(world / r["path"]).convert("RGB")) for r in rows])
+    logits = clf.logits(images)
+    assert logits.shape == (len(rows), 10) and np.isfinite(logits).all()
+
+
+def test_spurious_split_shows_backgrounds_alone_and_keeps_old_hashes(world):
+    rows = [r for r in ds.read_manifest(world).to_pylist() if r["split"] == "spurious"]
+    assert len(rows) == 2 * len(SMALL_CLASSES)
+    assert all(r["fg_class"] is None and r["fg_source"] is None for r in rows)
+    assigned = ds.read_dataset_json(world)["assignment"]
+    assert sorted(r["bg_class"] for r in rows) == sorted(2 * list(assigned.values()))
+    # a config without the split keeps the content hash (and so the sample ids) it had before
+    assert small_config().content_hash() == small_config(
+        recipe=ShiftRecipe(rho=0.8, train_size=30, val_per_group=1, test_per_group=2,
+                           anti_per_group=1, spurious_per_class=0)  # fmt: skip
+    ).content_hash()
+
+
+def test_label_map_gathers_many_outputs_and_refuses_unmappable_classes():
+    m = LabelMap.build(("tabby", "siamese", "beagle"), ("cat", "dog"),
+                       {"cat": ["tabby", 1], "dog": ["beagle"]})  # fmt: skip
+    scores = m.scores(np.array([[0.1, 0.9, 0.5], [0.2, 0.1, 0.3]]))
+    np.testing.assert_allclose(scores, [[0.9, 0.5], [0.2, 0.3]])
+    assert LabelMap.build(("Cat", "dog"), ("cat", "dog")).members == ((0,), (1,))
+    imagenet = tuple(f"imagenet:{i}" for i in range(1000))
+    m = LabelMap.build(imagenet, ("zebra", "dog"))
+    assert m.members[0] == (340,) and len(m.members[1]) == 118
+    with pytest.raises(DreamshiftError, match=r"cannot be mapped.*\['giraffe'\].*--label-map"):
+        LabelMap.build(imagenet, ("zebra", "giraffe"), model_name="timm:resnet50")
+    with pytest.raises(DreamshiftError, match="'poodle' is not an output"):
+        LabelMap.build(("cat", "dog"), ("cat", "dog"), {"cat": ["cat"], "dog": ["poodle"]})
+
+
+def test_unknown_model_and_missing_extra_say_what_to_do():
+    with pytest.raises(DreamshiftError, match="unknown model 'resnet9000'.*world-cnn.*timm"):
+        load_classifier("resnet9000")
+    pytest.importorskip("torch")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(DreamshiftError, match=r"dreamshift\[zoo\]"):
+            load_classifier("timm:resnet18")
+
+
+def test_a_checkpoint_of_the_wrong_shape_is_refused(cnn, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in cnn.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((broken / "classifier.json").read_text())
+    meta["classes"] = list(CLASSES)  # trained on 3 classes, claims 10
+    (broken / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(DreamshiftError, match=r"model.safetensors does not fit a world-cnn with 10"):
+        load_checkpoint(broken)
+    meta["architecture"] = "world-resnet18"
+    meta["classes"] = list(SMALL_CLASSES)
+    (broken / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(DreamshiftError, match="does not fit a world-resnet18"):
+        load_checkpoint(broken)
+
+
+def test_training_resumes_to_the_same_weights(world, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=16)
+    train_classifier(world, tmp_path / "whole", cfg, log=lambda *_: None)
+
+    def stop_after_first_epoch(message: str) -> None:
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(world, tmp_path / "resumed", cfg, log=stop_after_first_epoch)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    train_classifier(world, tmp_path / "resumed", cfg, log=lambda *_: None)
+    whole, resumed = tree_digest(tmp_path / "whole"), tree_digest(tmp_path / "resumed")
+    assert whole["model.safetensors"] == resumed["model.safetensors"]
+    with pytest.raises(DreamshiftError, match="another config"):
+        train_classifier(world, tmp_path / "whole", TrainConfig(epochs=3), log=lambda *_: None)
+
+
+def test_audit_cli_end_to_end_matches_hand_computed_accuracies(world, cnn, tmp_path, capsys):
+    results = tmp_path / "results.jsonl"
+    status = main(["audit", str(world), "--model", str(cnn), "--model", "world-cnn",
+                   "--in-distribution", f"{world}:val", "--results", str(results),
+                   "--bootstrap", "200"])  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "acc_avg [95% CI]" in out and "accuracy (%) per background" in out
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["model"] for r in records] == [str(cnn), "world-cnn"]
+    for r in records:
+        preds = pq.read_table(r["predictions"]).to_pylist()
+        test_rows = [x for x in ds.read_manifest(world).to_pylist() if x["split"] == "test"]
+        assert r["split"] == "test" and r["n"] == len(preds) == len(test_rows)
+        correct = np.array([p["predicted"] == p["fg_class"] for p in preds])
+        assert r["acc_avg"] == pytest.approx(correct.mean())
+        lo, hi = r["acc_avg_ci"]
+        assert lo <= r["acc_avg"] <= hi
+        for b in SMALL_BACKGROUNDS:
+            on_b = [p["predicted"] == p["fg_class"] for p in preds if p["bg_class"] == b]
+            assert r["per_background"][b]["acc"] == pytest.approx(np.mean(on_b))
+        groups = {(g["group"]["fg_class"], g["group"]["bg_class"]): g["acc"] for g in r["groups"]}
+        assert len(groups) == 9 and r["acc_wg"] == pytest.approx(min(groups.values()))
+        assigned = ds.read_dataset_json(world)["assignment"]
+        usual = [p["predicted"] == p["fg_class"] for p in preds
+                 if assigned[p["fg_class"]] == p["bg_class"]]  # fmt: skip
+        assert r["acc_usual_bg"] == pytest.approx(np.mean(usual))
+        assert r["n_spurious"] == 6 and 0 <= r["spurious_acc"] <= 1
+        assert r["relative_drop"] == pytest.approx((r["acc_id"] - r["acc_avg"]) / r["acc_id"])
+
+
+def test_audit_bad_input_gets_clear_errors(world, cnn, tmp_path, capsys):
+    base = ["audit", str(world), "--model", str(cnn), "--results", str(tmp_path / "r.jsonl")]
+    assert main([*base, "--group-by", "fg_class,colour"]) == 2
+    assert "unknown group field(s) ['colour']" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "nothing"), "--model", str(cnn)]) == 2
+    assert "is not a dreamshift dataset" in capsys.readouterr().err
+    # a planned group whose images all failed is an error, not a silently higher worst group
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in world.rglob("*"):
+        if p.is_file() and "audit" not in p.parts:
+            target = broken / p.relative_to(world)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(p.read_bytes())
+    table = ds.read_manifest(broken)
+    rows = table.to_pylist()
+    victim = next(r for r in rows if r["split"] == "test")
+    for r in rows:
+        if r["split"] == "test" and (r["fg_class"], r["bg_class"]) == (
+            victim["fg_class"], victim["bg_class"]):  # fmt: skip
+            r["status"] = ds.FAILED
+    ds.write_table_atomic(ds.table_from_rows(rows), ds.DatasetLayout(broken).manifest_path)
+    assert main(["audit", str(broken), "--model", str(cnn)]) == 2
+    err = capsys.readouterr().err
+    assert f"{victim['fg_class']}/{victim['bg_class']}" in err and "--allow-empty-groups" in err
+    assert main(["audit", str(broken), "--model", str(cnn), "--allow-empty-groups"]) == 0
+
+
+def test_an_unreadable_image_is_recorded_and_the_audit_goes_on(world, cnn, tmp_path):
+    from dreamshift.audit.evaluate import AuditConfig, audit
+
+    copy = tmp_path / "copy"
+    for p in world.rglob("*"):
+        if p.is_file() and "audit" not in p.parts:
+            target = copy / p.relative_to(world)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(p.read_bytes())
+    victim = next(r for r in ds.read_manifest(copy).to_pylist() if r["split"] == "test")
+    (copy / victim["path"]).write_bytes(b"not a png")
+    (record,) = audit(AuditConfig(models=(str(cnn),), bootstrap=50), copy, log=lambda *_: None)
+    assert record["n_unreadable"] == 1 and record["unreadable"][0][0] == victim["sample_id"]
+    assert "cannot read" in record["unreadable"][0][1] and record["n"] == 17
+
+
+def test_report_renders_every_plot(world, cnn, tmp_path):
+    results = tmp_path / "results.jsonl"
+    for model in (str(cnn), "world-cnn", "world-resnet18"):
+        assert main(["audit", str(world), "--model", model, "--in-distribution", f"{world}:val",
+                     "--results", str(results), "--bootstrap", "50"]) == 0  # fmt: skip
+    out = tmp_path / "report.html"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    page = out.read_text()
+    svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
+    for svg in svgs:
+        ElementTree.fromstring(svg)  # each plot is well-formed SVG
+    bars = [s for s in svgs if 'class="bar"' in s]
+    assert len(bars) == 1 and bars[0].count('class="bar"') == 3 * len(SMALL_BACKGROUNDS)
+    heatmaps = [s for s in svgs if "heatmap" in s]
+    assert len(heatmaps) == 3 and all(h.count('class="cell"') == 9 for h in heatmaps)
+    scatter = next(s for s in svgs if "scatter" in s)
+    assert scatter.count('class="model"') == 3 and scatter.count('class="fit"') == 2
+    assert page.count('<img class="samples"') == 3 and "data:image/png;base64," in page
