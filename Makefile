@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-all lint bench bench-dream evaluate-dream clean
+.PHONY: setup demo test test-all lint bench bench-dream bench-audit evaluate-dream clean
 
 setup: $(STAMP)
 
@@ -21,13 +21,16 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dreamshift compose --out $(DEMO)/paste --train-size 1000 --val-per-group 2 --test-per-group 2 --anti-per-group 1 --rho 0.95 --workers 2
+	$(VENV)/bin/dreamshift compose --out $(DEMO)/paste --train-size 1000 --val-per-group 2 --test-per-group 2 --anti-per-group 1 --spurious-per-class 2 --rho 0.95 --workers 2
 	$(VENV)/bin/dreamshift info $(DEMO)/paste
 	$(VENV)/bin/dreamshift grid $(DEMO)/paste --split test --out $(DEMO)/paste_grid.png
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --out $(DEMO)/dream --steps 20 --batch-size 4 --workers 2 --shard-size 50
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift regenerate $(DEMO)/dream $$($(PY) -c "import dreamshift.dataset as d; print(d.read_manifest('$(DEMO)/dream')['sample_id'][0])")
 	$(VENV)/bin/dreamshift grid $(DEMO)/dream --out $(DEMO)/dream_grid.png
-	@echo "demo outputs: datasets $(DEMO)/paste and $(DEMO)/dream (dreamed by tiny-dream, the model shipped in the package), grids $(DEMO)/paste_grid.png and $(DEMO)/dream_grid.png"
+	rm -f $(DEMO)/audit.jsonl
+	$(VENV)/bin/dreamshift audit $(DEMO)/dream --model world-cnn --model world-resnet18 --in-distribution $(DEMO)/paste:test --results $(DEMO)/audit.jsonl
+	$(VENV)/bin/dreamshift report $(DEMO)/audit.jsonl --out $(DEMO)/report.html
+	@echo "demo outputs: datasets $(DEMO)/paste and $(DEMO)/dream (dreamed by tiny-dream, the model shipped in the package), grids $(DEMO)/paste_grid.png and $(DEMO)/dream_grid.png, audit $(DEMO)/audit.jsonl and report $(DEMO)/report.html"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -45,6 +48,9 @@ bench: $(STAMP)
 
 bench-dream: $(STAMP)
 	$(PY) bench/dream.py
+
+bench-audit: $(STAMP)
+	$(PY) bench/audit.py
 
 # the quality table of the README: oracle label fidelity, change and diversity (about 18 min)
 evaluate-dream: $(STAMP)

@@ -31,8 +31,14 @@ from dreamshift.world.animals import CLASSES
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    recipe = ShiftRecipe(rho=0.9, train_size=60, val_per_group=1, test_per_group=2,
-                         anti_per_group=1, spurious_per_class=2)  # fmt: skip
+    recipe = ShiftRecipe(
+        rho=0.9,
+        train_size=60,
+        val_per_group=1,
+        test_per_group=2,
+        anti_per_group=1,
+        spurious_per_class=2,
+    )
     root = tmp_path_factory.mktemp("audit") / "ds"
     compose(small_config(recipe=recipe), root, progress=False)
     return root
@@ -75,15 +81,25 @@ def test_spurious_split_shows_backgrounds_alone_and_keeps_old_hashes(world):
     assigned = ds.read_dataset_json(world)["assignment"]
     assert sorted(r["bg_class"] for r in rows) == sorted(2 * list(assigned.values()))
     # a config without the split keeps the content hash (and so the sample ids) it had before
-    assert small_config().content_hash() == small_config(
-        recipe=ShiftRecipe(rho=0.8, train_size=30, val_per_group=1, test_per_group=2,
-                           anti_per_group=1, spurious_per_class=0)  # fmt: skip
-    ).content_hash()
+    assert (
+        small_config().content_hash()
+        == small_config(
+            recipe=ShiftRecipe(
+                rho=0.8,
+                train_size=30,
+                val_per_group=1,
+                test_per_group=2,
+                anti_per_group=1,
+                spurious_per_class=0,
+            )
+        ).content_hash()
+    )
 
 
 def test_label_map_gathers_many_outputs_and_refuses_unmappable_classes():
-    m = LabelMap.build(("tabby", "siamese", "beagle"), ("cat", "dog"),
-                       {"cat": ["tabby", 1], "dog": ["beagle"]})  # fmt: skip
+    m = LabelMap.build(
+        ("tabby", "siamese", "beagle"), ("cat", "dog"), {"cat": ["tabby", 1], "dog": ["beagle"]}
+    )
     scores = m.scores(np.array([[0.1, 0.9, 0.5], [0.2, 0.1, 0.3]]))
     np.testing.assert_allclose(scores, [[0.9, 0.5], [0.2, 0.3]])
     assert LabelMap.build(("Cat", "dog"), ("cat", "dog")).members == ((0,), (1,))
@@ -97,9 +113,8 @@ def test_label_map_gathers_many_outputs_and_refuses_unmappable_classes():
 
 
 def test_unknown_model_and_missing_extra_say_what_to_do():
-    with pytest.raises(DreamshiftError, match="unknown model 'resnet9000'.*world-cnn.*timm"):
+    with pytest.raises(DreamshiftError, match=r"unknown model 'resnet9000'.*world-cnn.*timm"):
         load_classifier("resnet9000")
-    pytest.importorskip("torch")
     try:
         import timm  # noqa: F401
     except ImportError:
@@ -115,7 +130,9 @@ def test_a_checkpoint_of_the_wrong_shape_is_refused(cnn, tmp_path):
     meta = json.loads((broken / "classifier.json").read_text())
     meta["classes"] = list(CLASSES)  # trained on 3 classes, claims 10
     (broken / "classifier.json").write_text(json.dumps(meta))
-    with pytest.raises(DreamshiftError, match=r"model.safetensors does not fit a world-cnn with 10"):
+    with pytest.raises(
+        DreamshiftError, match=r"model.safetensors does not fit a world-cnn with 10"
+    ):
         load_checkpoint(broken)
     meta["architecture"] = "world-resnet18"
     meta["classes"] = list(SMALL_CLASSES)
@@ -144,9 +161,22 @@ def test_training_resumes_to_the_same_weights(world, tmp_path):
 
 def test_audit_cli_end_to_end_matches_hand_computed_accuracies(world, cnn, tmp_path, capsys):
     results = tmp_path / "results.jsonl"
-    status = main(["audit", str(world), "--model", str(cnn), "--model", "world-cnn",
-                   "--in-distribution", f"{world}:val", "--results", str(results),
-                   "--bootstrap", "200"])  # fmt: skip
+    status = main(
+        [
+            "audit",
+            str(world),
+            "--model",
+            str(cnn),
+            "--model",
+            "world-cnn",
+            "--in-distribution",
+            f"{world}:val",
+            "--results",
+            str(results),
+            "--bootstrap",
+            "200",
+        ]
+    )
     assert status == 0
     out = capsys.readouterr().out
     assert "acc_avg [95% CI]" in out and "accuracy (%) per background" in out
@@ -166,8 +196,11 @@ def test_audit_cli_end_to_end_matches_hand_computed_accuracies(world, cnn, tmp_p
         groups = {(g["group"]["fg_class"], g["group"]["bg_class"]): g["acc"] for g in r["groups"]}
         assert len(groups) == 9 and r["acc_wg"] == pytest.approx(min(groups.values()))
         assigned = ds.read_dataset_json(world)["assignment"]
-        usual = [p["predicted"] == p["fg_class"] for p in preds
-                 if assigned[p["fg_class"]] == p["bg_class"]]  # fmt: skip
+        usual = [
+            p["predicted"] == p["fg_class"]
+            for p in preds
+            if assigned[p["fg_class"]] == p["bg_class"]
+        ]
         assert r["acc_usual_bg"] == pytest.approx(np.mean(usual))
         assert r["n_spurious"] == 6 and 0 <= r["spurious_acc"] <= 1
         assert r["relative_drop"] == pytest.approx((r["acc_id"] - r["acc_avg"]) / r["acc_id"])
@@ -192,7 +225,9 @@ def test_audit_bad_input_gets_clear_errors(world, cnn, tmp_path, capsys):
     victim = next(r for r in rows if r["split"] == "test")
     for r in rows:
         if r["split"] == "test" and (r["fg_class"], r["bg_class"]) == (
-            victim["fg_class"], victim["bg_class"]):  # fmt: skip
+            victim["fg_class"],
+            victim["bg_class"],
+        ):
             r["status"] = ds.FAILED
     ds.write_table_atomic(ds.table_from_rows(rows), ds.DatasetLayout(broken).manifest_path)
     assert main(["audit", str(broken), "--model", str(cnn)]) == 2
@@ -220,8 +255,23 @@ def test_an_unreadable_image_is_recorded_and_the_audit_goes_on(world, cnn, tmp_p
 def test_report_renders_every_plot(world, cnn, tmp_path):
     results = tmp_path / "results.jsonl"
     for model in (str(cnn), "world-cnn", "world-resnet18"):
-        assert main(["audit", str(world), "--model", model, "--in-distribution", f"{world}:val",
-                     "--results", str(results), "--bootstrap", "50"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "audit",
+                    str(world),
+                    "--model",
+                    model,
+                    "--in-distribution",
+                    f"{world}:val",
+                    "--results",
+                    str(results),
+                    "--bootstrap",
+                    "50",
+                ]
+            )
+            == 0
+        )
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
     page = out.read_text()
@@ -235,3 +285,43 @@ def test_report_renders_every_plot(world, cnn, tmp_path):
     scatter = next(s for s in svgs if "scatter" in s)
     assert scatter.count('class="model"') == 3 and scatter.count('class="fit"') == 2
     assert page.count('<img class="samples"') == 3 and "data:image/png;base64," in page
+
+
+def test_a_dreamed_dataset_skips_backgrounds_alone_and_audits_them_from_its_guides(
+    world, cnn, tmp_path, capsys
+):
+    out = tmp_path / "dreamed"
+    assert main(["dream", str(world), "--out", str(out), "--mode", "paste", "--no-progress"]) == 0
+    splits = {r["split"] for r in ds.read_manifest(out).to_pylist()}
+    assert "spurious" not in splits and "test" in splits
+    assert (
+        main(
+            [
+                "dream",
+                str(world),
+                "--out",
+                str(tmp_path / "x"),
+                "--mode",
+                "paste",
+                "--splits",
+                "spurious",
+            ]
+        )
+        == 2
+    )
+    assert "nothing to dream" in capsys.readouterr().err
+    results = tmp_path / "r.jsonl"
+    assert main(["audit", str(out), "--model", str(cnn), "--results", str(results)]) == 0
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["spurious_from"] == str(world) and record["n_spurious"] == 6
+
+
+def test_predictions_do_not_depend_on_batch_size(world, cnn):
+    from dreamshift.audit.evaluate import predict
+
+    clf = load_classifier(str(cnn))
+    labels = LabelMap.build(clf.classes, list(SMALL_CLASSES))
+    rows = [r for r in ds.read_manifest(world).to_pylist() if r["split"] == "test"]
+    one, many = predict(clf, labels, world, rows, 1), predict(clf, labels, world, rows, 64)
+    assert one.predicted == many.predicted
+    np.testing.assert_allclose(one.scores, many.scores, rtol=1e-4, atol=1e-5)

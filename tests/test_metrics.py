@@ -14,7 +14,7 @@ def test_accuracy_and_bootstrap_on_edge_cases():
     assert M.bootstrap_ci(np.array([], bool)) is None
     assert M.bootstrap_ci(np.array([True])) == (1.0, 1.0)  # one sample: zero width
     lo, hi = M.bootstrap_ci(np.array([True] * 50 + [False] * 50), n_boot=2000)
-    assert lo < 0.5 < hi and 0.35 < lo and hi < 0.65  # about 0.5 +- 1.96 * 0.05
+    assert 0.35 < lo < 0.5 < hi < 0.65  # about 0.5 +- 1.96 * 0.05
 
 
 def test_group_stats_list_expected_empty_groups_and_worst_group_skips_them():
@@ -57,7 +57,9 @@ def test_spurious_auc_is_the_class_mean_of_per_class_aucs():
     classes = ["cat", "dog"]
     scores = np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0]])  # real images: cat, cat, dog
     spurious = np.array([[1.5, 0.0], [0.0, 4.0]])  # a cat's background, a dog's background
-    mean, per_class = M.spurious_auc(scores, classes, ["cat", "cat", "dog"], spurious, ["cat", "dog"])
+    mean, per_class = M.spurious_auc(
+        scores, classes, ["cat", "cat", "dog"], spurious, ["cat", "dog"]
+    )
     assert per_class == {"cat": 0.5, "dog": 0.0}  # cat: 2 > 1.5, 1 < 1.5; dog: 3 < 4
     assert mean == 0.25
 

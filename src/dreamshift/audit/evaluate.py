@@ -268,7 +268,8 @@ def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
 def effective_robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Fit shifted vs in-distribution accuracy over the models of ``records`` (those of one
     dataset, split and in-distribution reference; the latest record per model), linear and in
-    logit space; each model's effective robustness is its distance from the line."""
+    logit space; each model's effective robustness is its distance from the line. Needs three
+    models or more: a line through two points leaves nothing to measure."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for r in records:
         if r.get("acc_id") is not None and r.get("acc_avg") is not None:
@@ -276,7 +277,7 @@ def effective_robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | 
     family = list(latest.values())
     x = [r["acc_id"] for r in family]
     y = [r["acc_avg"] for r in family]
-    if len(family) < 2 or len(set(x)) < 2:
+    if len(family) < 3 or len(set(x)) < 2:
         return None
     out: dict[str, Any] = {"models": [r["model"] for r in family], "acc_id": x, "acc_shift": y}
     for space in ("linear", "logit"):

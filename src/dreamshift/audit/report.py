@@ -141,7 +141,7 @@ def robustness_scatter(
         f'<text transform="translate(12,{h / 2}) rotate(-90)" text-anchor="middle">shifted '
         "accuracy</text>",
     ]
-    if len(set(acc_id)) >= 2:
+    if len(acc_id) >= 3 and len(set(acc_id)) >= 2:  # a line through two points says nothing
         xs = np.linspace(lo, 0.999, 50)
         for space, colour in (("linear", "#1f77b4"), ("logit", "#d62728")):
             fit = M.fit_effective_robustness(acc_id, acc_shift, space)

@@ -26,7 +26,6 @@ from torch import nn
 from dreamshift import dataset as ds
 from dreamshift.audit.classifiers import (
     ARCHITECTURES,
-    CHECKPOINT_JSON,
     WORLD_MEAN,
     WORLD_STD,
     save_checkpoint,
@@ -49,7 +48,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     input_size: int = 64
     seed: int = 0
-    bf16: bool = False  # bfloat16 autocast: faster for ResNet-18 on recent CPUs
+    bf16: bool = False  # bfloat16 autocast: only where the CPU has native bf16 (AMX)
     half_weights: bool = False  # store float16 weights (half the file size)
 
     def check(self) -> None:
@@ -208,7 +207,3 @@ def train_classifier(
     }
     save_checkpoint(out, net, record, half=cfg.half_weights)
     return record
-
-
-def is_trained(out: str | Path) -> bool:
-    return (Path(out) / CHECKPOINT_JSON).is_file()
