@@ -20,6 +20,7 @@ from dreamshift.audit.classifiers import (
     load_classifier,
     shipped_classifiers,
 )
+from dreamshift.audit.evaluate import predict
 from dreamshift.audit.labels import LabelMap
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
@@ -193,17 +194,35 @@ def test_audit_cli_end_to_end_matches_hand_computed_accuracies(world, cnn, tmp_p
         for b in SMALL_BACKGROUNDS:
             on_b = [p["predicted"] == p["fg_class"] for p in preds if p["bg_class"] == b]
             assert r["per_background"][b]["acc"] == pytest.approx(np.mean(on_b))
-        groups = {(g["group"]["fg_class"], g["group"]["bg_class"]): g["acc"] for g in r["groups"]}
-        assert len(groups) == 9 and r["acc_wg"] == pytest.approx(min(groups.values()))
+        by_group: dict = {}
+        for p in preds:
+            by_group.setdefault((p["fg_class"], p["bg_class"]), []).append(
+                p["predicted"] == p["fg_class"]
+            )
+        assert len(by_group) == 9
+        assert r["acc_wg"] == pytest.approx(min(np.mean(v) for v in by_group.values()))
         assigned = ds.read_dataset_json(world)["assignment"]
-        usual = [
-            p["predicted"] == p["fg_class"]
-            for p in preds
-            if assigned[p["fg_class"]] == p["bg_class"]
-        ]
+        usual = [ok for (c, b), v in by_group.items() if assigned[c] == b for ok in v]
+        other = [ok for (c, b), v in by_group.items() if assigned[c] != b for ok in v]
         assert r["acc_usual_bg"] == pytest.approx(np.mean(usual))
-        assert r["n_spurious"] == 6 and 0 <= r["spurious_acc"] <= 1
-        assert r["relative_drop"] == pytest.approx((r["acc_id"] - r["acc_avg"]) / r["acc_id"])
+        assert r["bg_gap"] == pytest.approx(np.mean(usual) - np.mean(other))
+        # spurious-only images, predicted by hand with the same classifier
+        clf = load_classifier(r["model"])
+        labels = LabelMap.build(clf.classes, list(SMALL_CLASSES))
+        spurious = [x for x in ds.read_manifest(world).to_pylist() if x["split"] == "spurious"]
+        ev = predict(clf, labels, world, spurious, 8)
+        tied = {b: c for c, b in assigned.items()}
+        hits = [p == tied[x["bg_class"]] for p, x in zip(ev.predicted, ev.rows, strict=True)]
+        assert r["n_spurious"] == 6 and r["spurious_acc"] == pytest.approx(np.mean(hits))
+        val = [x for x in ds.read_manifest(world).to_pylist() if x["split"] == "val"]
+        ev_val = predict(clf, labels, world, val, 8)
+        acc_id = np.mean(
+            [p == x["fg_class"] for p, x in zip(ev_val.predicted, ev_val.rows, strict=True)]
+        )
+        assert r["acc_id"] == pytest.approx(acc_id)
+        if acc_id > 0:
+            assert r["relative_drop"] == pytest.approx((acc_id - r["acc_avg"]) / acc_id)
+    assert records[0]["effective_robustness"] is None  # two models: no line to measure against
 
 
 def test_audit_bad_input_gets_clear_errors(world, cnn, tmp_path, capsys):
@@ -254,7 +273,11 @@ def test_an_unreadable_image_is_recorded_and_the_audit_goes_on(world, cnn, tmp_p
 
 def test_report_renders_every_plot(world, cnn, tmp_path):
     results = tmp_path / "results.jsonl"
-    for model in (str(cnn), "world-cnn", "world-resnet18"):
+    odd = tmp_path / "a<b&c"  # a model name that must be escaped in HTML and SVG
+    odd.mkdir()
+    for f in cnn.iterdir():
+        (odd / f.name).write_bytes(f.read_bytes())
+    for model in (str(odd), "world-cnn", "world-resnet18"):
         assert (
             main(
                 [
@@ -272,6 +295,11 @@ def test_report_renders_every_plot(world, cnn, tmp_path):
             )
             == 0
         )
+    # three models on 3 x 3 groups may tie in-distribution; spread them so that a line exists
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    for r, acc_id in zip(records, (0.6, 0.7, 0.8), strict=True):
+        r["acc_id"] = acc_id
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
     page = out.read_text()
@@ -285,6 +313,7 @@ def test_report_renders_every_plot(world, cnn, tmp_path):
     scatter = next(s for s in svgs if "scatter" in s)
     assert scatter.count('class="model"') == 3 and scatter.count('class="fit"') == 2
     assert page.count('<img class="samples"') == 3 and "data:image/png;base64," in page
+    assert "a&lt;b&amp;c" in page and "a<b&c" not in page
 
 
 def test_a_dreamed_dataset_skips_backgrounds_alone_and_audits_them_from_its_guides(
@@ -317,8 +346,6 @@ def test_a_dreamed_dataset_skips_backgrounds_alone_and_audits_them_from_its_guid
 
 
 def test_predictions_do_not_depend_on_batch_size(world, cnn):
-    from dreamshift.audit.evaluate import predict
-
     clf = load_classifier(str(cnn))
     labels = LabelMap.build(clf.classes, list(SMALL_CLASSES))
     rows = [r for r in ds.read_manifest(world).to_pylist() if r["split"] == "test"]

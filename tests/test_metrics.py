@@ -38,7 +38,11 @@ def test_bg_gap_relative_drop_and_spurious_accuracy():
     assert gap == {"acc_usual_bg": 0.75, "acc_other_bg": 0.25, "bg_gap": 0.5}
     assert M.bg_gap(correct, np.ones(8, bool))["bg_gap"] is None
     assert M.relative_drop(0.8, 0.6) == pytest.approx(0.25)
-    assert M.spurious_accuracy(["cat", "dog", "cat"], ["cat", "cat", "cat"]) == pytest.approx(2 / 3)
+    tied = [{"cat"}, {"cat"}, {"cat"}]
+    assert M.spurious_accuracy(["cat", "dog", "cat"], tied) == pytest.approx(2 / 3)
+    # a background tied to two classes: either counts; one tied to none is left out
+    assert M.spurious_accuracy(["dog", "cow", "cat"], [{"cat", "dog"}, {"cat"}, set()]) == 0.5
+    assert M.spurious_accuracy(["cat"], [set()]) is None
     assert M.spurious_accuracy([], []) is None
 
 

@@ -35,7 +35,7 @@ from dreamshift.audit.classifiers import Classifier, load_classifier
 from dreamshift.audit.labels import LabelMap, read_label_map
 from dreamshift.errors import DreamshiftError
 
-SPURIOUS_SPLIT = "spurious"  # images of a background alone, labelled with the class tied to it
+SPURIOUS_SPLIT = "spurious"  # images of a background alone (fg_class is None)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,14 @@ class AuditConfig:
     seed: int = 0
     device: str = "cpu"
     allow_empty_groups: bool = False
+
+    def check(self) -> None:
+        if not self.models:
+            raise DreamshiftError("give at least one --model")
+        if self.bootstrap < 1 or self.batch_size < 1:
+            raise DreamshiftError(
+                f"bootstrap = {self.bootstrap} and batch_size = {self.batch_size} must be >= 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,9 @@ def iter_batches(
         decoded = list(pool.map(lambda i: _decode(root, rows[i]), positions))
         ok = [(i, a) for i, a in zip(positions, decoded, strict=True) if not isinstance(a, str)]
         bad = [(i, a) for i, a in zip(positions, decoded, strict=True) if isinstance(a, str)]
+        if len({a.shape for _, a in ok}) > 1:  # mixed sizes: all to the first one's
+            h, w = ok[0][1].shape[:2]
+            ok = [(i, np.asarray(Image.fromarray(a).resize((w, h)))) for i, a in ok]
         images = np.stack([a for _, a in ok]) if ok else None
         return [i for i, _ in ok], images, bad
 
@@ -204,9 +215,9 @@ def measure(
 
 
 def _spurious_metrics(
-    ev_real: Evaluated, ev_spurious: Evaluated, classes: Sequence[str], tied: dict[str, str]
+    ev_real: Evaluated, ev_spurious: Evaluated, classes: Sequence[str], usual_bg: dict[str, str]
 ) -> dict[str, Any]:
-    tied_class = [tied.get(r["bg_class"], "") for r in ev_spurious.rows]
+    tied_class = [{c for c, b in usual_bg.items() if b == r["bg_class"]} for r in ev_spurious.rows]
     score, per_class = M.spurious_auc(
         ev_real.scores,
         classes,
@@ -249,7 +260,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DreamshiftError(f"no results file {path}: run `dreamshift audit` first")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
@@ -260,7 +271,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    with open(path, "a", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
 
@@ -270,10 +281,10 @@ def effective_robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | 
     dataset, split and in-distribution reference; the latest record per model), linear and in
     logit space; each model's effective robustness is its distance from the line. Needs three
     models or more: a line through two points leaves nothing to measure."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
     for r in records:
         if r.get("acc_id") is not None and r.get("acc_avg") is not None:
-            latest[r["model"], r["weights_sha256"]] = r
+            latest[r["model"]] = r
     family = list(latest.values())
     x = [r["acc_id"] for r in family]
     y = [r["acc_avg"] for r in family]
@@ -303,6 +314,7 @@ def audit(
 ) -> list[dict[str, Any]]:
     """Evaluate every model of ``cfg`` on ``dataset``; append one record per model to
     ``results`` (default ``DATASET/audit/results.jsonl``) and return the records."""
+    cfg.check()
     root = Path(dataset)
     meta = ds.read_dataset_json(root)
     classes = list(meta["classes"])
@@ -323,7 +335,6 @@ def audit(
             "or pass --allow-empty-groups"
         )
     usual_bg = dict(meta.get("assignment") or {})
-    tied = {b: c for c, b in usual_bg.items()}
     spurious_root, spurious_rows = root, _usable_rows(root, SPURIOUS_SPLIT)
     source = (meta.get("config") or {}).get("source")
     if not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
@@ -338,6 +349,11 @@ def audit(
             id_root = Path(path)
         id_meta = ds.read_dataset_json(id_root)
         id_split = id_split or _default_split(id_root)
+        if not id_split:
+            raise DreamshiftError(
+                f"{id_root} has no test split: name the in-distribution split, "
+                f"--in-distribution {id_root}:SPLIT"
+            )
         id_rows = _usable_rows(id_root, id_split)
         if not id_rows:
             raise DreamshiftError(f"{id_root} has no usable rows in split {id_split or '(any)'}")
@@ -346,9 +362,9 @@ def audit(
 
     records = []
     for spec in cfg.models:
-        start = time.perf_counter()
         clf = load_classifier(spec, classes, cfg.device)
         labels = LabelMap.build(clf.classes, classes, mapping, model_name=spec)
+        start = time.perf_counter()
         ev = predict(clf, labels, root, rows, cfg.batch_size)
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {
@@ -370,7 +386,7 @@ def audit(
         }
         if spurious_rows:
             ev_spurious = predict(clf, labels, spurious_root, spurious_rows, cfg.batch_size)
-            record.update(_spurious_metrics(ev, ev_spurious, classes, tied))
+            record.update(_spurious_metrics(ev, ev_spurious, classes, usual_bg))
             record["spurious_from"] = str(spurious_root)
         if id_root is not None:
             ev_id = predict(clf, labels, id_root, id_rows, cfg.batch_size)
@@ -385,10 +401,16 @@ def audit(
                 "dataset_hash": id_meta.get("content_hash", ""),
             }
             record["acc_id"] = acc_id
-            record["drop"] = acc_id - record["acc_avg"] if acc_id is not None else None
-            record["relative_drop"] = M.relative_drop(acc_id, record["acc_avg"]) if acc_id else None
+            acc = record["acc_avg"]
+            if acc_id is not None and acc is not None:
+                record["drop"], record["relative_drop"] = acc_id - acc, M.relative_drop(acc_id, acc)
+            else:
+                record["drop"] = record["relative_drop"] = None
+        # one file per model, weights, dataset and split: a later audit never overwrites the
+        # predictions an earlier record points to unless they are the same
         name = (
-            f"{_slug(spec)}-{record['dataset_hash'] or _slug(root.name)}-{split or 'all'}.parquet"
+            f"{_slug(spec)}-{clf.weights_sha256[:12] or 'noweights'}-"
+            f"{record['dataset_hash'] or _slug(root.name)}-{split or 'all'}.parquet"
         )
         pred_path = results_path.parent / "predictions" / name
         _write_predictions(pred_path, ev, classes)
@@ -403,7 +425,12 @@ def audit(
         earlier = read_results(results_path) if results_path.is_file() else []
         for r in records:
             family = [e for e in [*earlier, *records] if _family_key(e) == _family_key(r)]
-            r["effective_robustness"] = effective_robustness(family)
+            er = effective_robustness(family)
+            if er is not None:  # this model's own distance from each line
+                i = er["models"].index(r["model"])
+                for space in ("linear", "logit"):
+                    er[space]["this_model"] = er[space]["effective_robustness"][i]
+            r["effective_robustness"] = er
     _append(results_path, records)
     return records
 
@@ -431,8 +458,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         ]
         if has_id:
             er = r.get("effective_robustness") or {}
-            i = er.get("models", []).index(r["model"]) if r["model"] in er.get("models", []) else -1
-            logit_er = er["logit"]["effective_robustness"][i] if i >= 0 else None
+            logit_er = er.get("logit", {}).get("this_model")
             cells += [_pct(r.get("acc_id")), _pct(r.get("relative_drop")), _pct(logit_er)]
         if has_spurious:
             cells += [_pct(r.get("spurious_acc")), _pct(r.get("spurious_auc"))]

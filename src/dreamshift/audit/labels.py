@@ -103,7 +103,9 @@ class LabelMap:
                 "pass --label-map FILE (YAML {class: [model label names or output indices]}), "
                 "or audit a dataset without those classes (compose --classes ...)"
             )
-        identity = list(dataset_classes) == list(model_classes)
+        identity = len(model_classes) == len(dataset_classes) and all(
+            m == (i,) for i, m in enumerate(members)
+        )
         return cls(tuple(dataset_classes), tuple(members), identity)
 
     def scores(self, logits: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,12 +132,18 @@ def relative_drop(acc_id: float, acc_shift: float) -> float:
     return (acc_id - acc_shift) / acc_id if acc_id > 0 else float("nan")
 
 
-def spurious_accuracy(predicted: Sequence[str], tied_class: Sequence[str]) -> float | None:
-    """Share of spurious-only images (the background, no animal) classified as the class the
-    background is tied to: how often the spurious feature alone decides the prediction."""
-    if not len(predicted):
-        return None
-    return float(np.mean([p == t for p, t in zip(predicted, tied_class, strict=True)]))
+def spurious_accuracy(
+    predicted: Sequence[str], tied_classes: Sequence[Collection[str]]
+) -> float | None:
+    """Share of spurious-only images (a background, no animal) classified as a class that
+    background is tied to: how often the spurious feature alone decides the prediction. Images
+    whose background is tied to no class are left out; ``None`` when none is left.
+
+    >>> spurious_accuracy(["cat", "dog", "cow"], [{"cat"}, {"cat", "dog"}, set()])
+    1.0
+    """
+    hits = [p in t for p, t in zip(predicted, tied_classes, strict=True) if t]
+    return float(np.mean(hits)) if hits else None
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float | None:
@@ -174,15 +180,18 @@ def spurious_auc(
     classes: Sequence[str],
     true_class: Sequence[str],
     spurious_scores: np.ndarray,
-    tied_class: Sequence[str],
+    tied_classes: Sequence[Collection[str]],
 ) -> tuple[float | None, dict[str, float | None]]:
     """Spurious ImageNet score (Neuhaus et al. 2023): for each class k, the AUC with which the
-    class-k score ranks real images of k above spurious-only images tied to k; the mean over
-    classes that have both. 1 = the spurious feature alone never outranks the object."""
-    truth, tied = np.asarray(true_class), np.asarray(tied_class)
+    class-k score ranks real images of k above the spurious-only images tied to k (a
+    background may be tied to several classes); the mean over classes that have both.
+    1 = the spurious feature alone never outranks the object."""
+    truth = np.asarray(true_class)
     per_class: dict[str, float | None] = {}
     for k, c in enumerate(classes):
-        per_class[c] = auc(scores[truth == c, k], spurious_scores[tied == c, k])
+        negatives = np.array([c in t for t in tied_classes], bool)
+        negative_scores = spurious_scores[negatives, k] if len(negatives) else np.zeros(0)
+        per_class[c] = auc(scores[truth == c, k], negative_scores)
     values = [v for v in per_class.values() if v is not None]
     return (float(np.mean(values)) if values else None), per_class
 

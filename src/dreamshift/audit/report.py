@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -239,8 +240,9 @@ def render(records: Sequence[dict[str, Any]]) -> str:
                 f"<figure><figcaption>{_esc(r['model'])}</figcaption>"
                 f"{heatmap(classes, bgs, r['matrix'])}</figure>"
             )
-        with_id = [r for r in recs if r.get("acc_id") is not None]
-        if len(with_id) >= 2:
+        with_id = [r for r in recs if r.get("acc_id") is not None and r.get("acc_avg") is not None]
+        references = {json.dumps(r["in_distribution"], sort_keys=True) for r in with_id}
+        if len(with_id) >= 2 and len(references) == 1:  # one in-distribution reference only
             body.append(
                 "<h3>Effective robustness</h3>"
                 + robustness_scatter(
@@ -275,6 +277,6 @@ def write_report(results: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(records))
+    tmp.write_text(render(records), encoding="utf-8")
     tmp.replace(out)
     return out
