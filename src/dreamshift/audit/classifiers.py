@@ -142,15 +142,19 @@ class Classifier:
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, S, S) normalised float on the model's device."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = nn.functional.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True
+                x.float() / 255.0,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                antialias=True,
             )
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+            return (x - mean) / std
+        # (x / 255 - mean) / std in one pass over the pixels
+        return torch.addcmul(-mean / std, x.float(), 1.0 / (255.0 * std))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)  # type: ignore[operator]

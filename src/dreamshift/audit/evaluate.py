@@ -81,13 +81,13 @@ def _slug(text: str) -> str:
 def _decode(root: Path, row: dict[str, Any]) -> np.ndarray | str:
     try:
         with Image.open(root / row["path"]) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except (OSError, ValueError) as exc:
         return f"cannot read {root / row['path']}: {exc}"
 
 
 def iter_batches(
-    root: Path, rows: Sequence[dict[str, Any]], batch_size: int, threads: int = 2
+    root: Path, rows: Sequence[dict[str, Any]], batch_size: int, threads: int = 1
 ) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
     """(row positions, (B, H, W, 3) uint8 images, unreadable (position, reason)) per batch; the
     next batch is decoded in threads while the caller runs the current one."""
@@ -177,13 +177,15 @@ def _stat(s: M.GroupStat) -> dict[str, Any]:
 def measure(
     ev: Evaluated,
     classes: Sequence[str],
+    backgrounds: Sequence[str],
     group_by: Sequence[str],
     expected: Sequence[tuple],
     usual_bg: dict[str, str],
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Every accuracy metric of one model on one split."""
+    """Every accuracy metric of one model on one split. Per-background and per-class entries
+    follow the dataset's order; those with no images are left out."""
     truth = [r["fg_class"] for r in ev.rows]
     correct = np.array([p == t for p, t in zip(ev.predicted, truth, strict=True)], bool)
     keys: list[Any] = [tuple(r[g] for g in group_by) for r in ev.rows]
@@ -198,9 +200,12 @@ def measure(
         "worst_group": _named(group_by, worst[0]) if worst else None,
         "groups": [{"group": _named(group_by, k), **_stat(s)} for k, s in groups.items()],
     }
-    for field, name in (("bg_class", "per_background"), ("fg_class", "per_class")):
-        stats = M.group_stats(correct, [r[field] for r in ev.rows], (), n_boot, seed)
-        out[name] = {k: _stat(s) for k, s in stats.items()}
+    for field, name, order in (
+        ("bg_class", "per_background", backgrounds),
+        ("fg_class", "per_class", classes),
+    ):
+        stats = M.group_stats(correct, [r[field] for r in ev.rows], order, n_boot, seed)
+        out[name] = {k: _stat(s) for k, s in stats.items() if s.n}
     tally: dict[str, dict[str, list[int]]] = {c: {} for c in classes}  # class -> bg -> [ok, n]
     for r, ok in zip(ev.rows, correct, strict=True):
         cell = tally.setdefault(r["fg_class"], {}).setdefault(r["bg_class"], [0, 0])
@@ -381,7 +386,16 @@ def audit(
             "group_by": list(cfg.group_by),
             "n_unreadable": len(ev.unreadable),
             "unreadable": [list(u) for u in ev.unreadable],
-            **measure(ev, classes, cfg.group_by, expected, usual_bg, cfg.bootstrap, cfg.seed),
+            **measure(
+                ev,
+                classes,
+                meta["backgrounds"],
+                cfg.group_by,
+                expected,
+                usual_bg,
+                cfg.bootstrap,
+                cfg.seed,
+            ),
             "images_per_s": round(len(rows) / seconds, 1),
         }
         if spurious_rows:

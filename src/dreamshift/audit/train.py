@@ -203,6 +203,7 @@ def train_classifier(
         "std": list(WORLD_STD),
         "parameters": sum(p.numel() for p in net.parameters()),
         "trained_on": run,
+        "dataset_config": meta.get("config"),  # what made the training data: enough to remake it
         "history": history,
     }
     save_checkpoint(out, net, record, half=cfg.half_weights)
