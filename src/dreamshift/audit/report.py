@@ -165,23 +165,28 @@ def robustness_scatter(
 
 
 def sample_grid(record: dict[str, Any], classes: Sequence[str], cell: int = 56) -> str:
-    """An ``<img>`` of one image per (class, background) with the model's prediction under it;
-    a red frame marks a wrong prediction."""
+    """An ``<img>`` of one image per (class, background) — rows are classes, columns
+    backgrounds — with the model's prediction under it; a red frame marks a wrong one."""
     preds = read_predictions(record)
     root = Path(record["dataset"])
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     for p in preds:
         chosen.setdefault((p["fg_class"], p["bg_class"]), p)
-    bgs = list(dict.fromkeys(p["bg_class"] for p in preds))
-    label = 12
-    sheet = Image.new("RGB", (len(bgs) * (cell + 4), len(classes) * (cell + label + 4)), "white")
+    bgs = [b for b in record["per_background"] if any(k[1] == b for k in chosen)]
+    label, left, top = 12, 64, 14
+    sheet = Image.new(
+        "RGB", (left + len(bgs) * (cell + 4), top + len(classes) * (cell + label + 4)), "white"
+    )
     draw = ImageDraw.Draw(sheet)
+    for j, b in enumerate(bgs):
+        draw.text((left + j * (cell + 4) + 2, 1), b[:9], fill=(0, 0, 0))
     for i, c in enumerate(classes):
+        draw.text((2, top + i * (cell + label + 4) + cell // 2 - 5), c[:10], fill=(0, 0, 0))
         for j, b in enumerate(bgs):
             if (c, b) not in chosen:
                 continue
             p = chosen[c, b]
-            x, y = j * (cell + 4), i * (cell + label + 4)
+            x, y = left + j * (cell + 4), top + i * (cell + label + 4)
             try:
                 with Image.open(root / p["path"]) as img:
                     sheet.paste(img.convert("RGB").resize((cell, cell)), (x + 2, y + 2))
