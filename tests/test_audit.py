@@ -352,3 +352,114 @@ def test_predictions_do_not_depend_on_batch_size(world, cnn):
     one, many = predict(clf, labels, world, rows, 1), predict(clf, labels, world, rows, 64)
     assert one.predicted == many.predicted
     np.testing.assert_allclose(one.scores, many.scores, rtol=1e-4, atol=1e-5)
+
+
+class _TinyImageNetNet:
+    """Stands in for a zoo model: 1000 outputs, the largest always at ``favourite``."""
+
+    @staticmethod
+    def build(favourite: int):
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.pool = nn.AdaptiveAvgPool2d(1)
+                self.fc = nn.Linear(3, 1000)
+                with torch.no_grad():
+                    self.fc.weight.zero_()
+                    self.fc.bias.zero_()
+                    self.fc.bias[favourite] = 5.0
+
+            def forward_features(self, x):
+                return self.pool(x).flatten(1)
+
+            def forward_head(self, f):
+                return self.fc(f)
+
+            def forward(self, x):
+                return self.fc(self.pool(x).flatten(1))
+
+        return Net()
+
+
+def test_timm_and_torchvision_models_are_adapted_and_mapped_to_the_world(
+    world, tmp_path, monkeypatch
+):
+    import sys
+    import types
+
+    import torch
+
+    seen = {}
+
+    def create_model(name, pretrained):
+        seen["timm"] = (name, pretrained)
+        return _TinyImageNetNet.build(favourite=296)  # ice bear -> "bear"
+
+    data = types.SimpleNamespace(
+        resolve_data_config=lambda args, model: {
+            "input_size": (3, 48, 48),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.25, 0.25, 0.25),
+        }
+    )
+    monkeypatch.setitem(
+        sys.modules, "timm", types.SimpleNamespace(create_model=create_model, data=data)
+    )
+    clf = load_classifier("timm:resnet50")
+    assert seen["timm"] == ("resnet50", True) and clf.input_size == 48
+    assert clf.preprocess(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 3, 48, 48)
+
+    tv_net = _TinyImageNetNet.build(favourite=340)  # zebra
+    models = types.SimpleNamespace(get_model=lambda name, weights: tv_net)
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(models=models))
+    tv = load_classifier("torchvision:resnet50")
+    x = torch.rand(2, 3, 224, 224)
+    assert tv.forward_features(x).shape == (2, 3)  # the input of the old fc
+    assert int(tv.forward_head(tv.forward_features(x)).argmax(1)[0]) == 340
+
+    results = tmp_path / "r.jsonl"
+    assert main(["audit", str(world), "--model", "timm:resnet50", "--results", str(results)]) == 0
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["label_map"]["kind"] == "max over members"
+    assert record["label_map"]["members"]["bear"] == [294, 295, 296, 297]
+    preds = pq.read_table(record["predictions"]).column("predicted").to_pylist()
+    assert set(preds) == {"bear"}  # output 296 always wins, and it belongs to bear
+    assert record["acc_avg"] == pytest.approx(1 / 3)
+
+
+def test_open_clip_zero_shot_scores_the_dataset_classes(monkeypatch):
+    import sys
+    import types
+
+    import torch
+
+    classes = ("cat", "dog")
+
+    class Model(torch.nn.Module):
+        visual = types.SimpleNamespace(image_size=(32, 32), image_mean=None, image_std=None)
+
+        def encode_image(self, x):  # (B, 3, 32, 32) -> (B, 2): mean of red, mean of green
+            return x[:, :2].mean((2, 3)) + 3.0
+
+        def encode_text(self, tokens):  # "dog" prompts point to green, "cat" to red
+            return torch.stack(
+                [torch.tensor([1.0, 0.0]) if t == 0 else torch.tensor([0.0, 1.0]) for t in tokens]
+            )
+
+    def tokenizer(texts):  # like open_clip's: a LongTensor of token ids
+        return torch.tensor([0 if "cat" in t else 1 for t in texts])
+
+    fake = types.SimpleNamespace(
+        create_model_and_transforms=lambda arch, pretrained: (Model(), None, None),
+        get_tokenizer=lambda arch: tokenizer,
+    )
+    monkeypatch.setitem(sys.modules, "open_clip", fake)
+    clf = load_classifier("open_clip:ViT-B-32/laion2b", classes)
+    assert clf.classes == classes and clf.input_size == 32
+    red, green = np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1, 32, 32, 3), np.uint8)
+    red[..., 0], green[..., 1] = 255, 255
+    logits = clf.logits(np.concatenate([red, green]))
+    assert logits.shape == (2, 2) and list(logits.argmax(1)) == [0, 1]
