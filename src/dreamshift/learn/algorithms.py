@@ -1,0 +1,245 @@
+"""Learning algorithms behind one interface, in the style of DomainBed (Gulrajani & Lopez-Paz
+2021): ``update(batch) -> dict[str, float]`` takes one optimisation step and reports its losses,
+``predict(x)`` gives class logits, ``features(x)`` gives the named feature blocks that linear
+probes read.
+
+- ``erm``: empirical risk minimisation;
+- ``groupdro``: Group DRO (Sagawa et al. 2020), exponentiated-gradient weights on the groups
+  (class x background) of the batch;
+- ``irm``: IRMv1 (Arjovsky et al. 2019), the gradient penalty of a dummy scale per environment
+  (background), annealed in after ``irm_anneal_steps``;
+- ``dann``: domain-adversarial training (Ganin et al. 2016), a background classifier on the
+  features behind a gradient-reversal layer;
+- ``d3s``: the disentangled model of D3S (Kattakinda et al. 2022, Sec. 4): the feature vector
+  is split into a foreground and a background block; one head predicts the class from the
+  foreground block, another the background from the background block, and a penalty on the
+  mutual information between the foreground block and the background label, and between the
+  background block and the class, keeps each block free of the other factor. The estimator is
+  MINE or an adversarial critic (:mod:`dreamshift.learn.mine`).
+
+>>> algo = ALGORITHMS.get("d3s")("world-cnn", num_classes=10, num_backgrounds=10)
+>>> losses = algo.update(Batch(x, y, bg))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dreamshift.audit.classifiers import ARCHITECTURES
+from dreamshift.learn.mine import ESTIMATORS
+from dreamshift.registry import Registry
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Images (B, 3, H, W) in [-1, 1], class index (B,), background index (B,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    bg: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """Hyper-parameters of every algorithm (typed fields, not a string-keyed dict)."""
+
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    groupdro_eta: float = 0.01
+    irm_lambda: float = 100.0
+    irm_anneal_steps: int = 200
+    dann_lambda: float = 1.0
+    fg_fraction: float = 0.5  # share of the feature vector that is the foreground block (d3s)
+    mi_weight: float = 1.0  # weight of the mutual-information penalty (d3s)
+    mi_estimator: str = "mine"  # "mine" | "critic"
+    mi_lr: float = 1e-3
+    mi_steps: int = 1  # estimator steps per update
+
+
+class Algorithm(nn.Module):
+    """A backbone with a ``forward_features`` (B, D) and what the algorithm puts on top."""
+
+    def __init__(
+        self, arch: str, num_classes: int, num_backgrounds: int, hp: Hparams | None = None
+    ):
+        super().__init__()
+        self.hp = hp or Hparams()
+        self.num_classes, self.num_backgrounds = num_classes, num_backgrounds
+        self.backbone = ARCHITECTURES.get(arch)(num_classes)
+        self.num_features = int(self.backbone.num_features)
+        self.backbone.head = nn.Identity()
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.register_buffer("step", torch.tensor(0))
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.hp.lr, weight_decay=self.hp.weight_decay)
+
+    def finish_init(self) -> None:
+        """Called by subclasses once every module exists: builds the main optimiser."""
+        self.optimizer = self._optimizer(self.main_parameters())
+
+    def main_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("estimators.")]
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"all": self.backbone.forward_features(x)}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone.forward_features(x))
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        raise NotImplementedError
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+
+
+@ALGORITHMS.register("erm")
+class ERM(Algorithm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finish_init()
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        loss = F.cross_entropy(self.predict(batch.x), batch.y)
+        self._step(loss)
+        return {"loss": loss.item()}
+
+
+@ALGORITHMS.register("groupdro")
+class GroupDRO(Algorithm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("q", torch.ones(self.num_classes * self.num_backgrounds))
+        self.finish_init()
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        losses = F.cross_entropy(self.predict(batch.x), batch.y, reduction="none")
+        group = batch.y * self.num_backgrounds + batch.bg
+        present = torch.unique(group)
+        group_loss = torch.stack([losses[group == g].mean() for g in present])
+        with torch.no_grad():
+            self.q[present] *= torch.exp(self.hp.groupdro_eta * group_loss)
+            self.q /= self.q.sum()
+        loss = (self.q[present] * group_loss).sum() / self.q[present].sum()
+        self._step(loss)
+        return {"loss": loss.item(), "worst_group_loss": group_loss.max().item()}
+
+
+@ALGORITHMS.register("irm")
+class IRM(Algorithm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finish_init()
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        logits = self.predict(batch.x)
+        scale = torch.ones((), requires_grad=True)
+        nll, penalty = logits.new_zeros(()), logits.new_zeros(())
+        envs = torch.unique(batch.bg)
+        for e in envs:  # environments: backgrounds
+            m = batch.bg == e
+            loss_e = F.cross_entropy(logits[m] * scale, batch.y[m])
+            (grad,) = torch.autograd.grad(loss_e, [scale], create_graph=True)
+            nll = nll + loss_e
+            penalty = penalty + grad.pow(2)
+        nll, penalty = nll / len(envs), penalty / len(envs)
+        weight = self.hp.irm_lambda if int(self.step) >= self.hp.irm_anneal_steps else 1.0
+        loss = nll + weight * penalty
+        if weight > 1.0:
+            loss = loss / weight  # keep the gradient scale, as DomainBed does
+        if int(self.step) == self.hp.irm_anneal_steps:  # Adam's moments are stale after the jump
+            self.optimizer = self._optimizer(self.main_parameters())
+        self._step(loss)
+        return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.weight * grad, None
+
+
+@ALGORITHMS.register("dann")
+class DANN(Algorithm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.domain = nn.Sequential(
+            nn.Linear(self.num_features, 128), nn.ReLU(), nn.Linear(128, self.num_backgrounds)
+        )
+        self.finish_init()
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        f = self.backbone.forward_features(batch.x)
+        cls = F.cross_entropy(self.classifier(f), batch.y)
+        reversed_f = _ReverseGradient.apply(f, self.hp.dann_lambda)
+        dom = F.cross_entropy(self.domain(reversed_f), batch.bg)
+        self._step(cls + dom)
+        return {"loss": cls.item(), "domain_loss": dom.item()}
+
+
+@ALGORITHMS.register("d3s")
+class D3S(Algorithm):
+    """Foreground block ``[:k]`` and background block ``[k:]`` of the backbone's features."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        k = max(1, min(self.num_features - 1, round(self.hp.fg_fraction * self.num_features)))
+        self.k = k
+        self.classifier = nn.Linear(k, self.num_classes)  # class from the fg block
+        self.bg_classifier = nn.Linear(self.num_features - k, self.num_backgrounds)
+        if self.hp.mi_estimator not in ESTIMATORS:
+            raise ValueError(f"mi_estimator must be one of {sorted(ESTIMATORS)}")
+        estimator = ESTIMATORS[self.hp.mi_estimator]
+        self.estimators = nn.ModuleDict(
+            {
+                "fg_bg": estimator(k, self.num_backgrounds),  # I(fg block; background)
+                "bg_fg": estimator(self.num_features - k, self.num_classes),  # I(bg block; class)
+            }
+        )
+        self.finish_init()
+        self.estimator_optimizer = torch.optim.Adam(self.estimators.parameters(), lr=self.hp.mi_lr)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.backbone.forward_features(x)
+        return {"fg": f[:, : self.k], "bg": f[:, self.k :]}
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x)["fg"])
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        feats = self.features(batch.x)
+        fg, bg = feats["fg"], feats["bg"]
+        for _ in range(self.hp.mi_steps):  # the estimators ascend their bounds
+            est_loss = self.estimators["fg_bg"].critic_loss(fg.detach(), batch.bg)
+            est_loss = est_loss + self.estimators["bg_fg"].critic_loss(bg.detach(), batch.y)
+            self.estimator_optimizer.zero_grad(set_to_none=True)
+            est_loss.backward()
+            self.estimator_optimizer.step()
+        cls = F.cross_entropy(self.classifier(fg), batch.y)
+        bg_loss = F.cross_entropy(self.bg_classifier(bg), batch.bg)
+        mi_fg = self.estimators["fg_bg"].bound(fg, batch.bg)
+        mi_bg = self.estimators["bg_fg"].bound(bg, batch.y)
+        loss = cls + bg_loss + self.hp.mi_weight * (mi_fg + mi_bg)
+        self._step(loss)  # only the main optimiser steps: the estimators are not trained here
+        return {
+            "loss": cls.item(),
+            "bg_loss": bg_loss.item(),
+            "mi_fg_bg": mi_fg.item(),
+            "mi_bg_fg": mi_bg.item(),
+        }
