@@ -24,6 +24,7 @@ probes read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,6 +63,9 @@ class Hparams:
 
 class Algorithm(nn.Module):
     """A backbone with a ``forward_features`` (B, D) and what the algorithm puts on top."""
+
+    backbone: Any  # an ARCHITECTURES module: forward_features, num_features
+    step: torch.Tensor
 
     def __init__(
         self, arch: str, num_classes: int, num_backgrounds: int, hp: Hparams | None = None
@@ -118,6 +122,8 @@ class ERM(Algorithm):
 
 @ALGORITHMS.register("groupdro")
 class GroupDRO(Algorithm):
+    q: torch.Tensor  # (classes x backgrounds,) group weights
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.register_buffer("q", torch.ones(self.num_classes * self.num_backgrounds))
@@ -196,6 +202,8 @@ class DANN(Algorithm):
 @ALGORITHMS.register("d3s")
 class D3S(Algorithm):
     """Foreground block ``[:k]`` and background block ``[k:]`` of the backbone's features."""
+
+    estimators: Any  # ModuleDict of the two MI estimators
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -31,6 +31,8 @@ def _shuffled(y: torch.Tensor, generator: torch.Generator | None = None) -> torc
 class MINE(nn.Module):
     """Donsker-Varadhan estimate of I(Z; Y) for features ``z`` (B, D) and labels ``y`` (B,)."""
 
+    marginal_ema: torch.Tensor
+
     def __init__(self, feature_dim: int, num_labels: int, hidden: int = 64, ema: float = 0.01):
         super().__init__()
         self.embed = nn.Embedding(num_labels, hidden)
