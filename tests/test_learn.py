@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -66,3 +68,67 @@ def test_unknown_algorithm_lists_the_choices():
     with pytest.raises(DreamshiftError, match="d3s, dann, erm, groupdro, irm"):
         ALGORITHMS.get("vrex")
     assert isinstance(MINE(2, 2), torch.nn.Module)
+
+
+def test_probe_matrix_recovers_known_structure():
+    import numpy as np
+
+    from dreamshift.learn.probe import probe_matrix
+
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        y, b = rng.integers(0, 4, n), rng.integers(0, 3, n)
+        fg = np.eye(4)[y] + 0.3 * rng.normal(size=(n, 4))  # carries the class only
+        bg = np.eye(3)[b] + 0.3 * rng.normal(size=(n, 3))  # carries the background only
+        return {"fg": fg, "bg": bg}, {"class": y, "background": b}
+
+    m = probe_matrix(*data(600), *data(400), num_labels={"class": 4, "background": 3})
+    assert m["fg"]["class"] > 0.95 and m["bg"]["background"] > 0.95
+    assert abs(m["fg"]["background"] - m["chance"]["background"]) < 0.1
+    assert abs(m["bg"]["class"] - m["chance"]["class"]) < 0.1
+    assert 0.25 <= m["chance"]["class"] < 0.35  # most frequent of 4 balanced labels
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from conftest import small_config
+    from dreamshift.compose import compose
+
+    root = tmp_path_factory.mktemp("learn") / "ds"
+    compose(small_config(), root, progress=False)
+    return root
+
+
+def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
+    from dreamshift.cli import main
+    from dreamshift.learn.run import LearnConfig, learn, probe
+
+    cfg = LearnConfig(algorithm="d3s", epochs=2, batch_size=8, eval_splits=("test", "anti"))
+    whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)
+
+    def stop_after_first_epoch(message):
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn(world, tmp_path / "b", cfg, log=stop_after_first_epoch)
+    resumed = learn(world, tmp_path / "b", cfg, log=lambda *_: None)
+    assert whole.name == resumed.name  # the folder is named by the config, not the place
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(resumed / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    logs = []
+    assert learn(world, tmp_path / "a", cfg, log=logs.append) == whole
+    assert logs == [f"{whole} is done: skipped"]
+    (record,) = [
+        json.loads(line) for line in (tmp_path / "a" / "results.jsonl").read_text().splitlines()
+    ]
+    assert set(record["splits"]) == {"test", "anti"} and record["splits"]["test"]["n"] == 18
+    assert 0 <= record["splits"]["test"]["acc_wg"] <= record["splits"]["test"]["acc_avg"]
+
+    m = probe(world, whole)
+    assert set(m) == {"fg", "bg", "chance"} and set(m["fg"]) == {"class", "background"}
+    assert main(["probe", str(whole), str(world)]) == 0
+    assert "-> background" in capsys.readouterr().out

@@ -51,7 +51,7 @@ def _add_compose(sub: Any) -> None:
         "foreground/background correlation: a correlated train split (confounder strength "
         "rho), balanced val/test splits and an anti-correlated split. Run the same command "
         "again to continue an interrupted run.",
-    )
+    )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
     p.add_argument("--config", type=Path, help="YAML file of ComposeConfig fields (flags win)")
     p.add_argument("--foregrounds", help="'world' (default) or a folder: one sub-folder per class")
@@ -78,9 +78,10 @@ def _add_compose(sub: Any) -> None:
     )
     p.add_argument("--assign", type=_pairs, help="CLASS=BACKGROUND,... spurious pairs to use")
     p.add_argument(
-        "--share-foregrounds", action="store_true",
+        "--share-foregrounds",
+        action="store_true",
         help="use every foreground file in every split (folders with < 3 files per class)",
-    )  # fmt: skip
+    )
     p.add_argument("--shard-size", type=int, help="images per shard folder (256)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -151,7 +152,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
             f"{result.num_failed} samples failed; their reasons are in the manifest's 'error' "
             f"column (dreamshift info {result.root} --failed)",
             file=sys.stderr,
-        )
+        )  # fmt: skip
         return 1
     return 0
 
@@ -226,9 +227,13 @@ def _cmd_dream(args: argparse.Namespace) -> int:
     from dreamshift.dream.runner import dream
 
     result = dream(
-        _dream_config(args), args.out, workers=args.workers, batch_size=args.batch_size,
-        retry_failed=args.retry_failed, progress=not args.no_progress,
-    )  # fmt: skip
+        _dream_config(args),
+        args.out,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+    )
     print(
         f"dreamed {result.num_samples} samples ({result.num_failed} failed, "
         f"{result.num_flagged} flagged, {result.shards_run} shards run) in "
@@ -365,10 +370,12 @@ def _add_audit(sub: Any) -> None:
     )
     p.add_argument("dataset", type=Path)
     p.add_argument(
-        "--model", action="append", required=True,
+        "--model",
+        action="append",
+        required=True,
         help="repeatable: world-cnn, world-resnet18 (shipped), a train-classifier folder, "
         "timm:NAME, torchvision:NAME or open_clip:ARCH/PRETRAINED",
-    )  # fmt: skip
+    )
     p.add_argument("--split", help="split to audit (default: test if present, else all)")
     p.add_argument(
         "--group-by",
@@ -412,6 +419,84 @@ def _add_report(sub: Any) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from dreamshift.learn.algorithms import Hparams
+    from dreamshift.learn.run import LearnConfig, learn
+
+    hp = Hparams(
+        **{
+            k: v
+            for k, v in (
+                ("mi_estimator", args.mi_estimator),
+                ("mi_weight", args.mi_weight),
+                ("lr", args.lr),
+            )
+            if v is not None
+        }
+    )
+    for algorithm in args.algorithm:
+        for seed in args.seeds:
+            cfg = LearnConfig(
+                algorithm=algorithm,
+                arch=args.arch,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                seed=seed,
+                hparams=hp,
+            )
+            folder = learn(args.dataset, args.out, cfg)
+            print(f"{folder}: {(folder / 'done').read_text().strip()}")
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from dreamshift.learn.run import probe
+
+    matrix = probe(args.dataset, args.run, args.train_split, args.test_split)
+    labels = list(matrix["chance"])
+    print("features   " + "  ".join(f"-> {lab:10s}" for lab in labels))
+    for block, row in matrix.items():
+        print(f"{block:10s} " + "  ".join(f"   {100 * row[lab]:6.1f} %  " for lab in labels))
+    return 0
+
+
+def _add_learn(sub: Any) -> None:
+    p = sub.add_parser(
+        "learn",
+        help="train ERM, GroupDRO, IRM, DANN or the D3S disentangled model on a dataset",
+        description="Train on the dataset's train split and evaluate on val/test/anti. Each "
+        "run gets a folder named by a hash of its config under --out (resumable; finished runs "
+        "are skipped); results are appended to OUT/results.jsonl.",
+    )
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder of runs")
+    p.add_argument(
+        "--algorithm",
+        type=_names,
+        default=("erm",),
+        help="comma-separated: erm, groupdro, irm, dann, d3s (erm)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=lambda t: tuple(int(v) for v in _names(t)),
+        default=(0,),
+        help="comma-separated seeds (0)",
+    )
+    p.add_argument("--arch", default="world-cnn", help="world-cnn or world-resnet18")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, help="learning rate (2e-3)")
+    p.add_argument("--mi-estimator", help="d3s: mine (default) or critic")
+    p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
+    p.set_defaults(func=_cmd_learn)
+    q = sub.add_parser("probe", help="linear probes on a learn run's frozen feature blocks")
+    q.add_argument("run", type=Path, help="a finished run folder of `dreamshift learn`")
+    q.add_argument("dataset", type=Path)
+    q.add_argument("--train-split", default="train")
+    q.add_argument("--test-split", default="test")
+    q.set_defaults(func=_cmd_probe)
+
+
 def _cmd_world(args: argparse.Namespace) -> int:
     from dreamshift.world import export
 
@@ -453,10 +538,16 @@ def _cmd_world(args: argparse.Namespace) -> int:
         from dreamshift.world.evaluate_dream import evaluate_dream, format_table
 
         rows = evaluate_dream(
-            args.out, model=args.model, strengths=tuple(args.strengths), per_group=args.per_group,
-            steps=args.steps, guidance_scale=args.guidance_scale, oracles=args.oracles,
-            workers=args.workers, progress=not args.quiet,
-        )  # fmt: skip
+            args.out,
+            model=args.model,
+            strengths=tuple(args.strengths),
+            per_group=args.per_group,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            oracles=args.oracles,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
         print(format_table(rows))
         print(f"datasets, evaluation.json and evaluation_grid.png in {args.out}")
     return 0
@@ -539,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(sub)
     _add_audit(sub)
     _add_report(sub)
+    _add_learn(sub)
 
     regen = sub.add_parser(
         "regenerate", help="remake dreamed samples from their manifest rows and compare"

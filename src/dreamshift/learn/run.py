@@ -1,0 +1,234 @@
+"""``dreamshift learn`` and ``dreamshift probe``: training runs of the learning algorithms on a
+dataset directory, in the DomainBed manner (Gulrajani & Lopez-Paz 2021).
+
+A run's folder is named by the algorithm and a hash of its resolved config (dataset content
+hash included), so a relaunched sweep finds finished runs and skips them: the folder holds
+``config.json``, ``checkpoint.pt`` (written after every epoch; a relaunch resumes from it to the
+same weights) and, once finished, ``done``. Each finished run appends one record to
+``OUT/results.jsonl``: accuracy overall and worst-group accuracy on every evaluated split.
+
+>>> folder = learn("out/world", "runs", LearnConfig(algorithm="d3s"))  # doctest: +SKIP
+>>> probe("out/world", folder)["fg"]["class"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamshift import dataset as ds
+from dreamshift.audit import metrics as M
+from dreamshift.audit.train import augment, load_split, to_input
+from dreamshift.errors import DreamshiftError
+from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, Hparams
+from dreamshift.learn.probe import probe_matrix
+from dreamshift.seeding import derive_seed
+
+DONE = "done"
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    algorithm: str = "erm"
+    arch: str = "world-cnn"
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    split: str = "train"
+    eval_splits: tuple[str, ...] = ("val", "test", "anti")
+    input_size: int = 64
+    hparams: Hparams = field(default_factory=Hparams)
+
+    def check(self) -> None:
+        ALGORITHMS.get(self.algorithm)
+        if self.epochs < 1 or self.batch_size < 2:
+            raise DreamshiftError(f"epochs {self.epochs} must be >= 1, batch size >= 2")
+
+
+def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
+    """``OUT/<algorithm>-<hash of config and dataset>``."""
+    text = json.dumps({"config": asdict(cfg), "dataset": dataset_hash}, sort_keys=True)
+    return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _labels(root: Path, split: str, classes: list[str], backgrounds: list[str]):
+    images, y = load_split(root, split, classes)
+    rows = [
+        r
+        for r in ds.read_manifest(root).to_pylist()
+        if r["status"] == ds.OK and r["split"] == split
+    ]
+    bg = torch.tensor([backgrounds.index(r["bg_class"]) for r in rows], dtype=torch.long)
+    return images, y, bg
+
+
+def build(cfg: LearnConfig, num_classes: int, num_backgrounds: int) -> Algorithm:
+    torch.manual_seed(derive_seed(cfg.seed, "init", cfg.algorithm))
+    return ALGORITHMS.get(cfg.algorithm)(cfg.arch, num_classes, num_backgrounds, hp=cfg.hparams)
+
+
+def _state(algo: Algorithm) -> dict[str, Any]:
+    state = {"model": algo.state_dict(), "optimizer": algo.optimizer.state_dict()}
+    estimator_optimizer = getattr(algo, "estimator_optimizer", None)
+    if estimator_optimizer is not None:
+        state["estimator_optimizer"] = estimator_optimizer.state_dict()
+    return state
+
+
+def _load_state(algo: Algorithm, state: dict[str, Any]) -> None:
+    algo.load_state_dict(state["model"])
+    algo.optimizer.load_state_dict(state["optimizer"])
+    estimator_optimizer = getattr(algo, "estimator_optimizer", None)
+    if estimator_optimizer is not None:
+        estimator_optimizer.load_state_dict(state["estimator_optimizer"])
+
+
+@torch.no_grad()
+def evaluate(algo: Algorithm, images, y, bg, size: int, n_boot: int = 200) -> dict[str, Any]:
+    """Accuracy overall and per class x background group; worst group (WILDS naming)."""
+    algo.eval()
+    preds = [
+        algo.predict(to_input(images[i : i + 256], size)).argmax(1)
+        for i in range(0, len(images), 256)
+    ]
+    correct = (torch.cat(preds) == y).numpy() if preds else np.zeros(0, bool)
+    keys = list(zip(y.tolist(), bg.tolist(), strict=True))
+    worst = M.worst_group(M.group_stats(correct, keys, n_boot=1))
+    algo.train()
+    return {
+        "n": len(correct),
+        "acc_avg": M.accuracy(correct),
+        "acc_avg_ci": M.bootstrap_ci(correct, n_boot),
+        "acc_wg": worst[1] if worst else None,
+    }
+
+
+def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = print) -> Path:
+    """Train one run (or skip it when its folder is done); returns the run folder."""
+    cfg.check()
+    root, out = Path(dataset), Path(out)
+    meta = ds.read_dataset_json(root)
+    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    folder = run_folder(out, cfg, meta.get("content_hash", str(root)))
+    if (folder / DONE).exists():
+        log(f"{folder} is done: skipped")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "config": asdict(cfg),
+        "dataset": str(root),
+        "dataset_hash": meta.get("content_hash"),
+        "classes": classes,
+        "backgrounds": backgrounds,
+    }
+    (folder / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    x, y, bg = _labels(root, cfg.split, classes, backgrounds)
+    if len(x) < cfg.batch_size:
+        raise DreamshiftError(
+            f"split {cfg.split!r} of {root} has {len(x)} usable images, fewer than one batch "
+            f"({cfg.batch_size}): lower --batch-size or compose a larger split"
+        )
+    algo = build(cfg, len(classes), len(backgrounds))
+    history: list[dict[str, Any]] = []
+    if (folder / CHECKPOINT).exists():
+        state = torch.load(folder / CHECKPOINT, weights_only=False)
+        _load_state(algo, state)
+        history = state["history"]
+        log(f"resuming {folder} after epoch {len(history)}")
+    algo.train()
+    steps = len(x) // cfg.batch_size
+    for epoch in range(len(history), cfg.epochs):
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+        torch.manual_seed(derive_seed(cfg.seed, "epoch-ops", epoch))  # shuffles inside update
+        order = torch.randperm(len(x), generator=g)
+        start, sums = time.perf_counter(), dict[str, float]()
+        for s in range(steps):
+            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            batch = Batch(augment(to_input(x[idx], cfg.input_size), g), y[idx], bg[idx])
+            for k, v in algo.update(batch).items():
+                sums[k] = sums.get(k, 0.0) + v
+        entry = {
+            "epoch": epoch + 1,
+            **{k: round(v / steps, 5) for k, v in sums.items()},
+            "train_images_per_s": round(steps * cfg.batch_size / (time.perf_counter() - start), 1),
+        }
+        history.append(entry)
+        tmp = folder / (CHECKPOINT + ".tmp")
+        torch.save({**_state(algo), "history": history}, tmp)
+        tmp.replace(folder / CHECKPOINT)
+        log(
+            f"{cfg.algorithm} epoch {epoch + 1}/{cfg.epochs}: "
+            + ", ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch")
+        )
+
+    split_metrics: dict[str, dict[str, Any]] = {}
+    results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
+    present = set(ds.read_manifest(root).column("split").to_pylist())
+    for split in cfg.eval_splits:
+        if split in present:
+            images, labels, bgs = _labels(root, split, classes, backgrounds)
+            split_metrics[split] = evaluate(algo, images, labels, bgs, cfg.input_size)
+    with open(out / "results.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(results) + "\n")
+    (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
+    return folder
+
+
+def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
+    """The trained algorithm of a finished run folder and its config record."""
+    folder = Path(folder)
+    if not (folder / DONE).exists():
+        raise DreamshiftError(f"{folder} is not a finished learn run (no {DONE} marker)")
+    record = json.loads((folder / "config.json").read_text())
+    c = dict(record["config"])
+    c["hparams"] = Hparams(**c["hparams"])
+    c["eval_splits"] = tuple(c["eval_splits"])
+    cfg = LearnConfig(**c)
+    algo = build(cfg, len(record["classes"]), len(record["backgrounds"]))
+    _load_state(algo, torch.load(folder / CHECKPOINT, weights_only=False))
+    algo.eval()
+    return algo, record
+
+
+@torch.no_grad()
+def _blocks(algo: Algorithm, images: torch.Tensor, size: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), 256):
+        for k, v in algo.features(to_input(images[i : i + 256], size)).items():
+            parts.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def probe(
+    dataset: str | Path, folder: str | Path, train_split: str = "train", test_split: str = "test"
+) -> dict[str, dict[str, float]]:
+    """The disentanglement matrix of a finished run: linear probes on its frozen feature blocks
+    (``fg`` and ``bg`` for d3s, ``all`` otherwise), trained on ``train_split`` of ``dataset`` and
+    tested on ``test_split``, for the labels ``class`` and ``background``."""
+    algo, record = load_run(folder)
+    root = Path(dataset)
+    meta = ds.read_dataset_json(root)
+    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    if classes != record["classes"] or backgrounds != record["backgrounds"]:
+        raise DreamshiftError(f"{root} has other classes or backgrounds than the run {folder}")
+    size = record["config"]["input_size"]
+    data = {}
+    for split in (train_split, test_split):
+        x, y, bg = _labels(root, split, classes, backgrounds)
+        if not len(x):
+            raise DreamshiftError(f"{root} has no usable images in split {split!r}")
+        data[split] = (_blocks(algo, x, size), {"class": y.numpy(), "background": bg.numpy()})
+    return probe_matrix(
+        *data[train_split],
+        *data[test_split],
+        num_labels={"class": len(classes), "background": len(backgrounds)},
+    )
