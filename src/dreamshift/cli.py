@@ -445,7 +445,15 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 hparams=hp,
             )
             folder = learn(args.dataset, args.out, cfg)
-            print(f"{folder}: {(folder / 'done').read_text().strip()}")
+            scores = json.loads((folder / "done").read_text())
+            print(
+                f"{folder}: "
+                + "; ".join(
+                    f"{split} acc_avg {100 * m['acc_avg']:.1f} % acc_wg {100 * m['acc_wg']:.1f} %"
+                    for split, m in scores.items()
+                    if m["acc_avg"] is not None
+                )
+            )
     return 0
 
 
