@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -28,6 +29,12 @@ from dreamshift.compose import compose
 from dreamshift.config import ShiftRecipe
 from dreamshift.errors import DreamshiftError
 from dreamshift.world.animals import CLASSES
+
+
+def copy_dataset(root: Path, to: Path) -> Path:
+    """A copy of a dataset directory (without audit results) to damage in a test."""
+    shutil.copytree(root, to, ignore=shutil.ignore_patterns("audit"))
+    return to
 
 
 @pytest.fixture(scope="module")
@@ -232,13 +239,7 @@ def test_audit_bad_input_gets_clear_errors(world, cnn, tmp_path, capsys):
     assert main(["audit", str(tmp_path / "nothing"), "--model", str(cnn)]) == 2
     assert "is not a dreamshift dataset" in capsys.readouterr().err
     # a planned group whose images all failed is an error, not a silently higher worst group
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for p in world.rglob("*"):
-        if p.is_file() and "audit" not in p.parts:
-            target = broken / p.relative_to(world)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(p.read_bytes())
+    broken = copy_dataset(world, tmp_path / "broken")
     table = ds.read_manifest(broken)
     rows = table.to_pylist()
     victim = next(r for r in rows if r["split"] == "test")
@@ -258,12 +259,7 @@ def test_audit_bad_input_gets_clear_errors(world, cnn, tmp_path, capsys):
 def test_an_unreadable_image_is_recorded_and_the_audit_goes_on(world, cnn, tmp_path):
     from dreamshift.audit.evaluate import AuditConfig, audit
 
-    copy = tmp_path / "copy"
-    for p in world.rglob("*"):
-        if p.is_file() and "audit" not in p.parts:
-            target = copy / p.relative_to(world)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(p.read_bytes())
+    copy = copy_dataset(world, tmp_path / "copy")
     victim = next(r for r in ds.read_manifest(copy).to_pylist() if r["split"] == "test")
     (copy / victim["path"]).write_bytes(b"not a png")
     (record,) = audit(AuditConfig(models=(str(cnn),), bootstrap=50), copy, log=lambda *_: None)
