@@ -423,17 +423,14 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     from dreamshift.learn.algorithms import Hparams
     from dreamshift.learn.run import LearnConfig, learn
 
-    hp = Hparams(
-        **{
-            k: v
-            for k, v in (
-                ("mi_estimator", args.mi_estimator),
-                ("mi_weight", args.mi_weight),
-                ("lr", args.lr),
-            )
-            if v is not None
-        }
-    )
+    given = {
+        "mi_estimator": args.mi_estimator,
+        "mi_weight": args.mi_weight,
+        "mi_steps": args.mi_steps,
+        "mi_lr": args.mi_lr,
+        "lr": args.lr,
+    }
+    hp = Hparams(**{k: v for k, v in given.items() if v is not None})
     for algorithm in args.algorithm:
         for seed in args.seeds:
             cfg = LearnConfig(
@@ -496,6 +493,8 @@ def _add_learn(sub: Any) -> None:
     p.add_argument("--lr", type=float, help="learning rate (2e-3)")
     p.add_argument("--mi-estimator", help="d3s: mine (default) or critic")
     p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
+    p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
+    p.add_argument("--mi-lr", type=float, help="d3s: estimator learning rate (1e-3)")
     p.set_defaults(func=_cmd_learn)
     q = sub.add_parser("probe", help="linear probes on a learn run's frozen feature blocks")
     q.add_argument("run", type=Path, help="a finished run folder of `dreamshift learn`")
