@@ -72,6 +72,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB chunks (model weights can be gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def flip_rotate(
     img: Image.Image, rng: np.random.Generator, flip: bool, max_rotation: float
 ) -> tuple[Image.Image, bool, float]:

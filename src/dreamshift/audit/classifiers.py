@@ -18,7 +18,6 @@ Where a model comes from is chosen by its *spec*:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from dreamshift.errors import DreamshiftError
+from dreamshift.images import sha256_file
 from dreamshift.registry import Registry
 
 CHECKPOINT_JSON = "classifier.json"
@@ -169,14 +169,6 @@ class Classifier:
         return self.forward_head(self.forward_features(x)).float().cpu().numpy()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---- checkpoints written by `dreamshift train-classifier` ------------------------------------
 
 
@@ -245,7 +237,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Classifier:
         input_size=input_size,
         mean=tuple(meta.get("mean", WORLD_MEAN)),
         std=tuple(meta.get("std", WORLD_STD)),
-        weights_sha256=file_sha256(weights),
+        weights_sha256=sha256_file(weights),
         device=device,
     )
 

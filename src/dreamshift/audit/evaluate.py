@@ -133,18 +133,18 @@ def predict(
     return Evaluated(kept, scores, predicted, unreadable)
 
 
-def _usable_rows(root: Path, split: str | None) -> list[dict[str, Any]]:
-    table = ds.read_manifest(root)
+def usable_rows(manifest: list[dict[str, Any]], split: str | None) -> list[dict[str, Any]]:
+    """The rows of ``manifest`` (``read_manifest(...).to_pylist()``) with status ok in
+    ``split``; no split: every split but ``spurious``."""
     return [
         r
-        for r in table.to_pylist()
+        for r in manifest
         if r["status"] == ds.OK and (r["split"] == split if split else r["split"] != SPURIOUS_SPLIT)
     ]
 
 
-def _default_split(root: Path) -> str:
-    splits = set(ds.read_manifest(root).column("split").to_pylist())
-    return "test" if "test" in splits else ""
+def _default_split(manifest: list[dict[str, Any]]) -> str:
+    return "test" if any(r["split"] == "test" for r in manifest) else ""
 
 
 def _check_group_fields(root: Path, group_by: Sequence[str]) -> None:
@@ -324,8 +324,9 @@ def audit(
     meta = ds.read_dataset_json(root)
     classes = list(meta["classes"])
     _check_group_fields(root, cfg.group_by)
-    split = cfg.split or _default_split(root)
-    rows = _usable_rows(root, split)
+    manifest = ds.read_manifest(root).to_pylist()
+    split = cfg.split or _default_split(manifest)
+    rows = usable_rows(manifest, split)
     if not rows:
         raise DreamshiftError(f"{root} has no usable rows in split {split or '(any)'}")
     expected = expected_groups(meta, split, cfg.group_by) if split else []
@@ -340,11 +341,11 @@ def audit(
             "or pass --allow-empty-groups"
         )
     usual_bg = dict(meta.get("assignment") or {})
-    spurious_root, spurious_rows = root, _usable_rows(root, SPURIOUS_SPLIT)
+    spurious_root, spurious_rows = root, usable_rows(manifest, SPURIOUS_SPLIT)
     source = (meta.get("config") or {}).get("source")
     if not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
         spurious_root = Path(source)  # a dreamed dataset: its guides' backgrounds alone
-        spurious_rows = _usable_rows(spurious_root, SPURIOUS_SPLIT)
+        spurious_rows = usable_rows(ds.read_manifest(spurious_root).to_pylist(), SPURIOUS_SPLIT)
     id_root, id_split, id_rows, id_meta = None, "", [], {}
     if cfg.in_distribution:
         text = cfg.in_distribution
@@ -353,13 +354,14 @@ def audit(
             path, _, id_split = text.rpartition(":")
             id_root = Path(path)
         id_meta = ds.read_dataset_json(id_root)
-        id_split = id_split or _default_split(id_root)
+        id_manifest = ds.read_manifest(id_root).to_pylist()
+        id_split = id_split or _default_split(id_manifest)
         if not id_split:
             raise DreamshiftError(
                 f"{id_root} has no test split: name the in-distribution split, "
                 f"--in-distribution {id_root}:SPLIT"
             )
-        id_rows = _usable_rows(id_root, id_split)
+        id_rows = usable_rows(id_manifest, id_split)
         if not id_rows:
             raise DreamshiftError(f"{id_root} has no usable rows in split {id_split or '(any)'}")
     mapping = read_label_map(cfg.label_map) if cfg.label_map else None

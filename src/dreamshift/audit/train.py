@@ -30,7 +30,7 @@ from dreamshift.audit.classifiers import (
     WORLD_STD,
     save_checkpoint,
 )
-from dreamshift.audit.evaluate import iter_batches
+from dreamshift.audit.evaluate import iter_batches, usable_rows
 from dreamshift.errors import DreamshiftError
 from dreamshift.seeding import derive_seed
 
@@ -60,15 +60,15 @@ class TrainConfig:
             raise DreamshiftError(f"lr = {self.lr} must be > 0")
 
 
-def load_split(root: Path, split: str, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, H, W, 3) uint8, labels (N,)) of the usable rows of one split, in memory."""
-    rows = [
-        r
-        for r in ds.read_manifest(root).to_pylist()
-        if r["status"] == ds.OK and r["split"] == split
-    ]
+def load_split(
+    root: Path, split: str, classes: list[str], backgrounds: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images (N, H, W, 3) uint8, class index (N,), background index (N,)) of the usable rows
+    of one split, in memory."""
+    rows = usable_rows(ds.read_manifest(root).to_pylist(), split)
     if not rows:
-        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long)
+        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), empty, empty
     images = []
     for _, batch, bad in iter_batches(root, rows, 256):
         if bad:
@@ -76,7 +76,8 @@ def load_split(root: Path, split: str, classes: list[str]) -> tuple[torch.Tensor
         assert batch is not None
         images.append(torch.from_numpy(batch))
     labels = torch.tensor([classes.index(r["fg_class"]) for r in rows])
-    return torch.cat(images), labels
+    bg = torch.tensor([backgrounds.index(r["bg_class"]) for r in rows])
+    return torch.cat(images), labels, bg
 
 
 def to_input(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,10 +131,11 @@ def train_classifier(
         )
     run_file.write_text(json.dumps(run, indent=2) + "\n")
 
-    x, y = load_split(root, cfg.split, classes)
+    backgrounds = list(meta["backgrounds"])
+    x, y, _ = load_split(root, cfg.split, classes, backgrounds)
     if len(x) == 0:
         raise DreamshiftError(f"{root} has no usable images in split {cfg.split!r}")
-    x_val, y_val = load_split(root, cfg.val_split, classes)
+    x_val, y_val, _ = load_split(root, cfg.val_split, classes, backgrounds)
 
     torch.manual_seed(derive_seed(cfg.seed, "init", cfg.arch))
     net = ARCHITECTURES.get(cfg.arch)(len(classes))

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from dreamshift.errors import DreamshiftError
+from dreamshift.images import sha256_file
 
 # name -> (diffusers scheduler class, config overrides). "model": the checkpoint's own.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -172,11 +173,7 @@ def hash_model(path: Path) -> str:
     """sha256 over :func:`model_files` (relative path and content), in path order."""
     total = hashlib.sha256()
     for p in model_files(path):
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        total.update(f"{p.relative_to(path).as_posix()}\0{h.hexdigest()}\n".encode())
+        total.update(f"{p.relative_to(path).as_posix()}\0{sha256_file(p)}\n".encode())
     return total.hexdigest()
 
 

@@ -59,17 +59,6 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
     return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _labels(root: Path, split: str, classes: list[str], backgrounds: list[str]):
-    images, y = load_split(root, split, classes)
-    rows = [
-        r
-        for r in ds.read_manifest(root).to_pylist()
-        if r["status"] == ds.OK and r["split"] == split
-    ]
-    bg = torch.tensor([backgrounds.index(r["bg_class"]) for r in rows], dtype=torch.long)
-    return images, y, bg
-
-
 def build(cfg: LearnConfig, num_classes: int, num_backgrounds: int) -> Algorithm:
     torch.manual_seed(derive_seed(cfg.seed, "init", cfg.algorithm))
     return ALGORITHMS.get(cfg.algorithm)(cfg.arch, num_classes, num_backgrounds, hp=cfg.hparams)
@@ -131,7 +120,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     }
     (folder / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    x, y, bg = _labels(root, cfg.split, classes, backgrounds)
+    x, y, bg = load_split(root, cfg.split, classes, backgrounds)
     if len(x) < cfg.batch_size:
         raise DreamshiftError(
             f"split {cfg.split!r} of {root} has {len(x)} usable images, fewer than one batch "
@@ -175,7 +164,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     present = set(ds.read_manifest(root).column("split").to_pylist())
     for split in cfg.eval_splits:
         if split in present:
-            images, labels, bgs = _labels(root, split, classes, backgrounds)
+            images, labels, bgs = load_split(root, split, classes, backgrounds)
             split_metrics[split] = evaluate(algo, images, labels, bgs, cfg.input_size)
     with open(out / "results.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(results) + "\n")
@@ -223,7 +212,7 @@ def probe(
     size = record["config"]["input_size"]
     data = {}
     for split in (train_split, test_split):
-        x, y, bg = _labels(root, split, classes, backgrounds)
+        x, y, bg = load_split(root, split, classes, backgrounds)
         if not len(x):
             raise DreamshiftError(f"{root} has no usable images in split {split!r}")
         data[split] = (_blocks(algo, x, size), {"class": y.numpy(), "background": bg.numpy()})
