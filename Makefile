@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-all lint bench bench-dream bench-audit evaluate-dream clean
+.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn evaluate-dream clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,9 @@ bench-dream: $(STAMP)
 
 bench-audit: $(STAMP)
 	$(PY) bench/audit.py
+
+bench-learn: $(STAMP)
+	$(PY) bench/learn.py
 
 # the quality table of the README: oracle label fidelity, change and diversity (about 18 min)
 evaluate-dream: $(STAMP)

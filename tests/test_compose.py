@@ -139,6 +139,19 @@ def test_center_position_and_feather():
     assert abs(2 * fields["box_y"] + fields["box_h"] - 64) <= 1
 
 
+def test_a_dataset_written_before_a_config_field_existed_is_still_continued(tmp_path):
+    out = tmp_path / "old"
+    compose(small_config(), out, progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    del meta["config"]["recipe"]["spurious_per_class"]  # as written before the field existed
+    meta["complete"] = False
+    (out / "dataset.json").write_text(json.dumps(meta))
+    before = tree_digest(out, exclude_suffixes=(".json",))
+    result = compose(small_config(), out, progress=False)
+    assert result.shards_run == 0 and result.num_failed == 0
+    assert tree_digest(out, exclude_suffixes=(".json",)) == before
+
+
 def test_rerun_of_a_finished_dataset_does_nothing_and_a_new_config_is_refused(small_dataset):
     before = tree_digest(small_dataset, exclude_suffixes=())
     result = compose(small_config(), small_dataset, progress=False)

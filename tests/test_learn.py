@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -101,8 +102,9 @@ def world(tmp_path_factory):
 
 
 def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
+    from dreamshift.audit.report import write_report
     from dreamshift.cli import main
-    from dreamshift.learn.run import LearnConfig, learn, probe
+    from dreamshift.learn.run import LearnConfig, learn, probe, read_probes
 
     cfg = LearnConfig(algorithm="d3s", epochs=2, batch_size=8, eval_splits=("test", "anti"))
     whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)
@@ -132,3 +134,45 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
     assert set(m) == {"fg", "bg", "chance"} and set(m["fg"]) == {"class", "background"}
     assert main(["probe", str(whole), str(world)]) == 0
     assert "-> background" in capsys.readouterr().out
+    probes = read_probes(whole)
+    assert len(probes) == 2 and probes[0]["matrix"] == m and probes[0]["test_split"] == "test"
+
+    page = write_report([tmp_path / "a" / "results.jsonl"], tmp_path / "report.html").read_text()
+    assert "Learn runs" in page and whole.name in page
+    assert "| d3s | ds (paste) | 0.8 | 2 | 0 |" in page  # the task table's row
+    assert "→ background" in page and "| chance |" in page  # the probe matrix
+
+
+def test_lr_schedules():
+    from dreamshift.learn.run import lr_factor
+
+    assert [lr_factor("constant", s, 100) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    cosine = [lr_factor("cosine", s, 100) for s in range(100)]
+    assert cosine[0] == pytest.approx(0.2) and cosine[4] == 1.0  # 5 warm-up steps
+    assert cosine[52] == pytest.approx(0.5, abs=0.02) and cosine[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(cosine[4:]))
+
+
+def test_a_head_on_frozen_features_leaves_the_source_untouched(world, tmp_path):
+    from dreamshift.errors import DreamshiftError
+    from dreamshift.learn.run import LearnConfig, learn, load_run
+
+    d3s = LearnConfig(algorithm="d3s", epochs=1, batch_size=8, eval_splits=("test",))
+    source = learn(world, tmp_path, d3s, log=lambda *_: None)
+    cfg = LearnConfig(
+        algorithm="groupdro",
+        epochs=2,
+        batch_size=8,
+        eval_splits=("test",),
+        lr_schedule="cosine",
+        features_from=str(source),
+    )
+    head = learn(world, tmp_path, cfg, log=lambda *_: None)
+    trained, _ = load_run(head)
+    original, _ = load_run(source)
+    frozen = trained.backbone.source.state_dict()
+    assert all(torch.equal(v, frozen[k]) for k, v in original.state_dict().items())
+    assert trained.classifier.in_features == original.k  # the fg block alone
+    assert not torch.equal(trained.classifier.weight, original.classifier.weight)
+    with pytest.raises(DreamshiftError, match="not a finished learn run"):
+        learn(world, tmp_path, LearnConfig(features_from=str(tmp_path / "nothing")))

@@ -418,8 +418,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_report(sub: Any) -> None:
-    p = sub.add_parser("report", help="self-contained HTML page of audit results with plots")
-    p.add_argument("results", type=Path, nargs="+", help="results.jsonl file(s)")
+    p = sub.add_parser(
+        "report", help="self-contained HTML page of audit and learn results, with plots"
+    )
+    p.add_argument("results", type=Path, nargs="+", help="results.jsonl file(s) of audit or learn")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (report.html)")
     p.set_defaults(func=_cmd_report)
 
@@ -444,6 +446,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 seed=seed,
+                lr_schedule=args.lr_schedule,
+                features_from=str(args.features_from.resolve()) if args.features_from else "",
                 hparams=hp,
             )
             folder = learn(args.dataset, args.out, cfg)
@@ -496,6 +500,17 @@ def _add_learn(sub: Any) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, help="learning rate (2e-3)")
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        help="constant (DomainBed's) or cosine (5 %% warm-up, cosine decay to 0)",
+    )
+    p.add_argument(
+        "--features-from",
+        type=Path,
+        help="a finished run folder: train only a head on its frozen features (the fg block of "
+        "a d3s run: D3S's classifier on invariant foreground features)",
+    )
     p.add_argument("--mi-estimator", help="d3s: mine (default) or critic")
     p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
     p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")

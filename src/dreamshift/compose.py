@@ -352,7 +352,7 @@ def compose(
     specs = plan_samples(run)
     shards = [specs[i : i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
     meta = _metadata(cfg, specs, len(shards))
-    old = ds.prepare_output(root, meta)
+    old = ds.prepare_output(root, meta, lambda d: ComposeConfig.from_dict(d).to_dict())
     if old is not None and old.get("complete"):
         failed = old.get("num_failed", 0)
         return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)

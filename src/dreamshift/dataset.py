@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,15 +134,21 @@ def shard_is_done(layout: DatasetLayout, shard: int) -> bool:
     return layout.shard_done(shard).exists() and layout.shard_rows(shard).exists()
 
 
-def prepare_output(root: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+def prepare_output(
+    root: Path,
+    meta: dict[str, Any],
+    normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d,
+) -> dict[str, Any] | None:
     """Check that ``root`` is new or holds an unfinished run of the same config; write
     ``meta`` as its dataset.json unless that run is complete. Returns the existing metadata
-    (None for a new dataset). Never touches a folder that is not a dataset of this config."""
+    (None for a new dataset). Never touches a folder that is not a dataset of this config.
+    Configs are compared after ``normalise`` (e.g. filling in defaults, so that a dataset
+    written before a field existed still matches)."""
     layout = DatasetLayout(root)
     if layout.json_path.exists():
         old = read_dataset_json(root)
-        if old.get("config") != meta["config"]:
-            new_cfg, old_cfg = meta["config"], old.get("config") or {}
+        if normalise(old.get("config") or {}) != normalise(meta["config"]):
+            new_cfg, old_cfg = normalise(meta["config"]), normalise(old.get("config") or {})
             diff = sorted(
                 k for k in new_cfg.keys() | old_cfg.keys() if new_cfg.get(k) != old_cfg.get(k)
             )

@@ -3,8 +3,10 @@
 Per dataset and split it shows the audit table, accuracy by background (with 95 % bootstrap
 intervals), the class x background accuracy heatmap of each model, the effective-robustness
 scatter with its linear and logit fits (Taori et al. 2020), and a grid of sample images with
-each model's prediction, wrong ones framed in red. Plots are inline SVG and images inline PNG,
-so the file can be mailed or archived alone.
+each model's prediction, wrong ones framed in red. For ``dreamshift learn`` results it shows
+the spurious-task table (accuracy and worst-group accuracy per split, per run) and the probe
+matrix of every probed run. Plots are inline SVG and images inline PNG, so the file can be
+mailed or archived alone.
 
 >>> write_report(["out/demo/dream/audit/results.jsonl"], "report.html")  # doctest: +SKIP
 """
@@ -216,12 +218,38 @@ def _latest(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def learn_section(records: Sequence[dict[str, Any]]) -> list[str]:
+    """HTML of learn runs: the task table per training dataset and each run's probe matrices.
+    Records carry ``folder``, their run folder (added by :func:`write_report`)."""
+    from dreamshift.learn.run import format_learn_table, format_probe_table, read_probes
+
+    body = ["<h2>Learn runs</h2>"]
+    latest = list({r["folder"]: r for r in records}.values())
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for r in latest:
+        by_dataset.setdefault(r["dataset"], []).append(r)
+    for dataset, recs in by_dataset.items():
+        body.append(f"<h3>Trained on {_esc(dataset)}</h3>")
+        body.append(f"<pre>{_esc(format_learn_table(recs))}</pre>")
+    for r in latest:
+        for p in read_probes(r["folder"]):
+            body.append(
+                f"<h3>Probes of {_esc(r['run'])} (train {_esc(p['train_split'])}, test "
+                f"{_esc(p['test_split'])} of {_esc(p['dataset'])})</h3>"
+                f"<pre>{_esc(format_probe_table(p['matrix']))}</pre>"
+            )
+    return body
+
+
 def render(records: Sequence[dict[str, Any]]) -> str:
-    """The report page of ``records`` (the latest record per model, per dataset and split)."""
+    """The report page of ``records``: audit records (the latest per model, per dataset and
+    split) and learn records (those with a ``run``)."""
     families: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    learned = [r for r in records if "run" in r]
     for r in records:
-        families.setdefault((r["dataset"], r["split"]), []).append(r)
-    body = []
+        if "run" not in r:
+            families.setdefault((r["dataset"], r["split"]), []).append(r)
+    body = learn_section(learned) if learned else []
     for (dataset, split), recs in families.items():
         recs = _latest(recs)
         body.append(f"<h2>{_esc(dataset)} — split {_esc(split or 'all')}</h2>")
@@ -268,17 +296,22 @@ def render(records: Sequence[dict[str, Any]]) -> str:
         "figure{display:inline-block;margin:0 1em 1em 0}pre{background:#f6f6f6;padding:1em}"
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>dreamshift audit report"
-        f"</title><style>{style}</style></head><body><h1>dreamshift audit report</h1>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dreamshift report"
+        f"</title><style>{style}</style></head><body><h1>dreamshift report</h1>"
         f"{''.join(body)}</body></html>\n"
     )
 
 
 def write_report(results: Sequence[str | Path], out: str | Path) -> Path:
     """Write the report of one or more ``results.jsonl`` files to ``out``."""
-    records = [r for path in results for r in read_results(path)]
+    records = []
+    for path in results:
+        for r in read_results(path):
+            if "run" in r:  # a learn run: its folder sits next to results.jsonl
+                r["folder"] = str(Path(path).parent / r["run"])
+            records.append(r)
     if not records:
-        raise DreamshiftError(f"{', '.join(map(str, results))} holds no audit records")
+        raise DreamshiftError(f"{', '.join(map(str, results))} holds no records")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -68,12 +68,17 @@ class Algorithm(nn.Module):
     step: torch.Tensor
 
     def __init__(
-        self, arch: str, num_classes: int, num_backgrounds: int, hp: Hparams | None = None
+        self,
+        arch: str,
+        num_classes: int,
+        num_backgrounds: int,
+        hp: Hparams | None = None,
+        backbone: nn.Module | None = None,
     ):
         super().__init__()
         self.hp = hp or Hparams()
         self.num_classes, self.num_backgrounds = num_classes, num_backgrounds
-        self.backbone = ARCHITECTURES.get(arch)(num_classes)
+        self.backbone = backbone if backbone is not None else ARCHITECTURES.get(arch)(num_classes)
         self.num_features = int(self.backbone.num_features)
         self.backbone.head = nn.Identity()
         self.classifier = nn.Linear(self.num_features, num_classes)
@@ -103,6 +108,25 @@ class Algorithm(nn.Module):
 
     def update(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
+
+
+class FrozenFeatures(nn.Module):
+    """One feature block of a trained algorithm, frozen (no gradients, BatchNorm statistics
+    fixed): the backbone of a linear classifier on learned features, e.g. D3S's foreground
+    block (Kattakinda et al. 2022, Sec. 5: a classifier on the invariant foreground features)."""
+
+    def __init__(self, source: Algorithm, block: str, num_features: int):
+        super().__init__()
+        self.source, self.block, self.num_features = source, block, num_features
+        self.source.requires_grad_(False)
+        self.source.eval()
+
+    def train(self, mode: bool = True) -> FrozenFeatures:
+        return self  # stays in eval mode
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.source.features(x)[self.block]
 
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,12 +28,13 @@ from dreamshift import dataset as ds
 from dreamshift.audit import metrics as M
 from dreamshift.audit.train import augment, load_split, to_input
 from dreamshift.errors import DreamshiftError
-from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, Hparams
+from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
 from dreamshift.learn.probe import probe_matrix
 from dreamshift.seeding import derive_seed
 
 DONE = "done"
 CHECKPOINT = "checkpoint.pt"
+PROBES = "probes.jsonl"
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,36 @@ class LearnConfig:
     split: str = "train"
     eval_splits: tuple[str, ...] = ("val", "test", "anti")
     input_size: int = 64
+    lr_schedule: str = "constant"  # or "cosine": 5 % linear warm-up, then cosine decay to 0
+    features_from: str = ""  # a finished run: train on its frozen features ("fg" block of d3s)
     hparams: Hparams = field(default_factory=Hparams)
 
     def check(self) -> None:
         ALGORITHMS.get(self.algorithm)
         if self.epochs < 1 or self.batch_size < 2:
             raise DreamshiftError(f"epochs {self.epochs} must be >= 1, batch size >= 2")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DreamshiftError(
+                f"unknown lr schedule {self.lr_schedule!r}: choose {' or '.join(LR_SCHEDULES)}"
+            )
+        if self.features_from and not (Path(self.features_from) / DONE).exists():
+            raise DreamshiftError(
+                f"--features-from {self.features_from} is not a finished learn run (no {DONE} "
+                "marker): train it first with `dreamshift learn`"
+            )
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the peak learning rate at ``step`` of ``total``."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, total // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
@@ -60,8 +86,24 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
 
 
 def build(cfg: LearnConfig, num_classes: int, num_backgrounds: int) -> Algorithm:
+    """The algorithm of ``cfg``, seeded; with ``features_from``, on that run's frozen features
+    (its "fg" block if it has one, else all of them)."""
+    backbone = None
+    if cfg.features_from:
+        source, _ = load_run(cfg.features_from)
+        with torch.no_grad():
+            dims = {
+                k: v.shape[1]
+                for k, v in source.features(
+                    torch.zeros(2, 3, cfg.input_size, cfg.input_size)
+                ).items()
+            }
+        block = "fg" if "fg" in dims else "all"
+        backbone = FrozenFeatures(source, block, dims[block])
     torch.manual_seed(derive_seed(cfg.seed, "init", cfg.algorithm))
-    return ALGORITHMS.get(cfg.algorithm)(cfg.arch, num_classes, num_backgrounds, hp=cfg.hparams)
+    return ALGORITHMS.get(cfg.algorithm)(
+        cfg.arch, num_classes, num_backgrounds, hp=cfg.hparams, backbone=backbone
+    )
 
 
 def _state(algo: Algorithm) -> dict[str, Any]:
@@ -100,6 +142,17 @@ def evaluate(algo: Algorithm, images, y, bg, size: int, n_boot: int = 200) -> di
     }
 
 
+def _rho(root: Path, meta: dict[str, Any]) -> float | None:
+    """Confounder strength of a composed dataset, or of the guides a dreamed one came from."""
+    config = meta.get("config") or {}
+    if meta.get("stage") == "dream" and config.get("source"):
+        guides = Path(config["source"])
+        guides = guides if guides.is_absolute() else root / guides
+        if (guides / ds.DATASET_JSON).exists():
+            config = ds.read_dataset_json(guides).get("config") or {}
+    return (config.get("recipe") or {}).get("rho")
+
+
 def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = print) -> Path:
     """Train one run (or skip it when its folder is done); returns the run folder."""
     cfg.check()
@@ -115,6 +168,8 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         "config": asdict(cfg),
         "dataset": str(root),
         "dataset_hash": meta.get("content_hash"),
+        "dataset_stage": meta.get("stage"),  # compose (paste) or dream
+        "rho": _rho(root, meta),
         "classes": classes,
         "backgrounds": backgrounds,
     }
@@ -141,6 +196,9 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         order = torch.randperm(len(x), generator=g)
         start, sums = time.perf_counter(), dict[str, float]()
         for s in range(steps):
+            lr = cfg.hparams.lr * lr_factor(cfg.lr_schedule, epoch * steps + s, cfg.epochs * steps)
+            for group in algo.optimizer.param_groups:
+                group["lr"] = lr
             idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             batch = Batch(augment(to_input(x[idx], cfg.input_size), g), y[idx], bg[idx])
             for k, v in algo.update(batch).items():
@@ -182,6 +240,7 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     c["hparams"] = Hparams(**c["hparams"])
     c["eval_splits"] = tuple(c["eval_splits"])
     cfg = LearnConfig(**c)
+    cfg.check()
     algo = build(cfg, len(record["classes"]), len(record["backgrounds"]))
     _load_state(algo, torch.load(folder / CHECKPOINT, weights_only=False))
     algo.eval()
@@ -216,8 +275,72 @@ def probe(
         if not len(x):
             raise DreamshiftError(f"{root} has no usable images in split {split!r}")
         data[split] = (_blocks(algo, x, size), {"class": y.numpy(), "background": bg.numpy()})
-    return probe_matrix(
+    matrix = probe_matrix(
         *data[train_split],
         *data[test_split],
         num_labels={"class": len(classes), "background": len(backgrounds)},
     )
+    entry = {
+        "dataset": str(root),
+        "dataset_hash": meta.get("content_hash"),
+        "train_split": train_split,
+        "test_split": test_split,
+        "matrix": matrix,
+    }
+    with open(Path(folder) / PROBES, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+    return matrix
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
+    """The disentanglement matrix as a Markdown table: feature block -> label accuracy (%)."""
+    labels = list(matrix["chance"])
+    lines = ["| features | " + " | ".join(f"→ {lab}" for lab in labels) + " |"]
+    lines.append("|---|" + "---:|" * len(labels))
+    for block, row in matrix.items():
+        lines.append(f"| {block} | " + " | ".join(_pct(row[lab]) for lab in labels) + " |")
+    return "\n".join(lines)
+
+
+def format_learn_table(
+    records: list[dict[str, Any]], splits: tuple[str, ...] = ("test", "anti")
+) -> str:
+    """The spurious-task table, one line per run: what it trained on (rho, paste or dreamed),
+    the algorithm (``on <run>`` for a head on frozen features), and acc_avg [95 % CI] and
+    worst-group accuracy (%) on each split."""
+    head = "| algorithm | trained on | rho | epochs | seed |"
+    rule = "|---|---|---:|---:|---:|"
+    for split in splits:
+        head += f" {split} acc_avg [95% CI] | {split} acc_wg |"
+        rule += "---:|---:|"
+    lines = [head, rule]
+    for r in records:
+        cfg = r["config"]
+        algorithm = cfg["algorithm"]
+        if cfg.get("features_from"):
+            algorithm += f" on {Path(cfg['features_from']).name}"
+        stage = {"compose": "paste", "dream": "dreamed"}.get(r.get("dataset_stage") or "", "?")
+        rho = "–" if r.get("rho") is None else f"{r['rho']:g}"
+        cells = [algorithm, f"{Path(r['dataset']).name} ({stage})", rho]
+        cells += [str(cfg["epochs"]), str(cfg["seed"])]
+        for split in splits:
+            m = r["splits"].get(split)
+            if not m or m.get("acc_avg") is None:
+                cells += ["–", "–"]
+                continue
+            ci = m.get("acc_avg_ci") or [None, None]
+            cells += [f"{_pct(m['acc_avg'])} [{_pct(ci[0])}, {_pct(ci[1])}]", _pct(m["acc_wg"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_probes(folder: str | Path) -> list[dict[str, Any]]:
+    """Every probe record of a run folder (``dreamshift probe`` appends one per call)."""
+    path = Path(folder) / PROBES
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
