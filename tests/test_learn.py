@@ -57,7 +57,7 @@ def test_estimators_tell_dependent_from_independent_variables(estimator):
     dep = estimate_mi(ESTIMATORS[estimator](4, k), dependent, y, steps=400)
     torch.manual_seed(0)
     ind = estimate_mi(ESTIMATORS[estimator](4, k), independent, y, steps=400)
-    if estimator == "mine":  # a bound in nats: I = log 4 = 1.386 for the dependent pair
+    if estimator in ("mine", "classifier"):  # bounds in nats: I = log 4 = 1.386 if dependent
         assert 0.9 < dep <= 1.45 and abs(ind) < 0.1, (dep, ind)
     else:  # a critic's score gap: large for dependent, near 0 for independent
         assert dep > 1.0 and abs(ind) < 0.3 * dep, (dep, ind)

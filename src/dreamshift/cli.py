@@ -511,7 +511,7 @@ def _add_learn(sub: Any) -> None:
         help="a finished run folder: train only a head on its frozen features (the fg block of "
         "a d3s run: D3S's classifier on invariant foreground features)",
     )
-    p.add_argument("--mi-estimator", help="d3s: mine (default) or critic")
+    p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
     p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
     p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
     p.add_argument("--mi-lr", type=float, help="d3s: estimator learning rate (1e-3)")

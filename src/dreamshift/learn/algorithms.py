@@ -56,7 +56,7 @@ class Hparams:
     dann_lambda: float = 1.0
     fg_fraction: float = 0.5  # share of the feature vector that is the foreground block (d3s)
     mi_weight: float = 1.0  # weight of the mutual-information penalty (d3s)
-    mi_estimator: str = "mine"  # "mine" | "critic"
+    mi_estimator: str = "mine"  # "mine" | "critic" | "classifier"
     mi_lr: float = 1e-3
     mi_steps: int = 1  # estimator steps per update
 

@@ -7,6 +7,9 @@
 - An adversarial critic (the official D3S code's choice): a WGAN-GP critic (Gulrajani et al.
   2017) scores (features, label embedding) pairs and tells true pairs from shuffled ones; its
   score gap is the dependence penalty.
+- A variational classifier (Barber & Agakov 2003): ``q(y | z)`` and the bound
+  ``I(Z; Y) >= H(Y) + E[log q(y | z)]``; removing the information means leaving the label
+  unreadable by ``q``, which is what a linear probe checks afterwards.
 
 Both expose ``bound(z, y)`` (what the feature extractor minimises) and ``critic_loss(z, y)``
 (what the estimator's own optimiser minimises, on detached features).
@@ -102,7 +105,31 @@ class AdversarialCritic(nn.Module):
         return -gap + self.gp_weight * penalty
 
 
-ESTIMATORS = {"mine": MINE, "critic": AdversarialCritic}
+class VariationalClassifier(nn.Module):
+    """Barber-Agakov variational bound (Barber & Agakov 2003): a classifier ``q(y | z)`` gives
+    ``I(Z; Y) >= H(Y) + E[log q(y | z)]``, with ``H(Y)`` from the batch's label frequencies.
+    ``q`` minimises its cross-entropy (tightening the bound); the feature extractor minimises
+    the bound, i.e. leaves the label unreadable by ``q`` (adversarial removal as in Ganin et
+    al. 2016, with the bound in nats as the penalty)."""
+
+    def __init__(self, feature_dim: int, num_labels: int, hidden: int = 64):
+        super().__init__()
+        self.num_labels = num_labels
+        self.q = nn.Sequential(
+            nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_labels)
+        )
+
+    def bound(self, z: torch.Tensor, y: torch.Tensor, generator=None) -> torch.Tensor:
+        """H(Y) - cross-entropy of q, in nats (a scalar tensor, differentiable in ``z``)."""
+        freq = torch.bincount(y, minlength=self.num_labels).float() / len(y)
+        entropy = -(freq[freq > 0] * freq[freq > 0].log()).sum()
+        return entropy - nn.functional.cross_entropy(self.q(z), y)
+
+    def critic_loss(self, z: torch.Tensor, y: torch.Tensor, generator=None) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.q(z), y)
+
+
+ESTIMATORS = {"mine": MINE, "critic": AdversarialCritic, "classifier": VariationalClassifier}
 
 
 def estimate_mi(
