@@ -451,7 +451,8 @@ def audit(
     return records
 
 
-def _pct(v: float | None) -> str:
+def percent(v: float | None) -> str:
+    """A fraction as a percentage with one decimal; '–' for None."""
     return "–" if v is None else f"{100 * v:.1f}"
 
 
@@ -468,22 +469,24 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         cells = [
             r["model"],
             str(r["n"]),
-            f"{_pct(r['acc_avg'])} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(r["acc_avg"]),
-            f"{_pct(r['acc_wg'])} ({'/'.join(str(v) for v in wg.values())})",
-            _pct(r.get("bg_gap")),
+            f"{percent(r['acc_avg'])} [{percent(ci[0])}, {percent(ci[1])}]"
+            if ci
+            else percent(r["acc_avg"]),
+            f"{percent(r['acc_wg'])} ({'/'.join(str(v) for v in wg.values())})",
+            percent(r.get("bg_gap")),
         ]
         if has_id:
             er = r.get("effective_robustness") or {}
             logit_er = er.get("logit", {}).get("this_model")
-            cells += [_pct(r.get("acc_id")), _pct(r.get("relative_drop")), _pct(logit_er)]
+            cells += [percent(r.get("acc_id")), percent(r.get("relative_drop")), percent(logit_er)]
         if has_spurious:
-            cells += [_pct(r.get("spurious_acc")), _pct(r.get("spurious_auc"))]
+            cells += [percent(r.get("spurious_acc")), percent(r.get("spurious_auc"))]
         lines.append(cells)
     table = _align([head, *lines])
     backgrounds = list(dict.fromkeys(b for r in records for b in r["per_background"]))
     per_bg = [["background", *(r["model"] for r in records)]]
     per_bg += [
-        [b, *(_pct(r["per_background"].get(b, {}).get("acc")) for r in records)]
+        [b, *(percent(r["per_background"].get(b, {}).get("acc")) for r in records)]
         for b in backgrounds
     ]
     return table + "\n\naccuracy (%) per background\n" + _align(per_bg)

@@ -26,6 +26,7 @@ import torch
 
 from dreamshift import dataset as ds
 from dreamshift.audit import metrics as M
+from dreamshift.audit.evaluate import percent
 from dreamshift.audit.train import augment, load_split, to_input
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
@@ -292,17 +293,13 @@ def probe(
     return matrix
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
 def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
     """The disentanglement matrix as a Markdown table: feature block -> label accuracy (%)."""
     labels = list(matrix["chance"])
     lines = ["| features | " + " | ".join(f"→ {lab}" for lab in labels) + " |"]
     lines.append("|---|" + "---:|" * len(labels))
     for block, row in matrix.items():
-        lines.append(f"| {block} | " + " | ".join(_pct(row[lab]) for lab in labels) + " |")
+        lines.append(f"| {block} | " + " | ".join(percent(row[lab]) for lab in labels) + " |")
     return "\n".join(lines)
 
 
@@ -333,7 +330,10 @@ def format_learn_table(
                 cells += ["–", "–"]
                 continue
             ci = m.get("acc_avg_ci") or [None, None]
-            cells += [f"{_pct(m['acc_avg'])} [{_pct(ci[0])}, {_pct(ci[1])}]", _pct(m["acc_wg"])]
+            cells += [
+                f"{percent(m['acc_avg'])} [{percent(ci[0])}, {percent(ci[1])}]",
+                percent(m["acc_wg"]),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
