@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -43,6 +44,24 @@ def test_every_algorithm_updates_predicts_and_its_loss_goes_down(name):
     if name == "d3s":
         assert set(feats) == {"fg", "bg"}
         assert feats["fg"].shape[1] + feats["bg"].shape[1] == algo.num_features
+
+
+def test_d3s_penalty_is_off_until_its_anneal_step():
+    """Before ``mi_anneal_steps`` a d3s update equals one with no penalty; after it, not."""
+
+    def trained(steps: int, **hp) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        algo = ALGORITHMS.get("d3s")(
+            "world-cnn", num_classes=3, num_backgrounds=2, hp=Hparams(**hp)
+        )
+        for _ in range(steps):
+            algo.update(tiny_batch())
+        return {k: v.clone() for k, v in algo.backbone.state_dict().items()}
+
+    annealed, unpenalised = trained(3, mi_anneal_steps=3), trained(3, mi_weight=0.0)
+    assert all(torch.equal(v, unpenalised[k]) for k, v in annealed.items())
+    annealed, unpenalised = trained(5, mi_anneal_steps=3), trained(5, mi_weight=0.0)
+    assert not all(torch.equal(v, unpenalised[k]) for k, v in annealed.items())
 
 
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
@@ -176,3 +195,42 @@ def test_a_head_on_frozen_features_leaves_the_source_untouched(world, tmp_path):
     assert not torch.equal(trained.classifier.weight, original.classifier.weight)
     with pytest.raises(DreamshiftError, match="not a finished learn run"):
         learn(world, tmp_path, LearnConfig(features_from=str(tmp_path / "nothing")))
+    erased = learn(world, tmp_path, replace(cfg, erase="background"), log=lambda *_: None)
+    head, _ = load_run(erased)
+    assert torch.count_nonzero(head.backbone.eraser.matrix) > 0  # fitted, and saved with the run
+    with pytest.raises(DreamshiftError, match="--erase 'colour'"):
+        learn(world, tmp_path, replace(cfg, erase="colour"))
+    with pytest.raises(DreamshiftError, match="pass --input-size 64"):
+        learn(world, tmp_path, LearnConfig(features_from=str(source), input_size=32))
+
+
+def test_leace_leaves_no_linear_trace_of_the_erased_label():
+    """After erasure the features have zero covariance with the erased one-hot label, a linear
+    probe reads it at chance, and the other label stays readable (Belrose et al. 2023)."""
+    import numpy as np
+
+    from dreamshift.learn.erase import Eraser
+    from dreamshift.learn.probe import fit_linear_probe
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    task, nuisance = rng.integers(0, 4, n), rng.integers(0, 5, n)
+    x = rng.normal(size=(n, 12))
+    x[:, :4] += 3 * np.eye(4)[task]
+    x[:, 2:7] += 3 * np.eye(5)[nuisance]  # overlapping directions: not a simple column drop
+    eraser = Eraser(12).fit(x[: n // 2], nuisance[: n // 2], 5)
+    with torch.no_grad():
+        erased = eraser(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    fit = erased[: n // 2]
+    onehot = np.eye(5)[nuisance[: n // 2]]
+    cross = (fit - fit.mean(0)).T @ (onehot - onehot.mean(0)) / len(fit)
+    assert np.abs(cross).max() < 1e-4
+
+    def probe_accuracy(features: np.ndarray, labels: np.ndarray, k: int) -> float:
+        probe = fit_linear_probe(features[: n // 2], labels[: n // 2], k)
+        held_out = torch.as_tensor(features[n // 2 :], dtype=torch.float32)
+        return float((probe(held_out).argmax(1).numpy() == labels[n // 2 :]).mean())
+
+    assert probe_accuracy(x, nuisance, 5) > 0.8  # readable before
+    assert probe_accuracy(erased, nuisance, 5) < 0.25  # chance 0.2
+    assert probe_accuracy(erased, task, 4) > 0.6  # chance 0.25; shared directions cost some

@@ -434,6 +434,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         "mi_estimator": args.mi_estimator,
         "mi_weight": args.mi_weight,
         "mi_steps": args.mi_steps,
+        "mi_anneal_steps": args.mi_anneal_steps,
         "mi_lr": args.mi_lr,
         "lr": args.lr,
     }
@@ -446,8 +447,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 seed=seed,
+                input_size=args.input_size,
                 lr_schedule=args.lr_schedule,
                 features_from=str(args.features_from.resolve()) if args.features_from else "",
+                erase=args.erase or "",
                 hparams=hp,
             )
             folder = learn(args.dataset, args.out, cfg)
@@ -499,6 +502,12 @@ def _add_learn(sub: Any) -> None:
     p.add_argument("--arch", default="world-cnn", help="world-cnn or world-resnet18")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=64,
+        help="side the images are resized to (64); a head on --features-from must use its source's",
+    )
     p.add_argument("--lr", type=float, help="learning rate (2e-3)")
     p.add_argument(
         "--lr-schedule",
@@ -511,10 +520,18 @@ def _add_learn(sub: Any) -> None:
         help="a finished run folder: train only a head on its frozen features (the fg block of "
         "a d3s run: D3S's classifier on invariant foreground features)",
     )
+    p.add_argument(
+        "--erase",
+        help="with --features-from: background or class, removed from the frozen features by "
+        "LEACE (Belrose et al. 2023) fitted on the source run's training split",
+    )
     p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
     p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
     p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
     p.add_argument("--mi-lr", type=float, help="d3s: estimator learning rate (1e-3)")
+    p.add_argument(
+        "--mi-anneal-steps", type=int, help="d3s: updates before the MI penalty starts (0)"
+    )
     p.set_defaults(func=_cmd_learn)
     q = sub.add_parser("probe", help="linear probes on a learn run's frozen feature blocks")
     q.add_argument("run", type=Path, help="a finished run folder of `dreamshift learn`")

@@ -15,7 +15,10 @@ probes read.
   foreground block, another the background from the background block, and a penalty on the
   mutual information between the foreground block and the background label, and between the
   background block and the class, keeps each block free of the other factor. The estimator is
-  MINE or an adversarial critic (:mod:`dreamshift.learn.mine`).
+  MINE, an adversarial critic or a variational classifier (:mod:`dreamshift.learn.mine`); the
+  penalty can start after ``mi_anneal_steps`` updates, once the heads have learned something
+  (the class is carried by shape, which a small CNN picks up far more slowly than the
+  background).
 
 >>> algo = ALGORITHMS.get("d3s")("world-cnn", num_classes=10, num_backgrounds=10)
 >>> losses = algo.update(Batch(x, y, bg))  # doctest: +SKIP
@@ -59,6 +62,7 @@ class Hparams:
     mi_estimator: str = "mine"  # "mine" | "critic" | "classifier"
     mi_lr: float = 1e-3
     mi_steps: int = 1  # estimator steps per update
+    mi_anneal_steps: int = 0  # d3s: the MI penalty is off for this many updates (IRM's anneal)
 
 
 class Algorithm(nn.Module):
@@ -91,6 +95,14 @@ class Algorithm(nn.Module):
         """Called by subclasses once every module exists: builds the main optimiser."""
         self.optimizer = self._optimizer(self.main_parameters())
 
+    def reset_optimizer(self) -> None:
+        """A fresh main optimiser at the current learning rate (Adam's moments go stale when a
+        penalty weight jumps, as DomainBed's IRM notes)."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer = self._optimizer(self.main_parameters())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def main_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith("estimators.")]
 
@@ -115,9 +127,12 @@ class FrozenFeatures(nn.Module):
     fixed): the backbone of a linear classifier on learned features, e.g. D3S's foreground
     block (Kattakinda et al. 2022, Sec. 5: a classifier on the invariant foreground features)."""
 
-    def __init__(self, source: Algorithm, block: str, num_features: int):
+    def __init__(
+        self, source: Algorithm, block: str, num_features: int, eraser: nn.Module | None = None
+    ):
         super().__init__()
         self.source, self.block, self.num_features = source, block, num_features
+        self.eraser = eraser  # e.g. LEACE of the background (dreamshift.learn.erase), or None
         self.source.requires_grad_(False)
         self.source.eval()
 
@@ -126,7 +141,8 @@ class FrozenFeatures(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.source.features(x)[self.block]
+            f = self.source.features(x)[self.block]
+            return f if self.eraser is None else self.eraser(f)
 
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
@@ -188,8 +204,8 @@ class IRM(Algorithm):
         loss = nll + weight * penalty
         if weight > 1.0:
             loss = loss / weight  # keep the gradient scale, as DomainBed does
-        if int(self.step) == self.hp.irm_anneal_steps:  # Adam's moments are stale after the jump
-            self.optimizer = self._optimizer(self.main_parameters())
+        if int(self.step) == self.hp.irm_anneal_steps:
+            self.reset_optimizer()
         self._step(loss)
         return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
 
@@ -267,7 +283,13 @@ class D3S(Algorithm):
         bg_loss = F.cross_entropy(self.bg_classifier(bg), batch.bg)
         mi_fg = self.estimators["fg_bg"].bound(fg, batch.bg)
         mi_bg = self.estimators["bg_fg"].bound(bg, batch.y)
-        loss = cls + bg_loss + self.hp.mi_weight * (mi_fg + mi_bg)
+        # MI is >= 0: a negative estimate says nothing is left to remove, and pushing it lower
+        # only makes the features anti-informative to this estimator (still informative)
+        penalty = mi_fg.clamp(min=0) + mi_bg.clamp(min=0)
+        weight = self.hp.mi_weight if int(self.step) >= self.hp.mi_anneal_steps else 0.0
+        if self.hp.mi_anneal_steps and int(self.step) == self.hp.mi_anneal_steps:
+            self.reset_optimizer()
+        loss = cls + bg_loss + weight * penalty
         self._step(loss)  # only the main optimiser steps: the estimators are not trained here
         return {
             "loss": cls.item(),

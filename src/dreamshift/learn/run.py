@@ -30,6 +30,7 @@ from dreamshift.audit.evaluate import percent
 from dreamshift.audit.train import augment, load_split, to_input
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
+from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
 from dreamshift.seeding import derive_seed
 
@@ -50,6 +51,7 @@ class LearnConfig:
     input_size: int = 64
     lr_schedule: str = "constant"  # or "cosine": 5 % linear warm-up, then cosine decay to 0
     features_from: str = ""  # a finished run: train on its frozen features ("fg" block of d3s)
+    erase: str = ""  # with features_from: "background" or "class", LEACE-erased from them
     hparams: Hparams = field(default_factory=Hparams)
 
     def check(self) -> None:
@@ -65,9 +67,22 @@ class LearnConfig:
                 f"--features-from {self.features_from} is not a finished learn run (no {DONE} "
                 "marker): train it first with `dreamshift learn`"
             )
+        if self.erase and (self.erase not in ERASABLE or not self.features_from):
+            raise DreamshiftError(
+                f"--erase {self.erase!r}: choose {' or '.join(ERASABLE)}, with --features-from"
+            )
+        if self.features_from:
+            source = json.loads((Path(self.features_from) / "config.json").read_text())
+            size = source["config"]["input_size"]
+            if size != self.input_size:
+                raise DreamshiftError(
+                    f"--features-from {self.features_from} was trained at input size {size}, "
+                    f"this run at {self.input_size}: pass --input-size {size}"
+                )
 
 
 LR_SCHEDULES = ("constant", "cosine")
+ERASABLE = ("background", "class")
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -86,12 +101,17 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
     return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def build(cfg: LearnConfig, num_classes: int, num_backgrounds: int) -> Algorithm:
+def build(
+    cfg: LearnConfig, num_classes: int, num_backgrounds: int, fit_eraser: bool = True
+) -> Algorithm:
     """The algorithm of ``cfg``, seeded; with ``features_from``, on that run's frozen features
-    (its "fg" block if it has one, else all of them)."""
+    (its "fg" block if it has one, else all of them). With ``erase``, a LEACE eraser of that
+    label is fitted on the source run's own training split (balanced data for D3S, where class
+    and background are independent, so erasing one keeps the other); ``fit_eraser=False``
+    leaves it to a checkpoint to fill in."""
     backbone = None
     if cfg.features_from:
-        source, _ = load_run(cfg.features_from)
+        source, record = load_run(cfg.features_from)
         with torch.no_grad():
             dims = {
                 k: v.shape[1]
@@ -100,7 +120,23 @@ def build(cfg: LearnConfig, num_classes: int, num_backgrounds: int) -> Algorithm
                 ).items()
             }
         block = "fg" if "fg" in dims else "all"
-        backbone = FrozenFeatures(source, block, dims[block])
+        eraser = Eraser(dims[block]) if cfg.erase else None
+        if eraser is not None and fit_eraser:
+            root = Path(record["dataset"])
+            if not (root / ds.DATASET_JSON).exists():
+                raise DreamshiftError(
+                    f"--erase fits on the training data of {cfg.features_from}, {root}, which "
+                    "is not there any more: restore it or drop --erase"
+                )
+            x, y, bg = load_split(
+                root, record["config"]["split"], record["classes"], record["backgrounds"]
+            )
+            feats = _blocks(source, x, cfg.input_size)[block]
+            if cfg.erase == "background":
+                eraser.fit(feats, bg.numpy(), len(record["backgrounds"]))
+            else:
+                eraser.fit(feats, y.numpy(), len(record["classes"]))
+        backbone = FrozenFeatures(source, block, dims[block], eraser)
     torch.manual_seed(derive_seed(cfg.seed, "init", cfg.algorithm))
     return ALGORITHMS.get(cfg.algorithm)(
         cfg.arch, num_classes, num_backgrounds, hp=cfg.hparams, backbone=backbone
@@ -242,7 +278,7 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     c["eval_splits"] = tuple(c["eval_splits"])
     cfg = LearnConfig(**c)
     cfg.check()
-    algo = build(cfg, len(record["classes"]), len(record["backgrounds"]))
+    algo = build(cfg, len(record["classes"]), len(record["backgrounds"]), fit_eraser=False)
     _load_state(algo, torch.load(folder / CHECKPOINT, weights_only=False))
     algo.eval()
     return algo, record
