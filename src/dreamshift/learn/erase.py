@@ -41,6 +41,9 @@ def eraser_matrix(
 class Eraser(nn.Module):
     """The affine eraser as a module (its mean and matrix are buffers, saved with a run)."""
 
+    mean: torch.Tensor
+    matrix: torch.Tensor
+
     def __init__(self, num_features: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(num_features))
