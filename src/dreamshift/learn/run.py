@@ -343,7 +343,8 @@ def format_learn_table(
     records: list[dict[str, Any]], splits: tuple[str, ...] = ("test", "anti")
 ) -> str:
     """The spurious-task table, one line per run: what it trained on (rho, paste or dreamed),
-    the algorithm (``on <run>`` for a head on frozen features), and acc_avg [95 % CI] and
+    the algorithm (``on <run>`` for a head on frozen features, ``, background erased`` with
+    LEACE), and acc_avg [95 % CI] and
     worst-group accuracy (%) on each split."""
     head = "| algorithm | trained on | rho | epochs | seed |"
     rule = "|---|---|---:|---:|---:|"
@@ -356,6 +357,8 @@ def format_learn_table(
         algorithm = cfg["algorithm"]
         if cfg.get("features_from"):
             algorithm += f" on {Path(cfg['features_from']).name}"
+            if cfg.get("erase"):
+                algorithm += f", {cfg['erase']} erased"
         stage = {"compose": "paste", "dream": "dreamed"}.get(r.get("dataset_stage") or "", "?")
         rho = "–" if r.get("rho") is None else f"{r['rho']:g}"
         cells = [algorithm, f"{Path(r['dataset']).name} ({stage})", rho]
