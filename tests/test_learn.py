@@ -234,3 +234,29 @@ def test_leace_leaves_no_linear_trace_of_the_erased_label():
     assert probe_accuracy(x, nuisance, 5) > 0.8  # readable before
     assert probe_accuracy(erased, nuisance, 5) < 0.25  # chance 0.2
     assert probe_accuracy(erased, task, 4) > 0.6  # chance 0.25; shared directions cost some
+
+
+def test_a_learn_run_is_audited_like_any_classifier(world, tmp_path):
+    """``dreamshift audit --model RUN`` scores a run as its own evaluation does (same split,
+    same preprocessing), so runs can be tested on other datasets."""
+    from dreamshift.audit.classifiers import load_classifier
+    from dreamshift.audit.train import load_split, to_input
+    from dreamshift.cli import main
+    from dreamshift.learn.run import LearnConfig, learn, load_run
+
+    cfg = LearnConfig(algorithm="d3s", epochs=1, batch_size=8, eval_splits=("test",))
+    folder = learn(world, tmp_path / "runs", cfg, log=lambda *_: None)
+    algo, record = load_run(folder)
+    clf = load_classifier(str(folder))
+    assert clf.classes == tuple(record["classes"]) and clf.input_size == 64
+    x, _, _ = load_split(world, "test", record["classes"], record["backgrounds"])
+    with torch.no_grad():
+        expected = algo.predict(to_input(x, 64)).numpy()
+    assert clf.logits(x.numpy()) == pytest.approx(expected, abs=1e-4)
+
+    results = tmp_path / "audit.jsonl"
+    args = ["audit", str(world), "--model", str(folder), "--results", str(results)]
+    assert main([*args, "--bootstrap", "10"]) == 0
+    (audited,) = [json.loads(line) for line in results.read_text().splitlines()]
+    own = json.loads((folder / "done").read_text())["test"]
+    assert audited["n"] == own["n"] and audited["acc_avg"] == pytest.approx(own["acc_avg"])

@@ -379,7 +379,7 @@ def _add_audit(sub: Any) -> None:
         action="append",
         required=True,
         help="repeatable: world-cnn, world-resnet18 (shipped), a train-classifier folder, "
-        "timm:NAME, torchvision:NAME or open_clip:ARCH/PRETRAINED",
+        "a learn run folder, timm:NAME, torchvision:NAME or open_clip:ARCH/PRETRAINED",
     )
     p.add_argument("--split", help="split to audit (default: test if present, else all)")
     p.add_argument(

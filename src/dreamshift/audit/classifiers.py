@@ -9,6 +9,7 @@ Where a model comes from is chosen by its *spec*:
 - ``world-cnn``, ``world-resnet18``: the world's ERM classifiers shipped in the package (trained
   on the correlated train split by ``dreamshift train-classifier``);
 - a folder written by ``dreamshift train-classifier`` (``classifier.json`` + ``model.safetensors``);
+- a finished ``dreamshift learn`` run folder (its class head on the features it reads);
 - ``timm:NAME``, ``torchvision:NAME`` (extra ``[zoo]``) and ``open_clip:ARCH/PRETRAINED``
   (extra ``[clip]``, zero-shot from prompt templates), imported only when asked for.
 
@@ -399,6 +400,10 @@ def load_classifier(
     """The classifier a spec names (see the module docstring). ``dataset_classes`` are used by
     zero-shot models to write their prompts."""
     if Path(spec).is_dir():
+        from dreamshift.learn import run  # learn builds on audit: imported on use
+
+        if run.is_run(spec):
+            return run.run_classifier(spec, device)
         return load_checkpoint(spec, device)
     if spec in ARCHITECTURES.names("world-*"):
         folder = shipped_classifiers_dir() / spec

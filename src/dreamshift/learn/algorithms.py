@@ -109,8 +109,12 @@ class Algorithm(nn.Module):
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"all": self.backbone.forward_features(x)}
 
+    def class_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the class head reads."""
+        return self.backbone.forward_features(x)
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone.forward_features(x))
+        return self.classifier(self.class_features(x))
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -267,8 +271,8 @@ class D3S(Algorithm):
         f = self.backbone.forward_features(x)
         return {"fg": f[:, : self.k], "bg": f[:, self.k :]}
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x)["fg"])
+    def class_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)["fg"]
 
     def update(self, batch: Batch) -> dict[str, float]:
         feats = self.features(batch.x)

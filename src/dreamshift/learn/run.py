@@ -26,9 +26,11 @@ import torch
 
 from dreamshift import dataset as ds
 from dreamshift.audit import metrics as M
+from dreamshift.audit.classifiers import Classifier
 from dreamshift.audit.evaluate import percent
 from dreamshift.audit.train import augment, load_split, to_input
 from dreamshift.errors import DreamshiftError
+from dreamshift.images import sha256_file
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
 from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
@@ -282,6 +284,45 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     _load_state(algo, torch.load(folder / CHECKPOINT, weights_only=False))
     algo.eval()
     return algo, record
+
+
+class _RunNet(torch.nn.Module):
+    """A learn run's algorithm seen as an audit classifier: the features its class head reads,
+    then that head."""
+
+    def __init__(self, algo: Algorithm):
+        super().__init__()
+        self.algo = algo
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.algo.class_features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.algo.classifier(features)
+
+
+def is_run(folder: str | Path) -> bool:
+    return (Path(folder) / "config.json").is_file() and (Path(folder) / CHECKPOINT).is_file()
+
+
+def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
+    """A finished learn run as a classifier for ``dreamshift audit`` (``--model RUN_FOLDER``):
+    test it on other datasets, e.g. a run trained on dreamed images on the paste or the real
+    ones. Inputs are preprocessed as in training ([-1, 1], resized to its input size)."""
+    folder = Path(folder)
+    algo, record = load_run(folder)
+    cfg = record["config"]
+    name = f"{folder.parent.name}/{folder.name}" if folder.parent.name else folder.name
+    return Classifier(
+        name=name,
+        net=_RunNet(algo).to(device),
+        classes=tuple(record["classes"]),
+        input_size=int(cfg["input_size"]),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        weights_sha256=sha256_file(folder / CHECKPOINT),
+        device=device,
+    )
 
 
 @torch.no_grad()
