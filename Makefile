@@ -32,6 +32,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dreamshift learn $(DEMO)/paste --algorithm erm,d3s --epochs 2 --batch-size 64 --out $(DEMO)/learn
 	$(VENV)/bin/dreamshift probe $$(ls -d $(DEMO)/learn/d3s-* | head -1) $(DEMO)/paste
 	$(VENV)/bin/dreamshift learn $(DEMO)/paste --algorithm erm --features-from $$(ls -d $(DEMO)/learn/d3s-* | head -1) --erase background --epochs 2 --batch-size 64 --out $(DEMO)/learn
+	$(VENV)/bin/dreamshift audit $(DEMO)/dream $$(for run in $(DEMO)/learn/*-*/; do echo --model $${run%/}; done) --in-distribution $(DEMO)/paste:test --results $(DEMO)/audit.jsonl
 	$(VENV)/bin/dreamshift report $(DEMO)/audit.jsonl $(DEMO)/learn/results.jsonl --out $(DEMO)/report.html
 	@echo "demo outputs: datasets $(DEMO)/paste and $(DEMO)/dream (dreamed by tiny-dream, the model shipped in the package), grids $(DEMO)/paste_grid.png and $(DEMO)/dream_grid.png, audit $(DEMO)/audit.jsonl, learn runs $(DEMO)/learn and report $(DEMO)/report.html"
 

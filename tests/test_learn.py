@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,21 +48,25 @@ def test_every_algorithm_updates_predicts_and_its_loss_goes_down(name):
 
 
 def test_d3s_penalty_is_off_until_its_anneal_step():
-    """Before ``mi_anneal_steps`` a d3s update equals one with no penalty; after it, not."""
+    """Before ``mi_anneal_steps`` a d3s update equals one with no penalty; from it on, the
+    penalty moves the weights (the optimiser reset at that step is common to both runs)."""
 
-    def trained(steps: int, **hp) -> dict[str, torch.Tensor]:
+    def trained(steps: int, **hp) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
         torch.manual_seed(0)
+        hp = {"mi_estimator": "classifier", "mi_steps": 20, "mi_lr": 1e-2, **hp}
         algo = ALGORITHMS.get("d3s")(
             "world-cnn", num_classes=3, num_backgrounds=2, hp=Hparams(**hp)
         )
-        for _ in range(steps):
-            algo.update(tiny_batch())
-        return {k: v.clone() for k, v in algo.backbone.state_dict().items()}
+        logs = [algo.update(tiny_batch()) for _ in range(steps)]
+        return {k: v.clone() for k, v in algo.backbone.state_dict().items()}, logs
 
-    annealed, unpenalised = trained(3, mi_anneal_steps=3), trained(3, mi_weight=0.0)
+    annealed, _ = trained(3, mi_anneal_steps=3)
+    unpenalised, _ = trained(3, mi_weight=0.0)
     assert all(torch.equal(v, unpenalised[k]) for k, v in annealed.items())
-    annealed, unpenalised = trained(5, mi_anneal_steps=3), trained(5, mi_weight=0.0)
-    assert not all(torch.equal(v, unpenalised[k]) for k, v in annealed.items())
+    annealed, logs = trained(5, mi_anneal_steps=3)
+    switched_off, _ = trained(5, mi_anneal_steps=3, mi_weight=0.0)
+    assert max(logs[3]["mi_fg_bg"], logs[3]["mi_bg_fg"]) > 0  # a penalty to apply
+    assert not all(torch.equal(v, switched_off[k]) for k, v in annealed.items())
 
 
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
@@ -195,7 +200,8 @@ def test_a_head_on_frozen_features_leaves_the_source_untouched(world, tmp_path):
     assert not torch.equal(trained.classifier.weight, original.classifier.weight)
     with pytest.raises(DreamshiftError, match="not a finished learn run"):
         learn(world, tmp_path, LearnConfig(features_from=str(tmp_path / "nothing")))
-    erased = learn(world, tmp_path, replace(cfg, erase="background"), log=lambda *_: None)
+    with pytest.warns(UserWarning, match="Cramer's V"):  # the source saw confounded data
+        erased = learn(world, tmp_path, replace(cfg, erase="background"), log=lambda *_: None)
     head, _ = load_run(erased)
     assert torch.count_nonzero(head.backbone.eraser.matrix) > 0  # fitted, and saved with the run
     with pytest.raises(DreamshiftError, match="--erase 'colour'"):
@@ -260,3 +266,33 @@ def test_a_learn_run_is_audited_like_any_classifier(world, tmp_path):
     (audited,) = [json.loads(line) for line in results.read_text().splitlines()]
     own = json.loads((folder / "done").read_text())["test"]
     assert audited["n"] == own["n"] and audited["acc_avg"] == pytest.approx(own["acc_avg"])
+
+
+def test_run_folders_are_named_by_the_fields_that_differ_from_the_defaults():
+    import hashlib
+
+    from dreamshift.learn.run import LearnConfig, run_folder
+
+    def named(config: dict) -> str:
+        text = json.dumps({"config": config, "dataset": "abc"}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    tmp = Path("runs")
+    out = run_folder(tmp, LearnConfig(), "abc")
+    assert out == tmp / f"erm-{named({})}"  # a field added later keeps this name
+    cfg = LearnConfig(algorithm="d3s", epochs=3, hparams=Hparams(mi_weight=0.3))
+    expected = named({"algorithm": "d3s", "epochs": 3, "hparams": {"mi_weight": 0.3}})
+    assert run_folder(tmp, cfg, "abc") == tmp / f"d3s-{expected}"
+
+
+def test_cramers_v_by_hand():
+    import numpy as np
+
+    from dreamshift.learn.run import cramers_v
+
+    same, crossed = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    assert cramers_v(same, same) == pytest.approx(1.0)
+    assert cramers_v(same, crossed) == pytest.approx(0.0)
+    # table [[3, 1], [1, 3]]: expected 2 per cell, chi2 = 4 * 1 / 2 = 2, V = sqrt(2 / 8)
+    a, b = np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    assert cramers_v(a, b) == pytest.approx(0.5)

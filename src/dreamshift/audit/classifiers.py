@@ -198,7 +198,9 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Classifier:
     if not meta_path.is_file() or not weights.is_file():
         raise DreamshiftError(
             f"{folder} is not a classifier checkpoint (it needs {CHECKPOINT_JSON} and "
-            f"{CHECKPOINT_WEIGHTS}): train one with `dreamshift train-classifier`"
+            f"{CHECKPOINT_WEIGHTS}) nor a learn run (config.json and checkpoint.pt): train one "
+            "with `dreamshift train-classifier` or `dreamshift learn`, or give a run folder "
+            "inside a learn --out folder"
         )
     try:
         meta = json.loads(meta_path.read_text())

@@ -293,7 +293,7 @@ class D3S(Algorithm):
         weight = self.hp.mi_weight if int(self.step) >= self.hp.mi_anneal_steps else 0.0
         if self.hp.mi_anneal_steps and int(self.step) == self.hp.mi_anneal_steps:
             self.reset_optimizer()
-        loss = cls + bg_loss + weight * penalty
+        loss = cls + bg_loss + weight * penalty if weight > 0 else cls + bg_loss
         self._step(loss)  # only the main optimiser steps: the estimators are not trained here
         return {
             "loss": cls.item(),

@@ -46,8 +46,9 @@ class Eraser(nn.Module):
 
     def __init__(self, num_features: int):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(num_features))
-        self.register_buffer("matrix", torch.zeros(num_features, num_features))  # identity map
+        # float64: the matrix can have a large norm on ill-conditioned features
+        self.register_buffer("mean", torch.zeros(num_features, dtype=torch.float64))
+        self.register_buffer("matrix", torch.zeros(num_features, num_features, dtype=torch.float64))
 
     def fit(self, x: np.ndarray, labels: np.ndarray, num_labels: int) -> Eraser:
         mean, matrix = eraser_matrix(x, labels, num_labels)
@@ -56,4 +57,4 @@ class Eraser(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - (x - self.mean) @ self.matrix.T
+        return x - ((x.double() - self.mean) @ self.matrix.T).to(x.dtype)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ class LearnConfig:
         ALGORITHMS.get(self.algorithm)
         if self.epochs < 1 or self.batch_size < 2:
             raise DreamshiftError(f"epochs {self.epochs} must be >= 1, batch size >= 2")
+        if self.input_size < 8 or self.hparams.mi_anneal_steps < 0:
+            raise DreamshiftError(
+                f"--input-size {self.input_size} must be >= 8 and --mi-anneal-steps "
+                f"{self.hparams.mi_anneal_steps} >= 0"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise DreamshiftError(
                 f"unknown lr schedule {self.lr_schedule!r}: choose {' or '.join(LR_SCHEDULES)}"
@@ -97,10 +103,37 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a config dict that differ from the defaults (nested dicts likewise)."""
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, dict) and isinstance(default.get(k), dict):
+            v = _non_default(v, default[k])
+            if v:
+                out[k] = v
+        elif k not in default or v != default[k]:
+            out[k] = v
+    return out
+
+
 def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
-    """``OUT/<algorithm>-<hash of config and dataset>``."""
-    text = json.dumps({"config": asdict(cfg), "dataset": dataset_hash}, sort_keys=True)
+    """``OUT/<algorithm>-<hash of config and dataset>``. Only fields that differ from their
+    defaults are hashed, so a field added later leaves the names of earlier runs alone."""
+    config = _non_default(asdict(cfg), asdict(LearnConfig()))
+    text = json.dumps({"config": config, "dataset": dataset_hash}, sort_keys=True)
     return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
+    """Cramer's V of two label arrays: 0 when independent, 1 when one determines the other."""
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+    if min(table.shape) < 2:
+        return 0.0
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    chi2 = ((table - expected) ** 2 / expected).sum()
+    return float(np.sqrt(chi2 / (table.sum() * (min(table.shape) - 1))))
 
 
 def build(
@@ -133,6 +166,14 @@ def build(
             x, y, bg = load_split(
                 root, record["config"]["split"], record["classes"], record["backgrounds"]
             )
+            dependence = cramers_v(y.numpy(), bg.numpy())
+            if dependence > 0.2:
+                warnings.warn(
+                    f"class and background are dependent in the training split of {root} "
+                    f"(Cramer's V {dependence:.2f}): erasing one also erases part of the other; "
+                    "fit the source run on balanced data",
+                    stacklevel=2,
+                )
             feats = _blocks(source, x, cfg.input_size)[block]
             if cfg.erase == "background":
                 eraser.fit(feats, bg.numpy(), len(record["backgrounds"]))
@@ -205,7 +246,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     folder.mkdir(parents=True, exist_ok=True)
     record = {
         "config": asdict(cfg),
-        "dataset": str(root),
+        "dataset": str(root.resolve()),
         "dataset_hash": meta.get("content_hash"),
         "dataset_stage": meta.get("stage"),  # compose (paste) or dream
         "rho": _rho(root, meta),
@@ -220,9 +261,10 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
             f"split {cfg.split!r} of {root} has {len(x)} usable images, fewer than one batch "
             f"({cfg.batch_size}): lower --batch-size or compose a larger split"
         )
-    algo = build(cfg, len(classes), len(backgrounds))
+    resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
+    algo = build(cfg, len(classes), len(backgrounds), fit_eraser=not resuming)
     history: list[dict[str, Any]] = []
-    if (folder / CHECKPOINT).exists():
+    if resuming:
         state = torch.load(folder / CHECKPOINT, weights_only=False)
         _load_state(algo, state)
         history = state["history"]
