@@ -128,6 +128,7 @@ def world(tmp_path_factory):
 def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
     from dreamshift.audit.report import write_report
     from dreamshift.cli import main
+    from dreamshift.errors import DreamshiftError
     from dreamshift.learn.run import LearnConfig, learn, probe, read_probes
 
     cfg = LearnConfig(algorithm="d3s", epochs=2, batch_size=8, eval_splits=("test", "anti"))
@@ -160,6 +161,19 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
     assert "-> background" in capsys.readouterr().out
     probes = read_probes(whole)
     assert len(probes) == 2 and probes[0]["matrix"] == m and probes[0]["test_split"] == "test"
+    # probed on the very data LEACE was fitted on: the erased label is read no better than by a
+    # constant, the other as well as from the raw block
+    raw = probe(world, whole, test_split="train")
+    erased = probe(world, whole, test_split="train", erase=True)
+    assert list(erased) == ["fg, background erased", "bg, class erased", "chance"]
+    chance = erased["chance"]
+    assert erased["fg, background erased"]["background"] <= chance["background"] + 0.05
+    assert erased["bg, class erased"]["class"] <= chance["class"] + 0.05
+    assert erased["fg, background erased"]["class"] >= raw["fg"]["class"] - 0.05
+    assert erased["bg, class erased"]["background"] >= raw["bg"]["background"] - 0.05
+    erm = learn(world, tmp_path / "erm", replace(cfg, algorithm="erm"), log=lambda *_: None)
+    with pytest.raises(DreamshiftError, match="needs a run with fg and bg"):
+        probe(world, erm, erase=True)
 
     page = write_report([tmp_path / "a" / "results.jsonl"], tmp_path / "report.html").read_text()
     assert "Learn runs" in page and whole.name in page

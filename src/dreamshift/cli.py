@@ -469,11 +469,12 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from dreamshift.learn.run import probe
 
-    matrix = probe(args.dataset, args.run, args.train_split, args.test_split)
+    matrix = probe(args.dataset, args.run, args.train_split, args.test_split, args.erase)
     labels = list(matrix["chance"])
-    print("features   " + "  ".join(f"-> {lab:10s}" for lab in labels))
+    width = max(len(block) for block in matrix)
+    print(f"{'features':{width}s} " + "  ".join(f"-> {lab:10s}" for lab in labels))
     for block, row in matrix.items():
-        print(f"{block:10s} " + "  ".join(f"   {100 * row[lab]:6.1f} %  " for lab in labels))
+        print(f"{block:{width}s} " + "  ".join(f"   {100 * row[lab]:6.1f} %  " for lab in labels))
     return 0
 
 
@@ -538,6 +539,12 @@ def _add_learn(sub: Any) -> None:
     q.add_argument("dataset", type=Path)
     q.add_argument("--train-split", default="train")
     q.add_argument("--test-split", default="test")
+    q.add_argument(
+        "--erase",
+        action="store_true",
+        help="d3s runs: first remove the background from the fg block and the class from the "
+        "bg block with LEACE (Belrose et al. 2023), fitted on the train split",
+    )
     q.set_defaults(func=_cmd_probe)
 
 

@@ -377,11 +377,17 @@ def _blocks(algo: Algorithm, images: torch.Tensor, size: int) -> dict[str, np.nd
 
 
 def probe(
-    dataset: str | Path, folder: str | Path, train_split: str = "train", test_split: str = "test"
+    dataset: str | Path,
+    folder: str | Path,
+    train_split: str = "train",
+    test_split: str = "test",
+    erase: bool = False,
 ) -> dict[str, dict[str, float]]:
     """The disentanglement matrix of a finished run: linear probes on its frozen feature blocks
     (``fg`` and ``bg`` for d3s, ``all`` otherwise), trained on ``train_split`` of ``dataset`` and
-    tested on ``test_split``, for the labels ``class`` and ``background``."""
+    tested on ``test_split``, for the labels ``class`` and ``background``. With ``erase`` (d3s
+    runs), LEACE fitted on ``train_split`` first removes the background from the fg block and
+    the class from the bg block (rows ``fg, background erased`` and ``bg, class erased``)."""
     algo, record = load_run(folder)
     root = Path(dataset)
     meta = ds.read_dataset_json(root)
@@ -395,16 +401,29 @@ def probe(
         if not len(x):
             raise DreamshiftError(f"{root} has no usable images in split {split!r}")
         data[split] = (_blocks(algo, x, size), {"class": y.numpy(), "background": bg.numpy()})
-    matrix = probe_matrix(
-        *data[train_split],
-        *data[test_split],
-        num_labels={"class": len(classes), "background": len(backgrounds)},
-    )
+    num_labels = {"class": len(classes), "background": len(backgrounds)}
+    if erase:
+        if set(data[train_split][0]) != {"fg", "bg"}:
+            raise DreamshiftError(
+                f"--erase needs a run with fg and bg feature blocks (d3s); {folder} has "
+                f"{sorted(data[train_split][0])}"
+            )
+        for block, label in (("fg", "background"), ("bg", "class")):
+            train_x = data[train_split][0][block]
+            eraser = Eraser(train_x.shape[1])
+            eraser.fit(train_x, data[train_split][1][label], num_labels[label])
+            for split in data:  # one entry when train_split == test_split
+                blocks = data[split][0]
+                with torch.no_grad():
+                    erased = eraser(torch.from_numpy(blocks.pop(block))).numpy()
+                blocks[f"{block}, {label} erased"] = erased
+    matrix = probe_matrix(*data[train_split], *data[test_split], num_labels=num_labels)
     entry = {
         "dataset": str(root),
         "dataset_hash": meta.get("content_hash"),
         "train_split": train_split,
         "test_split": test_split,
+        "erase": erase,
         "matrix": matrix,
     }
     with open(Path(folder) / PROBES, "a", encoding="utf-8") as f:
