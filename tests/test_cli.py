@@ -139,3 +139,16 @@ def test_world_commands(tmp_path, capsys):
     assert len(list((tmp_path / "w" / "foregrounds").glob("*/*.png"))) == 20
     assert Image.open(next((tmp_path / "w" / "foregrounds" / "cat").glob("*.png"))).mode == "RGBA"
     assert len(list((tmp_path / "w" / "backgrounds").glob("*/*.png"))) == 10
+
+
+def test_a_closed_stdout_ends_quietly(cli_dataset):
+    """`dreamshift info DIR | head` must not end in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "dreamshift.cli", "info", str(cli_dataset)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err, err
