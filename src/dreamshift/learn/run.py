@@ -27,7 +27,7 @@ import torch
 
 from dreamshift import dataset as ds
 from dreamshift.audit import metrics as M
-from dreamshift.audit.classifiers import Classifier
+from dreamshift.audit.classifiers import WORLD_MEAN, WORLD_STD, Classifier
 from dreamshift.audit.evaluate import percent
 from dreamshift.audit.train import augment, load_split, to_input
 from dreamshift.errors import DreamshiftError
@@ -350,7 +350,7 @@ def is_run(folder: str | Path) -> bool:
 def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
     """A finished learn run as a classifier for ``dreamshift audit`` (``--model RUN_FOLDER``):
     test it on other datasets, e.g. a run trained on dreamed images on the paste or the real
-    ones. Inputs are preprocessed as in training ([-1, 1], resized to its input size)."""
+    ones. Inputs are preprocessed as in training (the world's, resized to its input size)."""
     folder = Path(folder)
     algo, record = load_run(folder)
     cfg = record["config"]
@@ -360,8 +360,8 @@ def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
         net=_RunNet(algo).to(device),
         classes=tuple(record["classes"]),
         input_size=int(cfg["input_size"]),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
+        mean=WORLD_MEAN,  # to_input's x / 127.5 - 1
+        std=WORLD_STD,
         weights_sha256=sha256_file(folder / CHECKPOINT),
         device=device,
     )
