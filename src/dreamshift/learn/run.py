@@ -395,6 +395,13 @@ def probe(
     if classes != record["classes"] or backgrounds != record["backgrounds"]:
         raise DreamshiftError(f"{root} has other classes or backgrounds than the run {folder}")
     size = record["config"]["input_size"]
+    if erase:  # checked before the splits are read and encoded
+        with torch.no_grad():
+            names = sorted(algo.features(torch.zeros(2, 3, size, size)))
+        if names != ["bg", "fg"]:
+            raise DreamshiftError(
+                f"--erase needs a run with fg and bg feature blocks (d3s); {folder} has {names}"
+            )
     data = {}
     for split in (train_split, test_split):
         x, y, bg = load_split(root, split, classes, backgrounds)
@@ -403,11 +410,6 @@ def probe(
         data[split] = (_blocks(algo, x, size), {"class": y.numpy(), "background": bg.numpy()})
     num_labels = {"class": len(classes), "background": len(backgrounds)}
     if erase:
-        if set(data[train_split][0]) != {"fg", "bg"}:
-            raise DreamshiftError(
-                f"--erase needs a run with fg and bg feature blocks (d3s); {folder} has "
-                f"{sorted(data[train_split][0])}"
-            )
         for block, label in (("fg", "background"), ("bg", "class")):
             train_x = data[train_split][0][block]
             eraser = Eraser(train_x.shape[1])
