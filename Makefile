@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dreamshift info $(DEMO)/paste
 	$(VENV)/bin/dreamshift grid $(DEMO)/paste --split test --out $(DEMO)/paste_grid.png
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --out $(DEMO)/dream --steps 20 --batch-size 4 --workers 2 --shard-size 50
-	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift regenerate $(DEMO)/dream $$($(PY) -c "import dreamshift.dataset as d; print(d.read_manifest('$(DEMO)/dream')['sample_id'][0])")
+	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift regenerate $(DEMO)/dream $$($(PY) -c "import dreamshift.data.dataset as d; print(d.read_manifest('$(DEMO)/dream')['sample_id'][0])")
 	$(VENV)/bin/dreamshift grid $(DEMO)/dream --out $(DEMO)/dream_grid.png
 	rm -f $(DEMO)/audit.jsonl
 	$(VENV)/bin/dreamshift audit $(DEMO)/dream --model world-cnn --model world-resnet18 --in-distribution $(DEMO)/paste:test --results $(DEMO)/audit.jsonl

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamshift import dataset as ds
-from dreamshift.audit.classifiers import load_classifier
 from dreamshift.audit.evaluate import AuditConfig, audit
-from dreamshift.compose import compose
-from dreamshift.config import ComposeConfig, ShiftRecipe
+from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
+from dreamshift.models.loading import load_classifier
 
 
 def bare_loop(model: str, images: torch.Tensor, batch: int) -> float:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from dreamshift import dataset as ds
-from dreamshift.compose import compose
-from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
 from dreamshift.world.export import export_world
 
 

@@ -22,12 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from dreamshift import dataset as ds
-from dreamshift.compose import compose
-from dreamshift.config import ComposeConfig, DreamConfig, ShiftRecipe
-from dreamshift.dream.models import quiet_libraries
+from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
+from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.runner import dream
-from dreamshift.world.tiny_sd import save_tiny_sd
+from dreamshift.models.diffusers import quiet_libraries
+from dreamshift.models.tiny_sd import save_tiny_sd
 
 STEPS, STRENGTH, GUIDANCE = 8, 0.75, 7.5
 

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dreamshift import dataset as ds
-from dreamshift.audit.classifiers import ARCHITECTURES
-from dreamshift.compose import compose
-from dreamshift.config import ComposeConfig, ShiftRecipe
+from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
 from dreamshift.learn.algorithms import Hparams
 from dreamshift.learn.run import LearnConfig, learn
+from dreamshift.models.architectures import ARCHITECTURES
 
 
 def bare_loop(

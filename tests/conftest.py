@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

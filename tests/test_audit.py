@@ -14,20 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config, tree_digest
-from dreamshift import dataset as ds
-from dreamshift.audit.classifiers import (
-    ARCHITECTURES,
-    load_checkpoint,
-    load_classifier,
-    shipped_classifiers,
-)
 from dreamshift.audit.evaluate import predict
 from dreamshift.audit.labels import LabelMap
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
-from dreamshift.compose import compose
-from dreamshift.config import ShiftRecipe
+from dreamshift.compose.config import ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
+from dreamshift.models.architectures import ARCHITECTURES
+from dreamshift.models.classifier import load_checkpoint
+from dreamshift.models.loading import load_classifier, shipped_classifiers
 from dreamshift.world.animals import CLASSES
 
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES
-from dreamshift import dataset as ds
 from dreamshift.cli import main
+from dreamshift.data import dataset as ds
 
 COMMANDS = [
     [],

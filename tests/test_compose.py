@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from conftest import small_config, tree_digest
-from dreamshift import dataset as ds
-from dreamshift.compose import compose, compose_image, plan_samples, resolve
-from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.runner import compose, compose_image, plan_samples, resolve
+from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
 from dreamshift.world import animals
 

@@ -17,16 +17,16 @@ import pytest
 from PIL import Image
 
 from conftest import tree_digest
-from dreamshift import dataset as ds
 from dreamshift.cli import main
-from dreamshift.compose import compose
-from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
-from dreamshift.dream.models import SCHEDULERS, Dreamer, Request, resolve_runtime
+from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
+from dreamshift.data.images import sha256_bytes
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.dream.quality import quality_flag
 from dreamshift.errors import DreamshiftError
-from dreamshift.images import sha256_bytes
-from dreamshift.world.tiny_sd import save_tiny_sd
+from dreamshift.models.diffusers import SCHEDULERS, Dreamer, Request, resolve_runtime
+from dreamshift.models.tiny_sd import save_tiny_sd
 
 STEPS = ["--steps", "2", "--strength", "0.5", "--no-progress"]
 
@@ -160,7 +160,7 @@ def test_a_sample_that_raises_is_recorded_and_the_run_goes_on(
         return real(self, requests, *args)
 
     monkeypatch.setattr(Dreamer, "generate", generate)
-    from dreamshift.config import DreamConfig
+    from dreamshift.dream.config import DreamConfig
     from dreamshift.dream.runner import dream, plan_dream
 
     cfg = DreamConfig(source=str(guides), model=str(tiny_sd), steps=2, strength=0.5)
@@ -384,7 +384,7 @@ def test_a_changed_setting_is_not_mixed_into_an_existing_run(tmp_path, tiny_sd, 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_scheduler_runs_and_is_deterministic(tiny_sd, name):
-    from dreamshift.dream.models import resolve_scheduler
+    from dreamshift.models.diffusers import resolve_scheduler
 
     cls_name, config = resolve_scheduler(tiny_sd, name)
     assert cls_name == SCHEDULERS[name][0]
@@ -419,7 +419,7 @@ def test_a_config_file_is_read_and_flags_win(tmp_path, tiny_sd, guides, capsys):
     assert "runs no denoising step" in capsys.readouterr().err
     config.write_text("stepz: 3\n")
     assert main([*argv, "--no-progress"]) == 2
-    assert "unknown dream config keys: ['stepz']" in capsys.readouterr().err
+    assert "unknown dream config key(s) ['stepz']" in capsys.readouterr().err
 
 
 def test_the_source_is_never_the_output(tiny_sd, guides, capsys):

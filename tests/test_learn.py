@@ -118,7 +118,7 @@ def test_probe_matrix_recovers_known_structure():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from conftest import small_config
-    from dreamshift.compose import compose
+    from dreamshift.compose.runner import compose
 
     root = tmp_path_factory.mktemp("learn") / "ds"
     compose(small_config(), root, progress=False)
@@ -126,10 +126,12 @@ def world(tmp_path_factory):
 
 
 def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
-    from dreamshift.audit.report import write_report
     from dreamshift.cli import main
     from dreamshift.errors import DreamshiftError
-    from dreamshift.learn.run import LearnConfig, learn, probe, read_probes
+    from dreamshift.learn.run import LearnConfig, learn, probe
+    from dreamshift.train.checkpoint import load_state
+    from dreamshift.report.html import write_report
+    from dreamshift.report.tables import read_probes
 
     cfg = LearnConfig(algorithm="d3s", epochs=2, batch_size=8, eval_splits=("test", "anti"))
     whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)
@@ -142,8 +144,8 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
         learn(world, tmp_path / "b", cfg, log=stop_after_first_epoch)
     resumed = learn(world, tmp_path / "b", cfg, log=lambda *_: None)
     assert whole.name == resumed.name  # the folder is named by the config, not the place
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(resumed / "checkpoint.pt", weights_only=False)["model"]
+    a = load_state(whole / "checkpoint.safetensors")["state"]["model"]
+    b = load_state(resumed / "checkpoint.safetensors")["state"]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     logs = []
@@ -182,7 +184,7 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
 
 
 def test_lr_schedules():
-    from dreamshift.learn.run import lr_factor
+    from dreamshift.train.schedules import lr_factor
 
     assert [lr_factor("constant", s, 100) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
     cosine = [lr_factor("cosine", s, 100) for s in range(100)]
@@ -259,10 +261,11 @@ def test_leace_leaves_no_linear_trace_of_the_erased_label():
 def test_a_learn_run_is_audited_like_any_classifier(world, tmp_path):
     """``dreamshift audit --model RUN`` scores a run as its own evaluation does (same split,
     same preprocessing), so runs can be tested on other datasets."""
-    from dreamshift.audit.classifiers import load_classifier
-    from dreamshift.audit.train import load_split, to_input
     from dreamshift.cli import main
+    from dreamshift.data.loading import load_split
+    from dreamshift.data.transforms import Preprocessing
     from dreamshift.learn.run import LearnConfig, learn, load_run
+    from dreamshift.models.loading import load_classifier
 
     cfg = LearnConfig(algorithm="d3s", epochs=1, batch_size=8, eval_splits=("test",))
     folder = learn(world, tmp_path / "runs", cfg, log=lambda *_: None)
@@ -271,7 +274,7 @@ def test_a_learn_run_is_audited_like_any_classifier(world, tmp_path):
     assert clf.classes == tuple(record["classes"]) and clf.input_size == 64
     x, _, _ = load_split(world, "test", record["classes"], record["backgrounds"])
     with torch.no_grad():
-        expected = algo.predict(to_input(x, 64)).numpy()
+        expected = algo.predict(Preprocessing.world(64)(x)).numpy()
     assert clf.logits(x.numpy()) == pytest.approx(expected, abs=1e-4)
 
     results = tmp_path / "audit.jsonl"

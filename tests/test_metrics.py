@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dreamshift.audit import metrics as M
+from dreamshift import metrics as M
 
 
 def test_accuracy_and_bootstrap_on_edge_cases():

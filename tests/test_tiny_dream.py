@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dreamshift import dataset as ds
+from dreamshift.assets import shipped
 from dreamshift.cli import main
-from dreamshift.compose import compose
-from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
-from dreamshift.world.animals import CLASSES
-from dreamshift.world.backgrounds import BACKGROUNDS
-from dreamshift.world.oracles import load_oracle, shipped_oracles_dir
-from dreamshift.world.tiny_dream import (
+from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
+from dreamshift.models.oracles import load_oracle
+from dreamshift.studies.tiny_dream import (
     TrainDreamConfig,
     prompt_words,
-    shipped_pipeline_dir,
     train_tiny_dream,
     world_prompts,
 )
+from dreamshift.world.animals import CLASSES
+from dreamshift.world.backgrounds import BACKGROUNDS
 
 SHORT = TrainDreamConfig(
     train_renders=100, test_per_group=1, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=4,
@@ -70,7 +70,7 @@ def test_training_refuses_to_mix_configs_in_one_folder(tmp_path, capsys):
 def test_the_world_prompt_words_are_single_tokens():
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(shipped_pipeline_dir() / "tokenizer")
+    tok = CLIPTokenizer.from_pretrained(shipped("tiny-dream") / "tokenizer")
     split = [w for w in prompt_words() if len(tok(w, add_special_tokens=False).input_ids) > 1]
     # "mammal" repeats the pair "m a": the merge list was built merging one occurrence at a
     # time, CLIP merges all at once, so it ends in 3 pieces (fixing that changes the vocabulary)
@@ -85,7 +85,7 @@ def test_the_world_prompt_words_are_single_tokens():
 def test_the_shipped_pipeline_loads_offline_with_both_sd_pipelines():
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    folder = shipped_pipeline_dir()
+    folder = shipped("tiny-dream")
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size <= 25 * 2**20
     for cls in (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline):
@@ -130,7 +130,7 @@ def _images(root: Path) -> tuple[np.ndarray, list[dict]]:
 
 def test_the_oracles_name_clean_renders(held_out_guides):
     images, rows = _images(held_out_guides)
-    record = json.loads((shipped_oracles_dir() / "oracles.json").read_text())
+    record = json.loads((shipped("oracles") / "oracles.json").read_text())
     for kind, col, names in (("fg", "fg_class", CLASSES), ("bg", "bg_class", BACKGROUNDS)):
         predicted = load_oracle(kind).predict(images)
         accuracy = np.mean([p == r[col] for p, r in zip(predicted, rows, strict=True)])
@@ -142,19 +142,19 @@ def test_the_oracles_name_clean_renders(held_out_guides):
 @pytest.mark.slow
 def test_full_training_reproduces_the_shipped_quality(tmp_path):
     """About an hour on two CPU cores."""
-    shipped = json.loads((shipped_pipeline_dir().parent / "tiny-dream-record.json").read_text())
+    expected = json.loads(shipped("tiny-dream-record.json").read_text())
     pipeline = train_tiny_dream(tmp_path / "train", progress=False)
     assert pipeline is not None
     record = json.loads((tmp_path / "train" / "train_record.json").read_text())
-    assert abs(record["decoder"]["held_out_psnr"] - shipped["decoder"]["held_out_psnr"]) < 0.5
-    assert abs(record["unet"]["final_loss"] - shipped["unet"]["final_loss"]) < 0.02
+    assert abs(record["decoder"]["held_out_psnr"] - expected["decoder"]["held_out_psnr"]) < 0.5
+    assert abs(record["unet"]["final_loss"] - expected["unet"]["final_loss"]) < 0.02
 
 
 @pytest.mark.slow
 def test_the_quality_report_of_the_shipped_model(tmp_path):
     """The README's table (about 18 minutes on two CPU cores). It asserts what the shipped model
     reaches, not the issue's aims it misses (fg fidelity, txt2img backgrounds)."""
-    from dreamshift.world.evaluate_dream import evaluate_dream
+    from dreamshift.studies.evaluate_dream import evaluate_dream
 
     rows = {r.setting: r for r in evaluate_dream(tmp_path, progress=False)}
     guides, default, txt2img = rows["guides (paste)"], rows["img2img 0.8"], rows["txt2img"]
@@ -166,7 +166,7 @@ def test_the_quality_report_of_the_shipped_model(tmp_path):
 
 
 def test_quality_scores_equal_their_hand_computed_values():
-    from dreamshift.world.evaluate_dream import _score
+    from dreamshift.studies.evaluate_dream import _score
 
     class Fixed:  # an oracle that always names one label
         def __init__(self, index: int, n: int) -> None:

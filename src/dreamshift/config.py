@@ -1,241 +1,215 @@
-"""Typed, frozen run configurations. The resolved config is saved in every ``dataset.json``."""
+"""One base for every run configuration: typed, frozen, checked before anything is written.
+
+A config is a frozen dataclass deriving from :class:`Config`. It is built from a dict (a YAML
+file, a ``config.json`` of an earlier run) with :meth:`Config.from_dict`, which refuses an
+unknown key (naming it and listing the valid ones), turns lists into tuples and nested dicts
+into nested configs; :meth:`Config.check` refuses a value of the wrong type or an invalid
+choice, naming the field. :meth:`Config.to_dict` gives the JSON form saved with every output.
+
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True)
+... class Toy(Config):
+...     steps: int = 10
+...     mode: str = "fast"
+...     CHOICES = {"mode": lambda: ("fast", "slow")}
+>>> Toy.from_dict({"steps": 3}).to_dict()
+{'steps': 3, 'mode': 'fast'}
+>>> Toy.from_dict({"stepz": 3})
+Traceback (most recent call last):
+dreamshift.errors.DreamshiftError: unknown toy config key(s) ['stepz']: valid keys are mode, steps
+>>> Toy(steps="3").check()
+Traceback (most recent call last):
+dreamshift.errors.DreamshiftError: steps = '3' must be a whole number
+>>> Toy(mode="quick").check()
+Traceback (most recent call last):
+dreamshift.errors.DreamshiftError: mode = 'quick': choose one of fast, slow
+"""
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 from dreamshift.errors import DreamshiftError
 
-POSITIONS = ("random", "center")
+C = TypeVar("C", bound="Config")
 
 
-def _check_types(obj: object, ints: tuple[str, ...], numbers: tuple[str, ...]) -> None:
-    for name in ints:
-        v = getattr(obj, name)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise DreamshiftError(f"{name} = {v!r} must be a whole number")
-    for name in numbers:
-        v = getattr(obj, name)
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise DreamshiftError(f"{name} = {v!r} must be a number")
+def _what(cls: type) -> str:
+    """``LearnConfig`` -> ``learn``: how error messages name a config."""
+    name = re.sub(r"Config$", "", cls.__name__) or cls.__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
 
-def _reject_unknown_keys(cls: Any, d: dict[str, Any], what: str) -> None:
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown:
-        raise DreamshiftError(f"unknown {what} config keys: {sorted(unknown)}")
+def _check_value(name: str, value: Any, hint: Any) -> None:
+    """Refuse ``value`` unless it fits the annotation ``hint`` (the types configs use)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                _check_value(name, value, option)
+                return
+            except DreamshiftError as exc:
+                errors.append(str(exc))
+        raise DreamshiftError(errors[0])
+    if hint is Any:
+        return
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            raise DreamshiftError(f"{name} = {value!r} must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            for i, v in enumerate(value):
+                _check_value(f"{name}[{i}]", v, args[0])
+            return
+        if len(value) != len(args):
+            raise DreamshiftError(f"{name} = {list(value)!r} must hold {len(args)} values")
+        for i, (v, a) in enumerate(zip(value, args, strict=True)):
+            _check_value(f"{name}[{i}]", v, a)
+        return
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise DreamshiftError(f"{name} = {value!r} must be true or false")
+    elif hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DreamshiftError(f"{name} = {value!r} must be a whole number")
+    elif hint is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise DreamshiftError(f"{name} = {value!r} must be a number")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise DreamshiftError(f"{name} = {value!r} must be a string")
+    elif isinstance(hint, type) and issubclass(hint, Config):
+        if not isinstance(value, hint):
+            raise DreamshiftError(f"{name} must be a mapping of {_what(hint)} fields")
+        value.check(prefix=f"{name}.")
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where and how a foreground cut-out is pasted.
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of every stage config. Subclasses add fields, ``CHOICES`` (field -> a function
+    returning its valid values, e.g. a registry's names) and ``validate`` (rules between
+    fields); :meth:`check` runs the type checks, the choices, then ``validate``."""
 
-    ``scale``: (min, max) of the cut-out's longer side as a fraction of the image side
-    (D3S pastes at 0.4). ``feather``: Gaussian blur radius of the mask edge, in output pixels.
-    """
-
-    scale: tuple[float, float] = (0.4, 0.4)
-    position: str = "random"
-    feather: float = 0.0
-    flip: bool = True
-    max_rotation: float = 10.0
-
-    def check(self) -> None:
-        _check_types(self, (), ("feather", "max_rotation"))
-        if len(self.scale) != 2 or not all(isinstance(v, int | float) for v in self.scale):
-            raise DreamshiftError(f"scale = {self.scale!r} must be a number or [min, max]")
-        lo, hi = self.scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise DreamshiftError(f"scale range {lo}..{hi} must satisfy 0 < min <= max <= 1")
-        if self.position not in POSITIONS:
-            raise DreamshiftError(f"position {self.position!r}: choose one of {POSITIONS}")
-        if self.feather < 0 or self.max_rotation < 0:
-            raise DreamshiftError("feather and max rotation must be >= 0")
-
-
-@dataclass(frozen=True)
-class ShiftRecipe:
-    """Which (class, background) groups each split holds.
-
-    ``rho`` is the confounder strength: the share of a class's training images that show it on
-    its assigned background (Waterbirds uses 0.95); the rest are spread evenly over the other
-    backgrounds. val and test are balanced (``*_per_group`` images of every class x background);
-    ``anti`` holds every class on every background except its assigned one. ``spurious``
-    holds ``spurious_per_class`` images of each class's assigned background *without* the
-    animal: the spurious feature alone, for the audit's spurious accuracy.
-    ``assignment``: (class, background) pairs; classes not listed get background
-    ``i mod n_backgrounds`` in order.
-    """
-
-    rho: float = 0.95
-    train_size: int = 2000
-    val_per_group: int = 2
-    test_per_group: int = 5
-    anti_per_group: int = 2
-    spurious_per_class: int = 0
-    assignment: tuple[tuple[str, str], ...] = ()
-
-    def check(self) -> None:
-        counts = ("train_size", "val_per_group", "test_per_group", "anti_per_group",
-                  "spurious_per_class")  # fmt: skip
-        _check_types(self, counts, ("rho",))
-        if not 0.0 <= self.rho <= 1.0:
-            raise DreamshiftError(f"rho = {self.rho} must lie in [0, 1]")
-        for name in counts:
-            if getattr(self, name) < 0:
-                raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
-
-
-@dataclass(frozen=True)
-class ComposeConfig:
-    """Everything that decides a composed dataset's content. Same config -> same bytes.
-
-    ``foregrounds`` / ``backgrounds``: ``"world"`` or a folder (one sub-folder per class /
-    background label). ``classes`` / ``background_names``: a subset to use (empty = all).
-    """
-
-    foregrounds: str = "world"
-    backgrounds: str = "world"
-    classes: tuple[str, ...] = ()
-    background_names: tuple[str, ...] = ()
-    size: int = 64
-    seed: int = 0
-    placement: Placement = field(default_factory=Placement)
-    recipe: ShiftRecipe = field(default_factory=ShiftRecipe)
-    share_foregrounds: bool = False
-    shard_size: int = 256
-
-    def check(self) -> None:
-        _check_types(self, ("size", "seed", "shard_size"), ())
-        for what, names in (("classes", self.classes), ("background_names", self.background_names)):
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            if repeated:
-                raise DreamshiftError(f"{what} lists {repeated} more than once")
-        if not 8 <= self.size <= 4096:
-            raise DreamshiftError(f"size = {self.size}: choose a side between 8 and 4096 pixels")
-        if self.shard_size < 1:
-            raise DreamshiftError(f"shard_size = {self.shard_size} must be >= 1")
-        self.placement.check()
-        self.recipe.check()
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as written to JSON
+    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ComposeConfig:
-        _reject_unknown_keys(cls, d, "compose")
-        d = dict(d)
-        place = dict(d.get("placement", {}))
-        if "scale" in place:  # a number or [min, max]
-            scale = place["scale"]
-            place["scale"] = (scale, scale) if isinstance(scale, int | float) else tuple(scale)
-        d["placement"] = Placement(**place)
-        rec = dict(d.get("recipe", {}))
-        pairs = rec.get("assignment", ())  # {class: background} or [[class, background], ...]
-        pairs = pairs.items() if isinstance(pairs, dict) else pairs
-        rec["assignment"] = tuple(tuple(p) for p in pairs)
-        d["recipe"] = ShiftRecipe(**rec)
-        for key in ("classes", "background_names"):
-            d[key] = tuple(d.get(key, ()))
-        return cls(**d)
-
-    def content_hash(self) -> str:
-        """Hash of what decides the pixels (not the shard layout); it prefixes sample ids."""
-        d = self.to_dict()
-        d.pop("shard_size")
-        if not d["recipe"]["spurious_per_class"]:  # added later: unused, old hashes stand
-            d["recipe"].pop("spurious_per_class")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-DREAM_MODES = ("img2img", "txt2img", "paste")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-@dataclass(frozen=True)
-class DreamConfig:
-    """A dream run: which guides, which model and sampler settings make the images.
-
-    ``source``: a composed dataset directory. ``model``: ``tiny-dream`` (the small model
-    trained on the embedded world and shipped in the package), a diffusers folder or a hub
-    id. ``mode``: ``img2img`` (D3S: guide + prompt),
-    ``txt2img`` (ImageNet-G: prompt only; the guide's labels are kept) or ``paste`` (the guide
-    copied unchanged, the no-diffusion baseline). ``prompts``: a shipped recipe name (``d3s``,
-    ``imagenet-g``) or a YAML recipe file. ``negative_prompt``: None takes the recipe's.
-    ``scheduler``: ``model`` (the checkpoint's own) or a name from
-    :data:`dreamshift.dream.models.SCHEDULERS`. ``threads``: torch threads per worker on the
-    CPU (None: cores / workers); results are bit-exact only for the same thread count, so it
-    is recorded. ``batch_invariant``: run the networks one sample at a time inside a batch, so
-    that pixels do not depend on batch size (the default; see ``dreamshift.dream.models``).
-    """
-
-    source: str
-    mode: str = "img2img"
-    model: str = "tiny-dream"
-    prompts: str = "d3s"
-    negative_prompt: str | None = None
-    scheduler: str = "model"
-    steps: int = 30
-    strength: float = 0.8
-    guidance_scale: float = 7.5
-    width: int | None = None
-    height: int | None = None
-    splits: tuple[str, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int | None = None
-    batch_invariant: bool = True
-    compile: bool = False
-    shard_size: int = 64
-
-    def check(self) -> None:
-        _check_types(self, ("steps", "seed", "shard_size"), ("strength", "guidance_scale"))
-        for name in ("width", "height", "threads"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise DreamshiftError(f"{name} = {v!r} must be a whole number >= 1")
-        if self.mode not in DREAM_MODES:
-            raise DreamshiftError(f"mode {self.mode!r}: choose one of {', '.join(DREAM_MODES)}")
-        if self.mode != "paste" and not self.model:
-            raise DreamshiftError(
-                f"mode {self.mode} needs a model: tiny-dream, or a diffusers Stable Diffusion "
-                "folder or hub id"
-            )
-        if self.device not in DEVICES:
-            raise DreamshiftError(f"device {self.device!r}: choose one of {', '.join(DEVICES)}")
-        if self.dtype not in DTYPES:
-            raise DreamshiftError(f"dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        if self.steps < 1:
-            raise DreamshiftError(f"steps = {self.steps} must be >= 1")
-        if not 0.0 < self.strength <= 1.0:
-            raise DreamshiftError(f"strength = {self.strength} must lie in (0, 1]")
-        if self.mode == "img2img" and int(self.steps * self.strength) < 1:
-            raise DreamshiftError(
-                f"steps x strength = {self.steps} x {self.strength} runs no denoising step "
-                "(img2img runs int(steps * strength) of them): raise --steps or --strength"
-            )
-        if self.guidance_scale < 0:
-            raise DreamshiftError(f"guidance_scale = {self.guidance_scale} must be >= 0")
-        if self.shard_size < 1:
-            raise DreamshiftError(f"shard_size = {self.shard_size} must be >= 1")
-        for name in ("width", "height"):
-            v = getattr(self, name)
-            if v is not None and self.mode != "paste" and v % 8:
-                raise DreamshiftError(f"{name} = {v}: Stable Diffusion needs a multiple of 8")
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as written to JSON
+    def _hints(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DreamConfig:
-        _reject_unknown_keys(cls, d, "dream")
-        if "source" not in d:
-            raise DreamshiftError("a dream config needs 'source': a composed dataset directory")
-        d = dict(d)
-        d["splits"] = tuple(d.get("splits", ()))
-        return cls(**d)
+    def normalise(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Hook: rewrite shorthand forms of a dict before it is read (a number for a range)."""
+        return d
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any], where: str = "") -> C:
+        """A config from a plain dict; unknown keys are refused, nested dicts become nested
+        configs, lists become tuples. Values are checked by :meth:`check`, not here."""
+        if not isinstance(d, dict):
+            raise DreamshiftError(f"{where or _what(cls)} config must be a mapping of fields")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise DreamshiftError(
+                f"unknown {_what(cls)} config key(s) {unknown}"
+                + (f" in {where}" if where else "")
+                + f": valid keys are {', '.join(sorted(names))}"
+            )
+        d = cls.normalise(dict(d))
+        hints = cls._hints()
+        kwargs = {}
+        for key, value in d.items():
+            kwargs[key] = _convert(value, hints[key], where)
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise DreamshiftError(f"{_what(cls)} config needs {missing}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls: type[C], path: Path | None, **fields: Any) -> C:
+        """The config of a YAML file (None: the defaults) with ``fields`` set on top."""
+        base = read_yaml(path)
+        base.update(fields)
+        return cls.from_dict(base, str(path) if path else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (tuples as lists), as saved with every output."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self: C, **given: Any) -> C:
+        """A copy with ``given`` fields set; ``None`` values are ignored (flags not given)."""
+        given = {k: v for k, v in given.items() if v is not None}
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise DreamshiftError(f"unknown {_what(type(self))} config key(s) {unknown}")
+        return dataclasses.replace(self, **given)
+
+    def check(self, prefix: str = "") -> None:
+        """Refuse a wrong type or an invalid choice, naming the field; then ``validate``."""
+        hints = self._hints()
+        for f in dataclasses.fields(self):
+            _check_value(prefix + f.name, getattr(self, f.name), hints[f.name])
+        for name, valid in self.CHOICES.items():
+            value, options = getattr(self, name), tuple(valid())
+            if value not in options:
+                raise DreamshiftError(
+                    f"{prefix}{name} = {value!r}: choose one of {', '.join(map(str, options))}"
+                )
+        self.validate()
+
+    def validate(self) -> None:
+        """Hook: rules between fields, after the types and choices are known to be right."""
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Lists -> tuples and dicts -> nested configs where the annotation asks for them."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is not type(None):
+                converted = _convert(value, option, where)
+                if converted is not value:
+                    return converted
+        return value
+    if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
+        return hint.from_dict(value, where)
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        return tuple(_convert(v, inner, where) if inner is not None else v for v in value)
+    return value
+
+
+def read_yaml(path: Path | None) -> dict[str, Any]:
+    """A YAML file of config fields (None: no file, no fields)."""
+    import yaml
+
+    if path is None:
+        return {}
+    try:
+        base = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DreamshiftError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(base, dict):
+        raise DreamshiftError(f"config {path} must hold a mapping of fields")
+    return base

@@ -1,6 +1,7 @@
 """Audit: how classifiers hold up on a dataset, per foreground class and per background.
 
-``classifiers`` (one adapter surface and registry for every model), ``labels`` (a model's label
-space -> the dataset's classes), ``train`` (the world's ERM classifiers), ``metrics`` (pure
-functions on predictions), ``evaluate`` (``dreamshift audit``), ``report`` (the HTML page).
+``labels`` (a model's label space -> the dataset's classes), ``train`` (the world's ERM
+classifiers, ``dreamshift train-classifier``), ``evaluate`` (``dreamshift audit``). Models come
+from :mod:`dreamshift.models`, metrics from :mod:`dreamshift.metrics`, tables and the HTML page
+from :mod:`dreamshift.report`.
 """

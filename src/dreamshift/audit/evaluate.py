@@ -14,32 +14,30 @@ per-sample predictions are kept next to it for the report.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
 
 import dreamshift
-from dreamshift import dataset as ds
-from dreamshift.audit import metrics as M
-from dreamshift.audit.classifiers import Classifier, load_classifier
+from dreamshift import metrics as M
 from dreamshift.audit.labels import LabelMap, read_label_map
+from dreamshift.data import dataset as ds
+from dreamshift.data.loading import iter_batches, usable_rows
+from dreamshift.engine.results import append_records, read_records
+from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
-
-SPURIOUS_SPLIT = "spurious"  # images of a background alone (fg_class is None)
+from dreamshift.models.classifier import Classifier
+from dreamshift.models.loading import load_classifier
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(Config):
     """What ``dreamshift audit`` runs. ``split``: empty = ``test`` when the dataset has one,
     else every split but ``spurious``. ``in_distribution``: a dataset directory (optionally
     ``DIR:SPLIT``) to measure the drop against."""
@@ -55,7 +53,7 @@ class AuditConfig:
     device: str = "cpu"
     allow_empty_groups: bool = False
 
-    def check(self) -> None:
+    def validate(self) -> None:
         if not self.models:
             raise DreamshiftError("give at least one --model")
         if self.bootstrap < 1 or self.batch_size < 1:
@@ -78,41 +76,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80]
 
 
-def _decode(root: Path, row: dict[str, Any]) -> np.ndarray | str:
-    try:
-        with Image.open(root / row["path"]) as img:
-            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        return f"cannot read {root / row['path']}: {exc}"
-
-
-def iter_batches(
-    root: Path, rows: Sequence[dict[str, Any]], batch_size: int, threads: int = 1
-) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
-    """(row positions, (B, H, W, 3) uint8 images, unreadable (position, reason)) per batch; the
-    next batch is decoded in threads while the caller runs the current one."""
-
-    def load(start: int) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
-        positions = list(range(start, min(start + batch_size, len(rows))))
-        decoded = list(pool.map(lambda i: _decode(root, rows[i]), positions))
-        ok = [(i, a) for i, a in zip(positions, decoded, strict=True) if not isinstance(a, str)]
-        bad = [(i, a) for i, a in zip(positions, decoded, strict=True) if isinstance(a, str)]
-        if len({a.shape for _, a in ok}) > 1:  # mixed sizes: all to the first one's
-            h, w = ok[0][1].shape[:2]
-            ok = [(i, np.asarray(Image.fromarray(a).resize((w, h)))) for i, a in ok]
-        images = np.stack([a for _, a in ok]) if ok else None
-        return [i for i, _ in ok], images, bad
-
-    with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as ahead:
-        starts = list(range(0, len(rows), batch_size))
-        pending = ahead.submit(load, starts[0]) if starts else None
-        for k in range(len(starts)):
-            assert pending is not None
-            batch = pending.result()
-            pending = ahead.submit(load, starts[k + 1]) if k + 1 < len(starts) else None
-            yield batch
-
-
 def predict(
     clf: Classifier, labels: LabelMap, root: Path, rows: list[dict[str, Any]], batch_size: int
 ) -> Evaluated:
@@ -133,18 +96,8 @@ def predict(
     return Evaluated(kept, scores, predicted, unreadable)
 
 
-def usable_rows(manifest: list[dict[str, Any]], split: str | None) -> list[dict[str, Any]]:
-    """The rows of ``manifest`` (``read_manifest(...).to_pylist()``) with status ok in
-    ``split``; no split: every split but ``spurious``."""
-    return [
-        r
-        for r in manifest
-        if r["status"] == ds.OK and (r["split"] == split if split else r["split"] != SPURIOUS_SPLIT)
-    ]
-
-
 def _default_split(manifest: list[dict[str, Any]]) -> str:
-    return "test" if any(r["split"] == "test" for r in manifest) else ""
+    return ds.TEST if any(r["split"] == ds.TEST for r in manifest) else ""
 
 
 def _check_group_fields(root: Path, group_by: Sequence[str]) -> None:
@@ -259,28 +212,6 @@ def _write_predictions(path: Path, ev: Evaluated, classes: Sequence[str]) -> Non
     ds.write_table_atomic(table, path)
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a ``results.jsonl`` (one JSON object per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DreamshiftError(f"no results file {path}: run `dreamshift audit` first")
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DreamshiftError(f"{path} line {n} is not JSON ({exc})") from exc
-    return records
-
-
-def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-
-
 def effective_robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Fit shifted vs in-distribution accuracy over the models of ``records`` (those of one
     dataset, split and in-distribution reference; the latest record per model), linear and in
@@ -341,11 +272,11 @@ def audit(
             "or pass --allow-empty-groups"
         )
     usual_bg = dict(meta.get("assignment") or {})
-    spurious_root, spurious_rows = root, usable_rows(manifest, SPURIOUS_SPLIT)
+    spurious_root, spurious_rows = root, usable_rows(manifest, ds.SPURIOUS)
     source = (meta.get("config") or {}).get("source")
     if not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
         spurious_root = Path(source)  # a dreamed dataset: its guides' backgrounds alone
-        spurious_rows = usable_rows(ds.read_manifest(spurious_root).to_pylist(), SPURIOUS_SPLIT)
+        spurious_rows = usable_rows(ds.read_manifest(spurious_root).to_pylist(), ds.SPURIOUS)
     id_root, id_split, id_rows, id_meta = None, "", [], {}
     if cfg.in_distribution:
         text = cfg.in_distribution
@@ -438,7 +369,7 @@ def audit(
         )
 
     if cfg.in_distribution:
-        earlier = read_results(results_path) if results_path.is_file() else []
+        earlier = read_records(results_path) if results_path.is_file() else []
         for r in records:
             family = [e for e in [*earlier, *records] if _family_key(e) == _family_key(r)]
             er = effective_robustness(family)
@@ -447,58 +378,5 @@ def audit(
                 for space in ("linear", "logit"):
                     er[space]["this_model"] = er[space]["effective_robustness"][i]
             r["effective_robustness"] = er
-    _append(results_path, records)
+    append_records(results_path, records)
     return records
-
-
-def percent(v: float | None) -> str:
-    """A fraction as a percentage with one decimal; '–' for None."""
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
-def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """The audit table: one line per model, then accuracy per background."""
-    head = ["model", "n", "acc_avg [95% CI]", "acc_wg (group)", "bg_gap"]
-    has_id = any("acc_id" in r for r in records)
-    has_spurious = any("spurious_acc" in r for r in records)
-    head += ["acc_id", "rel. drop", "ER logit"] * has_id + ["spur. acc", "spur. AUC"] * has_spurious
-    lines = []
-    for r in records:
-        ci = r.get("acc_avg_ci")
-        wg = r.get("worst_group") or {}
-        cells = [
-            r["model"],
-            str(r["n"]),
-            f"{percent(r['acc_avg'])} [{percent(ci[0])}, {percent(ci[1])}]"
-            if ci
-            else percent(r["acc_avg"]),
-            f"{percent(r['acc_wg'])} ({'/'.join(str(v) for v in wg.values())})",
-            percent(r.get("bg_gap")),
-        ]
-        if has_id:
-            er = r.get("effective_robustness") or {}
-            logit_er = er.get("logit", {}).get("this_model")
-            cells += [percent(r.get("acc_id")), percent(r.get("relative_drop")), percent(logit_er)]
-        if has_spurious:
-            cells += [percent(r.get("spurious_acc")), percent(r.get("spurious_auc"))]
-        lines.append(cells)
-    table = _align([head, *lines])
-    backgrounds = list(dict.fromkeys(b for r in records for b in r["per_background"]))
-    per_bg = [["background", *(r["model"] for r in records)]]
-    per_bg += [
-        [b, *(percent(r["per_background"].get(b, {}).get("acc")) for r in records)]
-        for b in backgrounds
-    ]
-    return table + "\n\naccuracy (%) per background\n" + _align(per_bg)
-
-
-def _align(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-
-
-def read_predictions(record: dict[str, Any]) -> list[dict[str, Any]]:
-    path = Path(record["predictions"])
-    if not path.is_file():
-        raise DreamshiftError(f"predictions file {path} of {record['model']} is missing")
-    return pq.read_table(path).to_pylist()

@@ -38,9 +38,13 @@ from PIL import Image
 from tqdm import tqdm
 
 import dreamshift
-from dreamshift import dataset as ds
-from dreamshift.config import DreamConfig
-from dreamshift.dream.models import (
+from dreamshift.data import dataset as ds
+from dreamshift.data.images import encode_png, flush_to_disk, load_image, sha256_bytes
+from dreamshift.dream.config import DreamConfig
+from dreamshift.dream.prompts import load_recipe
+from dreamshift.dream.quality import quality_flag
+from dreamshift.errors import BadInputError, DreamshiftError
+from dreamshift.models.diffusers import (
     Dreamer,
     Request,
     hash_model,
@@ -48,10 +52,6 @@ from dreamshift.dream.models import (
     resolve_runtime,
     resolve_scheduler,
 )
-from dreamshift.dream.prompts import load_recipe
-from dreamshift.dream.quality import quality_flag
-from dreamshift.errors import BadInputError, DreamshiftError
-from dreamshift.images import encode_png, flush_to_disk, load_image, sha256_bytes
 from dreamshift.seeding import derive_seed, rng_for
 
 # columns a dreamed row takes over from its guide: labels, and for img2img/paste the layout
@@ -120,7 +120,7 @@ def _source_rows(cfg: DreamConfig) -> tuple[dict[str, Any], list[dict[str, Any]]
             f"source {cfg.source} is an unfinished dataset: run the command that made it again"
         )
     rows = [r for r in ds.read_manifest(cfg.source).to_pylist() if r["status"] == ds.OK]
-    if "spurious" in cfg.splits:
+    if ds.SPURIOUS in cfg.splits:
         raise DreamshiftError(
             f"split 'spurious' of {cfg.source} shows backgrounds without an object: there is "
             "nothing to dream (the audit reads it from the source dataset)"

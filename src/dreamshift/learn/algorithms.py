@@ -27,14 +27,17 @@ probes read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dreamshift.audit.classifiers import ARCHITECTURES
 from dreamshift.learn.mine import ESTIMATORS
+from dreamshift.config import Config
+from dreamshift.errors import DreamshiftError
+from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.registry import Registry
 
 
@@ -48,7 +51,7 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Hparams:
+class Hparams(Config):
     """Hyper-parameters of every algorithm (typed fields, not a string-keyed dict)."""
 
     lr: float = 2e-3
@@ -63,6 +66,20 @@ class Hparams:
     mi_lr: float = 1e-3
     mi_steps: int = 1  # estimator steps per update
     mi_anneal_steps: int = 0  # d3s: the MI penalty is off for this many updates (IRM's anneal)
+
+    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
+        "mi_estimator": lambda: tuple(ESTIMATORS)
+    }
+
+    def validate(self) -> None:
+        for name in ("lr", "mi_lr"):
+            if getattr(self, name) <= 0:
+                raise DreamshiftError(f"{name} = {getattr(self, name)} must be > 0")
+        for name in ("mi_steps", "irm_anneal_steps", "mi_anneal_steps"):
+            if getattr(self, name) < 0:
+                raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
+        if not 0 < self.fg_fraction < 1:
+            raise DreamshiftError(f"fg_fraction = {self.fg_fraction} must lie in (0, 1)")
 
 
 class Algorithm(nn.Module):

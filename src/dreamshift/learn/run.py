@@ -15,35 +15,40 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from dreamshift import dataset as ds
-from dreamshift.audit import metrics as M
-from dreamshift.audit.classifiers import WORLD_MEAN, WORLD_STD, Classifier
-from dreamshift.audit.evaluate import percent
-from dreamshift.audit.train import augment, load_split, to_input
+from dreamshift import metrics as M
+from dreamshift.data import dataset as ds
+from dreamshift.data.images import sha256_file
+from dreamshift.data.loading import load_split
+from dreamshift.data.transforms import Preprocessing, augment
+from dreamshift.engine.results import PROBES, append_record
+from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
-from dreamshift.images import sha256_file
+from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
 from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
+from dreamshift.models.classifier import Classifier
 from dreamshift.seeding import derive_seed
+from dreamshift.train.checkpoint import load_state
+from dreamshift.train.loop import TrainState, fit
+from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
 DONE = "done"
-CHECKPOINT = "checkpoint.pt"
-PROBES = "probes.jsonl"
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # written before 0.2: read with weights_only=True
 
 
 @dataclass(frozen=True)
-class LearnConfig:
+class LearnConfig(Config):
     algorithm: str = "erm"
     arch: str = "world-cnn"
     epochs: int = 10
@@ -57,18 +62,19 @@ class LearnConfig:
     erase: str = ""  # with features_from: "background" or "class", LEACE-erased from them
     hparams: Hparams = field(default_factory=Hparams)
 
-    def check(self) -> None:
-        ALGORITHMS.get(self.algorithm)
+    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
+        "algorithm": lambda: ALGORITHMS.names(),
+        "arch": lambda: ARCHITECTURES.names(),
+        "lr_schedule": lambda: LR_SCHEDULES,
+    }
+
+    def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise DreamshiftError(f"epochs {self.epochs} must be >= 1, batch size >= 2")
         if self.input_size < 8 or self.hparams.mi_anneal_steps < 0:
             raise DreamshiftError(
                 f"--input-size {self.input_size} must be >= 8 and --mi-anneal-steps "
                 f"{self.hparams.mi_anneal_steps} >= 0"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise DreamshiftError(
-                f"unknown lr schedule {self.lr_schedule!r}: choose {' or '.join(LR_SCHEDULES)}"
             )
         if self.features_from and not (Path(self.features_from) / DONE).exists():
             raise DreamshiftError(
@@ -89,18 +95,7 @@ class LearnConfig:
                 )
 
 
-LR_SCHEDULES = ("constant", "cosine")
 ERASABLE = ("background", "class")
-
-
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Multiplier of the peak learning rate at ``step`` of ``total``."""
-    if schedule == "constant":
-        return 1.0
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
@@ -186,30 +181,30 @@ def build(
     )
 
 
-def _state(algo: Algorithm) -> dict[str, Any]:
-    state = {"model": algo.state_dict(), "optimizer": algo.optimizer.state_dict()}
-    estimator_optimizer = getattr(algo, "estimator_optimizer", None)
-    if estimator_optimizer is not None:
-        state["estimator_optimizer"] = estimator_optimizer.state_dict()
-    return state
+def _train_state(algo: Algorithm) -> TrainState:
+    """What a learn checkpoint holds: the algorithm's weights and buffers, its optimizer and,
+    for d3s, the MI estimator's optimizer."""
+    return TrainState(
+        model=algo,
+        optimizer=algo.optimizer,
+        estimator_optimizer=getattr(algo, "estimator_optimizer", None),
+    )
 
 
-def _load_state(algo: Algorithm, state: dict[str, Any]) -> None:
-    algo.load_state_dict(state["model"])
-    algo.optimizer.load_state_dict(state["optimizer"])
-    estimator_optimizer = getattr(algo, "estimator_optimizer", None)
-    if estimator_optimizer is not None:
-        estimator_optimizer.load_state_dict(state["estimator_optimizer"])
+def _checkpoint_path(folder: Path) -> Path | None:
+    for name in (CHECKPOINT, LEGACY_CHECKPOINT):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 @torch.no_grad()
-def evaluate(algo: Algorithm, images, y, bg, size: int, n_boot: int = 200) -> dict[str, Any]:
+def evaluate(
+    algo: Algorithm, images, y, bg, prep: Preprocessing, n_boot: int = 200
+) -> dict[str, Any]:
     """Accuracy overall and per class x background group; worst group (WILDS naming)."""
     algo.eval()
-    preds = [
-        algo.predict(to_input(images[i : i + 256], size)).argmax(1)
-        for i in range(0, len(images), 256)
-    ]
+    preds = [algo.predict(prep(images[i : i + 256])).argmax(1) for i in range(0, len(images), 256)]
     correct = (torch.cat(preds) == y).numpy() if preds else np.zeros(0, bool)
     keys = list(zip(y.tolist(), bg.tolist(), strict=True))
     worst = M.worst_group(M.group_stats(correct, keys, n_boot=1))
@@ -263,40 +258,24 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         )
     resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
     algo = build(cfg, len(classes), len(backgrounds), fit_eraser=not resuming)
-    history: list[dict[str, Any]] = []
-    if resuming:
-        state = torch.load(folder / CHECKPOINT, weights_only=False)
-        _load_state(algo, state)
-        history = state["history"]
-        log(f"resuming {folder} after epoch {len(history)}")
-    algo.train()
+    prep = Preprocessing.world(cfg.input_size)
     steps = len(x) // cfg.batch_size
-    for epoch in range(len(history), cfg.epochs):
-        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+
+    def update(step: int, idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        lr = cfg.hparams.lr * lr_factor(cfg.lr_schedule, step, cfg.epochs * steps)
+        for group in algo.optimizer.param_groups:
+            group["lr"] = lr
+        return algo.update(Batch(augment(prep(x[idx]), g), y[idx], bg[idx]))
+
+    def epoch_generator(epoch: int) -> torch.Generator:
         torch.manual_seed(derive_seed(cfg.seed, "epoch-ops", epoch))  # shuffles inside update
-        order = torch.randperm(len(x), generator=g)
-        start, sums = time.perf_counter(), dict[str, float]()
-        for s in range(steps):
-            lr = cfg.hparams.lr * lr_factor(cfg.lr_schedule, epoch * steps + s, cfg.epochs * steps)
-            for group in algo.optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            batch = Batch(augment(to_input(x[idx], cfg.input_size), g), y[idx], bg[idx])
-            for k, v in algo.update(batch).items():
-                sums[k] = sums.get(k, 0.0) + v
-        entry = {
-            "epoch": epoch + 1,
-            **{k: round(v / steps, 5) for k, v in sums.items()},
-            "train_images_per_s": round(steps * cfg.batch_size / (time.perf_counter() - start), 1),
-        }
-        history.append(entry)
-        tmp = folder / (CHECKPOINT + ".tmp")
-        torch.save({**_state(algo), "history": history}, tmp)
-        tmp.replace(folder / CHECKPOINT)
-        log(
-            f"{cfg.algorithm} epoch {epoch + 1}/{cfg.epochs}: "
-            + ", ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch")
-        )
+        return torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+
+    algo.train()
+    history = fit(
+        cfg.algorithm, len(x), cfg.batch_size, cfg.epochs, update, epoch_generator,
+        _train_state(algo), folder / CHECKPOINT, log=log,
+    )  # fmt: skip
 
     split_metrics: dict[str, dict[str, Any]] = {}
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
@@ -304,9 +283,8 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     for split in cfg.eval_splits:
         if split in present:
             images, labels, bgs = load_split(root, split, classes, backgrounds)
-            split_metrics[split] = evaluate(algo, images, labels, bgs, cfg.input_size)
-    with open(out / "results.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(results) + "\n")
+            split_metrics[split] = evaluate(algo, images, labels, bgs, prep)
+    append_record(out / "results.jsonl", results)
     (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
     return folder
 
@@ -323,7 +301,11 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     cfg = LearnConfig(**c)
     cfg.check()
     algo = build(cfg, len(record["classes"]), len(record["backgrounds"]), fit_eraser=False)
-    _load_state(algo, torch.load(folder / CHECKPOINT, weights_only=False))
+    path = _checkpoint_path(folder)
+    if path is None:
+        raise DreamshiftError(f"{folder} has a done marker but no {CHECKPOINT}: train it again")
+    saved = load_state(path)
+    _train_state(algo).load_state_dict(saved.get("state", saved))
     algo.eval()
     return algo, record
 
@@ -344,7 +326,7 @@ class _RunNet(torch.nn.Module):
 
 
 def is_run(folder: str | Path) -> bool:
-    return (Path(folder) / "config.json").is_file() and (Path(folder) / CHECKPOINT).is_file()
+    return (Path(folder) / "config.json").is_file() and _checkpoint_path(Path(folder)) is not None
 
 
 def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
@@ -359,10 +341,8 @@ def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
         name=name,
         net=_RunNet(algo).to(device),
         classes=tuple(record["classes"]),
-        input_size=int(cfg["input_size"]),
-        mean=WORLD_MEAN,  # to_input's x / 127.5 - 1
-        std=WORLD_STD,
-        weights_sha256=sha256_file(folder / CHECKPOINT),
+        preprocessing=Preprocessing.world(int(cfg["input_size"])),  # as in training
+        weights_sha256=sha256_file(_checkpoint_path(folder) or folder / CHECKPOINT),
         device=device,
     )
 
@@ -370,8 +350,9 @@ def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
 @torch.no_grad()
 def _blocks(algo: Algorithm, images: torch.Tensor, size: int) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
+    prep = Preprocessing.world(size)
     for i in range(0, len(images), 256):
-        for k, v in algo.features(to_input(images[i : i + 256], size)).items():
+        for k, v in algo.features(prep(images[i : i + 256])).items():
             parts.setdefault(k, []).append(v.numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -428,62 +409,5 @@ def probe(
         "erase": erase,
         "matrix": matrix,
     }
-    with open(Path(folder) / PROBES, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
+    append_record(Path(folder) / PROBES, entry)
     return matrix
-
-
-def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
-    """The disentanglement matrix as a Markdown table: feature block -> label accuracy (%)."""
-    labels = list(matrix["chance"])
-    lines = ["| features | " + " | ".join(f"→ {lab}" for lab in labels) + " |"]
-    lines.append("|---|" + "---:|" * len(labels))
-    for block, row in matrix.items():
-        lines.append(f"| {block} | " + " | ".join(percent(row[lab]) for lab in labels) + " |")
-    return "\n".join(lines)
-
-
-def format_learn_table(
-    records: list[dict[str, Any]], splits: tuple[str, ...] = ("test", "anti")
-) -> str:
-    """The spurious-task table, one line per run: what it trained on (rho, paste or dreamed),
-    the algorithm (``on <run>`` for a head on frozen features, ``, background erased`` with
-    LEACE), and acc_avg [95 % CI] and
-    worst-group accuracy (%) on each split."""
-    head = "| algorithm | trained on | rho | epochs | seed |"
-    rule = "|---|---|---:|---:|---:|"
-    for split in splits:
-        head += f" {split} acc_avg [95% CI] | {split} acc_wg |"
-        rule += "---:|---:|"
-    lines = [head, rule]
-    for r in records:
-        cfg = r["config"]
-        algorithm = cfg["algorithm"]
-        if cfg.get("features_from"):
-            algorithm += f" on {Path(cfg['features_from']).name}"
-            if cfg.get("erase"):
-                algorithm += f", {cfg['erase']} erased"
-        stage = {"compose": "paste", "dream": "dreamed"}.get(r.get("dataset_stage") or "", "?")
-        rho = "–" if r.get("rho") is None else f"{r['rho']:g}"
-        cells = [algorithm, f"{Path(r['dataset']).name} ({stage})", rho]
-        cells += [str(cfg["epochs"]), str(cfg["seed"])]
-        for split in splits:
-            m = r["splits"].get(split)
-            if not m or m.get("acc_avg") is None:
-                cells += ["–", "–"]
-                continue
-            ci = m.get("acc_avg_ci") or [None, None]
-            cells += [
-                f"{percent(m['acc_avg'])} [{percent(ci[0])}, {percent(ci[1])}]",
-                percent(m["acc_wg"]),
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def read_probes(folder: str | Path) -> list[dict[str, Any]]:
-    """Every probe record of a run folder (``dreamshift probe`` appends one per call)."""
-    path = Path(folder) / PROBES
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

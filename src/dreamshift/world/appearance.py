@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dreamshift.images import flip_rotate
+from dreamshift.data.images import flip_rotate
 
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "spots", "mottled", "gradient")
 

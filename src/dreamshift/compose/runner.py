@@ -33,22 +33,20 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 import dreamshift
-from dreamshift import dataset as ds
-from dreamshift.config import ComposeConfig
-from dreamshift.errors import DreamshiftError
-from dreamshift.images import encode_png, flush_to_disk, sha256_bytes
-from dreamshift.seeding import derive_seed, rng_for
-from dreamshift.sources import (
+from dreamshift.compose.config import ComposeConfig
+from dreamshift.compose.sources import (
     BackgroundSource,
     ForegroundSource,
     background_source,
     foreground_source,
 )
+from dreamshift.data import dataset as ds
+from dreamshift.data.images import encode_png, flush_to_disk, sha256_bytes
+from dreamshift.errors import DreamshiftError
+from dreamshift.seeding import derive_seed, rng_for
 
-SPLITS = ("train", "val", "test", "anti", "spurious")
 # which held-out silhouettes each split draws from: anti-correlated images are test images
-FOREGROUND_SPLIT = {"train": "train", "val": "val", "test": "test", "anti": "test"}
-NO_FOREGROUND = "spurious"  # this split's images show a background alone
+FOREGROUND_SPLIT = {ds.TRAIN: ds.TRAIN, ds.VAL: ds.VAL, ds.TEST: ds.TEST, ds.ANTI: ds.TEST}
 
 
 @dataclass(frozen=True)
@@ -133,21 +131,21 @@ def plan_groups(cfg: ComposeConfig) -> dict[str, list[tuple[str, str]]]:
     classes, names = cfg.classes, cfg.background_names
     assigned = dict(cfg.recipe.assignment)
     r = cfg.recipe
-    groups: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    groups: dict[str, list[tuple[str, str]]] = {s: [] for s in ds.SPLITS}
     for ci, (c, n_c) in enumerate(zip(classes, _spread(r.train_size, len(classes)), strict=True)):
         n_on = round(r.rho * n_c)
-        groups["train"] += [(c, assigned[c])] * n_on
+        groups[ds.TRAIN] += [(c, assigned[c])] * n_on
         others = [b for b in names if b != assigned[c]]
         if others:
             for b, n_b in zip(others, _spread(n_c - n_on, len(others), ci), strict=True):
-                groups["train"] += [(c, b)] * n_b
+                groups[ds.TRAIN] += [(c, b)] * n_b
     for c in classes:
         for b in names:
-            groups["val"] += [(c, b)] * r.val_per_group
-            groups["test"] += [(c, b)] * r.test_per_group
+            groups[ds.VAL] += [(c, b)] * r.val_per_group
+            groups[ds.TEST] += [(c, b)] * r.test_per_group
             if b != assigned[c]:
-                groups["anti"] += [(c, b)] * r.anti_per_group
-        groups[NO_FOREGROUND] += [(c, assigned[c])] * r.spurious_per_class
+                groups[ds.ANTI] += [(c, b)] * r.anti_per_group
+        groups[ds.SPURIOUS] += [(c, assigned[c])] * r.spurious_per_class
     return groups
 
 
@@ -170,7 +168,7 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
             sample_id = f"{chash}-{index:07d}"
             seed = derive_seed(cfg.seed, sample_id)
             rng = rng_for(seed, "plan")
-            if split == NO_FOREGROUND:  # labelled by its background only
+            if split == ds.SPURIOUS:  # labelled by its background only
                 bg_id = bg.choose(b, rng)
                 specs.append(SampleSpec(index, sample_id, split, None, b, None, seed, None, bg_id))
                 continue
@@ -330,7 +328,7 @@ def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> d
                 "num_samples": sum(sum(v.values()) for v in counts.get(s, {}).values()),
                 "groups": counts.get(s, {}),
             }
-            for s in SPLITS
+            for s in ds.SPLITS
         },
         "num_samples": len(specs),
         "num_shards": num_shards,

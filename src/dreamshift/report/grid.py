@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dreamshift import dataset as ds
+from dreamshift.data import dataset as ds
+from dreamshift.data.images import load_image
 from dreamshift.errors import DreamshiftError
-from dreamshift.images import load_image
 
 
 def make_grid(root: str | Path, out: str | Path, split: str | None = None, cell: int = 64) -> Path:

@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dreamshift.assets import shipped
+from dreamshift.data.images import sha256_file
 from dreamshift.errors import DreamshiftError
-from dreamshift.images import sha256_file
 
 # name -> (diffusers scheduler class, config overrides). "model": the checkpoint's own.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -101,16 +102,14 @@ def check_model_folder(path: Path) -> None:
             )
 
 
-TINY_DREAM = "tiny-dream"  # the model shipped in the package (dreamshift.world.tiny_dream)
+TINY_DREAM = "tiny-dream"  # the model shipped in the package (dreamshift.studies.tiny_dream)
 
 
 def locate_model(model_id: str) -> ModelRef:
     """A local folder, or a hub id found in the Hugging Face cache (or downloaded, when the
     hub may be reached). Fails within seconds with what was looked for and what to do."""
     if model_id == TINY_DREAM:
-        from dreamshift.world.tiny_dream import shipped_pipeline_dir
-
-        path = shipped_pipeline_dir()
+        path = shipped("tiny-dream")
         check_model_folder(path)
         return ModelRef(model_id, path, None)
     path = Path(model_id).expanduser()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -37,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
 from dreamshift.seeding import derive_seed
+from dreamshift.train.checkpoint import load_state, save_state
 from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
@@ -47,13 +48,8 @@ MAX_TOKENS = 32  # every world prompt fits; longer prompts are cut, as CLIP cuts
 PROMPT_RECIPES = ("d3s", "imagenet-g")
 
 
-def shipped_pipeline_dir() -> Path:
-    """Where the package keeps the trained tiny-dream pipeline (``--model tiny-dream``)."""
-    return Path(__file__).parent / "weights" / "tiny-dream"
-
-
 @dataclass(frozen=True)
-class TrainDreamConfig:
+class TrainDreamConfig(Config):
     """What decides the trained weights. The defaults are the shipped model's (about an hour on
     two CPU cores)."""
 
@@ -78,7 +74,7 @@ class TrainDreamConfig:
     warmup_steps: int = 200
     checkpoint_every: int = 250
 
-    def check(self) -> None:
+    def validate(self) -> None:
         for name in ("train_renders", "vae_steps", "vae_batch", "unet_steps", "unet_batch"):
             if getattr(self, name) < 1:
                 raise DreamshiftError(f"train-dream: {name} must be at least 1")
@@ -119,14 +115,14 @@ def world_prompts() -> list[str]:
 
 def build_components(tokenizer_dir: Path, seed: int) -> dict[str, Any]:
     """Untrained tokenizer, text encoder, VAE and UNet of tiny-dream (deterministic for seed)."""
-    from dreamshift.dream.models import quiet_libraries
+    from dreamshift.models.diffusers import quiet_libraries
 
     quiet_libraries()
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from dreamshift.world.tiny_sd import write_byte_bpe_tokenizer
+    from dreamshift.models.tiny_sd import write_byte_bpe_tokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(
         write_byte_bpe_tokenizer(tokenizer_dir, prompt_words(), MAX_TOKENS)
@@ -196,8 +192,8 @@ def render_world(
     silhouettes and ``test_per_group`` of test silhouettes per class x background, every class
     on every background as often, with random appearance, scale 0.3-0.7 and rotation. They
     train tiny-dream and the oracles and are the guides of ``evaluate-dream``."""
-    from dreamshift.compose import compose
-    from dreamshift.config import ComposeConfig, Placement, ShiftRecipe
+    from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+    from dreamshift.compose.runner import compose
 
     compose_cfg = ComposeConfig(
         seed=seed,
@@ -220,7 +216,7 @@ def load_renders(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.nda
     """(images (N, 64, 64, 3) uint8, fg class index (N,), bg class index (N,)) of one split."""
     from PIL import Image
 
-    from dreamshift import dataset as ds
+    from dreamshift.data import dataset as ds
 
     rows = [
         r
@@ -259,25 +255,8 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, weights_only=False)
-    except Exception as exc:
-        raise DreamshiftError(
-            f"checkpoint {path} cannot be read ({exc}): delete it to restart that stage"
-        ) from exc
+    return load_state(path) if path.is_file() else None
 
 
 def _generator(seed: int, stage: str, step: int) -> Any:
@@ -322,7 +301,7 @@ def _run_steps(
         bar.set_postfix({metric: f"{np.mean(losses[-50:]):.4f}"})
         if step % cfg.checkpoint_every == 0 or step == total:
             state = {key: module.state_dict() for key, module in modules.items()}
-            _save_checkpoint(
+            save_state(
                 ckpt,
                 {**state, **(extra or {}), "step": step, "optimizer": opt.state_dict(),
                  "losses": losses},
@@ -579,7 +558,13 @@ def train_tiny_dream(
     parts = build_components(out / "tokenizer", cfg.seed)
     record: dict[str, Any] = {"config": asdict(cfg), "threads": torch.get_num_threads()}
     record["vae"] = train_vae(
-        parts["vae"], x_train, x_test, cfg, ckpts / "vae.pt", progress, stop_after.get("vae")
+        parts["vae"],
+        x_train,
+        x_test,
+        cfg,
+        ckpts / "vae.safetensors",
+        progress,
+        stop_after.get("vae"),
     )
     if record["vae"]["steps"] < cfg.vae_steps:
         return None
@@ -590,12 +575,18 @@ def train_tiny_dream(
     parts["scaling_factor"] = scaling
     record["vae"]["scaling_factor"] = scaling
     record["unet"] = train_unet(
-        parts, (means, stds), (fg, bg), cfg, ckpts / "unet.pt", progress, stop_after.get("unet")
+        parts,
+        (means, stds),
+        (fg, bg),
+        cfg,
+        ckpts / "unet.safetensors",
+        progress,
+        stop_after.get("unet"),
     )
     if record["unet"]["steps"] < cfg.unet_steps:
         return None
     record["decoder"] = finetune_decoder(
-        parts["vae"], x_train, x_test, cfg, ckpts / "decoder.pt", progress,
+        parts["vae"], x_train, x_test, cfg, ckpts / "decoder.safetensors", progress,
         stop_after.get("decoder"),
     )  # fmt: skip
     if record["decoder"]["steps"] < cfg.decoder_steps:

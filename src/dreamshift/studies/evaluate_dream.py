@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dreamshift import dataset as ds
+from dreamshift.data import dataset as ds
 from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
@@ -82,10 +82,10 @@ def evaluate_dream(
 ) -> list[Row]:
     """Compose the guides, dream every setting with run seeds 0 and 1 (cached datasets under
     ``out``), score them, write ``out/evaluation.json`` and ``out/evaluation_grid.png``."""
-    from dreamshift.config import DreamConfig
+    from dreamshift.dream.config import DreamConfig
     from dreamshift.dream.runner import dream
-    from dreamshift.world.oracles import load_oracle
-    from dreamshift.world.tiny_dream import render_world
+    from dreamshift.studies.oracles import load_oracle
+    from dreamshift.studies.tiny_dream import render_world
 
     out = Path(out)
     guides_dir = out / "guides"

@@ -101,7 +101,7 @@ def _read_yaml(path: Path | None) -> dict[str, Any]:
 
 
 def _compose_config(args: argparse.Namespace) -> Any:
-    from dreamshift.config import ComposeConfig
+    from dreamshift.compose.config import ComposeConfig
 
     base = _read_yaml(args.config)
     try:
@@ -139,7 +139,7 @@ def _compose_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
-    from dreamshift.compose import compose
+    from dreamshift.compose.runner import compose
 
     result = compose(
         _compose_config(args), args.out, workers=args.workers, progress=not args.no_progress
@@ -203,7 +203,7 @@ def _add_dream(sub: Any) -> None:
 
 
 def _dream_config(args: argparse.Namespace) -> Any:
-    from dreamshift.config import DreamConfig
+    from dreamshift.dream.config import DreamConfig
 
     base = _read_yaml(args.config)
     base["source"] = args.source
@@ -269,7 +269,7 @@ def _cmd_regenerate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from dreamshift.summary import dataset_info, failed_samples, format_info
+    from dreamshift.report.summary import dataset_info, failed_samples, format_info
 
     info = dataset_info(args.dataset)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -280,7 +280,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
-    from dreamshift.grid import make_grid
+    from dreamshift.report.grid import make_grid
 
     out = args.out or Path(args.dataset) / "grid.png"
     print(make_grid(args.dataset, out, split=args.split, cell=args.cell))
@@ -347,7 +347,9 @@ def _add_train_classifier(sub: Any) -> None:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from dreamshift.audit.evaluate import AuditConfig, audit, format_table
+    import dreamshift.learn  # noqa: F401  (registers learn run folders as --model)
+    from dreamshift.audit.evaluate import AuditConfig, audit
+    from dreamshift.report.tables import format_table
 
     cfg = AuditConfig(
         models=tuple(args.model),
@@ -412,7 +414,7 @@ def _add_audit(sub: Any) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from dreamshift.audit.report import write_report
+    from dreamshift.report.html import write_report
 
     print(write_report(args.results, args.out))
     return 0
@@ -562,24 +564,17 @@ def _cmd_world(args: argparse.Namespace) -> int:
     elif args.world_command == "preview":
         print(export.preview_sheet(args.out, size=args.size, seed=args.seed))
     elif args.world_command == "tiny-sd":
-        from dreamshift.world.tiny_sd import save_tiny_sd
+        from dreamshift.models.tiny_sd import save_tiny_sd
 
         print(save_tiny_sd(args.out, seed=args.seed))
     elif args.world_command == "train-dream":
-        from dreamshift.config import _reject_unknown_keys
-        from dreamshift.world.tiny_dream import TrainDreamConfig, train_tiny_dream
+        from dreamshift.studies.tiny_dream import TrainDreamConfig, train_tiny_dream
 
-        base = _read_yaml(args.config)
-        if args.seed is not None:
-            base["seed"] = args.seed
-        _reject_unknown_keys(TrainDreamConfig, base, "train-dream")
-        try:
-            cfg = TrainDreamConfig(**base)
-        except TypeError as exc:
-            raise DreamshiftError(f"config {args.config}: {exc}") from exc
+        cfg = TrainDreamConfig.from_yaml(args.config).replace(seed=args.seed)
+        cfg.check()
         print(train_tiny_dream(args.out, cfg, workers=args.workers, progress=not args.quiet))
     elif args.world_command == "train-oracles":
-        from dreamshift.world.oracles import OracleConfig, train_oracles
+        from dreamshift.studies.oracles import OracleConfig, train_oracles
 
         names = ("seed", "train_renders", "test_per_group", "fg_epochs", "bg_epochs")
         given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -587,7 +582,7 @@ def _cmd_world(args: argparse.Namespace) -> int:
         acc = train_oracles(args.out, ocfg, workers=args.workers)
         print(f"oracles in {args.out}: held-out accuracy fg {acc['fg']:.2%}, bg {acc['bg']:.2%}")
     elif args.world_command == "evaluate-dream":
-        from dreamshift.world.evaluate_dream import evaluate_dream, format_table
+        from dreamshift.studies.evaluate_dream import evaluate_dream, format_table
 
         rows = evaluate_dream(
             args.out,

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from dreamshift.data.images import flip_rotate, load_image
 from dreamshift.errors import BadInputError, DreamshiftError
-from dreamshift.images import flip_rotate, load_image
 from dreamshift.world import animals, backgrounds
 from dreamshift.world.appearance import paint_silhouette
 

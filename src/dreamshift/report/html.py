@@ -24,9 +24,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dreamshift.audit import metrics as M
-from dreamshift.audit.evaluate import format_table, read_predictions, read_results
+from dreamshift import metrics as M
+from dreamshift.engine.results import read_records
 from dreamshift.errors import DreamshiftError
+from dreamshift.report.tables import (
+    format_learn_table,
+    format_probe_table,
+    format_table,
+    read_predictions,
+    read_probes,
+)
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -221,8 +228,6 @@ def _latest(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def learn_section(records: Sequence[dict[str, Any]]) -> list[str]:
     """HTML of learn runs: the task table per training dataset and each run's probe matrices.
     Records carry ``folder``, their run folder (added by :func:`write_report`)."""
-    from dreamshift.learn.run import format_learn_table, format_probe_table, read_probes
-
     body = ["<h2>Learn runs</h2>"]
     latest = list({r["folder"]: r for r in records}.values())
     by_dataset: dict[str, list[dict[str, Any]]] = {}
@@ -306,7 +311,7 @@ def write_report(results: Sequence[str | Path], out: str | Path) -> Path:
     """Write the report of one or more ``results.jsonl`` files to ``out``."""
     records = []
     for path in results:
-        for r in read_results(path):
+        for r in read_records(path):
             if "run" in r:  # a learn run: its folder sits next to results.jsonl
                 r["folder"] = str(Path(path).parent / r["run"])
             records.append(r)

@@ -8,8 +8,8 @@
     <dataset>/shards/00000.parquet  the shard's rows
     <dataset>/shards/00000.done   JSON stats; written last, after images and rows are durable
 
->>> read_manifest("out/demo/paste").num_rows  # doctest: +SKIP
-1242
+>>> DatasetLayout("out/paste").shard_done(3).as_posix()
+'out/paste/shards/00003.done'
 """
 
 from __future__ import annotations
@@ -23,13 +23,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dreamshift.data.images import write_atomic
 from dreamshift.errors import DreamshiftError
-from dreamshift.images import write_atomic
 
 SCHEMA_VERSION = 2
 DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.parquet"
 OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (black)
+
+# split names, in the order a composed dataset lists them. "anti" holds every class on every
+# background but its assigned one; "spurious" holds backgrounds alone (fg_class is None).
+TRAIN, VAL, TEST, ANTI, SPURIOUS = "train", "val", "test", "anti", "spurious"
+SPLITS = (TRAIN, VAL, TEST, ANTI, SPURIOUS)
 
 MANIFEST_SCHEMA = pa.schema(
     [

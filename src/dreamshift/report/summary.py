@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dreamshift import dataset as ds
+from dreamshift.data import dataset as ds
 
 
 def dataset_info(root: str | Path) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""What decides a composed dataset: placement of the cut-outs, the shift recipe of the splits,
+and the sources. Same config -> same bytes; the resolved config is saved in ``dataset.json``.
+
+>>> cfg = ComposeConfig.from_dict({"size": 32, "placement": {"scale": 0.5}})
+>>> cfg.placement.scale, cfg.recipe.rho
+((0.5, 0.5), 0.95)
+>>> cfg.check()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from dreamshift.config import Config
+from dreamshift.errors import DreamshiftError
+
+POSITIONS = ("random", "center")
+
+
+@dataclass(frozen=True)
+class Placement(Config):
+    """Where and how a foreground cut-out is pasted.
+
+    ``scale``: (min, max) of the cut-out's longer side as a fraction of the image side
+    (D3S pastes at 0.4). ``feather``: Gaussian blur radius of the mask edge, in output pixels.
+    """
+
+    scale: tuple[float, float] = (0.4, 0.4)
+    position: str = "random"
+    feather: float = 0.0
+    flip: bool = True
+    max_rotation: float = 10.0
+
+    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {"position": lambda: POSITIONS}
+
+    @classmethod
+    def normalise(cls, d: dict[str, Any]) -> dict[str, Any]:
+        scale = d.get("scale")
+        if isinstance(scale, int | float) and not isinstance(scale, bool):  # a number or a range
+            d["scale"] = (scale, scale)
+        return d
+
+    def validate(self) -> None:
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise DreamshiftError(f"scale range {lo}..{hi} must satisfy 0 < min <= max <= 1")
+        if self.feather < 0 or self.max_rotation < 0:
+            raise DreamshiftError("feather and max rotation must be >= 0")
+
+
+@dataclass(frozen=True)
+class ShiftRecipe(Config):
+    """Which (class, background) groups each split holds.
+
+    ``rho`` is the confounder strength: the share of a class's training images that show it on
+    its assigned background (Waterbirds uses 0.95); the rest are spread evenly over the other
+    backgrounds. val and test are balanced (``*_per_group`` images of every class x background);
+    ``anti`` holds every class on every background except its assigned one. ``spurious``
+    holds ``spurious_per_class`` images of each class's assigned background *without* the
+    animal: the spurious feature alone, for the audit's spurious accuracy.
+    ``assignment``: (class, background) pairs; classes not listed get background
+    ``i mod n_backgrounds`` in order.
+    """
+
+    rho: float = 0.95
+    train_size: int = 2000
+    val_per_group: int = 2
+    test_per_group: int = 5
+    anti_per_group: int = 2
+    spurious_per_class: int = 0
+    assignment: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def normalise(cls, d: dict[str, Any]) -> dict[str, Any]:
+        pairs = d.get("assignment", ())  # {class: background} or [[class, background], ...]
+        if isinstance(pairs, dict):
+            d["assignment"] = [list(p) for p in pairs.items()]
+        return d
+
+    def validate(self) -> None:
+        counts = ("train_size", "val_per_group", "test_per_group", "anti_per_group",
+                  "spurious_per_class")  # fmt: skip
+        if not 0.0 <= self.rho <= 1.0:
+            raise DreamshiftError(f"rho = {self.rho} must lie in [0, 1]")
+        for name in counts:
+            if getattr(self, name) < 0:
+                raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ComposeConfig(Config):
+    """Everything that decides a composed dataset's content. Same config -> same bytes.
+
+    ``foregrounds`` / ``backgrounds``: ``"world"`` or a folder (one sub-folder per class /
+    background label). ``classes`` / ``background_names``: a subset to use (empty = all).
+    """
+
+    foregrounds: str = "world"
+    backgrounds: str = "world"
+    classes: tuple[str, ...] = ()
+    background_names: tuple[str, ...] = ()
+    size: int = 64
+    seed: int = 0
+    placement: Placement = field(default_factory=Placement)
+    recipe: ShiftRecipe = field(default_factory=ShiftRecipe)
+    share_foregrounds: bool = False
+    shard_size: int = 256
+
+    def validate(self) -> None:
+        for what, names in (("classes", self.classes), ("background_names", self.background_names)):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise DreamshiftError(f"{what} lists {repeated} more than once")
+        if not 8 <= self.size <= 4096:
+            raise DreamshiftError(f"size = {self.size}: choose a side between 8 and 4096 pixels")
+        if self.shard_size < 1:
+            raise DreamshiftError(f"shard_size = {self.shard_size} must be >= 1")
+
+    def content_hash(self) -> str:
+        """Hash of what decides the pixels (not the shard layout); it prefixes sample ids."""
+        d = self.to_dict()
+        d.pop("shard_size")
+        if not d["recipe"]["spurious_per_class"]:  # added later: unused, old hashes stand
+            d["recipe"].pop("spurious_per_class")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

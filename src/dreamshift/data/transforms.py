@@ -1,0 +1,101 @@
+"""Model inputs: one preprocessing per model family, and the one training augmentation.
+
+A model's preprocessing is data stored next to its weights (as timm keeps mean, std and input
+size in a model's pretrained config), never restated by the code that calls it:
+
+- the **world** family (every classifier trained here, learn runs, the oracles): pixels mapped
+  to [-1, 1] (``x / 127.5 - 1``, i.e. mean = std = 0.5), then resized to the input side;
+- ImageNet-trained zoo models: ``(x / 255 - mean) / std`` with their own mean and std.
+
+>>> import numpy as np
+>>> prep = Preprocessing.world(32)
+>>> prep(np.full((2, 64, 64, 3), 255, np.uint8)).shape
+torch.Size([2, 3, 32, 32])
+>>> Preprocessing.from_dict(prep.to_dict()) == prep
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dreamshift.errors import DreamshiftError
+
+RESIZES = ("bilinear", "area")  # bilinear is antialiased (PIL-like) when shrinking
+WORLD_MEAN = (0.5, 0.5, 0.5)
+WORLD_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """uint8 images (N, H, W, 3) -> model input (N, 3, S, S), normalised then resized."""
+
+    input_size: int
+    mean: tuple[float, float, float] = WORLD_MEAN
+    std: tuple[float, float, float] = WORLD_STD
+    resize: str = "bilinear"
+
+    @classmethod
+    def world(cls, input_size: int, resize: str = "bilinear") -> Preprocessing:
+        return cls(input_size, WORLD_MEAN, WORLD_STD, resize)
+
+    def __call__(self, images: np.ndarray | torch.Tensor, device: str = "cpu") -> torch.Tensor:
+        x = (
+            images
+            if isinstance(images, torch.Tensor)
+            else torch.from_numpy(np.ascontiguousarray(images))
+        )
+        x = x.to(device).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+        if self.mean == WORLD_MEAN and self.std == WORLD_STD:
+            x = x / 127.5 - 1.0  # the world's [-1, 1], as every world model was trained
+        else:
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            x = (x / 255.0 - mean) / std
+        size = self.input_size
+        if x.shape[-2:] != (size, size):
+            if self.resize == "area":
+                x = nn.functional.interpolate(x, size=(size, size), mode="area")
+            else:
+                x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        return x
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "preprocessing") -> Preprocessing:
+        try:
+            prep = cls(
+                int(d["input_size"]),
+                tuple(float(v) for v in d.get("mean", WORLD_MEAN)),  # type: ignore[arg-type]
+                tuple(float(v) for v in d.get("std", WORLD_STD)),  # type: ignore[arg-type]
+                str(d.get("resize", "bilinear")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DreamshiftError(f"{where}: not a valid preprocessing record ({exc!r})") from exc
+        if prep.resize not in RESIZES or len(prep.mean) != 3 or len(prep.std) != 3:
+            raise DreamshiftError(f"{where}: resize must be one of {RESIZES}, mean/std 3 values")
+        return prep
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random crop with 4-pixel zero padding, per image
+    (the CIFAR recipe of He et al. 2016). ``x``: (B, 3, H, W)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    padded = nn.functional.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=g)
+    dx = torch.randint(0, 9, (n,), generator=g)
+    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, 3, h, w + 8)
+    x = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, 3, h, w)
+    return x.gather(3, cols)

@@ -1,0 +1,94 @@
+"""What decides a dream run: which guides, which model and which sampler settings.
+
+>>> cfg = DreamConfig.from_dict({"source": "out/paste", "steps": 20, "splits": ["test"]})
+>>> cfg.splits, cfg.strength
+(('test',), 0.8)
+>>> DreamConfig(source="out/paste", mode="inpaint").check()
+Traceback (most recent call last):
+dreamshift.errors.DreamshiftError: mode = 'inpaint': choose one of img2img, txt2img, paste
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from dreamshift.config import Config
+from dreamshift.errors import DreamshiftError
+
+DREAM_MODES = ("img2img", "txt2img", "paste")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class DreamConfig(Config):
+    """A dream run: which guides, which model and sampler settings make the images.
+
+    ``source``: a composed dataset directory. ``model``: ``tiny-dream`` (the small model
+    trained on the embedded world and shipped in the package), a diffusers folder or a hub
+    id. ``mode``: ``img2img`` (D3S: guide + prompt),
+    ``txt2img`` (ImageNet-G: prompt only; the guide's labels are kept) or ``paste`` (the guide
+    copied unchanged, the no-diffusion baseline). ``prompts``: a shipped recipe name (``d3s``,
+    ``imagenet-g``) or a YAML recipe file. ``negative_prompt``: None takes the recipe's.
+    ``scheduler``: ``model`` (the checkpoint's own) or a name from
+    :data:`dreamshift.models.diffusers.SCHEDULERS`. ``threads``: torch threads per worker on the
+    CPU (None: cores / workers); results are bit-exact only for the same thread count, so it
+    is recorded. ``batch_invariant``: run the networks one sample at a time inside a batch, so
+    that pixels do not depend on batch size (the default; see ``dreamshift.models.diffusers``).
+    """
+
+    source: str
+    mode: str = "img2img"
+    model: str = "tiny-dream"
+    prompts: str = "d3s"
+    negative_prompt: str | None = None
+    scheduler: str = "model"
+    steps: int = 30
+    strength: float = 0.8
+    guidance_scale: float = 7.5
+    width: int | None = None
+    height: int | None = None
+    splits: tuple[str, ...] = ()
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    batch_invariant: bool = True
+    compile: bool = False
+    shard_size: int = 64
+
+    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
+        "mode": lambda: DREAM_MODES,
+        "device": lambda: DEVICES,
+        "dtype": lambda: DTYPES,
+    }
+
+    def validate(self) -> None:
+        for name in ("width", "height", "threads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise DreamshiftError(f"{name} = {v!r} must be a whole number >= 1")
+        if self.mode != "paste" and not self.model:
+            raise DreamshiftError(
+                f"mode {self.mode} needs a model: tiny-dream, or a diffusers Stable Diffusion "
+                "folder or hub id"
+            )
+        if self.steps < 1:
+            raise DreamshiftError(f"steps = {self.steps} must be >= 1")
+        if not 0.0 < self.strength <= 1.0:
+            raise DreamshiftError(f"strength = {self.strength} must lie in (0, 1]")
+        if self.mode == "img2img" and int(self.steps * self.strength) < 1:
+            raise DreamshiftError(
+                f"steps x strength = {self.steps} x {self.strength} runs no denoising step "
+                "(img2img runs int(steps * strength) of them): raise --steps or --strength"
+            )
+        if self.guidance_scale < 0:
+            raise DreamshiftError(f"guidance_scale = {self.guidance_scale} must be >= 0")
+        if self.shard_size < 1:
+            raise DreamshiftError(f"shard_size = {self.shard_size} must be >= 1")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and self.mode != "paste" and v % 8:
+                raise DreamshiftError(f"{name} = {v}: Stable Diffusion needs a multiple of 8")

@@ -1,0 +1,59 @@
+"""``results.jsonl``: one JSON record per line, appended under an exclusive file lock so that
+runs writing to the same file at once (a sweep over several processes, DomainBed-style)
+never interleave their lines.
+
+>>> import tempfile
+>>> path = Path(tempfile.mkdtemp()) / "results.jsonl"
+>>> append_record(path, {"run": "a", "acc": 0.5})
+>>> append_records(path, [{"run": "b"}, {"run": "c"}])
+>>> [r["run"] for r in read_records(path)]
+['a', 'b', 'c']
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dreamshift.errors import DreamshiftError
+
+RESULTS = "results.jsonl"
+PROBES = "probes.jsonl"  # in a learn run folder: one record per `dreamshift probe`
+
+
+def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Append ``records`` as one locked, flushed write (whole lines, never interleaved)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    append_records(path, [record])
+
+
+def read_records(path: str | Path, what: str = "`dreamshift audit`") -> list[dict[str, Any]]:
+    """Every record of a ``results.jsonl``; a missing file or a line that is not JSON is an
+    error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DreamshiftError(f"no results file {path}: run {what} first")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DreamshiftError(f"{path} line {n} is not JSON ({exc})") from exc
+    return records

@@ -1,0 +1,69 @@
+"""``load_classifier(spec)``: the one place a model spec becomes a :class:`Classifier`.
+
+- ``world-cnn``, ``world-resnet18``: the world's ERM classifiers shipped in the package;
+- a folder: any kind registered in :data:`FOLDER_KINDS` (a stage that writes classifier
+  folders registers its own reader here, e.g. ``dreamshift.learn`` for its run folders), else a
+  folder written by ``dreamshift train-classifier``;
+- ``timm:NAME``, ``torchvision:NAME``, ``open_clip:ARCH/PRETRAINED`` (:mod:`dreamshift.models.zoo`).
+
+>>> load_classifier("world-resnet18").classes[:3]
+('bear', 'bird', 'cat')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamshift.assets import shipped
+from dreamshift.errors import DreamshiftError
+from dreamshift.models.architectures import ARCHITECTURES
+from dreamshift.models.classifier import Classifier, load_checkpoint
+from dreamshift.models.zoo import SOURCES
+from dreamshift.registry import Registry
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """A kind of classifier folder: how to recognise it and how to load it."""
+
+    recognise: Callable[[Path], bool]
+    load: Callable[[Path, str], Classifier]
+
+
+FOLDER_KINDS: Registry[FolderKind] = Registry("classifier folder kind")
+
+
+def shipped_classifiers() -> list[str]:
+    return ARCHITECTURES.names("world-*")
+
+
+def load_classifier(
+    spec: str, dataset_classes: Sequence[str] = (), device: str = "cpu"
+) -> Classifier:
+    """The classifier a spec names (see the module docstring). ``dataset_classes`` are used by
+    zero-shot models to write their prompts."""
+    folder = Path(spec)
+    if folder.is_dir():
+        for name in FOLDER_KINDS.names():
+            kind = FOLDER_KINDS.get(name)
+            if kind.recognise(folder):
+                return kind.load(folder, device)
+        return load_checkpoint(folder, device)
+    if spec in shipped_classifiers():
+        folder = shipped("classifiers") / spec
+        if not folder.is_dir():
+            raise DreamshiftError(
+                f"the shipped {spec} checkpoint is missing from {folder}: reinstall dreamshift "
+                f"or train one with `dreamshift train-classifier DATASET --arch {spec}`"
+            )
+        return load_checkpoint(folder, device)
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in SOURCES:
+        return SOURCES.get(prefix)(rest, dataset_classes, device)
+    raise DreamshiftError(
+        f"unknown model {spec!r}: give a classifier folder, one of "
+        f"{', '.join(shipped_classifiers())}, or SOURCE:NAME with SOURCE one of "
+        f"{', '.join(SOURCES.names())} (e.g. timm:resnet50)"
+    )

@@ -1,0 +1,87 @@
+"""Oracles: classifiers that name the foreground class and the background of a world image.
+
+They stand in for the human label check of D3S (Kattakinda et al. 2022, Sec. 4: annotators
+confirmed that generated images show their class and background) and measure the *label
+fidelity* of dreamed images. Two small CNNs trained on clean world renders
+(:mod:`dreamshift.studies.oracles` trains them; the package ships a pair).
+
+>>> import numpy as np
+>>> load_oracle("bg").predict(np.zeros((1, 64, 64, 3), np.uint8))[0] in NAMES["bg"]
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamshift.assets import shipped
+from dreamshift.data.transforms import Preprocessing
+from dreamshift.errors import DreamshiftError
+from dreamshift.world.animals import CLASSES
+from dreamshift.world.backgrounds import BACKGROUNDS
+
+NAMES = {"fg": CLASSES, "bg": BACKGROUNDS}
+INPUT = 32  # the oracles see images resized to 32x32
+
+
+def _net(n_classes: int) -> Any:
+    """Four conv-BN-ReLU-maxpool stages (32-64-128-128 channels), global average pooling and a
+    linear head: about 240 k parameters, input (B, 3, 32, 32) in [-1, 1]."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    for cin, cout in ((3, 32), (32, 64), (64, 128), (128, 128)):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, n_classes)]
+    return nn.Sequential(*layers)
+
+
+PREPROCESSING = Preprocessing.world(INPUT, resize="area")  # [-1, 1], area-averaged to 32x32
+
+
+def prepare(images: np.ndarray) -> Any:
+    """(N, H, W, 3) uint8 -> (N, 3, 32, 32) float in [-1, 1] (area-averaged)."""
+    return PREPROCESSING(images)
+
+
+@dataclass(frozen=True)
+class Oracle:
+    kind: str
+    names: tuple[str, ...]
+    net: Any
+
+    def logits(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
+        import torch
+
+        out = [np.zeros((0, len(self.names)), np.float32)]
+        with torch.inference_mode():
+            for i in range(0, len(images), batch):
+                out.append(self.net(prepare(images[i : i + batch])).numpy())
+        return np.concatenate(out)
+
+    def predict(self, images: np.ndarray) -> list[str]:
+        """Label names of (N, H, W, 3) uint8 images."""
+        return [self.names[i] for i in self.logits(images).argmax(1)]
+
+
+def load_oracle(kind: str, folder: str | Path | None = None) -> Oracle:
+    """The ``fg`` or ``bg`` oracle from ``folder`` (default: the ones shipped in the package)."""
+    from safetensors.torch import load_file
+
+    if kind not in NAMES:
+        raise DreamshiftError(f"unknown oracle {kind!r}: choose fg or bg")
+    folder = Path(folder) if folder else shipped("oracles")
+    weights = folder / f"{kind}.safetensors"
+    if not weights.is_file():
+        raise DreamshiftError(
+            f"no {kind} oracle at {weights}: train one with `dreamshift world train-oracles`"
+        )
+    net = _net(len(NAMES[kind]))
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    return Oracle(kind, tuple(NAMES[kind]), net)

@@ -1,0 +1,127 @@
+"""The tables of audit and learn results, as text (terminal) and Markdown (README), built from
+their ``results.jsonl`` records alone.
+
+>>> percent(0.8123), percent(None)
+('81.2', '–')
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from dreamshift.engine.results import PROBES
+from dreamshift.errors import DreamshiftError
+
+
+def percent(v: float | None) -> str:
+    """A fraction as a percentage with one decimal; '–' for None."""
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """The audit table: one line per model, then accuracy per background."""
+    head = ["model", "n", "acc_avg [95% CI]", "acc_wg (group)", "bg_gap"]
+    has_id = any("acc_id" in r for r in records)
+    has_spurious = any("spurious_acc" in r for r in records)
+    head += ["acc_id", "rel. drop", "ER logit"] * has_id + ["spur. acc", "spur. AUC"] * has_spurious
+    lines = []
+    for r in records:
+        ci = r.get("acc_avg_ci")
+        wg = r.get("worst_group") or {}
+        cells = [
+            r["model"],
+            str(r["n"]),
+            f"{percent(r['acc_avg'])} [{percent(ci[0])}, {percent(ci[1])}]"
+            if ci
+            else percent(r["acc_avg"]),
+            f"{percent(r['acc_wg'])} ({'/'.join(str(v) for v in wg.values())})",
+            percent(r.get("bg_gap")),
+        ]
+        if has_id:
+            er = r.get("effective_robustness") or {}
+            logit_er = er.get("logit", {}).get("this_model")
+            cells += [percent(r.get("acc_id")), percent(r.get("relative_drop")), percent(logit_er)]
+        if has_spurious:
+            cells += [percent(r.get("spurious_acc")), percent(r.get("spurious_auc"))]
+        lines.append(cells)
+    table = _align([head, *lines])
+    backgrounds = list(dict.fromkeys(b for r in records for b in r["per_background"]))
+    per_bg = [["background", *(r["model"] for r in records)]]
+    per_bg += [
+        [b, *(percent(r["per_background"].get(b, {}).get("acc")) for r in records)]
+        for b in backgrounds
+    ]
+    return table + "\n\naccuracy (%) per background\n" + _align(per_bg)
+
+
+def _align(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def read_predictions(record: dict[str, Any]) -> list[dict[str, Any]]:
+    path = Path(record["predictions"])
+    if not path.is_file():
+        raise DreamshiftError(f"predictions file {path} of {record['model']} is missing")
+    return pq.read_table(path).to_pylist()
+
+
+def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
+    """The disentanglement matrix as a Markdown table: feature block -> label accuracy (%)."""
+    labels = list(matrix["chance"])
+    lines = ["| features | " + " | ".join(f"→ {lab}" for lab in labels) + " |"]
+    lines.append("|---|" + "---:|" * len(labels))
+    for block, row in matrix.items():
+        lines.append(f"| {block} | " + " | ".join(percent(row[lab]) for lab in labels) + " |")
+    return "\n".join(lines)
+
+
+def format_learn_table(
+    records: list[dict[str, Any]], splits: tuple[str, ...] = ("test", "anti")
+) -> str:
+    """The spurious-task table, one line per run: what it trained on (rho, paste or dreamed),
+    the algorithm (``on <run>`` for a head on frozen features, ``, background erased`` with
+    LEACE), and acc_avg [95 % CI] and
+    worst-group accuracy (%) on each split."""
+    head = "| algorithm | trained on | rho | epochs | seed |"
+    rule = "|---|---|---:|---:|---:|"
+    for split in splits:
+        head += f" {split} acc_avg [95% CI] | {split} acc_wg |"
+        rule += "---:|---:|"
+    lines = [head, rule]
+    for r in records:
+        cfg = r["config"]
+        algorithm = cfg["algorithm"]
+        if cfg.get("features_from"):
+            algorithm += f" on {Path(cfg['features_from']).name}"
+            if cfg.get("erase"):
+                algorithm += f", {cfg['erase']} erased"
+        stage = {"compose": "paste", "dream": "dreamed"}.get(r.get("dataset_stage") or "", "?")
+        rho = "–" if r.get("rho") is None else f"{r['rho']:g}"
+        cells = [algorithm, f"{Path(r['dataset']).name} ({stage})", rho]
+        cells += [str(cfg["epochs"]), str(cfg["seed"])]
+        for split in splits:
+            m = r["splits"].get(split)
+            if not m or m.get("acc_avg") is None:
+                cells += ["–", "–"]
+                continue
+            ci = m.get("acc_avg_ci") or [None, None]
+            cells += [
+                f"{percent(m['acc_avg'])} [{percent(ci[0])}, {percent(ci[1])}]",
+                percent(m["acc_wg"]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_probes(folder: str | Path) -> list[dict[str, Any]]:
+    """Every probe record of a run folder (``dreamshift probe`` appends one per call)."""
+    path = Path(folder) / PROBES
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

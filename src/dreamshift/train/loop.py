@@ -1,0 +1,106 @@
+"""The one resumable training loop of ``train-classifier``, ``learn`` and the oracles.
+
+Each epoch draws its data order from a ``torch.Generator`` that the caller seeds per epoch
+(``derive_seed(seed, "epoch", e)``), runs ``update(step, batch_indices, generator)`` on every
+full batch, logs the mean of what the updates return, and writes one checkpoint
+(:mod:`dreamshift.train.checkpoint`: safetensors, no pickle) holding the caller's state and
+the history. A relaunch loads it and continues with the next epoch, so a resumed run ends with
+the same weights as an uninterrupted one.
+
+>>> import torch
+>>> w = torch.zeros(1, requires_grad=True)
+>>> opt = torch.optim.SGD([w], lr=0.5)
+>>> def update(step, idx, g):
+...     loss = (w - 1.0).pow(2).sum()
+...     opt.zero_grad(); loss.backward(); opt.step()
+...     return {"loss": loss.item()}
+>>> history = fit(
+...     "toy", 8, 4, 2, update, lambda e: torch.Generator().manual_seed(e),
+...     TrainState(w=w, opt=opt), log=lambda line: None,
+... )
+>>> [h["epoch"] for h in history], round(w.item(), 4)
+([1, 2], 1.0)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamshift.train.checkpoint import load_state, save_state
+
+Update = Callable[[int, torch.Tensor, torch.Generator], dict[str, float]]
+
+
+class TrainState:
+    """The objects a checkpoint holds, by name: modules, optimizers and schedulers (anything
+    with ``state_dict``/``load_state_dict``), or tensors (copied in place on load)."""
+
+    def __init__(self, **parts: Any):
+        self.parts = {k: v for k, v in parts.items() if v is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: v.detach().clone() if isinstance(v, torch.Tensor) else v.state_dict()
+            for k, v in self.parts.items()
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in self.parts.items():
+            if isinstance(v, torch.Tensor):
+                with torch.no_grad():
+                    v.copy_(state[k])
+            else:
+                v.load_state_dict(state[k])
+
+
+def fit(
+    name: str,
+    num_examples: int,
+    batch_size: int,
+    epochs: int,
+    update: Update,
+    epoch_generator: Callable[[int], torch.Generator],
+    state: TrainState,
+    checkpoint: Path | None = None,
+    evaluate: Callable[[], dict[str, Any]] | None = None,
+    log: Callable[[str], Any] = print,
+) -> list[dict[str, Any]]:
+    """Train for ``epochs`` epochs of ``num_examples // batch_size`` updates (at least one);
+    returns the per-epoch history (mean of each value ``update`` returns, images/s, and what
+    ``evaluate`` returns). With ``checkpoint``, resume from it and write it after each epoch."""
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None and checkpoint.is_file():
+        saved = load_state(checkpoint)
+        state.load_state_dict(saved["state"])
+        history = list(saved["history"])
+        log(f"resuming {checkpoint.parent} after epoch {len(history)}")
+    steps = max(1, num_examples // batch_size)
+    for epoch in range(len(history), epochs):
+        g = epoch_generator(epoch)
+        order = torch.randperm(num_examples, generator=g)
+        start, sums = time.perf_counter(), dict[str, float]()
+        for s in range(steps):
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            for k, v in update(epoch * steps + s, idx, g).items():
+                sums[k] = sums.get(k, 0.0) + v
+        seconds = time.perf_counter() - start
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            **{k: round(v / steps, 5) for k, v in sums.items()},
+            "train_images_per_s": round(steps * batch_size / seconds, 1),
+        }
+        if evaluate is not None:
+            entry.update(evaluate())
+        history.append(entry)
+        if checkpoint is not None:
+            save_state(checkpoint, {"state": state.state_dict(), "history": history})
+        log(
+            f"{name} epoch {epoch + 1}/{epochs}: "
+            + ", ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch")
+        )
+    return history
