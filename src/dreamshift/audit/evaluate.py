@@ -9,7 +9,18 @@ and the spurious-only images (split ``spurious``: a background without an animal
 appended to ``results.jsonl``, one record per model x dataset x split, and each model's
 per-sample predictions are kept next to it for the report.
 
->>> records = audit(AuditConfig(models=("world-cnn",)), "out/demo/dream")  # doctest: +SKIP
+>>> import tempfile
+>>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+>>> from dreamshift.compose.runner import compose
+>>> tmp = tempfile.mkdtemp()
+>>> recipe = ShiftRecipe(train_size=16, val_per_group=1, test_per_group=2, anti_per_group=1)
+>>> world = ComposeConfig(classes=("cat", "zebra"), background_names=("grass", "snow"),
+...                       size=32, recipe=recipe)
+>>> _ = compose(world, f"{tmp}/world", progress=False)
+>>> cfg = AuditConfig(models=("world-cnn",), bootstrap=10)
+>>> records = audit(cfg, f"{tmp}/world", log=lambda line: None)
+>>> records[0]["model"], records[0]["split"], records[0]["n"]
+('world-cnn', 'test', 8)
 """
 
 from __future__ import annotations

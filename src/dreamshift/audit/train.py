@@ -9,7 +9,18 @@ uninterrupted one. The output folder holds ``classifier.json`` (architecture, cl
 preprocessing, config, per-epoch history) and ``model.safetensors``: load it with
 ``dreamshift audit DATASET --model FOLDER``.
 
->>> train_classifier("out/world", "out/cnn", TrainConfig(arch="world-cnn"))  # doctest: +SKIP
+>>> import tempfile
+>>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+>>> from dreamshift.compose.runner import compose
+>>> tmp = tempfile.mkdtemp()
+>>> recipe = ShiftRecipe(train_size=16, val_per_group=1, test_per_group=2, anti_per_group=1)
+>>> world = ComposeConfig(classes=("cat", "zebra"), background_names=("grass", "snow"),
+...                       size=32, recipe=recipe)
+>>> _ = compose(world, f"{tmp}/world", progress=False)
+>>> cfg = TrainConfig(epochs=1, batch_size=8, input_size=32)
+>>> record = train_classifier(f"{tmp}/world", f"{tmp}/cnn", cfg, log=lambda line: None)
+>>> record["architecture"], record["preprocessing"]["input_size"], len(record["history"])
+('world-cnn', 32, 1)
 """
 
 from __future__ import annotations

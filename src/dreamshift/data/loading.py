@@ -1,8 +1,9 @@
 """Reading a dataset's images: usable rows of a split, batches decoded ahead in threads, and a
 whole split in memory as tensors.
 
->>> from dreamshift.data.dataset import read_manifest
->>> rows = usable_rows(read_manifest("out/demo/paste").to_pylist(), "test")  # doctest: +SKIP
+>>> rows = [{"status": "ok", "split": "test"}, {"status": "failed", "split": "test"}]
+>>> len(usable_rows(rows, "test"))
+1
 """
 
 from __future__ import annotations

@@ -14,8 +14,12 @@
 Both expose ``bound(z, y)`` (what the feature extractor minimises) and ``critic_loss(z, y)``
 (what the estimator's own optimiser minimises, on detached features).
 
->>> mine = MINE(feature_dim=8, num_labels=3)
->>> mi = estimate_mi(mine, z, y, steps=500)  # nats  # doctest: +SKIP
+>>> _ = torch.manual_seed(0)
+>>> y = torch.randint(0, 2, (2000,))
+>>> z = torch.randn(2000, 2) + 4.0 * y[:, None]  # z determines y: I(Z; Y) close to log 2
+>>> mi = estimate_mi(MINE(feature_dim=2, num_labels=2), z, y, steps=200)  # nats
+>>> 0.4 < mi < 0.75
+True
 """
 
 from __future__ import annotations

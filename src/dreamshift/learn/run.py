@@ -7,8 +7,18 @@ hash included), so a relaunched sweep finds finished runs and skips them: the fo
 same weights) and, once finished, ``done``. Each finished run appends one record to
 ``OUT/results.jsonl``: accuracy overall and worst-group accuracy on every evaluated split.
 
->>> folder = learn("out/world", "runs", LearnConfig(algorithm="d3s"))  # doctest: +SKIP
->>> probe("out/world", folder)["fg"]["class"]  # doctest: +SKIP
+>>> import tempfile
+>>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+>>> from dreamshift.compose.runner import compose
+>>> tmp = tempfile.mkdtemp()
+>>> recipe = ShiftRecipe(train_size=16, val_per_group=1, test_per_group=2, anti_per_group=1)
+>>> world = ComposeConfig(classes=("cat", "zebra"), background_names=("grass", "snow"),
+...                       size=32, recipe=recipe)
+>>> _ = compose(world, f"{tmp}/world", progress=False)
+>>> cfg = LearnConfig(algorithm="d3s", epochs=1, batch_size=8, input_size=32)
+>>> folder = learn(f"{tmp}/world", f"{tmp}/runs", cfg, log=lambda line: None)
+>>> folder.name.startswith("d3s-"), sorted(probe(f"{tmp}/world", folder))
+(True, ['bg', 'chance', 'fg'])
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Each module exposes ``forward_features(x) -> (B, D)``, ``forward_head(features) 
 
 >>> net = ARCHITECTURES.get("world-cnn")(10)
 >>> net.num_features, sum(p.numel() for p in net.parameters())
-(256, 391370)
+(256, 391466)
 """
 
 from __future__ import annotations

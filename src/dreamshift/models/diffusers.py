@@ -17,9 +17,12 @@ versions. A batch of one runs unchanged, and on a CPU larger batches gain nothin
 GPU ``--no-batch-invariant`` buys throughput at the price of bit-exactness (pixels then agree
 to within float rounding).
 
->>> ref = locate_model("out/tiny-sd")  # doctest: +SKIP
->>> name, config = resolve_scheduler(ref.path, "ddim")  # doctest: +SKIP
->>> dreamer = Dreamer(ref.path, "img2img", name, config, resolve_runtime())  # doctest: +SKIP
+>>> ref = locate_model("tiny-dream")  # the model shipped in the package
+>>> name, config = resolve_scheduler(ref.path, "ddim")
+>>> dreamer = Dreamer(ref.path, "txt2img", name, config, resolve_runtime("cpu", "float32"))
+>>> image = dreamer.generate([Request("a photo of a zebra, snow", "", seed=0)], 2, 1.0, 7.5, 64, 64)
+>>> name, image[0].shape, image[0].dtype
+('DDIMScheduler', (64, 64, 3), dtype('uint8'))
 """
 
 from __future__ import annotations

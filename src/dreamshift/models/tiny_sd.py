@@ -10,7 +10,10 @@ vocabulary (a requirement of the BPE tokenizer).
 Saved with ``save_pretrained``, the result loads with ``from_pretrained`` exactly like a real
 checkpoint, so everything downstream takes the same code path on a CPU as on a GPU.
 
->>> path = save_tiny_sd("out/tiny-sd", seed=0)  # doctest: +SKIP
+>>> import tempfile
+>>> path = save_tiny_sd(Path(tempfile.mkdtemp()) / "tiny-sd", seed=0)
+>>> (path / "model_index.json").is_file()
+True
 """
 
 from __future__ import annotations

@@ -8,7 +8,20 @@ the spurious-task table (accuracy and worst-group accuracy per split, per run) a
 matrix of every probed run. Plots are inline SVG and images inline PNG, so the file can be
 mailed or archived alone.
 
->>> write_report(["out/demo/dream/audit/results.jsonl"], "report.html")  # doctest: +SKIP
+>>> import tempfile
+>>> from dreamshift.audit.evaluate import AuditConfig, audit
+>>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+>>> from dreamshift.compose.runner import compose
+>>> tmp = tempfile.mkdtemp()
+>>> recipe = ShiftRecipe(train_size=0, val_per_group=0, test_per_group=2, anti_per_group=0)
+>>> world = ComposeConfig(classes=("cat", "zebra"), background_names=("grass", "snow"),
+...                       size=32, recipe=recipe)
+>>> _ = compose(world, f"{tmp}/world", progress=False)
+>>> cfg = AuditConfig(models=("world-cnn",), bootstrap=10)
+>>> _ = audit(cfg, f"{tmp}/world", f"{tmp}/results.jsonl", log=lambda line: None)
+>>> page = write_report([f"{tmp}/results.jsonl"], f"{tmp}/report.html")
+>>> "Accuracy by background" in page.read_text()
+True
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ The result is saved with ``save_pretrained`` and loads with ``StableDiffusionPip
 ``StableDiffusionImg2ImgPipeline``. Every random draw of step ``s`` comes from a generator seeded
 by ``(seed, stage, s)``, so a resumed run computes exactly what an uninterrupted one does.
 
->>> train_tiny_dream("out/tiny-dream-train", TrainDreamConfig())  # doctest: +SKIP
+Run it with ``dreamshift world train-dream --out DIR`` (about an hour on 2 CPU cores).
 """
 
 from __future__ import annotations

@@ -1,0 +1,154 @@
+"""``dreamshift train-classifier``, ``dreamshift audit`` and ``dreamshift report``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dreamshift.cli.args import names
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser(
+        "train-classifier",
+        help="train a world classifier (ERM) on a dataset's training split",
+        description="Empirical risk minimisation of a world classifier on a dataset's train "
+        "split (the background-correlated one); val accuracy per epoch; resumable (run the "
+        "same command again). The folder it writes is a --model for `dreamshift audit`.",
+    )
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="classifier folder to write")
+    p.add_argument("--arch", help="architecture: world-cnn (default) or world-resnet18")
+    p.add_argument("--split", help="training split (train)")
+    p.add_argument("--val-split", help="split for the per-epoch accuracy (val)")
+    p.add_argument("--epochs", type=int, help="epochs (10)")
+    p.add_argument("--batch-size", type=int, help="batch size (128)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (2e-3)")
+    p.add_argument("--seed", type=int, help="seed (0)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        default=None,
+        help="bfloat16 autocast: only for CPUs/GPUs with native bf16 (10-30x slower without)",
+    )
+    p.add_argument(
+        "--half-weights",
+        action="store_true",
+        default=None,
+        help="store float16 weights (half the file size)",
+    )
+    p.set_defaults(func=train_classifier)
+    _add_audit(sub)
+    _add_report(sub)
+
+
+def _add_audit(sub: Any) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="accuracy of classifiers per foreground class and background, and shift metrics",
+        description="Evaluate classifiers on a dataset: accuracy overall, per background, per "
+        "class and per group, worst group, BG-gap, spurious accuracy and AUC (split "
+        "'spurious'), drop against an in-distribution dataset and effective robustness, "
+        "with bootstrap intervals. One record per model is appended to the results file.",
+    )
+    p.add_argument("dataset", type=Path)
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="repeatable: world-cnn, world-resnet18 (shipped), a train-classifier folder, "
+        "a learn run folder, timm:NAME, torchvision:NAME or open_clip:ARCH/PRETRAINED",
+    )
+    p.add_argument("--split", help="split to audit (default: test if present, else all)")
+    p.add_argument(
+        "--group-by",
+        type=names,
+        default=("fg_class", "bg_class"),
+        help="comma-separated manifest columns forming groups (fg_class,bg_class)",
+    )
+    p.add_argument(
+        "--in-distribution",
+        metavar="DATASET[:SPLIT]",
+        help="reference dataset for the drop and effective robustness",
+    )
+    p.add_argument("--label-map", help="YAML {class: [model labels or output indices]}")
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="results file to append to (default DATASET/audit/results.jsonl)",
+    )
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (1000)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--allow-empty-groups",
+        action="store_true",
+        help="audit even when a planned group has no usable images",
+    )
+    p.set_defaults(func=audit)
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="self-contained HTML page of audit and learn results, with plots"
+    )
+    p.add_argument("results", type=Path, nargs="+", help="results.jsonl file(s) of audit or learn")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file (report.html)")
+    p.set_defaults(func=report)
+
+
+def train_classifier(args: argparse.Namespace) -> int:
+    from dreamshift.audit.train import TrainConfig, train_classifier
+
+    cfg = TrainConfig().replace(
+        **{
+            k: getattr(args, k)
+            for k in (
+                "arch",
+                "split",
+                "val_split",
+                "epochs",
+                "batch_size",
+                "lr",
+                "seed",
+                "bf16",
+                "half_weights",
+            )
+        }
+    )
+    record = train_classifier(args.dataset, args.out, cfg)
+    last = record["history"][-1]
+    print(
+        f"wrote {args.out}: {record['architecture']}, {record['parameters']} parameters, "
+        f"val acc {last['val_acc']}"
+    )
+    return 0
+
+
+def audit(args: argparse.Namespace) -> int:
+    import dreamshift.learn  # noqa: F401  (registers learn run folders as a --model kind)
+    from dreamshift.audit.evaluate import AuditConfig, audit
+    from dreamshift.report.tables import format_table
+
+    cfg = AuditConfig(
+        models=tuple(args.model),
+        split=args.split or "",
+        group_by=args.group_by,
+        in_distribution=args.in_distribution or "",
+        label_map=args.label_map or "",
+        batch_size=args.batch_size,
+        bootstrap=args.bootstrap,
+        device=args.device,
+        allow_empty_groups=args.allow_empty_groups,
+    )
+    records = audit(cfg, args.dataset, args.results)
+    print(format_table(records))
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from dreamshift.report.html import write_report
+
+    print(write_report(args.results, args.out))
+    return 0

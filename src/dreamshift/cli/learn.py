@@ -1,0 +1,140 @@
+"""``dreamshift learn`` (training runs, one per algorithm x seed) and ``dreamshift probe``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from dreamshift.cli.args import names
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser(
+        "learn",
+        help="train ERM, GroupDRO, IRM, DANN or the D3S disentangled model on a dataset",
+        description="Train on the dataset's train split and evaluate on val/test/anti. Each "
+        "run gets a folder named by a hash of its config under --out (resumable; finished runs "
+        "are skipped); results are appended to OUT/results.jsonl.",
+    )
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder of runs")
+    p.add_argument(
+        "--algorithm",
+        type=names,
+        default=("erm",),
+        help="comma-separated: erm, groupdro, irm, dann, d3s (erm)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=lambda t: tuple(int(v) for v in names(t)),
+        default=(0,),
+        help="comma-separated seeds (0)",
+    )
+    p.add_argument("--arch", default="world-cnn", help="world-cnn or world-resnet18")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=64,
+        help="side the images are resized to (64); a head on --features-from must use its source's",
+    )
+    p.add_argument("--lr", type=float, help="learning rate (2e-3)")
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        help="constant (DomainBed's) or cosine (5 %% warm-up, cosine decay to 0)",
+    )
+    p.add_argument(
+        "--features-from",
+        type=Path,
+        help="a finished run folder: train only a head on its frozen features (the fg block of "
+        "a d3s run: D3S's classifier on invariant foreground features)",
+    )
+    p.add_argument(
+        "--erase",
+        help="with --features-from: background or class, removed from the frozen features by "
+        "LEACE (Belrose et al. 2023) fitted on the source run's training split",
+    )
+    p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
+    p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
+    p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
+    p.add_argument("--mi-lr", type=float, help="d3s: estimator learning rate (1e-3)")
+    p.add_argument(
+        "--mi-anneal-steps", type=int, help="d3s: updates before the MI penalty starts (0)"
+    )
+    p.set_defaults(func=learn)
+    q = sub.add_parser("probe", help="linear probes on a learn run's frozen feature blocks")
+    q.add_argument("run", type=Path, help="a finished run folder of `dreamshift learn`")
+    q.add_argument("dataset", type=Path)
+    q.add_argument("--train-split", default="train")
+    q.add_argument("--test-split", default="test")
+    q.add_argument(
+        "--erase",
+        action="store_true",
+        help="d3s runs: first remove the background from the fg block and the class from the "
+        "bg block with LEACE (Belrose et al. 2023), fitted on the train split",
+    )
+    q.set_defaults(func=probe)
+
+
+def configs(args: argparse.Namespace) -> list[Any]:
+    """One LearnConfig per algorithm x seed, every one checked before the first run starts."""
+    from dreamshift.learn.algorithms import Hparams
+    from dreamshift.learn.run import LearnConfig
+
+    hp = Hparams().replace(
+        **{
+            k: getattr(args, k)
+            for k in ("mi_estimator", "mi_weight", "mi_steps", "mi_anneal_steps", "mi_lr", "lr")
+        }
+    )
+    out = []
+    for algorithm in args.algorithm:
+        for seed in args.seeds:
+            cfg = LearnConfig(
+                algorithm=algorithm,
+                arch=args.arch,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                seed=seed,
+                input_size=args.input_size,
+                lr_schedule=args.lr_schedule,
+                features_from=str(args.features_from.resolve()) if args.features_from else "",
+                erase=args.erase or "",
+                hparams=hp,
+            )
+            cfg.check()
+            out.append(cfg)
+    return out
+
+
+def learn(args: argparse.Namespace) -> int:
+    from dreamshift.learn.run import learn
+
+    for cfg in configs(args):
+        folder = learn(args.dataset, args.out, cfg)
+        scores = json.loads((folder / "done").read_text())
+        print(
+            f"{folder}: "
+            + "; ".join(
+                f"{split} acc_avg {100 * m['acc_avg']:.1f} % acc_wg {100 * m['acc_wg']:.1f} %"
+                for split, m in scores.items()
+                if m["acc_avg"] is not None
+            )
+        )
+    return 0
+
+
+def probe(args: argparse.Namespace) -> int:
+    from dreamshift.learn.run import probe as probe_run
+
+    matrix = probe_run(args.dataset, args.run, args.train_split, args.test_split, args.erase)
+    labels = list(matrix["chance"])
+    width = max(len(block) for block in matrix)
+    print(f"{'features':{width}s} " + "  ".join(f"-> {lab:10s}" for lab in labels))
+    for block, row in matrix.items():
+        print(f"{block:{width}s} " + "  ".join(f"   {100 * row[lab]:6.1f} %  " for lab in labels))
+    return 0

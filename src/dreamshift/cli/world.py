@@ -1,0 +1,152 @@
+"""``dreamshift world ...``: the embedded world (info, export, preview) and the jobs that build
+its models (tiny-sd, train-dream, train-oracles, evaluate-dream)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add(sub: Any) -> None:
+    world = sub.add_parser(
+        "world", help="the embedded world: info, export, tiny-dream training, oracles, evaluation"
+    )
+    wsub = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
+    wsub.add_parser("info", help="classes, backgrounds and silhouette splits")
+    exp = wsub.add_parser("export", help="write world cut-outs and backgrounds as folders")
+    exp.add_argument("--out", required=True, type=Path)
+    exp.add_argument("--per-class", type=int, default=20, help="cut-outs per class (20)")
+    exp.add_argument("--per-background", type=int, default=10, help="images per background (10)")
+    exp.add_argument("--split", choices=["train", "val", "test"], default="train")
+    exp.add_argument("--fg-size", type=int, default=128, help="cut-out longer side (128)")
+    exp.add_argument("--bg-size", type=int, default=64, help="background side (64)")
+    pre = wsub.add_parser("preview", help="a PNG sheet of every background kind and some animals")
+    pre.add_argument("--out", required=True, type=Path)
+    pre.add_argument("--size", type=int, default=64)
+    pre.add_argument("--seed", type=int, default=0)
+    tiny = wsub.add_parser(
+        "tiny-sd",
+        help="save a tiny random-weight Stable Diffusion (diffusers format), for fast tests",
+    )
+    tiny.add_argument("--out", required=True, type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    train = wsub.add_parser(
+        "train-dream",
+        help="train tiny-dream (tokenizer, text encoder, VAE, UNet) on world renders; "
+        "resumes from OUT's checkpoints (about an hour on 2 CPU cores)",
+    )
+    train.add_argument("--out", required=True, type=Path)
+    train.add_argument("--seed", type=int, help="(default 0)")
+    train.add_argument(
+        "--config", type=Path, help="YAML of TrainDreamConfig fields (steps, batch sizes, ...)"
+    )
+    train.add_argument("--workers", type=int, default=2, help="processes that render (2)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    orc = wsub.add_parser(
+        "train-oracles", help="train the fg and bg oracles on clean world renders"
+    )
+    orc.add_argument("--out", required=True, type=Path)
+    orc.add_argument("--seed", type=int, help="(0)")
+    orc.add_argument("--train-renders", type=int, help="(30000)")
+    orc.add_argument("--test-per-group", type=int, help="held-out renders per group (10)")
+    orc.add_argument("--fg-epochs", type=int, help="(15)")
+    orc.add_argument("--bg-epochs", type=int, help="(1)")
+    orc.add_argument("--workers", type=int, default=2, help="processes that render (2)")
+    ev = wsub.add_parser(
+        "evaluate-dream",
+        help="label fidelity (oracles), change from the guide and diversity of a model's "
+        "img2img at several strengths and txt2img",
+    )
+    ev.add_argument("--out", required=True, type=Path, help="folder for guides and dreams")
+    ev.add_argument("--model", default="tiny-dream")
+    ev.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8, 1.0])
+    ev.add_argument("--per-group", type=int, default=2, help="guides per class x background")
+    ev.add_argument("--steps", type=int, default=30)
+    ev.add_argument("--guidance-scale", type=float, default=7.5)
+    ev.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    for name, parser in wsub.choices.items():
+        parser.set_defaults(func=COMMANDS[name])
+
+
+def info(args: argparse.Namespace) -> int:
+    from dreamshift.world.export import world_summary
+
+    print(world_summary())
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from dreamshift.world.export import export_world
+
+    out = export_world(
+        args.out, args.per_class, args.per_background, args.split, args.fg_size, args.bg_size
+    )
+    print(f"foregrounds in {out / 'foregrounds'}, backgrounds in {out / 'backgrounds'}")
+    return 0
+
+
+def preview(args: argparse.Namespace) -> int:
+    from dreamshift.world.export import preview_sheet
+
+    print(preview_sheet(args.out, size=args.size, seed=args.seed))
+    return 0
+
+
+def tiny_sd(args: argparse.Namespace) -> int:
+    from dreamshift.models.tiny_sd import save_tiny_sd
+
+    print(save_tiny_sd(args.out, seed=args.seed))
+    return 0
+
+
+def train_dream(args: argparse.Namespace) -> int:
+    from dreamshift.studies.tiny_dream import TrainDreamConfig, train_tiny_dream
+
+    cfg = TrainDreamConfig.from_yaml(args.config).replace(seed=args.seed)
+    cfg.check()
+    print(train_tiny_dream(args.out, cfg, workers=args.workers, progress=not args.quiet))
+    return 0
+
+
+def train_oracles(args: argparse.Namespace) -> int:
+    from dreamshift.studies.oracles import OracleConfig, train_oracles
+
+    names = ("seed", "train_renders", "test_per_group", "fg_epochs", "bg_epochs")
+    cfg = OracleConfig().replace(**{k: getattr(args, k) for k in names})
+    cfg.check()
+    acc = train_oracles(args.out, cfg, workers=args.workers)
+    print(f"oracles in {args.out}: held-out accuracy fg {acc['fg']:.2%}, bg {acc['bg']:.2%}")
+    return 0
+
+
+def evaluate_dream(args: argparse.Namespace) -> int:
+    from dreamshift.studies.evaluate_dream import evaluate_dream, format_table
+
+    rows = evaluate_dream(
+        args.out,
+        model=args.model,
+        strengths=tuple(args.strengths),
+        per_group=args.per_group,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        oracles=args.oracles,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(format_table(rows))
+    print(f"datasets, evaluation.json and evaluation_grid.png in {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "info": info,
+    "export": export,
+    "preview": preview,
+    "tiny-sd": tiny_sd,
+    "train-dream": train_dream,
+    "train-oracles": train_oracles,
+    "evaluate-dream": evaluate_dream,
+}
