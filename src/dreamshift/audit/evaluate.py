@@ -38,10 +38,10 @@ import pyarrow as pa
 import dreamshift
 from dreamshift import metrics as M
 from dreamshift.audit.labels import LabelMap, read_label_map
+from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import iter_batches, usable_rows
 from dreamshift.engine.results import append_records, read_records
-from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
 from dreamshift.models.loading import load_classifier

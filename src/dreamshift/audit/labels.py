@@ -10,7 +10,8 @@ names or output indices]}``), from the map shipped for ImageNet-1k models and th
 classes, or from equal names (case-insensitive). A dataset class no model output maps to is an
 error: the accuracy of a class the model cannot name means nothing.
 
->>> m = LabelMap.build(("cat", "tabby", "dog"), ("cat", "dog"), {"cat": ["cat", "tabby"], "dog": ["dog"]})
+>>> members = {"cat": ["cat", "tabby"], "dog": ["dog"]}
+>>> m = LabelMap.build(("cat", "tabby", "dog"), ("cat", "dog"), members)
 >>> m.members
 ((0, 1), (2,))
 """

@@ -26,18 +26,18 @@ preprocessing, config, per-epoch history) and ``model.safetensors``: load it wit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import load_split
 from dreamshift.data.transforms import Preprocessing, augment
-from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import save_checkpoint

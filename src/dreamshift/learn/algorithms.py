@@ -31,17 +31,17 @@ torch.Size([4, 2])
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dreamshift.learn.mine import ESTIMATORS
 from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
+from dreamshift.learn.mine import ESTIMATORS
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.registry import Registry
 

@@ -26,26 +26,26 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from dreamshift import metrics as M
+from dreamshift.config import Config
 from dreamshift.data import dataset as ds
-from dreamshift.data.images import sha256_file
+from dreamshift.data.images import sha256_file, write_atomic
 from dreamshift.data.loading import load_split
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.engine.results import PROBES, append_record
-from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
-from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
 from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
+from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import Classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
@@ -248,6 +248,18 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     if (folder / DONE).exists():
         log(f"{folder} is done: skipped")
         return folder
+    x, y, bg = load_split(root, cfg.split, classes, backgrounds)  # checked before any write
+    if len(x) == 0:
+        splits = sorted(set(ds.read_manifest(root).column("split").to_pylist()))
+        raise DreamshiftError(
+            f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train on "
+            "a dataset with that split, e.g. one made by `dreamshift compose --train-size N`"
+        )
+    if len(x) < cfg.batch_size:
+        raise DreamshiftError(
+            f"split {cfg.split!r} of {root} has {len(x)} usable images, fewer than one batch "
+            f"({cfg.batch_size}): lower --batch-size or compose a larger split"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     record = {
         "config": asdict(cfg),
@@ -258,14 +270,8 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         "classes": classes,
         "backgrounds": backgrounds,
     }
-    (folder / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(folder / "config.json", (json.dumps(record, indent=2) + "\n").encode())
 
-    x, y, bg = load_split(root, cfg.split, classes, backgrounds)
-    if len(x) < cfg.batch_size:
-        raise DreamshiftError(
-            f"split {cfg.split!r} of {root} has {len(x)} usable images, fewer than one batch "
-            f"({cfg.batch_size}): lower --batch-size or compose a larger split"
-        )
     resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
     algo = build(cfg, len(classes), len(backgrounds), fit_eraser=not resuming)
     prep = Preprocessing.world(cfg.input_size)

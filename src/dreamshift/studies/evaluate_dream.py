@@ -84,7 +84,7 @@ def evaluate_dream(
     ``out``), score them, write ``out/evaluation.json`` and ``out/evaluation_grid.png``."""
     from dreamshift.dream.config import DreamConfig
     from dreamshift.dream.runner import dream
-    from dreamshift.studies.oracles import load_oracle
+    from dreamshift.models.oracles import load_oracle
     from dreamshift.studies.tiny_dream import render_world
 
     out = Path(out)

@@ -63,6 +63,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
     tensors: dict[str, torch.Tensor] = {}
     structure = json.dumps(_encode(state, tensors))
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"dreamshift_state": structure})
     with open(tmp, "rb") as f:
