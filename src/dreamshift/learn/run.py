@@ -46,7 +46,7 @@ from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeat
 from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
 from dreamshift.models.architectures import ARCHITECTURES
-from dreamshift.models.classifier import Classifier
+from dreamshift.models.classifier import Classifier, preprocessing_of
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
 from dreamshift.train.loop import TrainState, fit
@@ -269,6 +269,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         "rho": _rho(root, meta),
         "classes": classes,
         "backgrounds": backgrounds,
+        "preprocessing": Preprocessing.world(cfg.input_size).to_dict(),
     }
     write_atomic(folder / "config.json", (json.dumps(record, indent=2) + "\n").encode())
 
@@ -357,7 +358,9 @@ def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
         name=name,
         net=_RunNet(algo).to(device),
         classes=tuple(record["classes"]),
-        preprocessing=Preprocessing.world(int(cfg["input_size"])),  # as in training
+        preprocessing=preprocessing_of(record, str(folder / "config.json"))
+        if "preprocessing" in record
+        else Preprocessing.world(int(cfg["input_size"])),  # runs of earlier versions
         weights_sha256=sha256_file(_checkpoint_path(folder) or folder / CHECKPOINT),
         device=device,
     )

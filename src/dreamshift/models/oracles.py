@@ -12,6 +12,7 @@ True
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,10 @@ def load_oracle(kind: str, folder: str | Path | None = None) -> Oracle:
         raise DreamshiftError(
             f"no {kind} oracle at {weights}: train one with `dreamshift world train-oracles`"
         )
+    record = folder / "oracles.json"
+    meta = json.loads(record.read_text()) if record.is_file() else {}
+    if Preprocessing.from_dict(meta.get("preprocessing", PREPROCESSING.to_dict())) != PREPROCESSING:
+        raise DreamshiftError(f"{record}: these oracles take another input than {PREPROCESSING}")
     net = _net(len(NAMES[kind]))
     net.load_state_dict(load_file(str(weights)))
     net.eval()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamshift.config import Config
-from dreamshift.models.oracles import INPUT, NAMES, _net, prepare
+from dreamshift.models.oracles import INPUT, NAMES, PREPROCESSING, _net, prepare
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, fit
 
@@ -122,6 +122,7 @@ def train_oracles(
     meta = {
         "names": {k: list(v) for k, v in NAMES.items()},
         "input": f"(B, 3, {INPUT}, {INPUT}), area-resized, x / 127.5 - 1",
+        "preprocessing": PREPROCESSING.to_dict(),
         "held_out_accuracy": {k: round(v, 4) for k, v in accuracies.items()},
         "held_out_images": len(test_images),
         "config": asdict(cfg),
