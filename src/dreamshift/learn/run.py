@@ -3,7 +3,7 @@ dataset directory, in the DomainBed manner (Gulrajani & Lopez-Paz 2021).
 
 A run's folder is named by the algorithm and a hash of its resolved config (dataset content
 hash included), so a relaunched sweep finds finished runs and skips them: the folder holds
-``config.json``, ``checkpoint.pt`` (written after every epoch; a relaunch resumes from it to the
+``config.json``, ``checkpoint.safetensors`` (written after every epoch; a relaunch resumes to the
 same weights) and, once finished, ``done``. Each finished run appends one record to
 ``OUT/results.jsonl``: accuracy overall and worst-group accuracy on every evaluated split.
 
@@ -54,7 +54,7 @@ from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
 DONE = "done"
 CHECKPOINT = "checkpoint.safetensors"
-LEGACY_CHECKPOINT = "checkpoint.pt"  # written before 0.2: read with weights_only=True
+LEGACY_CHECKPOINT = "checkpoint.pt"  # earlier versions: read with weights_only=True only
 
 
 @dataclass(frozen=True)
