@@ -42,7 +42,7 @@ from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import save_checkpoint
 from dreamshift.seeding import derive_seed
-from dreamshift.train.loop import TrainState, fit
+from dreamshift.train.loop import TrainState, descend, fit
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -123,11 +123,7 @@ def train_classifier(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = net(inputs)
         loss = nn.functional.cross_entropy(logits.float(), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return {"loss": loss.item()}
+        return descend(loss, opt, sched)
 
     def evaluate() -> dict[str, Any]:
         acc = accuracy_of(net, x_val, y_val, prep) if len(x_val) else None

@@ -21,7 +21,7 @@ from typing import Any
 from dreamshift.config import Config
 from dreamshift.models.oracles import INPUT, NAMES, PREPROCESSING, _net, prepare
 from dreamshift.seeding import derive_seed
-from dreamshift.train.loop import TrainState, fit
+from dreamshift.train.loop import TrainState, descend, fit
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,7 @@ def train_one(
         loss = torch.nn.functional.cross_entropy(
             net(_augment(x[idx], kind, g)), y[idx], label_smoothing=0.05
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return {"loss": loss.item()}
+        return descend(loss, opt, sched)
 
     def evaluate() -> dict[str, Any]:
         net.eval()

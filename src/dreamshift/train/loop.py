@@ -58,6 +58,17 @@ class TrainState:
                 v.load_state_dict(state[k])
 
 
+def descend(loss: torch.Tensor, optimizer: Any, schedule: Any = None) -> dict[str, float]:
+    """One gradient step on ``loss`` (then one step of the learning-rate ``schedule``); returns
+    ``{"loss": value}`` for the history."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    return {"loss": loss.item()}
+
+
 def fit(
     name: str,
     num_examples: int,
