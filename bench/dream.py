@@ -27,7 +27,7 @@ from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.runner import dream
-from dreamshift.models.diffusers import quiet_libraries
+from dreamshift.models.diffusion import quiet_libraries
 from dreamshift.models.tiny_sd import save_tiny_sd
 
 STEPS, STRENGTH, GUIDANCE = 8, 0.75, 7.5

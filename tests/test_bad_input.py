@@ -208,3 +208,31 @@ def test_run_killed_while_writing_its_first_metadata_resumes(folders, tmp_path):
     (out / "dataset.json.tmp").write_text('{"partial')  # what a kill before os.replace leaves
     assert _compose(fg, bg, out) == 0
     assert not (out / "dataset.json.tmp").exists()
+
+
+def test_a_16_bit_greyscale_image_keeps_its_gradient(folders):
+    fg, bg = folders
+    grad = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))
+    as_8bit = np.rint(grad / 257).astype(np.uint8)  # 0..65535 onto 0..255
+    Image.fromarray(grad).save(bg / "water" / "deep.png")  # a 16-bit greyscale PNG
+    assert Image.open(bg / "water" / "deep.png").mode in ("I;16", "I")
+    background = np.asarray(FolderBackgrounds(bg).image("water/deep.png", 64))
+    assert np.array_equal(background, np.stack([as_8bit] * 3, axis=-1))
+
+    Image.fromarray(np.ascontiguousarray(grad[:30, :40])).save(fg / "cat" / "grey.png")
+    Image.new("L", (40, 30), 255).save(fg / "cat" / "grey.mask.png")
+    cut, _, _ = FolderForegrounds(fg).cutout("cat/grey.png", rng_for(0), 40, False, 0)
+    rgb = np.asarray(cut)[..., :3]
+    assert np.array_equal(rgb, np.stack([as_8bit[:30, :40]] * 3, axis=-1))
+    assert len(np.unique(rgb)) == 40  # a gradient, not white
+
+
+@pytest.mark.parametrize("where", ["a cut-out file", "a background folder"])
+def test_a_symlink_loop_is_an_error_naming_it(folders, tmp_path, capsys, where):
+    fg, bg = folders
+    loop = fg / "cat" / "loop.png" if where == "a cut-out file" else bg / "lava"
+    loop.symlink_to(loop.name)  # points at itself
+    assert _compose(fg, bg, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"{loop.name} is a symbolic link loop" in err and str(loop.parent) in err
+    assert not (tmp_path / "out").exists()

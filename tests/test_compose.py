@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import small_config, tree_digest
+from dreamshift.compose import runner
 from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
 from dreamshift.compose.runner import compose, compose_image, plan_samples, resolve
 from dreamshift.data import dataset as ds
@@ -170,6 +171,31 @@ def test_unknown_names_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(DreamshiftError, match="lava"):
         compose(small_config(recipe=bad), tmp_path / "c")
     assert not any(tmp_path.iterdir())
+
+
+def test_an_error_that_is_not_a_bad_input_stops_the_run_and_the_rerun_resumes(
+    small_dataset, tmp_path, monkeypatch
+):
+    real = runner.compose_image
+
+    def compose_image(spec, *args):
+        if spec.index == 20:  # in shard 2
+            raise RuntimeError("a bug (injected)")
+        return real(spec, *args)
+
+    monkeypatch.setattr(runner, "compose_image", compose_image)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"a bug \(injected\)"):
+        compose(small_config(), out, progress=False)
+    layout = ds.DatasetLayout(out)
+    assert [ds.shard_is_done(layout, k) for k in range(4)] == [True, True, False, False]
+    assert not (out / "manifest.parquet").exists()
+
+    monkeypatch.undo()  # the bug fixed
+    result = compose(small_config(), out, progress=False)
+    shards = len(list((small_dataset / "shards").glob("*.done")))
+    assert (result.shards_run, result.num_failed) == (shards - 2, 0)
+    assert tree_digest(out) == tree_digest(small_dataset)
 
 
 COMPOSE_ARGS = [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,10 +24,13 @@ from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_bytes
+from dreamshift.dream import runner
+from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.dream.quality import quality_flag
-from dreamshift.errors import DreamshiftError
-from dreamshift.models.diffusers import SCHEDULERS, Dreamer, Request, resolve_runtime
+from dreamshift.dream.runner import dream, plan_dream
+from dreamshift.errors import BadInputError, DreamshiftError
+from dreamshift.models.diffusion import SCHEDULERS, Dreamer, Request, resolve_runtime
 from dreamshift.models.tiny_sd import save_tiny_sd
 
 STEPS = ["--steps", "2", "--strength", "0.5", "--no-progress"]
@@ -147,7 +152,7 @@ def test_seeds_and_ids_do_not_depend_on_threads(tmp_path, tiny_sd, guides):
     assert made["1"] == made["2"]
 
 
-def test_a_sample_that_raises_is_recorded_and_the_run_goes_on(
+def test_a_sample_with_a_bad_input_is_recorded_and_the_run_goes_on(
     tmp_path, tiny_sd, guides, monkeypatch
 ):
     real = Dreamer.generate
@@ -156,24 +161,67 @@ def test_a_sample_that_raises_is_recorded_and_the_run_goes_on(
 
     def generate(self, requests, *args):
         if any(seeds.get(r.seed) == doomed for r in requests):
-            raise RuntimeError("out of memory (injected)")
+            raise BadInputError("unusable guide (injected)")
         return real(self, requests, *args)
 
     monkeypatch.setattr(Dreamer, "generate", generate)
-    from dreamshift.dream.config import DreamConfig
-    from dreamshift.dream.runner import dream, plan_dream
-
     cfg = DreamConfig(source=str(guides), model=str(tiny_sd), steps=2, strength=0.5)
     seeds.update({s.seed: s.guide["sample_id"] for s in plan_dream(cfg).specs})
     outcome = {}
-    for batch in (1, 4):
+    for batch in (1, 4):  # a batch that meets a bad input is redone sample by sample
         out = tmp_path / f"b{batch}"
         result = dream(cfg, out, batch_size=batch, progress=False)
         assert result.num_failed == 1
         (failed,) = [r for r in rows(out) if r["status"] == "failed"]
-        assert failed["guide_sample_id"] == doomed and "out of memory (injected)" in failed["error"]
+        assert failed["guide_sample_id"] == doomed
+        assert "unusable guide (injected)" in failed["error"]
         outcome[batch] = images_and_rows(out)
     assert outcome[1] == outcome[4]
+
+
+def test_any_other_error_stops_the_run_and_the_rerun_after_a_fix_resumes(
+    tmp_path, tiny_sd, guides, monkeypatch
+):
+    cfg = DreamConfig(source=str(guides), model=str(tiny_sd), steps=2, strength=0.5, shard_size=4)
+    doomed = plan_dream(cfg).specs[5].seed  # in shard 1 of 3
+    real = Dreamer.generate
+
+    def generate(self, requests, *args):
+        if any(r.seed == doomed for r in requests):
+            raise RuntimeError("a bug (injected)")
+        return real(self, requests, *args)
+
+    monkeypatch.setattr(Dreamer, "generate", generate)
+    out = tmp_path / "dream"
+    with pytest.raises(RuntimeError, match=r"a bug \(injected\)"):
+        dream(cfg, out, batch_size=2, progress=False)
+    layout = ds.DatasetLayout(out)
+    assert [ds.shard_is_done(layout, k) for k in range(3)] == [True, False, False]
+    assert not json.loads((out / "dataset.json").read_text())["complete"]
+
+    monkeypatch.undo()  # the bug fixed
+    result = dream(cfg, out, batch_size=2, progress=False)
+    assert (result.shards_run, result.num_failed) == (2, 0)
+    dream(cfg, tmp_path / "reference", progress=False)
+    assert images_and_rows(out) == images_and_rows(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOSPC])
+def test_an_unwritable_output_stops_before_the_model_loads(
+    tmp_path, tiny_sd, guides, monkeypatch, code
+):
+    def write_atomic(path, data):
+        raise OSError(code, os.strerror(code), str(path))
+
+    def make_dreamer(plan):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(ds, "write_atomic", write_atomic)
+    monkeypatch.setattr(runner, "make_dreamer", make_dreamer)
+    out = tmp_path / "dream"
+    cfg = DreamConfig(source=str(guides), model=str(tiny_sd), steps=2, strength=0.5)
+    with pytest.raises(DreamshiftError, match=rf"cannot write to {re.escape(str(out))}: "):
+        dream(cfg, out, progress=False)
 
 
 def test_without_batch_invariance_batches_are_recorded(tmp_path, tiny_sd, guides):
@@ -384,7 +432,7 @@ def test_a_changed_setting_is_not_mixed_into_an_existing_run(tmp_path, tiny_sd, 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_scheduler_runs_and_is_deterministic(tiny_sd, name):
-    from dreamshift.models.diffusers import resolve_scheduler
+    from dreamshift.models.diffusion import resolve_scheduler
 
     cls_name, config = resolve_scheduler(tiny_sd, name)
     assert cls_name == SCHEDULERS[name][0]

@@ -129,9 +129,9 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
     from dreamshift.cli import main
     from dreamshift.errors import DreamshiftError
     from dreamshift.learn.run import LearnConfig, learn, probe
-    from dreamshift.train.checkpoint import load_state
     from dreamshift.report.html import write_report
     from dreamshift.report.tables import read_probes
+    from dreamshift.train.checkpoint import load_state
 
     cfg = LearnConfig(algorithm="d3s", epochs=2, batch_size=8, eval_splits=("test", "anti"))
     whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)

@@ -43,7 +43,9 @@ def add(sub: Any) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
                    help="(auto: float16 on CUDA, else float32)")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch threads per worker on a CPU "
-                   "(cores / workers); recorded, as results depend on it")  # fmt: skip
+                   "(default cores / workers). Pixels are identical for any --workers and "
+                   "--batch-size at a fixed --threads; left unset, --workers alone may move "
+                   "pixels by one level. Recorded; a resumed run keeps it")  # fmt: skip
     p.add_argument("--no-batch-invariant", action="store_true",
                    help="let the networks see whole batches: faster on a GPU, but pixels "
                    "then depend on the batch (to within float rounding)")  # fmt: skip

@@ -5,23 +5,27 @@ foreground object onto a background template"), and on their own they are the "p
 dataset, like ImageNet-9's Mixed-Rand (Xiao et al. 2021) or Waterbirds (Sagawa et al. 2020).
 
 A run is planned in full from its config (which sample shows which class on which background,
-with which per-sample seed), then executed shard by shard. A shard is durable once its
-``.done`` marker exists; a killed run continues from the first unfinished shard, and the
-result is byte-identical to an uninterrupted run.
+with which per-sample seed), then executed shard by shard by the shard engine
+(:mod:`dreamshift.engine.shards`). A shard is durable once its ``.done`` marker exists; a
+killed run continues from the unfinished shards, and the result is byte-identical to an
+uninterrupted run. A bad input file fails only the samples that use it; any other error stops
+the run with its traceback, and the rerun after a fix continues it.
 
->>> from dreamshift.config import ComposeConfig, ShiftRecipe
+>>> import tempfile
+>>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
 >>> cfg = ComposeConfig(recipe=ShiftRecipe(train_size=20, val_per_group=0, test_per_group=1))
->>> result = compose(cfg, "out/example", progress=False)  # doctest: +SKIP
+>>> result = compose(cfg, f"{tempfile.mkdtemp()}/paste", progress=False)
+>>> result.num_samples, result.num_failed  # 20 train, 10 x 10 test, 10 x 9 x 2 anti
+(300, 0)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
 import time
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,6 @@ import numpy as np
 import PIL
 import pyarrow as pa
 from PIL import Image, ImageFilter
-from tqdm import tqdm
 
 import dreamshift
 from dreamshift.compose.config import ComposeConfig
@@ -42,7 +45,10 @@ from dreamshift.compose.sources import (
 )
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import encode_png, flush_to_disk, sha256_bytes
-from dreamshift.errors import DreamshiftError
+from dreamshift.engine.executors import Executor, LocalPool
+from dreamshift.engine.output import claim_output
+from dreamshift.engine.shards import Tick, finish, run_shards, shard_list, unfinished
+from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.seeding import derive_seed, rng_for
 
 # which held-out silhouettes each split draws from: anti-correlated images are test images
@@ -257,10 +263,20 @@ def _row(spec: SampleSpec) -> dict[str, Any]:
     }
 
 
-def run_shard(run: Resolved, root: Path, shard: int, specs: list[SampleSpec]) -> dict:
-    """Compose one shard's images and make the shard durable. A sample that raises is recorded
-    as failed with its reason; the others go on."""
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard of a run needs: the resolved config with its sources, the output."""
+
+    run: Resolved
+    root: Path
+
+
+def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) -> dict:
+    """Compose one shard's images and make the shard durable. A sample with a bad input file
+    is recorded as failed with its reason and the others go on; any other error stops the run
+    and leaves the shard unfinished."""
     start = time.perf_counter()
+    run, root = job.run, job.root
     layout = ds.DatasetLayout(root)
     folder = layout.shard_dir(shard)
     folder.mkdir(parents=True, exist_ok=True)
@@ -270,6 +286,9 @@ def run_shard(run: Resolved, root: Path, shard: int, specs: list[SampleSpec]) ->
         row = _row(spec)
         try:
             img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
+        except BadInputError as exc:
+            row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
+        else:
             data = encode_png(img)
             rel_path = f"{rel_folder}/{spec.sample_id}.png"
             with open(root / rel_path, "wb") as f:  # the shard is redone unless marked done
@@ -282,9 +301,8 @@ def run_shard(run: Resolved, root: Path, shard: int, specs: list[SampleSpec]) ->
                 width=img.width,
                 height=img.height,
             )
-        except Exception as exc:  # a batch run records the failure and goes on
-            row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
         rows.append(row)
+        tick(1)
     flush_to_disk()  # images durable before the rows and the marker that vouch for them
     failures = sum(r["status"] == ds.FAILED for r in rows)
     stats = {
@@ -338,42 +356,39 @@ def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> d
 
 
 def compose(
-    cfg: ComposeConfig, out: str | Path, workers: int = 1, progress: bool = True
+    cfg: ComposeConfig,
+    out: str | Path,
+    workers: int = 1,
+    progress: bool = True,
+    executor: Executor | None = None,
 ) -> ComposeResult:
     """Compose the dataset of ``cfg`` into ``out``; continue an unfinished run of the same
-    config. ``workers`` > 1 runs shards in that many processes (same bytes either way)."""
+    config. ``workers`` > 1 runs shards in that many processes; ``executor`` runs them
+    elsewhere (same bytes either way)."""
     start = time.perf_counter()
     run = resolve(cfg)
     cfg = run.cfg
     root = Path(out)
     layout = ds.DatasetLayout(root)
     specs = plan_samples(run)
-    shards = [specs[i : i + cfg.shard_size] for i in range(0, len(specs), cfg.shard_size)]
+    shards = shard_list(specs, cfg.shard_size)
     meta = _metadata(cfg, specs, len(shards))
-    old = ds.prepare_output(root, meta, lambda d: ComposeConfig.from_dict(d).to_dict())
-    if old is not None and old.get("complete"):
-        failed = old.get("num_failed", 0)
-        return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
-
-    todo = [k for k in range(len(shards)) if not ds.shard_is_done(layout, k)]
-    bar = tqdm(
-        total=len(specs), initial=len(specs) - sum(len(shards[k]) for k in todo),
-        unit="img", desc="compose", disable=not progress,
-    )  # fmt: skip
-    with bar:
-        if workers <= 1:
-            for k in todo:
-                run_shard(run, root, k, shards[k])
-                bar.update(len(shards[k]))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(run_shard, run, root, k, shards[k]): k for k in todo}
-                for fut in as_completed(futures):
-                    fut.result()
-                    bar.update(len(shards[futures[fut]]))
-
-    table = ds.consolidate_manifest(layout, len(shards))
-    failed = Counter(table.column("status").to_pylist())[ds.FAILED]
-    meta.update(complete=True, num_failed=failed)
-    ds.write_json_atomic(layout.json_path, meta)
-    return ComposeResult(root, len(specs), failed, len(todo), time.perf_counter() - start)
+    with claim_output(root):
+        old = ds.prepare_output(root, meta, lambda d: ComposeConfig.from_dict(d).to_dict())
+        if old is not None and old.get("complete"):
+            failed = old.get("num_failed", 0)
+            return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
+        todo = unfinished(layout, len(shards))
+        run_shards(
+            {k: shards[k] for k in todo},
+            run_shard,
+            functools.partial(ShardJob, run, root),
+            executor or LocalPool(workers),
+            total=len(specs),
+            desc="compose",
+            progress=progress,
+        )
+        status = finish(layout, len(shards), meta, {"num_failed": ds.FAILED})
+    return ComposeResult(
+        root, len(specs), status[ds.FAILED], len(todo), time.perf_counter() - start
+    )

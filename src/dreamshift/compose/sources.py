@@ -8,6 +8,7 @@ path relative to the folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,15 +74,28 @@ class WorldBackgrounds:
         return Image.fromarray(backgrounds.render_background(name, int(seed), size))
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` not hidden, sorted; a symbolic link loop among them is an
+    error naming it (it would look like a missing file)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    for p in entries:
+        try:
+            p.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DreamshiftError(
+                    f"{p} is a symbolic link loop (it leads back to itself): remove it or "
+                    "point it at an image or a folder"
+                ) from exc
+    return entries
+
+
 def _label_folders(root: Path, what: str) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise DreamshiftError(f"{what} folder {root} does not exist or is not a folder")
     out: dict[str, list[Path]] = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p for p in sub.iterdir()
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(MASK_SUFFIX)
-        )  # fmt: skip
+    for sub in (p for p in _entries(root) if p.is_dir()):
+        files = [p for p in _entries(sub) if p.is_file() and not p.name.endswith(MASK_SUFFIX)]
         if not files:
             raise DreamshiftError(
                 f"{what} folder {sub} is empty: add images to it or remove the folder"

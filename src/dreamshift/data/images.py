@@ -13,10 +13,12 @@ from PIL import Image, UnidentifiedImageError
 from dreamshift.errors import BadInputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+SIXTEEN_BIT_GREY = frozenset({"I;16", "I;16L", "I;16B", "I"})  # PIL's modes of a 16-bit PNG
 
 
 def load_image(path: Path, mode: str | None = None) -> Image.Image:
     """Open and fully decode ``path``; raise :class:`BadInputError` naming the file if it can't.
+    A 16-bit greyscale image comes back as 8-bit "L", its full range mapped onto 0..255.
 
     >>> load_image(Path("missing.png"))  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
@@ -42,7 +44,15 @@ def load_image(path: Path, mode: str | None = None) -> Image.Image:
         raise BadInputError(f"image {path} is too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInputError(f"image {path} is corrupt or truncated ({exc}): replace it") from exc
-    return img.convert(mode) if mode and img.mode != mode else img
+    out = _grey_to_8bit(img) if img.mode in SIXTEEN_BIT_GREY else img
+    return out.convert(mode) if mode and out.mode != mode else out
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit "L", 0..65535 mapped onto 0..255 (PIL's own
+    conversion clips everything above 255 to white)."""
+    values = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8))
 
 
 def encode_png(img: Image.Image) -> bytes:

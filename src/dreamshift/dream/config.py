@@ -33,10 +33,12 @@ class DreamConfig(Config):
     copied unchanged, the no-diffusion baseline). ``prompts``: a shipped recipe name (``d3s``,
     ``imagenet-g``) or a YAML recipe file. ``negative_prompt``: None takes the recipe's.
     ``scheduler``: ``model`` (the checkpoint's own) or a name from
-    :data:`dreamshift.models.diffusers.SCHEDULERS`. ``threads``: torch threads per worker on the
-    CPU (None: cores / workers); results are bit-exact only for the same thread count, so it
-    is recorded. ``batch_invariant``: run the networks one sample at a time inside a batch, so
-    that pixels do not depend on batch size (the default; see ``dreamshift.models.diffusers``).
+    :data:`dreamshift.models.diffusion.SCHEDULERS`. ``threads``: torch threads per worker on the
+    CPU (None: cores / workers, for throughput). Pixels are identical for any worker count and
+    batch size at a fixed ``threads``; left unset, ``--workers`` alone may move pixels by one
+    level, so the count is recorded and a resumed run keeps it. ``batch_invariant``: run the
+    networks one sample at a time inside a batch, so that pixels do not depend on batch size
+    (the default; see ``dreamshift.models.diffusion``).
     """
 
     source: str

@@ -6,28 +6,41 @@ ImageNet-G (Bansal & Grover 2023) dreams from prompts alone (txt2img). ``paste``
 guides unchanged: the no-diffusion baseline.
 
 A run is planned in full before any image is made (prompt, seed and guide of every sample),
-then executed shard by shard like ``compose``: a shard is durable once its ``.done`` marker
-exists, a killed run continues from the unfinished shards, and a sample that raises is
-recorded as failed while the run goes on; ``retry_failed`` redoes only those. Each row holds
-everything needed to remake its image (:func:`regenerate`).
+then executed shard by shard by the shard engine like ``compose``: a shard is durable once its
+``.done`` marker exists and a killed run continues from the unfinished shards. A sample whose
+guide is bad (unreadable, changed) is recorded as failed while the run goes on;
+``retry_failed`` redoes only those. Any other error stops the run with its traceback and the
+rerun after a fix continues it. Each row holds everything needed to remake its image
+(:func:`regenerate`).
 
->>> from dreamshift.config import DreamConfig
->>> cfg = DreamConfig(source="out/demo/paste", model="out/tiny-sd", steps=4)
->>> result = dream(cfg, "out/demo/dream")  # doctest: +SKIP
+Pixels do not depend on batch size, worker count or resume point at a fixed thread count
+(``--threads``). Left unset, the thread count follows the worker count (cores / workers), so
+``--workers`` alone may move pixels by one level; the count is recorded, and a resumed run
+keeps it.
+
+>>> import tempfile
+>>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+>>> from dreamshift.compose.runner import compose
+>>> from dreamshift.dream.config import DreamConfig
+>>> tmp = tempfile.mkdtemp()
+>>> recipe = ShiftRecipe(train_size=0, val_per_group=0, test_per_group=1, anti_per_group=0)
+>>> guides = compose(ComposeConfig(classes=("zebra",), background_names=("snow", "grass"),
+...                                recipe=recipe), f"{tmp}/paste", progress=False)
+>>> cfg = DreamConfig(source=f"{tmp}/paste", model="tiny-dream", steps=4, strength=0.5)
+>>> result = dream(cfg, f"{tmp}/dream", progress=False)
+>>> result.num_samples, result.num_failed
+(2, 0)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
-import multiprocessing
 import platform
 import time
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,7 +48,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
-from tqdm import tqdm
 
 import dreamshift
 from dreamshift.data import dataset as ds
@@ -43,8 +55,11 @@ from dreamshift.data.images import encode_png, flush_to_disk, load_image, sha256
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.dream.quality import quality_flag
+from dreamshift.engine.executors import Executor, LocalPool
+from dreamshift.engine.output import claim_output
+from dreamshift.engine.shards import Tick, finish, run_shards, shard_list
 from dreamshift.errors import BadInputError, DreamshiftError
-from dreamshift.models.diffusers import (
+from dreamshift.models.diffusion import (
     Dreamer,
     Request,
     hash_model,
@@ -349,15 +364,15 @@ def _finish(row: dict[str, Any], pixels: np.ndarray, root: Path, rel_path: str) 
     )
 
 
-def _failed(row: dict[str, Any], exc: BaseException) -> None:
+def _failed(row: dict[str, Any], exc: BadInputError) -> None:
     row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
 
 
 def _generate(
     plan: DreamPlan, dreamer: Dreamer, requests: list[Request]
-) -> list[np.ndarray | BaseException]:
-    """Images of a batch; if the batch raises, each sample is tried alone so that only the
-    samples that fail are recorded as failed (batch invariance makes the results identical)."""
+) -> list[np.ndarray | BadInputError]:
+    """Images of a batch; if the batch meets a bad input, each sample is tried alone so that
+    only the samples that use it fail (batch invariance makes the results identical)."""
     cfg = plan.cfg
     w, h = plan.size
 
@@ -366,72 +381,88 @@ def _generate(
 
     try:
         return list(run(requests))
-    except Exception as exc:
+    except BadInputError as exc:
         if len(requests) == 1:
             return [exc]
-    out: list[np.ndarray | BaseException] = []
+    out: list[np.ndarray | BadInputError] = []
     for req in requests:
         try:
             out.append(run([req])[0])
-        except Exception as exc:
+        except BadInputError as exc:
             out.append(exc)
     return out
 
 
-def run_shard(
-    plan: DreamPlan,
-    root: Path,
-    shard: int,
-    specs: list[DreamSpec],
-    dreamer: Dreamer | None,
-    batch_size: int = 1,
-    keep: list[dict[str, Any]] | None = None,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Make ``specs``' images and make the shard durable. ``keep``: rows of the shard that
-    stay as they are (a retry of its failed samples)."""
+@dataclass(frozen=True)
+class ShardWork:
+    """What to make in one shard: its samples, and the rows that stay as they are (a retry
+    of the shard's failed samples keeps the others)."""
+
+    specs: list[DreamSpec]
+    keep: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard needs, made once per process: the plan and its loaded pipeline."""
+
+    plan: DreamPlan
+    root: Path
+    batch_size: int
+    dreamer: Dreamer | None
+
+    @classmethod
+    def load(cls, plan: DreamPlan, root: Path, batch_size: int) -> ShardJob:
+        return cls(plan, root, batch_size, make_dreamer(plan))
+
+
+def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[str, Any]:
+    """Make ``work``'s images and make the shard durable. A sample with a bad input (guide)
+    is recorded as failed; any other error stops the run and leaves the shard unfinished."""
     start = time.perf_counter()
+    plan, root = job.plan, job.root
     layout = ds.DatasetLayout(root)
     folder = layout.shard_dir(shard)
     folder.mkdir(parents=True, exist_ok=True)
     rel_folder = folder.relative_to(root).as_posix()
     versions = json.dumps(library_versions(), sort_keys=True)
     rows = []
-    for b in range(0, len(specs), batch_size):
-        batch = specs[b : b + batch_size]
+    for b in range(0, len(work.specs), job.batch_size):
+        batch = work.specs[b : b + job.batch_size]
         todo: list[tuple[dict[str, Any], str, Request]] = []  # row, image path, request
         for spec in batch:
             row = base_row(plan, spec, versions)
             rows.append(row)
             rel_path = f"{rel_folder}/{spec.sample_id}.png"
             try:
-                if plan.cfg.mode == "paste":
-                    img = guide_image(plan.source, spec.guide, plan.size)
-                    _finish(row, np.asarray(img), root, rel_path)
-                    continue
                 guide = None
-                if plan.cfg.mode == "img2img":
+                if plan.cfg.mode != "txt2img":
                     guide = guide_image(plan.source, spec.guide, plan.size)
-                assert spec.prompt is not None and spec.negative_prompt is not None
-                todo.append(
-                    (row, rel_path, Request(spec.prompt, spec.negative_prompt, spec.seed, guide))
-                )
-            except Exception as exc:  # a batch run records the failure and goes on
+            except BadInputError as exc:
                 _failed(row, exc)
+                continue
+            if plan.cfg.mode == "paste":
+                assert guide is not None
+                _finish(row, np.asarray(guide), root, rel_path)
+                continue
+            assert spec.prompt is not None and spec.negative_prompt is not None
+            todo.append(
+                (row, rel_path, Request(spec.prompt, spec.negative_prompt, spec.seed, guide))
+            )
         if todo:
-            assert dreamer is not None
-            results = _generate(plan, dreamer, [t[2] for t in todo])
+            assert job.dreamer is not None
+            results = _generate(plan, job.dreamer, [t[2] for t in todo])
             for (row, rel_path, _), result in zip(todo, results, strict=True):
-                try:
-                    if isinstance(result, BaseException):
-                        raise result
+                if isinstance(result, BadInputError):
+                    _failed(row, result)
+                else:
                     _finish(row, result, root, rel_path)
-                except Exception as exc:
-                    _failed(row, exc)
-        if progress is not None:
-            progress.update(len(batch))
+        tick(len(batch))
     flush_to_disk()  # images durable before the rows and the marker that vouch for them
-    all_rows = sorted([*(keep or []), *rows], key=lambda r: r["index"])
+    all_rows = sorted([*work.keep, *rows], key=lambda r: r["index"])
     seconds = time.perf_counter() - start
     stats = {
         "shard": shard,
@@ -448,31 +479,14 @@ def run_shard(
     return stats
 
 
-# worker processes: each loads the pipeline once
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(plan: DreamPlan) -> None:
-    _WORKER["plan"] = plan
-    _WORKER["dreamer"] = make_dreamer(plan)
-
-
-def _worker_shard(
-    root: Path, shard: int, specs: list[DreamSpec], batch_size: int, keep: list | None
-) -> dict[str, Any]:
-    return run_shard(_WORKER["plan"], root, shard, specs, _WORKER["dreamer"], batch_size, keep)
-
-
-def _retry_work(
-    layout: ds.DatasetLayout, shards: list[list[DreamSpec]], k: int
-) -> tuple[list[DreamSpec], list[dict[str, Any]]] | None:
-    """(failed specs to redo, rows to keep) of a done shard, or None if nothing failed."""
+def _retry_work(layout: ds.DatasetLayout, specs: list[DreamSpec], k: int) -> ShardWork | None:
+    """The failed samples of done shard ``k`` to redo and its rows to keep; None if none failed."""
     rows = pq.read_table(layout.shard_rows(k), schema=ds.MANIFEST_SCHEMA).to_pylist()
     failed = {r["sample_id"] for r in rows if r["status"] == ds.FAILED}
     if not failed:
         return None
-    redo = [s for s in shards[k] if s.sample_id in failed]
-    return redo, [r for r in rows if r["sample_id"] not in failed]
+    redo = [s for s in specs if s.sample_id in failed]
+    return ShardWork(redo, [r for r in rows if r["sample_id"] not in failed])
 
 
 def dream(
@@ -482,80 +496,58 @@ def dream(
     batch_size: int = 1,
     retry_failed: bool = False,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> DreamResult:
     """Dream the dataset of ``cfg`` into ``out``; continue an unfinished run of the same
     config. ``retry_failed`` also redoes the samples that failed. ``workers`` > 1 runs shards
-    in that many processes, each loading the model once."""
+    in that many processes, each loading the model once; ``executor`` runs them elsewhere.
+
+    Pixels are identical for any worker count, batch size and executor at a fixed
+    ``cfg.threads``. Left unset, threads = cores / workers on a CPU, and a different thread
+    count may move pixels by one level (float rounding): give ``threads`` to compare runs."""
     start = time.perf_counter()
     if batch_size < 1 or workers < 1:
         raise DreamshiftError("--batch-size and --workers must be >= 1")
     root = Path(out)
-    prior = None
-    if ds.DatasetLayout(root).json_path.is_file():  # keep an unfinished run's thread count
-        prior = ds.read_dataset_json(root).get("config", {}).get("resolved", {}).get("runtime")
-    plan = plan_dream(cfg, workers, batch_size, prior)
-    if root.resolve() == plan.source:
-        raise DreamshiftError(f"--out {root} is the source dataset: choose another folder")
     layout = ds.DatasetLayout(root)
-    n = plan.cfg.shard_size
-    shards = [plan.specs[i : i + n] for i in range(0, len(plan.specs), n)]
-    meta = _metadata(plan, ds.read_dataset_json(plan.source), len(shards))
-    old = ds.prepare_output(root, meta)
-    if old is not None and old.get("complete"):
-        if not retry_failed or not old.get("num_failed"):
-            return DreamResult(
-                root, len(plan.specs), old.get("num_failed", 0), old.get("num_flagged", 0), 0,
-                time.perf_counter() - start,
-            )  # fmt: skip
-        ds.write_json_atomic(layout.json_path, meta)  # incomplete until the retry is done
-        layout.manifest_path.unlink(
-            missing_ok=True
-        )  # stale once a shard changes; the shards hold the rows
+    with claim_output(root):  # before the model is hashed or loaded
+        prior = None
+        if layout.json_path.is_file():  # keep an unfinished run's thread count
+            prior = ds.read_dataset_json(root).get("config", {}).get("resolved", {}).get("runtime")
+        plan = plan_dream(cfg, workers, batch_size, prior)
+        if root.resolve() == plan.source:
+            raise DreamshiftError(f"--out {root} is the source dataset: choose another folder")
+        shards = shard_list(plan.specs, plan.cfg.shard_size)
+        meta = _metadata(plan, ds.read_dataset_json(plan.source), len(shards))
+        old = ds.prepare_output(root, meta)  # the first write: an unwritable folder stops here
+        if old is not None and old.get("complete"):
+            if not retry_failed or not old.get("num_failed"):
+                return DreamResult(
+                    root, len(plan.specs), old.get("num_failed", 0), old.get("num_flagged", 0), 0,
+                    time.perf_counter() - start,
+                )  # fmt: skip
+            ds.write_json_atomic(layout.json_path, meta)  # incomplete until the retry is done
+            layout.manifest_path.unlink(missing_ok=True)  # stale once a shard changes
 
-    work: dict[int, tuple[list[DreamSpec], list[dict[str, Any]] | None]] = {}
-    for k in range(len(shards)):
-        if not ds.shard_is_done(layout, k):
-            work[k] = (shards[k], None)
-        elif retry_failed and (redo := _retry_work(layout, shards, k)):
-            work[k] = redo
-    todo_count = sum(len(w[0]) for w in work.values())
-    bar = tqdm(
-        total=len(plan.specs), initial=len(plan.specs) - todo_count, unit="img",
-        desc=f"dream {plan.cfg.mode}", disable=not progress, smoothing=0.1,
-    )  # fmt: skip
-    with bar:
-        if workers <= 1 or len(work) <= 1:
-            dreamer = make_dreamer(plan) if work else None
-            for k, (specs, keep) in work.items():
-                run_shard(plan, root, k, specs, dreamer, batch_size, keep, progress=bar)
-        else:
-            # CUDA cannot be used in a forked child; on a CPU, fork spares each worker the
-            # seconds of importing diffusers again (the parent has run no torch kernels)
-            on_cpu = plan.resolved.get("runtime", {}).get("device", "cpu") == "cpu"
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if on_cpu and "fork" in methods else "spawn")
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(plan,)
-            ) as pool:
-                futures = {
-                    pool.submit(_worker_shard, root, k, specs, batch_size, keep): k
-                    for k, (specs, keep) in work.items()
-                }
-                for fut in as_completed(futures):
-                    try:
-                        fut.result()
-                    except BrokenProcessPool as exc:
-                        raise DreamshiftError(
-                            "a worker process died (out of memory, or the model failed to "
-                            "load in it): run with --workers 1 to see the error; finished "
-                            "shards are kept"
-                        ) from exc
-                    bar.update(len(work[futures[fut]][0]))
-
-    table = ds.consolidate_manifest(layout, len(shards))
-    status = Counter(table.column("status").to_pylist())
-    meta.update(complete=True, num_failed=status[ds.FAILED], num_flagged=status[ds.FLAGGED])
-    ds.write_json_atomic(layout.json_path, meta)
+        work: dict[int, ShardWork] = {}
+        for k in range(len(shards)):
+            if not ds.shard_is_done(layout, k):
+                work[k] = ShardWork(shards[k])
+            elif retry_failed and (redo := _retry_work(layout, shards[k], k)):
+                work[k] = redo
+        on_cpu = plan.resolved.get("runtime", {}).get("device", "cpu") == "cpu"
+        run_shards(
+            work,
+            run_shard,
+            functools.partial(ShardJob.load, plan, root, batch_size),
+            executor or LocalPool(workers, spawn=not on_cpu),  # CUDA needs spawned workers
+            total=len(plan.specs),
+            desc=f"dream {plan.cfg.mode}",
+            progress=progress,
+        )
+        status = finish(
+            layout, len(shards), meta, {"num_failed": ds.FAILED, "num_flagged": ds.FLAGGED}
+        )
     return DreamResult(
         root, len(plan.specs), status[ds.FAILED], status[ds.FLAGGED], len(work),
         time.perf_counter() - start,

@@ -115,7 +115,7 @@ def write_byte_bpe_tokenizer(
 ) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and a CLIPTokenizer config to ``folder``; prompts
     are padded or cut to ``max_length`` tokens."""
-    from dreamshift.models.diffusers import quiet_libraries
+    from dreamshift.models.diffusion import quiet_libraries
 
     quiet_libraries()
     from transformers import CLIPTokenizer
@@ -136,7 +136,7 @@ def build_tiny_sd(seed: int = 0, tokenizer_dir: str | Path | None = None):
     """A random-weight StableDiffusionPipeline (deterministic for ``seed``) on the CPU."""
     import tempfile
 
-    from dreamshift.models.diffusers import quiet_libraries
+    from dreamshift.models.diffusion import quiet_libraries
 
     quiet_libraries()
     import torch

@@ -115,7 +115,7 @@ def world_prompts() -> list[str]:
 
 def build_components(tokenizer_dir: Path, seed: int) -> dict[str, Any]:
     """Untrained tokenizer, text encoder, VAE and UNet of tiny-dream (deterministic for seed)."""
-    from dreamshift.models.diffusers import quiet_libraries
+    from dreamshift.models.diffusion import quiet_libraries
 
     quiet_libraries()
     import torch

@@ -1,0 +1,106 @@
+"""The shard engine: a planned run cut into shards, run on an executor, resumed, consolidated.
+
+A stage plans every sample, cuts the list into shards (:func:`shard_list`), runs those not
+yet done (:func:`unfinished`) with :func:`run_shards`, and ends with :func:`finish`. Its
+per-shard function makes the shard's images and writes its rows and ``.done`` marker
+(``dataset.write_shard``): a shard is durable once marked, so a killed or failed run continues
+from the unmarked ones, and the result does not depend on the executor or the shard order.
+
+>>> shard_list(list(range(5)), 2)
+[[0, 1], [2, 3], [4]]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence, Sized
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from dreamshift.data import dataset as ds
+from dreamshift.engine.executors import Executor
+
+S = TypeVar("S")
+T = TypeVar("T")
+W = TypeVar("W", bound=Sized)
+
+Tick = Callable[[int], None]  # tick(n): n more samples of the shard are done
+
+# the progress bar of a run, by the pid of the process that shows it: a shard run in that
+# process ticks it sample by sample; one run in a worker process is counted when it ends
+_BARS: dict[int, tqdm] = {}
+
+
+def shard_list(items: Sequence[T], size: int) -> list[list[T]]:
+    """``items`` in consecutive shards of ``size``."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def unfinished(layout: ds.DatasetLayout, num_shards: int) -> list[int]:
+    """The shards without a ``.done`` marker: what a resumed run still has to make."""
+    return [k for k in range(num_shards) if not ds.shard_is_done(layout, k)]
+
+
+def run_shards(
+    work: Mapping[int, W],
+    run_shard: Callable[[S, int, W, Tick], Any],
+    setup: Callable[[], S],
+    executor: Executor,
+    *,
+    total: int,
+    desc: str,
+    progress: bool = True,
+) -> None:
+    """Run ``run_shard(setup(), shard, work[shard], tick)`` for every shard of ``work`` (shard
+    -> what to make in it, ``len`` samples) on ``executor``, with a progress bar over
+    ``total`` samples. An exception stops the run: that shard stays unfinished.
+    ``run_shard`` and ``setup`` go to worker processes: module-level functions or partials."""
+    if not work:
+        return
+    remaining = sum(len(w) for w in work.values())
+    bar = tqdm(
+        total=total, initial=total - remaining, unit="img", desc=desc, disable=not progress,
+        smoothing=0.1,
+    )  # fmt: skip
+    _BARS[os.getpid()] = bar
+    try:
+        with bar:
+            fn = functools.partial(_run_one, run_shard)
+            for shard, shown in executor.map(setup, fn, list(work.items())):
+                bar.update(len(work[shard]) - shown)
+    finally:
+        del _BARS[os.getpid()]
+
+
+def _run_one(
+    run_shard: Callable[[S, int, W, Tick], Any], state: S, item: tuple[int, W]
+) -> tuple[int, int]:
+    """Run one shard; returns (shard, samples it showed on the progress bar itself)."""
+    shard, work = item
+    bar = _BARS.get(os.getpid())
+    shown = 0
+
+    def tick(n: int) -> None:
+        nonlocal shown
+        if bar is not None:
+            bar.update(n)
+            shown += n
+
+    run_shard(state, shard, work, tick)
+    return shard, shown
+
+
+def finish(
+    layout: ds.DatasetLayout, num_shards: int, meta: dict[str, Any], counts: Mapping[str, str]
+) -> Counter[str]:
+    """Write the manifest from the shards' rows, then mark the dataset complete in its
+    ``dataset.json``, with the number of rows of each status in ``counts`` (field -> status,
+    e.g. ``{"num_failed": "failed"}``). Returns the rows per status."""
+    table = ds.consolidate_manifest(layout, num_shards)
+    status = Counter(table.column("status").to_pylist())
+    meta.update(complete=True, **{field: status[s] for field, s in counts.items()})
+    ds.write_json_atomic(layout.json_path, meta)
+    return status
