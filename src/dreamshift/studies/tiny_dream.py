@@ -39,7 +39,7 @@ import numpy as np
 from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
 from dreamshift.seeding import derive_seed
-from dreamshift.train.checkpoint import load_state, save_state
+from dreamshift.train.loop import TrainState, fit_steps
 from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
@@ -255,61 +255,6 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any] | None:
-    return load_state(path) if path.is_file() else None
-
-
-def _generator(seed: int, stage: str, step: int) -> Any:
-    import torch
-
-    return torch.Generator().manual_seed(derive_seed(seed, stage, step))
-
-
-def _run_steps(
-    stage: str,
-    total: int,
-    cfg: TrainDreamConfig,
-    ckpt: Path,
-    opt: Any,
-    step_fn: Any,
-    modules: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-    metric: str = "loss",
-) -> tuple[int, list[float]]:
-    """The loop every stage shares: resume from ``ckpt``, run ``step_fn(step, generator)`` (it
-    returns the loss to log) up to ``total`` steps or ``stop_after``, and checkpoint
-    ``modules``' and ``extra``'s state, the optimizer and the losses every
-    ``cfg.checkpoint_every`` steps and at the end. ``extra`` is updated in place on resume."""
-    from tqdm import tqdm
-
-    state = _load_checkpoint(ckpt)
-    step, losses = 0, []
-    if state is not None:
-        for key, module in modules.items():
-            module.load_state_dict(state[key])
-        if extra is not None:
-            extra.update({key: state[key] for key in extra})
-        opt.load_state_dict(state["optimizer"])
-        step, losses = state["step"], state["losses"]
-    bar = tqdm(total=total, initial=step, desc=stage, disable=not progress, unit="step")
-    while step < total and (stop_after is None or step < stop_after):
-        losses.append(step_fn(step, _generator(cfg.seed, stage, step)))
-        step += 1
-        bar.update(1)
-        bar.set_postfix({metric: f"{np.mean(losses[-50:]):.4f}"})
-        if step % cfg.checkpoint_every == 0 or step == total:
-            state = {key: module.state_dict() for key, module in modules.items()}
-            save_state(
-                ckpt,
-                {**state, **(extra or {}), "step": step, "optimizer": opt.state_dict(),
-                 "losses": losses},
-            )  # fmt: skip
-    bar.close()
-    return step, losses
-
-
 # -------------------------------------------------------------------------------- training
 
 
@@ -348,9 +293,9 @@ def train_vae(
         return mse.item()
 
     vae.train()
-    step, losses = _run_steps(
-        "vae", cfg.vae_steps, cfg, ckpt, opt, step_fn, {"model": vae},
-        progress=progress, stop_after=stop_after, metric="mse",
+    step, losses = fit_steps(
+        "vae", cfg.vae_steps, step_fn, cfg.seed, TrainState(model=vae, optimizer=opt), ckpt,
+        cfg.checkpoint_every, progress, stop_after, metric="mse",
     )  # fmt: skip
     vae.eval()
     return {"steps": step, "final_mse": float(np.mean(losses[-100:])) if losses else None,
@@ -399,9 +344,9 @@ def finetune_decoder(
         opt.step()
         return mse.item()
 
-    step, _ = _run_steps(
-        "decoder", total, cfg, ckpt, opt, step_fn, {"model": vae},
-        progress=progress, stop_after=stop_after, metric="mse",
+    step, _ = fit_steps(
+        "decoder", total, step_fn, cfg.seed, TrainState(model=vae, optimizer=opt), ckpt,
+        cfg.checkpoint_every, progress, stop_after, metric="mse",
     )  # fmt: skip
     return {"steps": step, "held_out_psnr": reconstruction_psnr(vae, held_out)}
 
@@ -451,7 +396,7 @@ def train_unet(
 
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    extra = {"ema": [p.detach().clone() for p in params]}
+    ema = [p.detach().clone() for p in params]
 
     def step_fn(step: int, g: Any) -> float:
         b = cfg.unet_batch
@@ -482,18 +427,19 @@ def train_unet(
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(extra["ema"], params, strict=True):
+            for e, p in zip(ema, params, strict=True):
                 e.lerp_(p.detach(), 1 - decay)
         return per_sample.mean().item()
 
     unet.train()
     text_encoder.train()
-    step, losses = _run_steps(
-        "unet", cfg.unet_steps, cfg, ckpt, opt, step_fn,
-        {"unet": unet, "text_encoder": text_encoder}, extra, progress, stop_after,
+    state = TrainState(unet=unet, text_encoder=text_encoder, optimizer=opt, ema=ema)
+    step, losses = fit_steps(
+        "unet", cfg.unet_steps, step_fn, cfg.seed, state, ckpt, cfg.checkpoint_every, progress,
+        stop_after,
     )  # fmt: skip
     with torch.no_grad():
-        for e, p in zip(extra["ema"], params, strict=True):
+        for e, p in zip(ema, params, strict=True):
             p.copy_(e)
     unet.eval()
     text_encoder.eval()

@@ -1,4 +1,5 @@
-"""The one resumable training loop of ``train-classifier``, ``learn`` and the oracles.
+"""The resumable training loops: :func:`fit` by epochs (``train-classifier``, ``learn``, the
+oracles) and :func:`fit_steps` by steps (tiny-dream's VAE, decoder and UNet stages).
 
 Each epoch draws its data order from a ``torch.Generator`` that the caller seeds per epoch
 (``derive_seed(seed, "epoch", e)``), runs ``update(step, batch_indices, generator)`` on every
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state, save_state
 
 Update = Callable[[int, torch.Tensor, torch.Generator], dict[str, float]]
@@ -38,24 +40,35 @@ Update = Callable[[int, torch.Tensor, torch.Generator], dict[str, float]]
 
 class TrainState:
     """The objects a checkpoint holds, by name: modules, optimizers and schedulers (anything
-    with ``state_dict``/``load_state_dict``), or tensors (copied in place on load)."""
+    with ``state_dict``/``load_state_dict``), tensors or lists of tensors (an EMA copy of the
+    weights; copied in place on load)."""
 
     def __init__(self, **parts: Any):
         self.parts = {k: v for k, v in parts.items() if v is not None}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            k: v.detach().clone() if isinstance(v, torch.Tensor) else v.state_dict()
-            for k, v in self.parts.items()
-        }
+        return {k: _snapshot(v) for k, v in self.parts.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in self.parts.items():
-            if isinstance(v, torch.Tensor):
+            if isinstance(v, torch.Tensor | list):
                 with torch.no_grad():
-                    v.copy_(state[k])
+                    for mine, saved in zip(_tensors(v), _tensors(state[k]), strict=True):
+                        mine.copy_(saved)
             else:
                 v.load_state_dict(state[k])
+
+
+def _tensors(v: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return v if isinstance(v, list) else [v]
+
+
+def _snapshot(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone()
+    if isinstance(v, list):
+        return [t.detach().clone() for t in v]
+    return v.state_dict()
 
 
 def descend(loss: torch.Tensor, optimizer: Any, schedule: Any = None) -> dict[str, float]:
@@ -115,3 +128,40 @@ def fit(
             + ", ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch")
         )
     return history
+
+
+def fit_steps(
+    name: str,
+    total: int,
+    step_fn: Callable[[int, torch.Generator], float],
+    seed: int,
+    state: TrainState,
+    checkpoint: Path,
+    every: int,
+    progress: bool = True,
+    stop_after: int | None = None,
+    metric: str = "loss",
+) -> tuple[int, list[float]]:
+    """Run ``step_fn(step, generator)`` (it returns the value to log) up to ``total`` steps, or
+    ``stop_after``. Step ``s`` draws from a generator seeded by ``(seed, name, s)``, so a
+    resumed run computes exactly what an uninterrupted one does. ``state`` and the logged
+    values are checkpointed every ``every`` steps and at the end; a relaunch resumes from the
+    checkpoint. Returns (steps done, logged values)."""
+    from tqdm import tqdm
+
+    step, values = 0, []
+    if checkpoint.is_file():
+        saved = load_state(checkpoint)
+        state.load_state_dict(saved["state"])
+        step, values = saved["step"], list(saved["values"])
+    bar = tqdm(total=total, initial=step, desc=name, disable=not progress, unit="step")
+    while step < total and (stop_after is None or step < stop_after):
+        g = torch.Generator().manual_seed(derive_seed(seed, name, step))
+        values.append(step_fn(step, g))
+        step += 1
+        bar.update(1)
+        bar.set_postfix({metric: f"{sum(values[-50:]) / len(values[-50:]):.4f}"})
+        if step % every == 0 or step == total:
+            save_state(checkpoint, {"state": state.state_dict(), "step": step, "values": values})
+    bar.close()
+    return step, values
