@@ -31,6 +31,7 @@ from dreamshift.data import dataset as ds
 from dreamshift.learn.algorithms import Hparams
 from dreamshift.learn.run import LearnConfig, learn
 from dreamshift.models.architectures import ARCHITECTURES
+from dreamshift.train.checkpoint import load_state
 
 
 def bare_loop(
@@ -63,7 +64,7 @@ def learn_run(root: Path, out: Path, arch: str, batch: int, epochs: int) -> tupl
     start = time.perf_counter()
     folder = learn(root, out, cfg, log=lambda *_: None)
     seconds = time.perf_counter() - start
-    history = torch.load(folder / "checkpoint.pt", weights_only=False)["history"]
+    history = load_state(folder / "checkpoint.safetensors")["history"]
     return seconds, float(np.mean([h["train_images_per_s"] for h in history]))
 
 
