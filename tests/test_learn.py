@@ -183,6 +183,32 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
     assert "→ background" in page and "| chance |" in page  # the probe matrix
 
 
+@pytest.mark.parametrize("algorithm", ["irm", "d3s"])
+def test_a_run_resumed_after_its_optimizer_restarted_matches_an_uninterrupted_one(
+    world, tmp_path, algorithm
+):
+    """IRM and d3s restart their optimizer when the penalty comes in (step 2 of epoch 1 here):
+    the checkpoint must hold the new optimizer, or the resumed run drifts away."""
+    from dreamshift.learn.run import LearnConfig, learn
+    from dreamshift.train.checkpoint import load_state
+
+    hp = Hparams(irm_anneal_steps=2, mi_anneal_steps=2)
+    cfg = LearnConfig(algorithm=algorithm, epochs=2, batch_size=8, eval_splits=(), hparams=hp)
+    whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)
+
+    def stop_after_first_epoch(message):
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn(world, tmp_path / "b", cfg, log=stop_after_first_epoch)
+    resumed = learn(world, tmp_path / "b", cfg, log=lambda *_: None)
+    a = load_state(whole / "checkpoint.safetensors")["state"]
+    b = load_state(resumed / "checkpoint.safetensors")["state"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
 def test_lr_schedules():
     from dreamshift.train.schedules import lr_factor
 

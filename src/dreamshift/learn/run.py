@@ -194,10 +194,10 @@ def build(
 def _train_state(algo: Algorithm) -> TrainState:
     """What a learn checkpoint holds: the algorithm's weights and buffers, its optimizer and,
     for d3s, the MI estimator's optimizer."""
-    return TrainState(
+    return TrainState(  # looked up when saved: an anneal restarts the optimizer (IRM, d3s)
         model=algo,
-        optimizer=algo.optimizer,
-        estimator_optimizer=getattr(algo, "estimator_optimizer", None),
+        optimizer=lambda: algo.optimizer,
+        estimator_optimizer=lambda: getattr(algo, "estimator_optimizer", None),
     )
 
 

@@ -41,16 +41,24 @@ Update = Callable[[int, torch.Tensor, torch.Generator], dict[str, float]]
 class TrainState:
     """The objects a checkpoint holds, by name: modules, optimizers and schedulers (anything
     with ``state_dict``/``load_state_dict``), tensors or lists of tensors (an EMA copy of the
-    weights; copied in place on load)."""
+    weights; copied in place on load). A part may also be a function that returns the object,
+    for one that is replaced during training (an optimizer restarted after an anneal)."""
 
     def __init__(self, **parts: Any):
         self.parts = {k: v for k, v in parts.items() if v is not None}
 
+    def _current(self) -> dict[str, Any]:
+        out = {}
+        for k, v in self.parts.items():
+            is_getter = callable(v) and not hasattr(v, "state_dict")
+            out[k] = v() if is_getter else v
+        return {k: v for k, v in out.items() if v is not None}
+
     def state_dict(self) -> dict[str, Any]:
-        return {k: _snapshot(v) for k, v in self.parts.items()}
+        return {k: _snapshot(v) for k, v in self._current().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in self.parts.items():
+        for k, v in self._current().items():
             if isinstance(v, torch.Tensor | list):
                 with torch.no_grad():
                     for mine, saved in zip(_tensors(v), _tensors(state[k]), strict=True):
