@@ -61,6 +61,10 @@ def test_a_yaml_config_with_a_typo_or_a_wrong_type_stops_before_writing(tmp_path
     out = tmp_path / "out"
     assert main(["compose", "--out", str(out), "--config", str(config)]) == 2
     assert "unknown placement config key(s) ['positon']" in capsys.readouterr().err
+    for nested in ("placement: 0.3", "recipe: null"):
+        config.write_text(nested + "\n")
+        assert main(["compose", "--out", str(out), "--config", str(config)]) == 2
+        assert "give a mapping of" in capsys.readouterr().err
     config.write_text("size: '64'\n")
     assert main(["compose", "--out", str(out), "--config", str(config)]) == 2
     assert "size = '64' must be a whole number" in capsys.readouterr().err
@@ -92,6 +96,22 @@ def test_learn_on_a_dataset_without_its_split_names_it_and_writes_nothing(world,
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_learn_run_loads_as_a_classifier_in_a_fresh_interpreter(world, tmp_path):
+    """No `import dreamshift.learn` needed: the entry point imports it on lookup."""
+    import subprocess
+    import sys
+
+    folder = learn(world, tmp_path, LearnConfig(epochs=1, batch_size=8, input_size=32),
+                   log=lambda *_: None)  # fmt: skip
+    code = (
+        "import sys; from dreamshift.models.loading import load_classifier; "
+        f"clf = load_classifier({str(folder)!r}); "
+        "print(clf.input_size, len(clf.classes), 'dreamshift.learn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["32", "3", "True"], out.stderr
+
+
 class _Payload:
     """What an attacker hides in a pickle: unpickling it calls a function of their choosing."""
 
@@ -112,8 +132,6 @@ def test_a_run_folder_holding_a_pickled_payload_is_refused(world, tmp_path):
     with pytest.raises(DreamshiftError, match="refuses it"):
         load_run(folder)
     with pytest.raises(DreamshiftError, match="refuses it"):
-        import dreamshift.learn  # noqa: F401  (registers run folders with load_classifier)
-
         load_classifier(str(folder))
     assert not marker.exists()
     (folder / "checkpoint.pt").write_bytes(b"not a checkpoint at all")

@@ -132,7 +132,14 @@ class Config:
         hints = cls._hints()
         kwargs = {}
         for key, value in d.items():
-            kwargs[key] = _convert(value, hints[key], where)
+            hint = hints[key]
+            if isinstance(hint, type) and issubclass(hint, Config):
+                if not isinstance(value, dict | hint):
+                    raise DreamshiftError(
+                        f"{key} = {value!r}" + (f" in {where}" if where else "")
+                        + f": give a mapping of {_what(hint)} fields"
+                    )  # fmt: skip
+            kwargs[key] = _convert(value, hint, where)
         missing = [
             f.name
             for f in dataclasses.fields(cls)

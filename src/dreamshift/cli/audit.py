@@ -127,7 +127,6 @@ def train_classifier(args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> int:
-    import dreamshift.learn  # noqa: F401  (registers learn run folders as a --model kind)
     from dreamshift.audit.evaluate import AuditConfig, audit
     from dreamshift.report.tables import format_table
 

@@ -1,9 +1,11 @@
 """``load_classifier(spec)``: the one place a model spec becomes a :class:`Classifier`.
 
 - ``world-cnn``, ``world-resnet18``: the world's ERM classifiers shipped in the package;
-- a folder: any kind registered in :data:`FOLDER_KINDS` (a stage that writes classifier
-  folders registers its own reader here, e.g. ``dreamshift.learn`` for its run folders), else a
-  folder written by ``dreamshift train-classifier``;
+- a folder: any kind registered in :data:`FOLDER_KINDS`, else a folder written by
+  ``dreamshift train-classifier``. A stage that writes classifier folders registers its reader
+  when it is imported, and names itself in the ``dreamshift.classifier_folders`` entry-point
+  group (``pyproject.toml``) so that it is imported when a folder is looked up: learn run
+  folders load without this layer knowing of learn;
 - ``timm:NAME``, ``torchvision:NAME``, ``open_clip:ARCH/PRETRAINED`` (:mod:`dreamshift.models.zoo`).
 
 >>> load_classifier("world-resnet18").classes[:3]
@@ -12,8 +14,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from dreamshift.assets import shipped
@@ -33,6 +37,13 @@ class FolderKind:
 
 
 FOLDER_KINDS: Registry[FolderKind] = Registry("classifier folder kind")
+ENTRY_POINTS = "dreamshift.classifier_folders"  # modules that register folder kinds on import
+
+
+@functools.cache
+def _import_folder_kinds() -> None:
+    for entry in metadata.entry_points(group=ENTRY_POINTS):
+        entry.load()
 
 
 def shipped_classifiers() -> list[str]:
@@ -46,6 +57,7 @@ def load_classifier(
     zero-shot models to write their prompts."""
     folder = Path(spec)
     if folder.is_dir():
+        _import_folder_kinds()
         for name in FOLDER_KINDS.names():
             kind = FOLDER_KINDS.get(name)
             if kind.recognise(folder):
