@@ -29,7 +29,7 @@ from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.dream.quality import quality_flag
 from dreamshift.dream.runner import dream, plan_dream
-from dreamshift.errors import BadInputError, DreamshiftError
+from dreamshift.errors import DreamshiftError
 from dreamshift.models.diffusion import SCHEDULERS, Dreamer, Request, resolve_runtime
 from dreamshift.models.tiny_sd import save_tiny_sd
 
@@ -152,29 +152,21 @@ def test_seeds_and_ids_do_not_depend_on_threads(tmp_path, tiny_sd, guides):
     assert made["1"] == made["2"]
 
 
-def test_a_sample_with_a_bad_input_is_recorded_and_the_run_goes_on(
-    tmp_path, tiny_sd, guides, monkeypatch
-):
-    real = Dreamer.generate
-    doomed = rows(guides)[5]["sample_id"]
-    seeds: dict[int, str] = {}
-
-    def generate(self, requests, *args):
-        if any(seeds.get(r.seed) == doomed for r in requests):
-            raise BadInputError("unusable guide (injected)")
-        return real(self, requests, *args)
-
-    monkeypatch.setattr(Dreamer, "generate", generate)
-    cfg = DreamConfig(source=str(guides), model=str(tiny_sd), steps=2, strength=0.5)
-    seeds.update({s.seed: s.guide["sample_id"] for s in plan_dream(cfg).specs})
+def test_a_sample_with_a_bad_input_is_recorded_and_the_run_goes_on(tmp_path, tiny_sd, guides):
+    """A guide changed since it was composed fails its sample only, whatever the batch size."""
+    src = tmp_path / "guides"
+    shutil.copytree(guides, src)
+    doomed = rows(src)[5]
+    (src / doomed["path"]).write_bytes((src / doomed["path"]).read_bytes() + b"x")
+    cfg = DreamConfig(source=str(src), model=str(tiny_sd), steps=2, strength=0.5)
     outcome = {}
-    for batch in (1, 4):  # a batch that meets a bad input is redone sample by sample
+    for batch in (1, 4):
         out = tmp_path / f"b{batch}"
         result = dream(cfg, out, batch_size=batch, progress=False)
         assert result.num_failed == 1
         (failed,) = [r for r in rows(out) if r["status"] == "failed"]
-        assert failed["guide_sample_id"] == doomed
-        assert "unusable guide (injected)" in failed["error"]
+        assert failed["guide_sample_id"] == doomed["sample_id"]
+        assert "changed since it was composed" in failed["error"]
         outcome[batch] = images_and_rows(out)
     assert outcome[1] == outcome[4]
 

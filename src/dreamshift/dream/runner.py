@@ -368,31 +368,6 @@ def _failed(row: dict[str, Any], exc: BadInputError) -> None:
     row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
 
 
-def _generate(
-    plan: DreamPlan, dreamer: Dreamer, requests: list[Request]
-) -> list[np.ndarray | BadInputError]:
-    """Images of a batch; if the batch meets a bad input, each sample is tried alone so that
-    only the samples that use it fail (batch invariance makes the results identical)."""
-    cfg = plan.cfg
-    w, h = plan.size
-
-    def run(reqs: list[Request]) -> list[np.ndarray]:
-        return dreamer.generate(reqs, cfg.steps, cfg.strength, cfg.guidance_scale, w, h)
-
-    try:
-        return list(run(requests))
-    except BadInputError as exc:
-        if len(requests) == 1:
-            return [exc]
-    out: list[np.ndarray | BadInputError] = []
-    for req in requests:
-        try:
-            out.append(run([req])[0])
-        except BadInputError as exc:
-            out.append(exc)
-    return out
-
-
 @dataclass(frozen=True)
 class ShardWork:
     """What to make in one shard: its samples, and the rows that stay as they are (a retry
@@ -454,12 +429,12 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[st
             )
         if todo:
             assert job.dreamer is not None
-            results = _generate(plan, job.dreamer, [t[2] for t in todo])
-            for (row, rel_path, _), result in zip(todo, results, strict=True):
-                if isinstance(result, BadInputError):
-                    _failed(row, result)
-                else:
-                    _finish(row, result, root, rel_path)
+            cfg, (w, h) = plan.cfg, plan.size  # inputs are read and checked: no bad input here
+            images = job.dreamer.generate(
+                [t[2] for t in todo], cfg.steps, cfg.strength, cfg.guidance_scale, w, h
+            )
+            for (row, rel_path, _), pixels in zip(todo, images, strict=True):
+                _finish(row, pixels, root, rel_path)
         tick(len(batch))
     flush_to_disk()  # images durable before the rows and the marker that vouch for them
     all_rows = sorted([*work.keep, *rows], key=lambda r: r["index"])
@@ -508,6 +483,7 @@ def dream(
     start = time.perf_counter()
     if batch_size < 1 or workers < 1:
         raise DreamshiftError("--batch-size and --workers must be >= 1")
+    cfg.check()  # a wrong setting stops the run before anything is written
     root = Path(out)
     layout = ds.DatasetLayout(root)
     with claim_output(root):  # before the model is hashed or loaded
