@@ -99,6 +99,18 @@ def test_a_second_run_into_the_same_folder_stops_naming_the_first(tmp_path, guid
     assert not lock_path(out).exists()
 
 
+def test_an_out_folder_whose_parent_is_not_writable_holds_its_lock_inside(tmp_path, monkeypatch):
+    import dreamshift.engine.output as output
+
+    out = tmp_path / "scratch-user"
+    out.mkdir()  # made for the user by an administrator, in a folder only they can write
+    real = os.access
+    monkeypatch.setattr(output.os, "access", lambda p, m: Path(p) != tmp_path and real(p, m))
+    assert lock_path(out) == out / ".lock"
+    assert compose(small_config(), out, progress=False).num_failed == 0
+    assert not (out / ".lock").exists() and not lock_path(out).exists()
+
+
 @pytest.mark.parametrize(
     ("code", "message"),
     [

@@ -28,6 +28,7 @@ from dreamshift.errors import DreamshiftError
 
 SCHEMA_VERSION = 2
 DATASET_JSON = "dataset.json"
+LOCK = ".lock"  # the running writer's lock, kept inside only when the parent is not writable
 MANIFEST = "manifest.parquet"
 OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (black)
 
@@ -164,7 +165,7 @@ def prepare_output(
         if old.get("complete"):
             return old
     elif root.exists() and (
-        not root.is_dir() or {p.name for p in root.iterdir()} - {DATASET_JSON + ".tmp"}
+        not root.is_dir() or {p.name for p in root.iterdir()} - {DATASET_JSON + ".tmp", LOCK}
     ):  # a run killed while writing its first dataset.json leaves only that .tmp file
         raise DreamshiftError(
             f"{root} exists and is not a dreamshift dataset: choose another --out"

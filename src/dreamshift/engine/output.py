@@ -1,7 +1,8 @@
 """Holding an output folder for one run: a lock against a second run, clear disk errors.
 
 The lock is ``<out>.lock`` beside the folder, not in it: the dataset directory keeps exactly
-the files of the data contract, and a folder that is not a dataset is never written into. It
+the files of the data contract, and a folder that is not a dataset is never written into (only
+when the parent cannot be written does it go inside, as ``<out>/.lock``). It
 holds the pid and command line of the run, is removed when the run ends, and a lock left by a
 killed run is simply taken over (the kernel drops a ``flock`` with its process).
 """
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -25,7 +27,11 @@ NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def lock_path(root: Path) -> Path:
+    """``<out>.lock`` beside the folder; inside it (``<out>/.lock``) when the folder exists and
+    its parent is not ours to write (``--out /scratch/$USER`` under a root-owned ``/scratch``)."""
     root = root.resolve()
+    if root.is_dir() and not os.access(root.parent, os.W_OK | os.X_OK):
+        return root / ds.LOCK
     return root.with_name(root.name + ".lock")
 
 
