@@ -133,12 +133,12 @@ class Config:
         kwargs = {}
         for key, value in d.items():
             hint = hints[key]
-            if isinstance(hint, type) and issubclass(hint, Config):
-                if not isinstance(value, dict | hint):
-                    raise DreamshiftError(
-                        f"{key} = {value!r}" + (f" in {where}" if where else "")
-                        + f": give a mapping of {_what(hint)} fields"
-                    )  # fmt: skip
+            nested = isinstance(hint, type) and issubclass(hint, Config)
+            if nested and not isinstance(value, dict | hint):
+                raise DreamshiftError(
+                    f"{key} = {value!r}" + (f" in {where}" if where else "")
+                    + f": give a mapping of {_what(hint)} fields"
+                )  # fmt: skip
             kwargs[key] = _convert(value, hint, where)
         missing = [
             f.name

@@ -109,7 +109,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Classifier:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DreamshiftError(
             f"{meta_path} is not a valid classifier record ({exc!r}): it needs architecture, "
-            "classes and input_size"
+            "classes and preprocessing"
         ) from exc
     preprocessing = preprocessing_of(meta, str(meta_path))
     net = ARCHITECTURES.get(arch)(len(classes))

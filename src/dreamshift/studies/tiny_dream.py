@@ -4,7 +4,7 @@ Latent diffusion (Rombach et al. 2022) at toy scale, trained in stages that each
 and resume:
 
 1. ``renders``: world images, every class on every background with random appearance, scale and
-   placement (made by :func:`dreamshift.compose.compose`, so they are cached and resumable);
+   placement (made by :func:`dreamshift.compose.runner.compose`: cached and resumable);
 2. ``vae``: an ``AutoencoderKL`` from 64x64x3 pixels to 16x16x4 latents, trained on 32x32
    crops (4x cheaper) with a pixel MSE and a small KL term (the paper adds perceptual and
    adversarial losses);
@@ -37,9 +37,11 @@ from typing import Any
 import numpy as np
 
 from dreamshift.config import Config
+from dreamshift.data.transforms import Preprocessing
 from dreamshift.errors import DreamshiftError
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, fit_steps
+from dreamshift.train.schedules import warmup_cosine_lr
 from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
@@ -231,28 +233,10 @@ def load_renders(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.nda
     return images, fg, bg
 
 
-def to_tensor(images: np.ndarray) -> Any:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1], as Stable Diffusion's VAE expects."""
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 def psnr(a: Any, b: Any) -> float:
     """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     mse = float(((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).mean())
     return 10 * math.log10(4.0 / max(mse, 1e-12))
-
-
-# ------------------------------------------------------------------------------- checkpoints
-
-
-def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10 % of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 # -------------------------------------------------------------------------------- training
@@ -282,7 +266,7 @@ def train_vae(
         flip = torch.rand(cfg.vae_batch, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
+            group["lr"] = warmup_cosine_lr(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup_steps)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator=g)).sample
         mse = torch.nn.functional.mse_loss(rec, x)
@@ -335,7 +319,7 @@ def finetune_decoder(
         flip = torch.rand(cfg.decoder_batch, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, total, cfg.decoder_lr, warmup)
+            group["lr"] = warmup_cosine_lr(step, total, cfg.decoder_lr, warmup)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=g)
         mse = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
@@ -416,7 +400,7 @@ def train_unet(
         t = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=g)
         noisy = scheduler.add_noise(z0, noise, t)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
+            group["lr"] = warmup_cosine_lr(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
         cond = text_encoder(ids[prompt_index])[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
@@ -498,6 +482,7 @@ def train_tiny_dream(
     )
     train_images, fg, bg = load_renders(renders, "train")
     test_images = load_renders(renders, "test")[0]
+    to_tensor = Preprocessing.world(SIZE)  # [-1, 1], as Stable Diffusion's VAE expects
     x_train, x_test = to_tensor(train_images), to_tensor(test_images)
     log(f"renders: {len(x_train)} train, {len(x_test)} held-out")
 

@@ -3,8 +3,9 @@ structure (numbers, strings, nesting, dict keys) and whose body holds every tens
 
 ``torch.load`` of a pickle can execute code hidden in the file, so a run folder someone shared
 could run anything when opened. A state saved here is read back by parsing JSON and tensors
-only; the ``checkpoint.pt`` files of earlier versions are read with ``weights_only=True``, and a
-pickle that needs more is refused.
+only. The ``checkpoint.pt`` of a finished learn run of an earlier version is read with
+``weights_only=True``, and a pickle that needs more is refused; an unfinished run of an earlier
+version starts again.
 
 >>> import tempfile, torch
 >>> path = Path(tempfile.mkdtemp()) / "state.safetensors"
@@ -97,9 +98,14 @@ def _load_legacy(path: Path) -> dict[str, Any]:
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as exc:
+        if "allowed global" in str(exc):  # the pickle names a function or class to call
+            raise DreamshiftError(
+                f"{path} is a pickle that holds more than tensors and plain values; loading it "
+                "could run code hidden in it, so dreamshift refuses it. Delete the file (the run "
+                "then starts again) or use a run folder you made yourself"
+            ) from exc
         raise DreamshiftError(
-            f"{path} is a pickle that holds more than tensors and plain values; loading it "
-            "could run code hidden in it, so dreamshift refuses it. Delete the file (the run "
-            "then starts again) or use a run folder you made yourself"
+            f"{path} cannot be read as a checkpoint (damaged, or not a checkpoint); delete it "
+            "to start that run again"
         ) from exc
     return state

@@ -20,3 +20,12 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def warmup_cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """The learning rate itself (not a factor) at ``step``: linear warm-up over ``warmup``
+    steps, then cosine decay to 10 % of ``peak`` (tiny-dream's stages)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
