@@ -41,7 +41,7 @@ from dreamshift.audit.labels import LabelMap, read_label_map
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import iter_batches, usable_rows
-from dreamshift.engine.results import append_records, read_records
+from dreamshift.engine.results import RESULTS, append_records, read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
 from dreamshift.models.loading import load_classifier
@@ -307,7 +307,7 @@ def audit(
         if not id_rows:
             raise DreamshiftError(f"{id_root} has no usable rows in split {id_split or '(any)'}")
     mapping = read_label_map(cfg.label_map) if cfg.label_map else None
-    results_path = Path(results) if results else root / "audit" / "results.jsonl"
+    results_path = Path(results) if results else root / "audit" / RESULTS
 
     records = []
     for spec in cfg.models:

@@ -43,15 +43,14 @@ from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import save_checkpoint
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, descend, fit
-
-CHECKPOINT = "checkpoint.safetensors"
+from dreamshift.train.run_folder import CHECKPOINT
 
 
 @dataclass(frozen=True)
 class TrainConfig(Config):
     arch: str = "world-cnn"
-    split: str = "train"
-    val_split: str = "val"
+    split: str = ds.TRAIN
+    val_split: str = ds.VAL
     epochs: int = 10
     batch_size: int = 128
     lr: float = 2e-3

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamshift.cli.args import names
+from dreamshift.data import dataset as ds
 
 
 def add(sub: Any) -> None:
@@ -69,8 +70,8 @@ def add(sub: Any) -> None:
     q = sub.add_parser("probe", help="linear probes on a learn run's frozen feature blocks")
     q.add_argument("run", type=Path, help="a finished run folder of `dreamshift learn`")
     q.add_argument("dataset", type=Path)
-    q.add_argument("--train-split", default="train")
-    q.add_argument("--test-split", default="test")
+    q.add_argument("--train-split", default=ds.TRAIN)
+    q.add_argument("--test-split", default=ds.TEST)
     q.add_argument(
         "--erase",
         action="store_true",

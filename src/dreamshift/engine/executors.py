@@ -58,8 +58,9 @@ class LocalPool:
     one worker or one item: starting a process would only cost time).
 
     ``spawn``: start fresh interpreters, as CUDA cannot be used in a forked child. Otherwise
-    workers are forked where the platform can: that spares each one the seconds of importing
-    torch and diffusers again. Workers end with this process, even when it is killed.
+    workers are forked on Linux (macOS spawns: fork is unsafe there), which spares each one
+    the seconds of importing torch and diffusers again. Workers end with this process, even
+    when it is killed.
     """
 
     def __init__(self, workers: int, spawn: bool = False):
@@ -72,7 +73,7 @@ class LocalPool:
         if self.workers <= 1 or len(items) <= 1:
             yield from InProcess().map(setup, fn, items)
             return
-        fork = not self.spawn and "fork" in multiprocessing.get_all_start_methods()
+        fork = not self.spawn and sys.platform == "linux"
         pool = ProcessPoolExecutor(
             max_workers=min(self.workers, len(items)),
             mp_context=multiprocessing.get_context("fork" if fork else "spawn"),

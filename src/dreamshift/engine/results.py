@@ -22,7 +22,6 @@ from typing import Any
 from dreamshift.errors import DreamshiftError
 
 RESULTS = "results.jsonl"
-PROBES = "probes.jsonl"  # in a learn run folder: one record per `dreamshift probe`
 
 
 def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:

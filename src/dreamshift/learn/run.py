@@ -40,7 +40,7 @@ from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file, write_atomic
 from dreamshift.data.loading import load_split
 from dreamshift.data.transforms import Preprocessing, augment
-from dreamshift.engine.results import PROBES, append_record
+from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
 from dreamshift.learn.erase import Eraser
@@ -50,10 +50,9 @@ from dreamshift.models.classifier import Classifier, preprocessing_of
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
 from dreamshift.train.loop import TrainState, fit
+from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE, PROBES
 from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
-DONE = "done"
-CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # earlier versions: read with weights_only=True only
 
 
@@ -64,8 +63,8 @@ class LearnConfig(Config):
     epochs: int = 10
     batch_size: int = 128
     seed: int = 0
-    split: str = "train"
-    eval_splits: tuple[str, ...] = ("val", "test", "anti")
+    split: str = ds.TRAIN
+    eval_splits: tuple[str, ...] = (ds.VAL, ds.TEST, ds.ANTI)
     input_size: int = 64
     lr_schedule: str = "constant"  # or "cosine": 5 % linear warm-up, then cosine decay to 0
     features_from: str = ""  # a finished run: train on its frozen features ("fg" block of d3s)
@@ -96,7 +95,7 @@ class LearnConfig(Config):
                 f"--erase {self.erase!r}: choose {' or '.join(ERASABLE)}, with --features-from"
             )
         if self.features_from:
-            source = json.loads((Path(self.features_from) / "config.json").read_text())
+            source = json.loads((Path(self.features_from) / CONFIG).read_text())
             size = source["config"]["input_size"]
             if size != self.input_size:
                 raise DreamshiftError(
@@ -271,7 +270,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         "backgrounds": backgrounds,
         "preprocessing": Preprocessing.world(cfg.input_size).to_dict(),
     }
-    write_atomic(folder / "config.json", (json.dumps(record, indent=2) + "\n").encode())
+    write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
     resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
     algo = build(cfg, len(classes), len(backgrounds), fit_eraser=not resuming)
@@ -301,7 +300,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         if split in present:
             images, labels, bgs = load_split(root, split, classes, backgrounds)
             split_metrics[split] = evaluate(algo, images, labels, bgs, prep)
-    append_record(out / "results.jsonl", results)
+    append_record(out / RESULTS, results)
     (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
     return folder
 
@@ -311,7 +310,7 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     folder = Path(folder)
     if not (folder / DONE).exists():
         raise DreamshiftError(f"{folder} is not a finished learn run (no {DONE} marker)")
-    record = json.loads((folder / "config.json").read_text())
+    record = json.loads((folder / CONFIG).read_text())
     c = dict(record["config"])
     c["hparams"] = Hparams(**c["hparams"])
     c["eval_splits"] = tuple(c["eval_splits"])
@@ -343,7 +342,7 @@ class _RunNet(torch.nn.Module):
 
 
 def is_run(folder: str | Path) -> bool:
-    return (Path(folder) / "config.json").is_file() and _checkpoint_path(Path(folder)) is not None
+    return (Path(folder) / CONFIG).is_file() and _checkpoint_path(Path(folder)) is not None
 
 
 def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
@@ -358,7 +357,7 @@ def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
         name=name,
         net=_RunNet(algo).to(device),
         classes=tuple(record["classes"]),
-        preprocessing=preprocessing_of(record, str(folder / "config.json"))
+        preprocessing=preprocessing_of(record, str(folder / CONFIG))
         if "preprocessing" in record
         else Preprocessing.world(int(cfg["input_size"])),  # runs of earlier versions
         weights_sha256=sha256_file(_checkpoint_path(folder) or folder / CHECKPOINT),
@@ -379,8 +378,8 @@ def _blocks(algo: Algorithm, images: torch.Tensor, size: int) -> dict[str, np.nd
 def probe(
     dataset: str | Path,
     folder: str | Path,
-    train_split: str = "train",
-    test_split: str = "test",
+    train_split: str = ds.TRAIN,
+    test_split: str = ds.TEST,
     erase: bool = False,
 ) -> dict[str, dict[str, float]]:
     """The disentanglement matrix of a finished run: linear probes on its frozen feature blocks

@@ -29,7 +29,7 @@ NAMES = {"fg": CLASSES, "bg": BACKGROUNDS}
 INPUT = 32  # the oracles see images resized to 32x32
 
 
-def _net(n_classes: int) -> Any:
+def oracle_net(n_classes: int) -> Any:
     """Four conv-BN-ReLU-maxpool stages (32-64-128-128 channels), global average pooling and a
     linear head: about 240 k parameters, input (B, 3, 32, 32) in [-1, 1]."""
     from torch import nn
@@ -86,7 +86,7 @@ def load_oracle(kind: str, folder: str | Path | None = None) -> Oracle:
     meta = json.loads(record.read_text()) if record.is_file() else {}
     if Preprocessing.from_dict(meta.get("preprocessing", PREPROCESSING.to_dict())) != PREPROCESSING:
         raise DreamshiftError(f"{record}: these oracles take another input than {PREPROCESSING}")
-    net = _net(len(NAMES[kind]))
+    net = oracle_net(len(NAMES[kind]))
     net.load_state_dict(load_file(str(weights)))
     net.eval()
     return Oracle(kind, tuple(NAMES[kind]), net)

@@ -14,8 +14,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from dreamshift.engine.results import PROBES
+from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
+from dreamshift.train.run_folder import PROBES
 
 
 def percent(v: float | None) -> str:
@@ -82,7 +83,7 @@ def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
 
 
 def format_learn_table(
-    records: list[dict[str, Any]], splits: tuple[str, ...] = ("test", "anti")
+    records: list[dict[str, Any]], splits: tuple[str, ...] = (ds.TEST, ds.ANTI)
 ) -> str:
     """The spurious-task table, one line per run: what it trained on (rho, paste or dreamed),
     the algorithm (``on <run>`` for a head on frozen features, ``, background erased`` with

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamshift.config import Config
-from dreamshift.models.oracles import INPUT, NAMES, PREPROCESSING, _net, prepare
+from dreamshift.models.oracles import NAMES, PREPROCESSING, oracle_net, prepare
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, descend, fit
 
@@ -61,7 +61,7 @@ def train_one(
     import torch
 
     torch.manual_seed(derive_seed(cfg.seed, "oracle", kind))
-    net = _net(len(NAMES[kind]))
+    net = oracle_net(len(NAMES[kind]))
     (x, y), (x_test, y_test) = train, test
     steps_per_epoch = max(1, len(x) // cfg.batch)
     epochs = cfg.fg_epochs if kind == "fg" else cfg.bg_epochs
@@ -117,7 +117,6 @@ def train_oracles(
         save_file(net.state_dict(), str(out / f"{kind}.safetensors"))
     meta = {
         "names": {k: list(v) for k, v in NAMES.items()},
-        "input": f"(B, 3, {INPUT}, {INPUT}), area-resized, x / 127.5 - 1",
         "preprocessing": PREPROCESSING.to_dict(),
         "held_out_accuracy": {k: round(v, 4) for k, v in accuracies.items()},
         "held_out_images": len(test_images),
