@@ -52,13 +52,13 @@ class Preprocessing:
             if isinstance(images, torch.Tensor)
             else torch.from_numpy(np.ascontiguousarray(images))
         )
-        x = x.to(device).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+        x = x.to(device).permute(0, 3, 1, 2).to(torch.float32, copy=True)  # (N, 3, H, W), ours
         if self.mean == WORLD_MEAN and self.std == WORLD_STD:
-            x = x / 127.5 - 1.0  # the world's [-1, 1], as every world model was trained
+            x.div_(127.5).sub_(1.0)  # the world's [-1, 1], as every world model was trained
         else:
             mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            x = (x / 255.0 - mean) / std
+            x.div_(255.0).sub_(mean).div_(std)
         size = self.input_size
         if x.shape[-2:] != (size, size):
             if self.resize == "area":
