@@ -115,6 +115,22 @@ def test_probe_matrix_recovers_known_structure():
     assert 0.25 <= m["chance"]["class"] < 0.35  # most frequent of 4 balanced labels
 
 
+def whole_and_resumed(world, tmp_path, cfg):
+    """The run folders of ``cfg`` trained in one go (in ``a``) and stopped after its first epoch
+    of two, then relaunched (in ``b``)."""
+    from dreamshift.learn.run import learn
+
+    whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)
+
+    def stop_after_first_epoch(message):
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn(world, tmp_path / "b", cfg, log=stop_after_first_epoch)
+    return whole, learn(world, tmp_path / "b", cfg, log=lambda *_: None)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from conftest import small_config
@@ -134,15 +150,7 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
     from dreamshift.train.checkpoint import load_state
 
     cfg = LearnConfig(algorithm="d3s", epochs=2, batch_size=8, eval_splits=("test", "anti"))
-    whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)
-
-    def stop_after_first_epoch(message):
-        if "epoch 1/2" in message:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        learn(world, tmp_path / "b", cfg, log=stop_after_first_epoch)
-    resumed = learn(world, tmp_path / "b", cfg, log=lambda *_: None)
+    whole, resumed = whole_and_resumed(world, tmp_path, cfg)
     assert whole.name == resumed.name  # the folder is named by the config, not the place
     a = load_state(whole / "checkpoint.safetensors")["state"]["model"]
     b = load_state(resumed / "checkpoint.safetensors")["state"]["model"]
@@ -189,20 +197,12 @@ def test_a_run_resumed_after_its_optimizer_restarted_matches_an_uninterrupted_on
 ):
     """IRM and d3s restart their optimizer when the penalty comes in (step 2 of epoch 1 here):
     the checkpoint must hold the new optimizer, or the resumed run drifts away."""
-    from dreamshift.learn.run import LearnConfig, learn
+    from dreamshift.learn.run import LearnConfig
     from dreamshift.train.checkpoint import load_state
 
     hp = Hparams(irm_anneal_steps=2, mi_anneal_steps=2)
     cfg = LearnConfig(algorithm=algorithm, epochs=2, batch_size=8, eval_splits=(), hparams=hp)
-    whole = learn(world, tmp_path / "a", cfg, log=lambda *_: None)
-
-    def stop_after_first_epoch(message):
-        if "epoch 1/2" in message:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        learn(world, tmp_path / "b", cfg, log=stop_after_first_epoch)
-    resumed = learn(world, tmp_path / "b", cfg, log=lambda *_: None)
+    whole, resumed = whole_and_resumed(world, tmp_path, cfg)
     a = load_state(whole / "checkpoint.safetensors")["state"]
     b = load_state(resumed / "checkpoint.safetensors")["state"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
