@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -14,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config, tree_digest
-from dreamshift.audit.evaluate import predict
+from dreamshift.audit import evaluate
+from dreamshift.audit.evaluate import AuditConfig, Evaluated, audit, predict
 from dreamshift.audit.labels import LabelMap
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
@@ -25,6 +27,7 @@ from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import load_checkpoint
 from dreamshift.models.loading import load_classifier, shipped_classifiers
+from dreamshift.report.tables import format_table
 from dreamshift.world.animals import CLASSES
 
 
@@ -456,3 +459,50 @@ def test_open_clip_zero_shot_scores_the_dataset_classes(monkeypatch):
     red[..., 0], green[..., 1] = 255, 255
     logits = clf.logits(np.concatenate([red, green]))
     assert logits.shape == (2, 2) and list(logits.argmax(1)) == [0, 1]
+
+
+def _scripted_predict(clf, labels, root, rows, batch_size):
+    """Stands in for ``evaluate.predict``: every ordinary image is named right; the i-th
+    cue-conflict image is named by its shape, its coat, then a third class, in turn."""
+    classes = list(labels.classes)
+    predicted = []
+    for i, r in enumerate(rows):
+        if r["split"] != ds.CONFLICT:
+            predicted.append(r["fg_class"])
+            continue
+        neither = next(c for c in classes if c not in (r["fg_class"], r["coat_class"]))
+        predicted.append((r["fg_class"], r["coat_class"], neither)[i % 3])
+    scores = np.eye(len(classes), dtype=np.float32)[[classes.index(p) for p in predicted]]
+    return Evaluated(list(rows), scores.reshape(len(rows), len(classes)), predicted, [])
+
+
+def test_shape_bias_on_cue_conflicts_and_conflicts_stay_out_of_the_other_metrics(
+    tmp_path, monkeypatch
+):
+    """Ten classes (so that every coat is one the classifier can name), one background, no test
+    split: the audit's default rows are every split but spurious and conflict."""
+    recipe = ShiftRecipe(
+        train_size=0, val_per_group=1, test_per_group=0, anti_per_group=0, conflict_per_group=1
+    )
+    root = tmp_path / "ds"
+    compose(small_config(classes=CLASSES, background_names=("grass",), size=32, recipe=recipe),
+            root, progress=False)  # fmt: skip
+    rows = ds.read_manifest(root).to_pylist()
+    assert Counter(r["split"] for r in rows) == {"val": 10, "conflict": 10}
+    monkeypatch.setattr(evaluate, "predict", _scripted_predict)
+    (record,) = audit(AuditConfig(models=("world-cnn",), bootstrap=10), root, log=lambda _: None)
+    assert record["split"] == "" and record["n"] == 10 and record["acc_avg"] == 1.0
+    assert {p["split"] for p in pq.read_table(record["predictions"]).to_pylist()} == {"val"}
+    # conflicts 0..9 named shape, coat, neither, shape, ...: 4 shape, 3 coat, 3 neither
+    assert (record["conflict_n"], record["shape_decisions"], record["coat_decisions"]) == (10, 4, 3)
+    assert record["shape_bias"] == pytest.approx(4 / 7)
+    assert "shape bias" in format_table([record]) and "57.1 (4/7)" in format_table([record])
+
+
+def test_a_dataset_without_a_conflict_split_has_no_shape_bias(world, cnn, tmp_path):
+    (record,) = audit(
+        AuditConfig(models=(str(cnn),), bootstrap=10), world, tmp_path / "r.jsonl",
+        log=lambda _: None,
+    )  # fmt: skip
+    assert not {"shape_bias", "shape_decisions", "coat_decisions", "conflict_n"} & set(record)
+    assert "shape bias" not in format_table([record])

@@ -133,7 +133,8 @@ def test_world_commands(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "bear, bird, cat" in text and "grass, road, forest" in text
     assert main(["world", "preview", "--out", str(tmp_path / "p.png")]) == 0
-    assert Image.open(tmp_path / "p.png").size == (8 * 64, 11 * 64)
+    # ten background rows, then animals in typical and in random coats
+    assert Image.open(tmp_path / "p.png").size == (8 * 64, 12 * 64)
     assert main(["world", "export", "--out", str(tmp_path / "w"), "--per-class", "2",
                  "--per-background", "1"]) == 0  # fmt: skip
     assert len(list((tmp_path / "w" / "foregrounds").glob("*/*.png"))) == 20

@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import small_config, tree_digest
+from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config, tree_digest
+from dreamshift.cli import main
 from dreamshift.compose import runner
-from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.config import COATS, ComposeConfig, Placement, ShiftRecipe, saved_config
 from dreamshift.compose.runner import compose, compose_image, plan_samples, resolve
 from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
@@ -98,7 +99,10 @@ def test_manifest_schema_and_files(small_dataset):
         assert r["box_y"] >= 0 and r["box_y"] + r["box_h"] <= 64
         assert 0.3 <= r["scale"] <= 0.5
         assert r["fg_source"].startswith("animal-mnist:") and r["bg_source"].startswith("world:")
-        assert set(json.loads(r["appearance"])) >= {"texture", "colour", "flip", "rotation"}
+        appearance = json.loads(r["appearance"])
+        assert set(appearance) >= {"coat", "texture", "colour", "flip", "rotation"}
+        assert r["coat_class"] == appearance["coat"] == r["fg_class"]  # typical coats by default
+        assert r["render"] == "paste"
     shards = sorted((small_dataset / "shards").glob("*.done"))
     assert len(shards) == -(-len(rows) // 8)
     assert all(json.loads(p.read_text())["failed"] == 0 for p in shards)
@@ -151,6 +155,122 @@ def test_a_dataset_written_before_a_config_field_existed_is_still_continued(tmp_
     result = compose(small_config(), out, progress=False)
     assert result.shards_run == 0 and result.num_failed == 0
     assert tree_digest(out, exclude_suffixes=(".json",)) == before
+
+
+def test_a_dataset_written_before_coats_and_photos_is_read_as_random_pastes(tmp_path):
+    """A dataset.json without ``coat`` / ``render`` was made in the shape-only world with naive
+    pastes: it reads back as such (not as today's defaults), continues, and its content hash
+    and sample ids are those dreamshift gave it then."""
+    legacy = small_config(size=32, coat="random", render="paste")
+    out = tmp_path / "old"
+    compose(legacy, out, progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    del meta["config"]["coat"], meta["config"]["render"]  # as written before the fields existed
+    meta["complete"] = False
+    (out / "dataset.json").write_text(json.dumps(meta))
+    read = saved_config(meta["config"])
+    assert (read["coat"], read["render"]) == ("random", "paste")
+    assert read == resolve(legacy).cfg.to_dict()
+    before = tree_digest(out, exclude_suffixes=(".json",))
+    result = compose(legacy, out, progress=False)
+    assert result.shards_run == 0 and result.num_failed == 0
+    assert tree_digest(out, exclude_suffixes=(".json",)) == before
+    with pytest.raises(DreamshiftError, match=r"different config \(differs in \['coat'\]\)"):
+        compose(small_config(size=32), out, progress=False)  # typical coats: another dataset
+    assert all(r["coat_class"] is None for r in ds.read_manifest(out).to_pylist())
+
+
+def test_content_hash_of_random_pastes_is_the_hash_from_before_coats_existed():
+    legacy = small_config(size=32, coat="random", render="paste")
+    d = legacy.to_dict()  # the dict dreamshift hashed before coat, render, conflict existed
+    for key in ("shard_size", "coat", "render"):
+        d.pop(key)
+    for key in ("spurious_per_class", "conflict_per_group"):
+        d["recipe"].pop(key)
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    assert legacy.content_hash() == digest
+    assert legacy.content_hash() == "daa99bc0241c"  # computed by dreamshift before this change
+    others = {
+        small_config(size=32).content_hash(),  # typical coats (the default)
+        small_config(size=32, coat="random", render="photo").content_hash(),
+        small_config(size=32, render="photo").content_hash(),
+    }
+    assert len(others) == 3 and legacy.content_hash() not in others
+
+
+CONFLICT_ARGS = [
+    "--classes", ",".join(SMALL_CLASSES), "--background-names", ",".join(SMALL_BACKGROUNDS),
+    "--size", "32", "--train-size", "0", "--val-per-group", "0", "--test-per-group", "1",
+    "--anti-per-group", "0", "--conflict-per-group", "1", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def conflict_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conflict") / "ds"
+    assert main(["compose", "--out", str(root), *CONFLICT_ARGS]) == 0
+    return root
+
+
+def test_conflict_split_puts_each_shape_in_another_class_coat(conflict_dataset):
+    rows = ds.read_manifest(conflict_dataset).to_pylist()
+    conflict = [r for r in rows if r["split"] == ds.CONFLICT]
+    groups = Counter((r["fg_class"], r["bg_class"]) for r in conflict)
+    assert len(groups) == 9 and set(groups.values()) == {1}
+    for r in conflict:
+        assert r["status"] == ds.OK and r["render"] == "paste"
+        assert r["coat_class"] in animals.CLASSES and r["coat_class"] != r["fg_class"]
+        assert json.loads(r["appearance"])["coat"] == r["coat_class"]
+    test = [r for r in rows if r["split"] == ds.TEST]
+    assert len(test) == 9 and all(r["coat_class"] == r["fg_class"] for r in test)
+    meta = ds.read_dataset_json(conflict_dataset)
+    assert meta["splits"]["conflict"]["num_samples"] == 9
+    assert meta["config"]["recipe"]["conflict_per_group"] == 1
+
+
+def test_conflict_coats_are_coats_of_the_dataset_classes(conflict_dataset):
+    rows = ds.read_manifest(conflict_dataset).to_pylist()
+    coats = {r["coat_class"] for r in rows if r["split"] == ds.CONFLICT}
+    assert coats <= set(SMALL_CLASSES)
+
+
+def test_folder_foregrounds_ignore_the_coat_and_keep_their_hash(world_folders):
+    fg = str(world_folders / "foregrounds")
+    typical, random = (resolve(small_config(foregrounds=fg, coat=c)).cfg for c in COATS)
+    assert typical.coat == random.coat == "random"
+    assert typical.content_hash() == random.content_hash()
+
+
+def test_random_coats_record_no_coat_class_and_the_render_column_follows_the_config(tmp_path):
+    recipe = ShiftRecipe(train_size=3, val_per_group=0, test_per_group=1, anti_per_group=0,
+                         spurious_per_class=1)  # fmt: skip
+    out = tmp_path / "photos"
+    compose(small_config(size=32, coat="random", render="photo", recipe=recipe), out,
+            progress=False)  # fmt: skip
+    rows = ds.read_manifest(out).to_pylist()
+    animals_rows = [r for r in rows if r["split"] != ds.SPURIOUS]
+    assert len(animals_rows) == 3 + 9
+    for r in animals_rows:
+        appearance = json.loads(r["appearance"])
+        assert r["coat_class"] is None and appearance["coat"] == "random"
+        assert r["render"] == "photo" and appearance["photo"]["render"] == "photo"
+    spurious = [r for r in rows if r["split"] == ds.SPURIOUS]
+    assert len(spurious) == 3 and all(r["render"] is None for r in spurious)  # no animal
+
+
+def test_a_conflict_split_without_typical_world_coats_is_refused(world_folders, tmp_path, capsys):
+    conflict = ShiftRecipe(train_size=0, test_per_group=1, conflict_per_group=1)
+    folders = {
+        "foregrounds": str(world_folders / "foregrounds"),
+        "backgrounds": str(world_folders / "backgrounds"),
+    }
+    for name, overrides in (("random", {"coat": "random"}), ("folders", folders)):
+        with pytest.raises(DreamshiftError, match=r"conflict split .* --coat typical"):
+            compose(small_config(size=32, recipe=conflict, **overrides), tmp_path / name)
+    out = tmp_path / "cli"
+    assert main(["compose", "--out", str(out), *CONFLICT_ARGS, "--coat", "random"]) == 2
+    assert "needs the world's foregrounds with --coat typical" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_rerun_of_a_finished_dataset_does_nothing_and_a_new_config_is_refused(small_dataset):

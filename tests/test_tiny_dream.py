@@ -96,18 +96,22 @@ def test_the_shipped_pipeline_loads_offline_with_both_sd_pipelines():
     assert 1_000_000 <= unet_params <= 5_000_000
 
 
-@pytest.fixture(scope="module")
-def held_out_guides(tmp_path_factory) -> Path:
-    """One guide of every class on every background, from silhouettes no model trained on."""
+def held_out(tmp: Path, name: str, render: str = "paste", coat: str = "typical") -> Path:
+    """One image of every class on every background, from silhouettes no model trained on."""
     cfg = ComposeConfig(
         placement=Placement(scale=(0.3, 0.7), max_rotation=15.0),
         recipe=ShiftRecipe(rho=0.1, train_size=0, val_per_group=0, test_per_group=1,
                            anti_per_group=0),
-        seed=7,
+        seed=7, render=render, coat=coat,
     )  # fmt: skip
-    out = tmp_path_factory.mktemp("held_out") / "guides"
+    out = tmp / name
     compose(cfg, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def held_out_guides(tmp_path_factory) -> Path:
+    return held_out(tmp_path_factory.mktemp("held_out"), "guides")
 
 
 def test_tiny_dream_is_the_default_model_of_dream(tmp_path, held_out_guides):
@@ -128,15 +132,53 @@ def _images(root: Path) -> tuple[np.ndarray, list[dict]]:
     return np.stack([np.asarray(Image.open(root / r["path"])) for r in rows]), rows
 
 
-def test_the_oracles_name_clean_renders(held_out_guides):
-    images, rows = _images(held_out_guides)
+def test_the_oracles_name_held_out_photos(tmp_path):
+    photos = held_out(tmp_path, "photos", render="photo")
+    random_coats = held_out(tmp_path, "random", render="photo", coat="random")
     record = json.loads((shipped("oracles") / "oracles.json").read_text())
-    for kind, col, names in (("fg", "fg_class", CLASSES), ("bg", "bg_class", BACKGROUNDS)):
+    for kind, root, col, names in (
+        ("fg", photos, "fg_class", CLASSES),
+        ("bg", photos, "bg_class", BACKGROUNDS),
+        ("shape", random_coats, "fg_class", CLASSES),
+    ):
+        images, rows = _images(root)
         predicted = load_oracle(kind).predict(images)
         accuracy = np.mean([p == r[col] for p, r in zip(predicted, rows, strict=True)])
-        # 100 fresh renders: within 12 points of the held-out accuracy the oracle shipped with
+        # 100 fresh photos: within 12 points of the held-out accuracy the oracle shipped with
         assert accuracy >= record["held_out_accuracy"][kind] - 0.12, (kind, accuracy)
         assert set(predicted) <= set(names)
+
+
+def test_oracle_features_give_a_distance_that_tells_photos_from_pastes(tmp_path):
+    from dreamshift.studies.evaluate_dream import dataset_distance
+
+    photos = held_out(tmp_path, "photos", render="photo")
+    pastes = held_out(tmp_path, "pastes", render="paste")
+    assert dataset_distance(photos, photos).value == pytest.approx(0.0, abs=1e-6)
+    d = dataset_distance(photos, pastes)
+    assert (d.n_a, d.n_b) == (100, 100) and d.value > 0
+    assert main(["world", "distance", str(photos), str(pastes), "--split-a", "nope"]) == 2
+
+
+def test_the_wrong_class_recipe_names_the_next_class(tmp_path):
+    from dreamshift.dream.prompts import load_recipe
+    from dreamshift.studies.evaluate_dream import write_wrong_class_recipe, wrong_class
+
+    recipe = load_recipe(str(write_wrong_class_recipe(tmp_path / "wrong.yaml")))
+    d3s = load_recipe("d3s")
+    assert wrong_class("bear") == "bird" and wrong_class("zebra") == "bear"
+    assert recipe.render(0, "cat", "snow") == d3s.render(0, "cow", "snow")
+
+
+def test_box_weights_mark_the_latent_cells_a_paste_box_touches():
+    from dreamshift.studies.tiny_dream import box_weights
+
+    w = box_weights(np.array([[4, 8, 9, 4]]), 3.0)  # x 4..13, y 8..12 px -> cells x 1..3, y 2
+    assert w.shape == (1, 1, 16, 16)
+    inside = np.zeros((16, 16), bool)
+    inside[2, 1:4] = True
+    assert np.array_equal(w[0, 0].numpy() == 3.0, inside)
+    assert float(w.sum()) == 16 * 16 + 2 * 3
 
 
 @pytest.mark.slow
@@ -177,6 +219,9 @@ def test_quality_scores_equal_their_hand_computed_values():
             out[:, self.index] = 1
             return out
 
+        def features(self, images: np.ndarray) -> np.ndarray:
+            return images.reshape(len(images), -1)[:, :2].astype(np.float64)
+
     def image(value: int) -> np.ndarray:
         return np.full((4, 4, 3), value, np.uint8)
 
@@ -186,8 +231,15 @@ def test_quality_scores_equal_their_hand_computed_values():
     seed1 = {"a": (image(13), labels[0]), "b": (image(24), labels[1])}  # 3 and 4 from seed 0
     oracles = {
         "fg": Fixed(CLASSES.index("cat"), len(CLASSES)),
+        "shape": Fixed(CLASSES.index("dog"), len(CLASSES)),
         "bg": Fixed(BACKGROUNDS.index("snow"), len(BACKGROUNDS)),
     }
-    row = _score("x", [seed0, seed1], guides, oracles)
-    assert (row.n, row.fg_accuracy, row.bg_accuracy) == (2, 0.5, 1.0)
+    reference = oracles["fg"].features(np.stack([image(16), image(20)]))
+    row = _score("x", [seed0, seed1], guides, oracles, reference)
+    assert (row.n, row.fg_accuracy, row.shape_accuracy, row.bg_accuracy) == (2, 0.5, 0.5, 1.0)
     assert row.change == pytest.approx(3.0) and row.diversity == pytest.approx(3.5)
+    assert row.distance == pytest.approx(0.0, abs=1e-9) and row.prompted_accuracy is None
+    # a wrong prompt names the next class: cat -> cow, dog -> elephant; the oracle says cat
+    wrong = _score("w", [seed0], guides, oracles, reference + 1.0, prompted=True)
+    assert wrong.prompted_accuracy == 0.0
+    assert wrong.distance == pytest.approx(2.0)  # both features shifted by 1: |1, 1|^2

@@ -1,4 +1,4 @@
-"""The embedded world: silhouettes, splits, backgrounds, appearance."""
+"""The embedded world: silhouettes, splits, backgrounds, appearance (coats), photos."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import pickle
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dreamshift.errors import DreamshiftError
 from dreamshift.seeding import derive_seed, rng_for
 from dreamshift.world import animals
-from dreamshift.world.appearance import paint_silhouette
+from dreamshift.world.appearance import COATS, RANDOM, TEXTURES, _colour, paint_silhouette
 from dreamshift.world.backgrounds import BACKGROUNDS, render_background
+from dreamshift.world.photo import render_photo
 
 
 def test_silhouettes_load_with_labels_and_shape_disjoint_splits():
@@ -98,6 +100,78 @@ def test_painted_silhouette_keeps_the_shape_and_varies_the_colour():
     assert max(a.size) == 56
     assert np.array_equal(np.asarray(a.getchannel("A")), np.asarray(c.getchannel("A")))
     assert pa["colour"] != pc["colour"]
+
+
+def _coat_pixels(coat: str, seed: int) -> np.ndarray:
+    """The (N, 3) colours in [0, 1] of one horse silhouette painted in ``coat``."""
+    sil = animals.load_silhouettes()
+    mask = sil.masks[int(sil.indices("train", "horse")[0])]
+    img, _ = paint_silhouette(mask, rng_for(seed), 48, flip=False, max_rotation=0, coat=coat)
+    a = np.asarray(img, np.float32) / 255
+    return a[..., :3][a[..., 3] > 0.5]
+
+
+@pytest.mark.parametrize("coat", list(COATS))
+def test_typical_coat_is_deterministic_per_rng_and_named_in_the_parameters(coat):
+    mask = animals.load_silhouettes().masks[0]
+    a, pa = paint_silhouette(mask, rng_for(3), 40, flip=True, max_rotation=10, coat=coat)
+    b, pb = paint_silhouette(mask, rng_for(3), 40, flip=True, max_rotation=10, coat=coat)
+    c, _ = paint_silhouette(mask, rng_for(4), 40, flip=True, max_rotation=10, coat=coat)
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and pa == pb
+    assert not np.array_equal(np.asarray(a), np.asarray(c))  # within-class variation
+    assert pa["coat"] == coat and pa["texture"] == COATS[coat].texture
+
+
+def test_typical_coats_tell_a_zebra_from_a_horse():
+    """Same silhouette, twenty seeds: a zebra coat is black-and-white stripes (grey on average,
+    high contrast), a horse coat a smooth red-brown."""
+    zebra = [_coat_pixels("zebra", s) for s in range(20)]
+    horse = [_coat_pixels("horse", s) for s in range(20)]
+    mean_z = np.mean([z.mean(0) for z in zebra], 0)
+    mean_h = np.mean([h.mean(0) for h in horse], 0)
+    assert np.linalg.norm(mean_z - mean_h) > 0.25
+    for z, h in zip(zebra, horse, strict=True):
+        assert z.std(0).mean() > 0.25 and h.std(0).mean() < 0.15  # contrast
+        r, _, b = z.mean(0)
+        assert abs(r - b) < 0.1  # no colour cast
+        r, _, b = h.mean(0)
+        assert r - b > 0.2  # red-brown
+
+
+def test_random_coat_draws_as_before_coats_existed():
+    """``coat="random"`` is the shape-only world of earlier datasets: the same parameter keys
+    (plus ``coat``) and the same draws in the same order, so their pixels stand."""
+    mask = animals.load_silhouettes().masks[0]
+    _, params = paint_silhouette(mask, rng_for(5), 40, flip=True, max_rotation=10, coat=RANDOM)
+    assert set(params) == {"coat", "texture", "colour", "colour2", "light", "flip", "rotation"}
+    assert params["coat"] == RANDOM and params["texture"] in TEXTURES
+    rng = rng_for(5)  # the legacy order: texture, colour, colour2
+    texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    c1, c2 = _colour(rng), _colour(rng)
+    assert params["texture"] == texture
+    assert params["colour"] == [round(float(v), 4) for v in c1]
+    assert params["colour2"] == [round(float(v), 4) for v in c2]
+    default, _ = paint_silhouette(mask, rng_for(5), 40, flip=True, max_rotation=10)
+    again, _ = paint_silhouette(mask, rng_for(5), 40, flip=True, max_rotation=10, coat=RANDOM)
+    assert np.array_equal(np.asarray(default), np.asarray(again))  # the function's default
+
+
+def test_photo_keeps_the_size_and_takes_the_scene_light():
+    cut = Image.new("RGBA", (12, 10), (245, 245, 245, 255))  # a bright animal
+    box = (slice(13, 21), slice(12, 20))  # inside the cut-out pasted at (10, 12)
+    for seed in range(3):
+        lit = {}
+        for scene in ("night", "snow"):
+            bg = Image.fromarray(render_background(scene, seed, 32))
+            img, params = render_photo(bg, cut, 10, 12, scene, rng_for(seed))
+            same, _ = render_photo(bg, cut, 10, 12, scene, rng_for(seed))
+            assert img.size == (32, 32) and img.mode == "RGB"
+            assert np.array_equal(np.asarray(img), np.asarray(same))
+            assert params["render"] == "photo"
+            lit[scene] = float(np.asarray(img, np.float32)[box].mean())
+        assert lit["night"] < 160 and lit["snow"] > 200
+    wide = Image.new("RGB", (48, 24), (90, 120, 60))
+    assert render_photo(wide, cut, 30, 10, "lava", rng_for(0))[0].size == (48, 24)
 
 
 def test_derive_seed_is_stable():

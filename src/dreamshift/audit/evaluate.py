@@ -5,9 +5,11 @@ classifiers lose accuracy when the background changes).
 Everything comes from the manifest and ``dataset.json``: the groups (any manifest columns,
 ``fg_class`` x ``bg_class`` by default), the groups a split was planned to hold (an empty one is
 an error: its accuracy is missing, not high), each class's usual background (for the BG-gap)
-and the spurious-only images (split ``spurious``: a background without an animal). Results are
-appended to ``results.jsonl``, one record per model x dataset x split, and each model's
-per-sample predictions are kept next to it for the report.
+and the spurious-only images (split ``spurious``: a background without an animal). A dataset
+with a ``conflict`` split (one class's shape in another class's coat) also gets each model's
+shape bias (Geirhos et al. 2019). Results are appended to ``results.jsonl``, one record per
+model x dataset x split, and each model's per-sample predictions are kept next to it for the
+report.
 
 >>> import tempfile
 >>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
@@ -202,6 +204,38 @@ def _spurious_metrics(
     }
 
 
+def is_cue_conflict(row: dict[str, Any], classes: Sequence[str]) -> bool:
+    """Whether ``row`` shows one of ``classes``' shapes in another of ``classes``' coats: only
+    then can a classifier over ``classes`` choose either cue."""
+    coat = row.get("coat_class")
+    return row["fg_class"] in classes and coat in classes and coat != row["fg_class"]
+
+
+def shape_bias(rows: Sequence[dict[str, Any]], predicted: Sequence[str]) -> dict[str, Any]:
+    """Shape bias on cue-conflict images (Geirhos et al. 2019): of the decisions that follow
+    either cue, the share that follows the shape (``fg_class``) rather than the coat
+    (``coat_class``); ``None`` when no decision follows either. Rows without another class's
+    coat are no conflict and are left out.
+
+    >>> rows = [{"fg_class": "cat", "coat_class": "zebra"}] * 5
+    >>> shape_bias(rows, ["cat", "zebra", "cat", "dog", "cat"])
+    {'conflict_n': 5, 'shape_decisions': 3, 'coat_decisions': 1, 'shape_bias': 0.75}
+    """
+    conflicts = [
+        (p, r)
+        for p, r in zip(predicted, rows, strict=True)
+        if r.get("coat_class") not in (None, r["fg_class"])
+    ]
+    shape = sum(p == r["fg_class"] for p, r in conflicts)
+    coat = sum(p == r["coat_class"] for p, r in conflicts)
+    return {
+        "conflict_n": len(conflicts),
+        "shape_decisions": shape,
+        "coat_decisions": coat,
+        "shape_bias": shape / (shape + coat) if shape + coat else None,
+    }
+
+
 def _write_predictions(path: Path, ev: Evaluated, classes: Sequence[str]) -> None:
     idx = {c: i for i, c in enumerate(classes)}
     true_score = [
@@ -306,6 +340,7 @@ def audit(
         id_rows = usable_rows(id_manifest, id_split)
         if not id_rows:
             raise DreamshiftError(f"{id_root} has no usable rows in split {id_split or '(any)'}")
+    conflict_rows = [r for r in usable_rows(manifest, ds.CONFLICT) if is_cue_conflict(r, classes)]
     mapping = read_label_map(cfg.label_map) if cfg.label_map else None
     results_path = Path(results) if results else root / "audit" / RESULTS
 
@@ -346,6 +381,9 @@ def audit(
             ev_spurious = predict(clf, labels, spurious_root, spurious_rows, cfg.batch_size)
             record.update(_spurious_metrics(ev, ev_spurious, classes, usual_bg))
             record["spurious_from"] = str(spurious_root)
+        if conflict_rows:
+            ev_conflict = predict(clf, labels, root, conflict_rows, cfg.batch_size)
+            record.update(shape_bias(ev_conflict.rows, ev_conflict.predicted))
         if id_root is not None:
             ev_id = predict(clf, labels, id_root, id_rows, cfg.batch_size)
             acc_id = M.accuracy(

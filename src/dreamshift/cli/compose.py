@@ -26,6 +26,17 @@ def add(sub: Any) -> None:
     p.add_argument("--background-names", type=names, help="comma-separated subset of backgrounds")
     p.add_argument("--size", type=int, help="output side in pixels (default 64)")
     p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument(
+        "--coat",
+        choices=["typical", "random"],
+        help="world animals' coats: class-typical (default) or random (the shape-only world)",
+    )
+    p.add_argument(
+        "--render",
+        choices=["paste", "photo"],
+        help="paste: a naive cut-out, the guides (default); photo: the animal lit by its scene, "
+        "with shadow and occlusion, the world's real images",
+    )
     p.add_argument("--scale", type=floats, help="cut-out side / image side: S or MIN,MAX (0.4)")
     p.add_argument("--position", choices=["random", "center"], help="paste position (random)")
     p.add_argument("--feather", type=float, help="mask edge blur radius in pixels (0)")
@@ -41,6 +52,12 @@ def add(sub: Any) -> None:
         type=int,
         help="images of each class's assigned background without the animal (0): split "
         "'spurious', for the audit's spurious accuracy",
+    )
+    p.add_argument(
+        "--conflict-per-group",
+        type=int,
+        help="images per class x background of one class's shape in another class's coat (0): "
+        "split 'conflict', for the audit's shape bias (world, --coat typical)",
     )
     p.add_argument("--assign", type=pairs, help="CLASS=BACKGROUND,... spurious pairs to use")
     p.add_argument(
@@ -66,6 +83,8 @@ def config(args: argparse.Namespace) -> Any:
         background_names=args.background_names,
         size=args.size,
         seed=args.seed,
+        coat=args.coat,
+        render=args.render,
         shard_size=args.shard_size,
         share_foregrounds=True if args.share_foregrounds else None,
         placement=cfg.placement.replace(
@@ -82,6 +101,7 @@ def config(args: argparse.Namespace) -> Any:
             test_per_group=args.test_per_group,
             anti_per_group=args.anti_per_group,
             spurious_per_class=args.spurious_per_class,
+            conflict_per_group=args.conflict_per_group,
             assignment=args.assign,
         ),
     )

@@ -21,6 +21,9 @@ def add(sub: Any) -> None:
     exp.add_argument("--split", choices=["train", "val", "test"], default="train")
     exp.add_argument("--fg-size", type=int, default=128, help="cut-out longer side (128)")
     exp.add_argument("--bg-size", type=int, default=64, help="background side (64)")
+    exp.add_argument(
+        "--coat", choices=["typical", "random"], default="typical", help="cut-outs' coats"
+    )
     pre = wsub.add_parser("preview", help="a PNG sheet of every background kind and some animals")
     pre.add_argument("--out", required=True, type=Path)
     pre.add_argument("--size", type=int, default=64)
@@ -44,15 +47,26 @@ def add(sub: Any) -> None:
     train.add_argument("--workers", type=int, default=2, help="processes that render (2)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     orc = wsub.add_parser(
-        "train-oracles", help="train the fg and bg oracles on clean world renders"
+        "train-oracles",
+        help="train the fg, bg and shape oracles on world photos and pastes (about 20 min on "
+        "2 CPU cores)",
     )
     orc.add_argument("--out", required=True, type=Path)
     orc.add_argument("--seed", type=int, help="(0)")
-    orc.add_argument("--train-renders", type=int, help="(30000)")
-    orc.add_argument("--test-per-group", type=int, help="held-out renders per group (10)")
-    orc.add_argument("--fg-epochs", type=int, help="(15)")
-    orc.add_argument("--bg-epochs", type=int, help="(1)")
+    orc.add_argument(
+        "--config", type=Path, help="YAML of OracleConfig fields (render counts, epochs, ...)"
+    )
     orc.add_argument("--workers", type=int, default=2, help="processes that render (2)")
+    dist = wsub.add_parser(
+        "distance",
+        help="the world's FID: Frechet distance between two datasets' images in the fg "
+        "oracle's penultimate features",
+    )
+    dist.add_argument("a", type=Path, help="a dataset directory")
+    dist.add_argument("b", type=Path, help="another dataset directory")
+    dist.add_argument("--split-a", help="only this split of A (default: every split)")
+    dist.add_argument("--split-b", help="only this split of B (default: every split)")
+    dist.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
     ev = wsub.add_parser(
         "evaluate-dream",
         help="label fidelity (oracles), change from the guide and diversity of a model's "
@@ -82,8 +96,9 @@ def export(args: argparse.Namespace) -> int:
     from dreamshift.world.export import export_world
 
     out = export_world(
-        args.out, args.per_class, args.per_background, args.split, args.fg_size, args.bg_size
-    )
+        args.out, args.per_class, args.per_background, args.split, args.fg_size, args.bg_size,
+        coat=args.coat,
+    )  # fmt: skip
     print(f"foregrounds in {out / 'foregrounds'}, backgrounds in {out / 'backgrounds'}")
     return 0
 
@@ -114,11 +129,19 @@ def train_dream(args: argparse.Namespace) -> int:
 def train_oracles(args: argparse.Namespace) -> int:
     from dreamshift.studies.oracles import OracleConfig, train_oracles
 
-    names = ("seed", "train_renders", "test_per_group", "fg_epochs", "bg_epochs")
-    cfg = OracleConfig().replace(**{k: getattr(args, k) for k in names})
+    cfg = OracleConfig.from_yaml(args.config).replace(seed=args.seed)
     cfg.check()
     acc = train_oracles(args.out, cfg, workers=args.workers)
-    print(f"oracles in {args.out}: held-out accuracy fg {acc['fg']:.2%}, bg {acc['bg']:.2%}")
+    scores = ", ".join(f"{k} {v:.2%}" for k, v in acc.items())
+    print(f"oracles in {args.out}: held-out accuracy on photos {scores}")
+    return 0
+
+
+def distance(args: argparse.Namespace) -> int:
+    from dreamshift.studies.evaluate_dream import dataset_distance
+
+    d = dataset_distance(args.a, args.b, args.split_a, args.split_b, args.oracles)
+    print(f"Frechet distance in fg-oracle features: {d.value:.2f} ({d.n_a} vs {d.n_b} images)")
     return 0
 
 
@@ -149,4 +172,5 @@ COMMANDS = {
     "train-dream": train_dream,
     "train-oracles": train_oracles,
     "evaluate-dream": evaluate_dream,
+    "distance": distance,
 }

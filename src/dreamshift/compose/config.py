@@ -19,6 +19,8 @@ from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
 
 POSITIONS = ("random", "center")
+COATS = ("typical", "random")  # world foregrounds: class-typical coats, or shape alone
+RENDERS = ("paste", "photo")  # a naive cut-out (a guide), or lit by its scene (a photo)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class ShiftRecipe(Config):
     holds ``spurious_per_class`` images of each class's assigned background *without* the
     animal: the spurious feature alone, for the audit's spurious accuracy.
     ``assignment``: (class, background) pairs; classes not listed get background
-    ``i mod n_backgrounds`` in order.
+    ``i mod n_backgrounds`` in order. ``conflict`` holds ``conflict_per_group`` images of every
+    class x background whose animal wears another class's typical coat (Geirhos et al. 2019's
+    cue conflict; world foregrounds only).
     """
 
     rho: float = 0.95
@@ -72,6 +76,7 @@ class ShiftRecipe(Config):
     test_per_group: int = 5
     anti_per_group: int = 2
     spurious_per_class: int = 0
+    conflict_per_group: int = 0
     assignment: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -83,12 +88,21 @@ class ShiftRecipe(Config):
 
     def validate(self) -> None:
         counts = ("train_size", "val_per_group", "test_per_group", "anti_per_group",
-                  "spurious_per_class")  # fmt: skip
+                  "spurious_per_class", "conflict_per_group")  # fmt: skip
         if not 0.0 <= self.rho <= 1.0:
             raise DreamshiftError(f"rho = {self.rho} must lie in [0, 1]")
         for name in counts:
             if getattr(self, name) < 0:
                 raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
+
+
+LEGACY = {"coat": "random", "render": "paste"}  # what datasets made before these fields hold
+
+
+def saved_config(d: dict[str, Any]) -> dict[str, Any]:
+    """The config of a ``dataset.json``, read as a full config: a field it lacks takes the
+    value it had before the field existed (not today's default)."""
+    return ComposeConfig.from_dict({**LEGACY, **d}).to_dict()
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,8 @@ class ComposeConfig(Config):
 
     ``foregrounds`` / ``backgrounds``: ``"world"`` or a folder (one sub-folder per class /
     background label). ``classes`` / ``background_names``: a subset to use (empty = all).
+    ``coat``: the world animals' coats, class-``typical`` or ``random`` (shape alone).
+    ``render``: ``paste`` (guides) or ``photo`` (the world's real images).
     """
 
     foregrounds: str = "world"
@@ -105,10 +121,17 @@ class ComposeConfig(Config):
     background_names: tuple[str, ...] = ()
     size: int = 64
     seed: int = 0
+    coat: str = "typical"
+    render: str = "paste"
     placement: Placement = field(default_factory=Placement)
     recipe: ShiftRecipe = field(default_factory=ShiftRecipe)
     share_foregrounds: bool = False
     shard_size: int = 256
+
+    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
+        "coat": lambda: COATS,
+        "render": lambda: RENDERS,
+    }
 
     def validate(self) -> None:
         for what, names in (("classes", self.classes), ("background_names", self.background_names)):
@@ -124,6 +147,10 @@ class ComposeConfig(Config):
         """Hash of what decides the pixels (not the shard layout); it prefixes sample ids."""
         d = self.to_dict()
         d.pop("shard_size")
-        if not d["recipe"]["spurious_per_class"]:  # added later: unused, old hashes stand
-            d["recipe"].pop("spurious_per_class")
+        for key, before in LEGACY.items():  # added later: at the old value, old hashes stand
+            if d[key] == before:
+                d.pop(key)
+        for key in ("spurious_per_class", "conflict_per_group"):
+            if not d["recipe"][key]:
+                d["recipe"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -36,7 +36,7 @@ import pyarrow as pa
 from PIL import Image, ImageFilter
 
 import dreamshift
-from dreamshift.compose.config import ComposeConfig
+from dreamshift.compose.config import ComposeConfig, saved_config
 from dreamshift.compose.sources import (
     BackgroundSource,
     ForegroundSource,
@@ -50,9 +50,12 @@ from dreamshift.engine.output import claim_output
 from dreamshift.engine.shards import Tick, finish, run_shards, shard_list, unfinished
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.seeding import derive_seed, rng_for
+from dreamshift.world.photo import render_photo
 
 # which held-out silhouettes each split draws from: anti-correlated images are test images
-FOREGROUND_SPLIT = {ds.TRAIN: ds.TRAIN, ds.VAL: ds.VAL, ds.TEST: ds.TEST, ds.ANTI: ds.TEST}
+FOREGROUND_SPLIT = {
+    ds.TRAIN: ds.TRAIN, ds.VAL: ds.VAL, ds.TEST: ds.TEST, ds.ANTI: ds.TEST, ds.CONFLICT: ds.TEST,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class SampleSpec:
     seed: int
     fg_source: str | None
     bg_source: str
+    coat_class: str | None = None  # whose typical coat the animal wears; None: a random coat
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ def resolve(cfg: ComposeConfig) -> Resolved:
     fgs = cfg.foregrounds if cfg.foregrounds == "world" else str(Path(cfg.foregrounds).resolve())
     bgs = cfg.backgrounds if cfg.backgrounds == "world" else str(Path(cfg.backgrounds).resolve())
     cfg = replace(cfg, foregrounds=fgs, backgrounds=bgs)
+    if cfg.foregrounds != "world":  # coats are the world's: the user's cut-outs keep theirs
+        cfg = replace(cfg, coat="random")
     fg = foreground_source(cfg.foregrounds, cfg.share_foregrounds)
     bg = background_source(cfg.backgrounds)
     classes = _pick(fg.classes, cfg.classes, "class")
@@ -112,6 +118,13 @@ def resolve(cfg: ComposeConfig) -> Resolved:
     _pick(classes, tuple(given), "class in the assignment")
     _pick(names, tuple(given.values()), "background name in the assignment")
     assignment = tuple((c, given.get(c, names[i % len(names)])) for i, c in enumerate(classes))
+    if cfg.recipe.conflict_per_group and (
+        cfg.foregrounds != "world" or cfg.coat != "typical" or len(classes) < 2
+    ):
+        raise DreamshiftError(
+            "the conflict split paints one class's shape in another class's coat: it needs the "
+            "world's foregrounds with --coat typical and at least two classes"
+        )
     if cfg.recipe.rho < 1.0 and len(names) < 2 and cfg.recipe.train_size > 0:
         raise DreamshiftError("rho < 1 needs at least two backgrounds to put classes off theirs")
     cfg = replace(
@@ -149,6 +162,7 @@ def plan_groups(cfg: ComposeConfig) -> dict[str, list[tuple[str, str]]]:
         for b in names:
             groups[ds.VAL] += [(c, b)] * r.val_per_group
             groups[ds.TEST] += [(c, b)] * r.test_per_group
+            groups[ds.CONFLICT] += [(c, b)] * r.conflict_per_group
             if b != assigned[c]:
                 groups[ds.ANTI] += [(c, b)] * r.anti_per_group
         groups[ds.SPURIOUS] += [(c, assigned[c])] * r.spurious_per_class
@@ -160,6 +174,7 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
     cfg, fg, bg = run.cfg, run.fg, run.bg
     chash = cfg.content_hash()
     assigned = dict(cfg.recipe.assignment)
+    typical = cfg.foregrounds == "world" and cfg.coat == "typical"
     specs: list[SampleSpec] = []
     candidates = {
         (split, c): fg.candidates(FOREGROUND_SPLIT[split], c)
@@ -183,8 +198,14 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
                 raise DreamshiftError(f"class {c!r} has no foregrounds in the {split} split")
             fg_id = choices[int(rng.integers(len(choices)))]
             bg_id = bg.choose(b, rng)
+            coat = c if typical else None
+            if split == ds.CONFLICT:  # another class's coat, drawn uniformly
+                others = [o for o in cfg.classes if o != c]
+                coat = others[int(rng.integers(len(others)))]
             specs.append(
-                SampleSpec(index, sample_id, split, c, b, assigned[c] == b, seed, fg_id, bg_id)
+                SampleSpec(
+                    index, sample_id, split, c, b, assigned[c] == b, seed, fg_id, bg_id, coat
+                )
             )
     return specs
 
@@ -221,7 +242,7 @@ def compose_image(
         return canvas, {}
     scale = float(rng.uniform(p.scale[0], p.scale[1]))
     cut, mask_id, appearance = fg.cutout(
-        spec.fg_source, rng, max(4, round(scale * size)), p.flip, p.max_rotation
+        spec.fg_source, rng, max(4, round(scale * size)), p.flip, p.max_rotation, spec.coat_class
     )
     if cut.width > size or cut.height > size:  # rotation grew it past the frame
         k = size / max(cut.size)
@@ -231,11 +252,14 @@ def compose_image(
         x, y = (size - w) // 2, (size - h) // 2
     else:
         x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+    at = (x, y)
     if p.feather > 0:
         cut, pad = _feathered(cut, p.feather)
-        canvas.paste(cut, (x - pad, y - pad), cut)
+        at = (x - pad, y - pad)
+    if cfg.render == "photo":
+        canvas, appearance["photo"] = render_photo(canvas, cut, *at, spec.bg_class, rng)
     else:
-        canvas.paste(cut, (x, y), cut)
+        canvas.paste(cut, at, cut)
     fields = {
         "mask_source": mask_id,
         "box_x": x,
@@ -260,6 +284,7 @@ def _row(spec: SampleSpec) -> dict[str, Any]:
         "bg_source": spec.bg_source,
         "pipeline": "paste",
         "seed": spec.seed,
+        "coat_class": spec.coat_class,
     }
 
 
@@ -295,6 +320,7 @@ def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) ->
                 f.write(data)
             row.update(fields)
             row.update(
+                render=run.cfg.render if spec.fg_source is not None else None,
                 status=ds.OK,
                 path=rel_path,
                 sha256=sha256_bytes(data),
@@ -374,7 +400,7 @@ def compose(
     shards = shard_list(specs, cfg.shard_size)
     meta = _metadata(cfg, specs, len(shards))
     with claim_output(root):
-        old = ds.prepare_output(root, meta, lambda d: ComposeConfig.from_dict(d).to_dict())
+        old = ds.prepare_output(root, meta, saved_config)
         if old is not None and old.get("complete"):
             failed = old.get("num_failed", 0)
             return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)

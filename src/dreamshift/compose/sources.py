@@ -18,8 +18,7 @@ from PIL import Image
 
 from dreamshift.data.images import flip_rotate, load_image
 from dreamshift.errors import BadInputError, DreamshiftError
-from dreamshift.world import animals, backgrounds
-from dreamshift.world.appearance import paint_silhouette
+from dreamshift.world import animals, appearance, backgrounds
 
 MASK_SUFFIX = ".mask.png"
 
@@ -30,9 +29,17 @@ class ForegroundSource(Protocol):
     def candidates(self, split: str, class_name: str) -> list[str]: ...
 
     def cutout(
-        self, source_id: str, rng: np.random.Generator, box_side: int, flip: bool, rotation: float
+        self,
+        source_id: str,
+        rng: np.random.Generator,
+        box_side: int,
+        flip: bool,
+        rotation: float,
+        coat_class: str | None = None,
     ) -> tuple[Image.Image, str, dict[str, Any]]:
-        """(RGBA cut-out with longer side ~box_side, mask id, appearance parameters)."""
+        """(RGBA cut-out with longer side ~box_side, mask id, appearance parameters).
+        ``coat_class``: paint the world's silhouette in that class's typical coat (None: a
+        random coat); other sources keep their own pixels."""
         ...
 
 
@@ -45,7 +52,7 @@ class BackgroundSource(Protocol):
 
 
 class WorldForegrounds:
-    """animal-mnist silhouettes painted with a random appearance (world/appearance.py)."""
+    """animal-mnist silhouettes painted with a coat (world/appearance.py)."""
 
     classes = animals.CLASSES
 
@@ -54,10 +61,17 @@ class WorldForegrounds:
         return [f"animal-mnist:{i}" for i in idx]
 
     def cutout(
-        self, source_id: str, rng: np.random.Generator, box_side: int, flip: bool, rotation: float
+        self,
+        source_id: str,
+        rng: np.random.Generator,
+        box_side: int,
+        flip: bool,
+        rotation: float,
+        coat_class: str | None = None,
     ) -> tuple[Image.Image, str, dict[str, Any]]:
         mask = animals.load_silhouettes().masks[int(source_id.split(":")[1])]
-        img, params = paint_silhouette(mask, rng, box_side, flip, rotation)
+        coat = coat_class or appearance.RANDOM
+        img, params = appearance.paint_silhouette(mask, rng, box_side, flip, rotation, coat)
         return img, source_id, params
 
 
@@ -143,7 +157,13 @@ class FolderForegrounds:
         return self._splits[class_name][split]
 
     def cutout(
-        self, source_id: str, rng: np.random.Generator, box_side: int, flip: bool, rotation: float
+        self,
+        source_id: str,
+        rng: np.random.Generator,
+        box_side: int,
+        flip: bool,
+        rotation: float,
+        coat_class: str | None = None,
     ) -> tuple[Image.Image, str, dict[str, Any]]:
         path = self.root / source_id
         img = load_image(path)

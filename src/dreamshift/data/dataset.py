@@ -33,9 +33,10 @@ MANIFEST = "manifest.parquet"
 OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (black)
 
 # split names, in the order a composed dataset lists them. "anti" holds every class on every
-# background but its assigned one; "spurious" holds backgrounds alone (fg_class is None).
-TRAIN, VAL, TEST, ANTI, SPURIOUS = "train", "val", "test", "anti", "spurious"
-SPLITS = (TRAIN, VAL, TEST, ANTI, SPURIOUS)
+# background but its assigned one; "spurious" holds backgrounds alone (fg_class is None);
+# "conflict" holds one class's shape in another class's coat (coat_class names it).
+TRAIN, VAL, TEST, ANTI, SPURIOUS, CONFLICT = "train", "val", "test", "anti", "spurious", "conflict"
+SPLITS = (TRAIN, VAL, TEST, ANTI, SPURIOUS, CONFLICT)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -63,6 +64,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("box_h", pa.int32()),
         ("scale", pa.float64()),
         ("appearance", pa.string()),  # JSON of drawn appearance/augmentation parameters
+        ("coat_class", pa.string()),  # whose typical coat the animal wears; null: random coat
+        ("render", pa.string()),  # "paste" (a naive cut-out) | "photo" (lit by its scene)
         # generation
         ("pipeline", pa.string()),  # "paste" (guides, copies) | "img2img" | "txt2img"
         ("seed", pa.int64()),  # per-sample seed = derive_seed(run seed, sample_id)

@@ -23,11 +23,13 @@ from dreamshift.errors import DreamshiftError
 
 def usable_rows(manifest: list[dict[str, Any]], split: str | None) -> list[dict[str, Any]]:
     """The rows of ``manifest`` (``read_manifest(...).to_pylist()``) with status ok in
-    ``split``; no split: every split but ``spurious``."""
+    ``split``; no split: every split but ``spurious`` and ``conflict`` (probes that are no
+    sample of their labels' distribution)."""
+    probes = (ds.SPURIOUS, ds.CONFLICT)
     return [
         r
         for r in manifest
-        if r["status"] == ds.OK and (r["split"] == split if split else r["split"] != ds.SPURIOUS)
+        if r["status"] == ds.OK and (r["split"] == split if split else r["split"] not in probes)
     ]
 
 

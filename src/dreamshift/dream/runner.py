@@ -73,7 +73,7 @@ from dreamshift.seeding import derive_seed, rng_for
 _LABELS = ("split", "fg_class", "bg_class", "aligned")
 _COMPOSITION = (
     "fg_source", "mask_source", "bg_source", "box_x", "box_y", "box_w", "box_h", "scale",
-    "appearance",
+    "appearance", "coat_class",
 )  # fmt: skip
 _LIBRARIES = ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors")
 

@@ -2,8 +2,12 @@
 
 They stand in for the human label check of D3S (Kattakinda et al. 2022, Sec. 4: annotators
 confirmed that generated images show their class and background) and measure the *label
-fidelity* of dreamed images. Two small CNNs trained on clean world renders
-(:mod:`dreamshift.studies.oracles` trains them; the package ships a pair).
+fidelity* of dreamed images. Three small CNNs trained on world photos and pastes
+(:mod:`dreamshift.studies.oracles` trains them; the package ships them): ``fg`` names the
+animal (coat and shape), ``bg`` the scene, ``shape`` the animal from its shape alone (trained
+on random coats, so that a coat alone cannot pass as the animal). The fg oracle's penultimate
+features give the world's FID (:meth:`Oracle.features`,
+:func:`dreamshift.metrics.frechet_distance`).
 
 >>> import numpy as np
 >>> load_oracle("bg").predict(np.zeros((1, 64, 64, 3), np.uint8))[0] in NAMES["bg"]
@@ -25,7 +29,7 @@ from dreamshift.errors import DreamshiftError
 from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
-NAMES = {"fg": CLASSES, "bg": BACKGROUNDS}
+NAMES = {"fg": CLASSES, "bg": BACKGROUNDS, "shape": CLASSES}
 INPUT = 32  # the oracles see images resized to 32x32
 
 
@@ -65,17 +69,29 @@ class Oracle:
                 out.append(self.net(prepare(images[i : i + batch])).numpy())
         return np.concatenate(out)
 
+    def features(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
+        """Penultimate features (N, 128): the pooled activations before the linear head."""
+        import torch
+
+        body = self.net[:-2]  # drop the dropout and the linear head
+        out = [np.zeros((0, 128), np.float32)]
+        with torch.inference_mode():
+            for i in range(0, len(images), batch):
+                out.append(body(prepare(images[i : i + batch])).numpy())
+        return np.concatenate(out)
+
     def predict(self, images: np.ndarray) -> list[str]:
         """Label names of (N, H, W, 3) uint8 images."""
         return [self.names[i] for i in self.logits(images).argmax(1)]
 
 
 def load_oracle(kind: str, folder: str | Path | None = None) -> Oracle:
-    """The ``fg`` or ``bg`` oracle from ``folder`` (default: the ones shipped in the package)."""
+    """The ``fg``, ``bg`` or ``shape`` oracle from ``folder`` (default: the ones shipped in the
+    package)."""
     from safetensors.torch import load_file
 
     if kind not in NAMES:
-        raise DreamshiftError(f"unknown oracle {kind!r}: choose fg or bg")
+        raise DreamshiftError(f"unknown oracle {kind!r}: choose one of {', '.join(NAMES)}")
     folder = Path(folder) if folder else shipped("oracles")
     weights = folder / f"{kind}.safetensors"
     if not weights.is_file():

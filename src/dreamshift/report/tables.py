@@ -25,11 +25,14 @@ def percent(v: float | None) -> str:
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """The audit table: one line per model, then accuracy per background."""
+    """The audit table: one line per model, then accuracy per background. A dataset with a
+    cue-conflict split adds the shape bias (shape decisions / shape-or-coat decisions)."""
     head = ["model", "n", "acc_avg [95% CI]", "acc_wg (group)", "bg_gap"]
     has_id = any("acc_id" in r for r in records)
     has_spurious = any("spurious_acc" in r for r in records)
+    has_conflict = any("shape_bias" in r for r in records)
     head += ["acc_id", "rel. drop", "ER logit"] * has_id + ["spur. acc", "spur. AUC"] * has_spurious
+    head += ["shape bias (shape/cue)"] * has_conflict
     lines = []
     for r in records:
         ci = r.get("acc_avg_ci")
@@ -49,6 +52,8 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             cells += [percent(r.get("acc_id")), percent(r.get("relative_drop")), percent(logit_er)]
         if has_spurious:
             cells += [percent(r.get("spurious_acc")), percent(r.get("spurious_auc"))]
+        if has_conflict:
+            cells.append(_shape_bias_cell(r))
         lines.append(cells)
     table = _align([head, *lines])
     backgrounds = list(dict.fromkeys(b for r in records for b in r["per_background"]))
@@ -58,6 +63,14 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         for b in backgrounds
     ]
     return table + "\n\naccuracy (%) per background\n" + _align(per_bg)
+
+
+def _shape_bias_cell(r: dict[str, Any]) -> str:
+    """'75.0 (3/4)': the shape bias, and the shape decisions of the decisions for either cue."""
+    if "shape_bias" not in r:
+        return "–"
+    decided = r["shape_decisions"] + r["coat_decisions"]
+    return f"{percent(r['shape_bias'])} ({r['shape_decisions']}/{decided})"
 
 
 def _align(rows: list[list[str]]) -> str:

@@ -1,13 +1,18 @@
-"""How well a generator dreams the world: label fidelity, change from the guide, diversity.
+"""How well a generator dreams the world: label fidelity, closeness to photos, change, diversity.
 
-For balanced guides of held-out silhouettes (every class on every background), the model dreams
-img2img at several strengths and txt2img, twice with different run seeds. Per setting we report
-the oracles' accuracy on the dreamed images (label fidelity, the automatic stand-in for D3S's
-human check), the mean absolute pixel change from the guide (a pass-through scores 0 and is not
-a dream), and diversity: the mean absolute pixel difference between the two seeds' images of
-one guide. The guides themselves are the first row: the oracles' ceiling on this data.
+For balanced paste guides of held-out silhouettes (every class on every background), the model
+dreams img2img at several strengths and txt2img, twice with different run seeds. Per setting we
+report the oracles' accuracy on the dreamed images (label fidelity, the automatic stand-in for
+D3S's human check: fg names the animal, shape its shape alone, bg the scene), the Fréchet
+distance to held-out photos in the fg oracle's features (the world's FID: D3S's premise is that
+a dream of a paste comes closer to a real photo), the mean absolute pixel change from the guide
+(a pass-through scores 0 and is not a dream), and diversity: the mean absolute pixel difference
+between the two seeds' images of one guide. The guides and a sample of photos are the first
+rows: the oracles' ceilings and the distance's floor. A last row dreams at strength 1.0 with the
+prompt of a *wrong* class (the next class in the list): its fg accuracy is measured against the
+prompted class, i.e. how often the image follows the prompt.
 
-Run it with ``dreamshift world evaluate-dream --out DIR`` (about 18 minutes on 2 CPU cores).
+Run it with ``dreamshift world evaluate-dream --out DIR`` (about 25 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -18,13 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from dreamshift.data import dataset as ds
+from dreamshift.errors import DreamshiftError
+from dreamshift.metrics import frechet_distance
 from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
 STRENGTHS = (0.3, 0.5, 0.7, 0.8, 1.0)
+REFERENCE_PHOTOS_PER_GROUP = 10
 
 
 @dataclass(frozen=True)
@@ -32,41 +41,109 @@ class Row:
     setting: str
     n: int
     fg_accuracy: float
+    shape_accuracy: float
     bg_accuracy: float
+    distance: float  # Fréchet distance to the reference photos, fg-oracle features
     change: float  # mean |dream - guide|, 0..255
     diversity: float  # mean |seed 0 - seed 1|, 0..255
+    prompted_accuracy: float | None = None  # fg oracle = the prompt's (wrong) class
 
 
-def _images(root: Path) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+Images = dict[str, tuple[np.ndarray, dict[str, Any]]]
+
+
+def _images(root: Path, split: str | None = None) -> Images:
     """ok rows of a dataset by guide id (a composed dataset: by its own id)."""
     out = {}
     for r in ds.read_manifest(root).to_pylist():
-        if r["status"] == ds.OK:
+        if r["status"] == ds.OK and (split is None or r["split"] == split):
             key = r.get("guide_sample_id") or r["sample_id"]
             out[key] = (np.asarray(Image.open(root / r["path"]).convert("RGB")), r)
     return out
 
 
+def wrong_class(c: str) -> str:
+    """The class a wrong prompt names instead of ``c``: the next one in the list."""
+    return CLASSES[(CLASSES.index(c) + 1) % len(CLASSES)]
+
+
 def _score(
     name: str,
-    runs: list[dict[str, tuple[np.ndarray, dict[str, Any]]]],
-    guides: dict[str, tuple[np.ndarray, dict[str, Any]]],
+    runs: list[Images],
+    guides: Images,
     oracles: dict[str, Any],
+    reference: np.ndarray,
+    prompted: bool = False,
 ) -> Row:
     first = runs[0]
     ids = [k for k in first if all(k in r for r in runs)]
     images = np.stack([first[k][0] for k in ids])
     hits = {}
-    for kind, col, names in (("fg", "fg_class", CLASSES), ("bg", "bg_class", BACKGROUNDS)):
+    for kind, col, names in (("fg", "fg_class", CLASSES), ("shape", "fg_class", CLASSES),
+                             ("bg", "bg_class", BACKGROUNDS)):  # fmt: skip
         truth = np.array([names.index(first[k][1][col]) for k in ids])
         hits[kind] = float((oracles[kind].logits(images).argmax(1) == truth).mean())
-    guide = np.stack([guides[k][0] for k in ids]).astype(np.float32)
-    change = float(np.abs(images.astype(np.float32) - guide).mean())
+    followed = None
+    if prompted:
+        truth = np.array([CLASSES.index(wrong_class(first[k][1]["fg_class"])) for k in ids])
+        followed = float((oracles["fg"].logits(images).argmax(1) == truth).mean())
+    distance = frechet_distance(oracles["fg"].features(images), reference)
+    guide = np.stack([guides[k][0] for k in ids]).astype(np.float32) if guides else None
+    change = float(np.abs(images.astype(np.float32) - guide).mean()) if guide is not None else 0.0
     diversity = 0.0
     if len(runs) > 1:
         other = np.stack([runs[1][k][0] for k in ids]).astype(np.float32)
         diversity = float(np.abs(images.astype(np.float32) - other).mean())
-    return Row(name, len(ids), hits["fg"], hits["bg"], change, diversity)
+    return Row(name, len(ids), hits["fg"], hits["shape"], hits["bg"], distance, change,
+               diversity, followed)  # fmt: skip
+
+
+def write_wrong_class_recipe(path: Path) -> Path:
+    """A copy of the ``d3s`` recipe whose prompt for class c names :func:`wrong_class` (c)."""
+    from dreamshift.dream.prompts import load_recipe
+
+    d3s = load_recipe("d3s")
+    recipe = {
+        "templates": ["${definition}, ${background}"],
+        "negative_prompt": d3s.negative_prompt,
+        "backgrounds": d3s.backgrounds,
+        # the D3S prompt of the wrong class without its (empty) background phrase
+        "definitions": {c: d3s.render(0, wrong_class(c), None).rsplit(",", 1)[0] for c in CLASSES},
+    }
+    path.write_text(yaml.safe_dump(recipe, sort_keys=True))
+    return path
+
+
+@dataclass(frozen=True)
+class Distance:
+    value: float
+    n_a: int
+    n_b: int
+
+
+def dataset_distance(
+    a: str | Path,
+    b: str | Path,
+    split_a: str | None = None,
+    split_b: str | None = None,
+    oracles: str | Path | None = None,
+) -> Distance:
+    """Fréchet distance between the ok images of two dataset directories (optionally one split
+    of each) in the fg oracle's penultimate features."""
+    from dreamshift.models.oracles import load_oracle
+
+    fg = load_oracle("fg", oracles)
+    feats = []
+    for root, split in ((Path(a), split_a), (Path(b), split_b)):
+        images = _images(root, split)
+        if len(images) < 2:
+            raise DreamshiftError(
+                f"{root} has {len(images)} usable image(s)"
+                + (f" in split {split!r}" if split else "")
+                + ": a distance needs at least 2 on each side"
+            )
+        feats.append(fg.features(np.stack([v[0] for v in images.values()])))
+    return Distance(frechet_distance(*feats), len(feats[0]), len(feats[1]))
 
 
 def evaluate_dream(
@@ -80,35 +157,52 @@ def evaluate_dream(
     workers: int = 2,
     progress: bool = True,
 ) -> list[Row]:
-    """Compose the guides, dream every setting with run seeds 0 and 1 (cached datasets under
-    ``out``), score them, write ``out/evaluation.json`` and ``out/evaluation_grid.png``."""
+    """Compose the guides and photos, dream every setting with run seeds 0 and 1 (cached
+    datasets under ``out``), score them, write ``out/evaluation.json`` and
+    ``out/evaluation_grid.png``."""
     from dreamshift.dream.config import DreamConfig
     from dreamshift.dream.runner import dream
-    from dreamshift.models.oracles import load_oracle
+    from dreamshift.models.oracles import NAMES, load_oracle
     from dreamshift.studies.tiny_dream import render_world
 
     out = Path(out)
     guides_dir = out / "guides"
-    render_world(guides_dir, 0, 0, per_group, workers, progress)
-    settings = [(f"img2img {s:g}", "img2img", s) for s in strengths] + [("txt2img", "txt2img", 1.0)]
-    oracle = {kind: load_oracle(kind, oracles) for kind in ("fg", "bg")}
+    render_world(guides_dir, 0, 0, per_group, workers, progress, render="paste")
+    photos_dir = render_world(out / "photos", 0, 0, per_group, workers, progress)
+    reference_dir = render_world(out / "reference-photos", 1, 0, REFERENCE_PHOTOS_PER_GROUP,
+                                 workers, progress)  # fmt: skip
+    oracle = {kind: load_oracle(kind, oracles) for kind in NAMES}
+    reference = np.stack([v[0] for v in _images(reference_dir).values()])
+    reference_features = oracle["fg"].features(reference)
     guides = _images(guides_dir)
-    rows = [_score("guides (paste)", [guides], guides, oracle)]
+    rows = [
+        _score("guides (paste)", [guides], guides, oracle, reference_features),
+        _score("photos (held-out)", [_images(photos_dir)], {}, oracle, reference_features),
+    ]
+    wrong_recipe = write_wrong_class_recipe(out / "wrong-class-recipe.yaml")
+    settings = [(f"img2img {s:g}", "img2img", s, "d3s") for s in strengths]
+    settings += [
+        ("txt2img", "txt2img", 1.0, "d3s"),
+        ("img2img 1, wrong class in prompt", "img2img", 1.0, str(wrong_recipe)),
+    ]
     dreamed = {}
-    for name, mode, strength in settings:
+    for name, mode, strength, prompts in settings:
         runs = []
         for seed in (0, 1):
             cfg = DreamConfig(
                 source=str(guides_dir), mode=mode, model=model, steps=steps, strength=strength,
-                guidance_scale=guidance_scale, seed=seed, shard_size=100,
+                guidance_scale=guidance_scale, seed=seed, shard_size=100, prompts=prompts,
             )  # fmt: skip
-            target = out / f"{mode}-{strength:g}-seed{seed}"
+            tag = "-wrong" if prompts != "d3s" else ""
+            target = out / f"{mode}-{strength:g}{tag}-seed{seed}"
             dream(cfg, target, workers=workers, batch_size=4, progress=progress)
             runs.append(_images(target))
         dreamed[name] = runs[0]
-        rows.append(_score(name, runs, guides, oracle))
+        prompted = prompts != "d3s"
+        rows.append(_score(name, runs, guides, oracle, reference_features, prompted))
     (out / "evaluation.json").write_text(
         json.dumps({"model": model, "steps": steps, "guidance_scale": guidance_scale,
+                    "reference_photos": len(reference),
                     "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
     )  # fmt: skip
     _grid(guides, dreamed, out / "evaluation_grid.png")
@@ -141,12 +235,16 @@ def _grid(
 
 def format_table(rows: list[Row]) -> str:
     lines = [
-        "| setting | n | fg oracle acc | bg oracle acc | change from guide | diversity |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| setting | n | fg oracle | shape oracle | bg oracle | distance to photos | "
+        "change from guide | diversity |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        fg = f"{r.fg_accuracy:.1%}"
+        if r.prompted_accuracy is not None:
+            fg += f" (prompted class: {r.prompted_accuracy:.1%})"
         lines.append(
-            f"| {r.setting} | {r.n} | {r.fg_accuracy:.1%} | {r.bg_accuracy:.1%} | "
-            f"{r.change:.1f} | {r.diversity:.1f} |"
+            f"| {r.setting} | {r.n} | {fg} | {r.shape_accuracy:.1%} | {r.bg_accuracy:.1%} | "
+            f"{r.distance:.1f} | {r.change:.1f} | {r.diversity:.1f} |"
         )
     return "\n".join(lines)

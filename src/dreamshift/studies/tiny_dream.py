@@ -3,16 +3,19 @@
 Latent diffusion (Rombach et al. 2022) at toy scale, trained in stages that each checkpoint
 and resume:
 
-1. ``renders``: world images, every class on every background with random appearance, scale and
-   placement (made by :func:`dreamshift.compose.runner.compose`: cached and resumable);
+1. ``renders``: the world's photos (typical coats, lit by their scene), every class on every
+   background, random scale and placement (made by :func:`dreamshift.compose.runner.compose`:
+   cached and resumable). img2img of a paste guide then moves it toward a photo;
 2. ``vae``: an ``AutoencoderKL`` from 64x64x3 pixels to 16x16x4 latents, trained on 32x32
    crops (4x cheaper) with a pixel MSE and a small KL term (the paper adds perceptual and
    adversarial losses);
 3. ``unet``: a ``UNet2DConditionModel`` and a ``CLIPTextModel`` trained together on the
    encoded renders with the DDPM noise-prediction loss (Ho et al. 2020), Min-SNR weighting
-   (Hang et al. 2023), an EMA of the weights, and the prompt dropped for 10 % of the samples
-   so that classifier-free guidance works (Ho & Salimans 2022). Prompts come from the D3S
-   recipe (class, definition, background) and the ImageNet-G templates (class only);
+   (Hang et al. 2023), the loss weighted ``box_weight`` times more inside the animal's paste
+   box (the background is ~75 % of the latent and carries no class), an EMA of the weights,
+   and the prompt dropped for 10 % of the samples so that classifier-free guidance works
+   (Ho & Salimans 2022). Prompts come from the D3S recipe (class, definition, background) and
+   the ImageNet-G templates (class only);
 4. ``decoder``: the VAE decoder fine-tuned on whole 64x64 images with the encoder frozen (the
    crops leave it 3 dB short on whole images), as Stable Diffusion's ft-MSE VAE was: the latents,
    and so the UNet, stay valid.
@@ -66,12 +69,13 @@ class TrainDreamConfig(Config):
     decoder_steps: int = 500  # then the decoder alone, on whole 64x64 images
     decoder_batch: int = 16
     decoder_lr: float = 3e-4
-    unet_steps: int = 2000
+    unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     uncond_prob: float = 0.1  # prompt dropout, for classifier-free guidance
     template_prob: float = 0.25  # share of prompts from the class-only ImageNet-G templates
     snr_gamma: float = 5.0
+    box_weight: float = 4.0  # loss weight of the latent cells inside the animal's box (1 outside)
     ema_decay: float = 0.998
     warmup_steps: int = 200
     checkpoint_every: int = 250
@@ -189,17 +193,22 @@ def render_world(
     test_per_group: int,
     workers: int = 2,
     progress: bool = True,
+    render: str = "photo",
+    coat: str = "typical",
 ) -> Path:
     """World renders composed into ``out`` (cached, resumable): ``train_renders`` of train
     silhouettes and ``test_per_group`` of test silhouettes per class x background, every class
-    on every background as often, with random appearance, scale 0.3-0.7 and rotation. They
-    train tiny-dream and the oracles and are the guides of ``evaluate-dream``."""
+    on every background as often, scale 0.3-0.7 and rotation; ``render`` photo or paste,
+    ``coat`` typical or random. They train tiny-dream and the oracles; paste renders are the
+    guides of ``evaluate-dream``, photo renders its real images."""
     from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
     from dreamshift.compose.runner import compose
 
     compose_cfg = ComposeConfig(
         seed=seed,
         size=SIZE,
+        coat=coat,
+        render=render,
         placement=Placement(scale=(0.3, 0.7), max_rotation=15.0),
         recipe=ShiftRecipe(
             rho=1 / len(BACKGROUNDS),  # the assigned background is as frequent as any other
@@ -214,8 +223,9 @@ def render_world(
     return out
 
 
-def load_renders(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images (N, 64, 64, 3) uint8, fg class index (N,), bg class index (N,)) of one split."""
+def load_renders(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images (N, 64, 64, 3) uint8, fg class index (N,), bg class index (N,), paste boxes
+    (N, 4) as x, y, w, h in pixels) of one split."""
     from PIL import Image
 
     from dreamshift.data import dataset as ds
@@ -230,7 +240,22 @@ def load_renders(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.nda
     images = np.stack([np.asarray(Image.open(root / r["path"]).convert("RGB")) for r in rows])
     fg = np.array([CLASSES.index(r["fg_class"]) for r in rows])
     bg = np.array([BACKGROUNDS.index(r["bg_class"]) for r in rows])
-    return images, fg, bg
+    boxes = np.array([[r["box_x"], r["box_y"], r["box_w"], r["box_h"]] for r in rows])
+    return images, fg, bg, boxes
+
+
+def box_weights(boxes: np.ndarray, inside: float, side: int = LATENT_SIZE) -> Any:
+    """Per-cell loss weights (N, 1, side, side): ``inside`` on the latent cells a paste box
+    touches, 1 elsewhere; boxes are in pixels of the SIZE x SIZE image."""
+    import torch
+
+    k = side / SIZE
+    w = torch.ones(len(boxes), 1, side, side)
+    for i, (x, y, bw, bh) in enumerate(boxes.tolist()):
+        x0, y0 = int(x * k), int(y * k)
+        x1, y1 = math.ceil((x + bw) * k), math.ceil((y + bh) * k)
+        w[i, :, max(0, y0) : min(side, y1), max(0, x0) : min(side, x1)] = inside
+    return w
 
 
 def psnr(a: Any, b: Any) -> float:
@@ -352,6 +377,7 @@ def train_unet(
     parts: dict[str, Any],
     latents: tuple[Any, Any],
     labels: tuple[np.ndarray, np.ndarray],
+    boxes: np.ndarray,
     cfg: TrainDreamConfig,
     ckpt: Path,
     progress: bool = True,
@@ -373,6 +399,7 @@ def train_unet(
     fg = torch.from_numpy(labels[0])
     bg = torch.from_numpy(labels[1])
     means, stds = latents
+    cell_weight = box_weights(boxes, cfg.box_weight)
     scheduler: Any = DDPMScheduler(**NOISE_SCHEDULE)
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -403,7 +430,8 @@ def train_unet(
             group["lr"] = warmup_cosine_lr(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps)
         cond = text_encoder(ids[prompt_index])[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        w = cell_weight[idx]
+        per_sample = (((pred - noise) ** 2) * w).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) * 4)
         loss = (per_sample * weight_of_t[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -480,7 +508,7 @@ def train_tiny_dream(
     renders = render_world(
         out / "renders", cfg.seed, cfg.train_renders, cfg.test_per_group, workers
     )
-    train_images, fg, bg = load_renders(renders, "train")
+    train_images, fg, bg, boxes = load_renders(renders, "train")
     test_images = load_renders(renders, "test")[0]
     to_tensor = Preprocessing.world(SIZE)  # [-1, 1], as Stable Diffusion's VAE expects
     x_train, x_test = to_tensor(train_images), to_tensor(test_images)
@@ -509,6 +537,7 @@ def train_tiny_dream(
         parts,
         (means, stds),
         (fg, bg),
+        boxes,
         cfg,
         ckpts / "unet.safetensors",
         progress,

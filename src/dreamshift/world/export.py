@@ -10,7 +10,7 @@ from PIL import Image
 
 from dreamshift.seeding import derive_seed, rng_for
 from dreamshift.world.animals import CLASSES, SPLITS, load_silhouettes
-from dreamshift.world.appearance import paint_silhouette
+from dreamshift.world.appearance import RANDOM, paint_silhouette
 from dreamshift.world.backgrounds import BACKGROUNDS, render_background
 
 
@@ -22,8 +22,10 @@ def export_world(
     fg_size: int = 128,
     bg_size: int = 64,
     seed: int = 0,
+    coat: str = "typical",
 ) -> Path:
-    """``out/foregrounds/<class>/<id>.png`` (RGBA cut-outs, longer side ``fg_size``) and
+    """``out/foregrounds/<class>/<id>.png`` (RGBA cut-outs, longer side ``fg_size``, in the
+    class's typical coat or, with ``coat="random"``, a random one) and
     ``out/backgrounds/<name>/<k>.png`` (``bg_size`` squares)."""
     out = Path(out)
     sil = load_silhouettes()
@@ -32,8 +34,9 @@ def export_world(
         folder.mkdir(parents=True, exist_ok=True)
         for i in sil.indices(split, c)[:per_class]:
             img, _ = paint_silhouette(
-                sil.masks[i], rng_for(seed, "export", int(i)), fg_size, False, 0
-            )
+                sil.masks[i], rng_for(seed, "export", int(i)), fg_size, False, 0,
+                c if coat == "typical" else RANDOM,
+            )  # fmt: skip
             img.save(folder / f"{i:05d}.png")
     for b in BACKGROUNDS:
         folder = out / "backgrounds" / b
@@ -56,7 +59,8 @@ def world_summary() -> str:
 
 
 def preview_sheet(out: str | Path, size: int = 64, columns: int = 8, seed: int = 0) -> Path:
-    """One row per background kind (``columns`` seeds each) and one row of painted animals."""
+    """One row per background kind (``columns`` seeds each), then a row of animals in their
+    typical coats and a row in random coats."""
     rows = [
         np.concatenate(
             [
@@ -68,15 +72,18 @@ def preview_sheet(out: str | Path, size: int = 64, columns: int = 8, seed: int =
         for b in BACKGROUNDS
     ]
     sil = load_silhouettes()
-    animals = []
-    for k in range(columns):
-        c = CLASSES[k % len(CLASSES)]
-        i = int(sil.indices("train", c)[k])
-        cut, _ = paint_silhouette(sil.masks[i], rng_for(seed, "preview", i), size - 8, True, 10)
-        tile = Image.new("RGB", (size, size), (255, 255, 255))
-        tile.paste(cut, ((size - cut.width) // 2, (size - cut.height) // 2), cut)
-        animals.append(np.asarray(tile))
-    rows.append(np.concatenate(animals, axis=1))
+    for typical in (True, False):
+        animals = []
+        for k in range(columns):
+            c = CLASSES[k % len(CLASSES)]
+            i = int(sil.indices("train", c)[k])
+            rng = rng_for(seed, "preview", i)
+            cut, _ = paint_silhouette(sil.masks[i], rng, size - 8, True, 10,
+                                      c if typical else RANDOM)  # fmt: skip
+            tile = Image.new("RGB", (size, size), (255, 255, 255))
+            tile.paste(cut, ((size - cut.width) // 2, (size - cut.height) // 2), cut)
+            animals.append(np.asarray(tile))
+        rows.append(np.concatenate(animals, axis=1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)
