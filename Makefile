@@ -60,7 +60,7 @@ bench-audit: $(STAMP)
 bench-learn: $(STAMP)
 	$(PY) bench/learn.py
 
-# the quality table of the README: oracle label fidelity, change and diversity (about 18 min)
+# the quality table of the README: oracle label fidelity, distance to photos, change and diversity (about 15 min)
 evaluate-dream: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift world evaluate-dream --out out/evaluate-dream
 
