@@ -69,6 +69,28 @@ def images_and_rows(root: Path) -> dict[str, str]:
     return tree_digest(root, exclude_suffixes=(".done",))
 
 
+def test_a_cue_conflict_split_is_dreamed_only_when_named(tmp_path):
+    """Its prompt names the shape's class, so a dream tends to repaint the coat: by default it
+    is left out, like the spurious split."""
+    cfg = ComposeConfig(
+        classes=("cat", "dog"),
+        background_names=("grass",),
+        recipe=ShiftRecipe(rho=1.0, train_size=0, val_per_group=0, test_per_group=1,
+                           anti_per_group=0, conflict_per_group=1),
+    )  # fmt: skip
+    src = tmp_path / "paste"
+    compose(cfg, src, progress=False)
+    paste = ["--mode", "paste", "--no-progress"]
+    assert main(["dream", str(src), "--out", str(tmp_path / "all"), *paste]) == 0
+    assert sorted(r["split"] for r in rows(tmp_path / "all")) == ["test", "test"]
+    named = ["--splits", "conflict", "--out", str(tmp_path / "conflict")]
+    assert main(["dream", str(src), *named, *paste]) == 0
+    dreamed = sorted(
+        (r["split"], r["fg_class"], r["coat_class"]) for r in rows(tmp_path / "conflict")
+    )
+    assert dreamed == [("conflict", "cat", "dog"), ("conflict", "dog", "cat")]
+
+
 def test_img2img_through_the_cli_records_full_provenance(tmp_path, tiny_sd, guides):
     out = tmp_path / "dream"
     assert main(dream_cmd(guides, out, tiny_sd)) == 0

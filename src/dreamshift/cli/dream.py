@@ -37,7 +37,12 @@ def add(sub: Any) -> None:
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (7.5)")
     p.add_argument("--width", type=int, help="output width (default: the guides')")
     p.add_argument("--height", type=int, help="output height (default: the guides')")
-    p.add_argument("--splits", type=names, help="comma-separated splits to dream (all)")
+    p.add_argument(
+        "--splits",
+        type=names,
+        help="comma-separated splits to dream (all but 'conflict', whose coats the prompt's "
+        "class tends to repaint: name it to dream it)",
+    )
     p.add_argument("--seed", type=int, help="run seed (0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="(auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],

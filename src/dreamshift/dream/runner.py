@@ -147,6 +147,9 @@ def _source_rows(cfg: DreamConfig) -> tuple[dict[str, Any], list[dict[str, Any]]
         raise DreamshiftError(f"source {cfg.source} has no split {unknown}: it has {present}")
     if cfg.splits:
         rows = [r for r in rows if r["split"] in cfg.splits]
+    else:  # a cue conflict is dreamed only on request: its prompt names the shape's class, and
+        # the dream tends to repaint the coat to match, so the conflict (and shape bias) is lost
+        rows = [r for r in rows if r["split"] != ds.CONFLICT]
     if not rows:
         raise DreamshiftError(f"source {cfg.source} has no usable (status ok) samples")
     return meta, rows
