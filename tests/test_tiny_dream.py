@@ -149,6 +149,29 @@ def test_the_oracles_name_held_out_photos(tmp_path):
         assert set(predicted) <= set(names)
 
 
+def test_an_oracle_folder_is_read_at_the_input_size_its_record_names(tmp_path):
+    """train-oracles --config can set input_size; load_oracle must feed the net what it was
+    trained on, as oracles.json says."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dreamshift.data.transforms import Preprocessing
+    from dreamshift.models.oracles import oracle_net
+
+    torch.manual_seed(0)
+    net = oracle_net(len(BACKGROUNDS)).eval()
+    save_file(net.state_dict(), str(tmp_path / "bg.safetensors"))
+    at_48 = Preprocessing.world(48, resize="area")
+    (tmp_path / "oracles.json").write_text(json.dumps({"preprocessing": at_48.to_dict()}))
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    oracle = load_oracle("bg", tmp_path)
+    assert oracle.preprocessing == at_48
+    with torch.inference_mode():
+        expected = net(at_48(images)).numpy()
+    np.testing.assert_allclose(oracle.logits(images), expected, rtol=1e-5, atol=1e-6)
+    assert load_oracle("bg").preprocessing.input_size == 32  # the shipped ones
+
+
 def test_oracle_features_give_a_distance_that_tells_photos_from_pastes(tmp_path):
     from dreamshift.studies.evaluate_dream import dataset_distance
 

@@ -30,7 +30,7 @@ from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
 NAMES = {"fg": CLASSES, "bg": BACKGROUNDS, "shape": CLASSES}
-INPUT = 32  # the oracles see images resized to 32x32
+INPUT = 32  # the shipped oracles see images resized to 32x32 (oracles.json records it)
 
 
 def oracle_net(n_classes: int) -> Any:
@@ -49,9 +49,9 @@ def oracle_net(n_classes: int) -> Any:
 PREPROCESSING = Preprocessing.world(INPUT, resize="area")  # [-1, 1], area-averaged to 32x32
 
 
-def prepare(images: np.ndarray) -> Any:
-    """(N, H, W, 3) uint8 -> (N, 3, 32, 32) float in [-1, 1] (area-averaged)."""
-    return PREPROCESSING(images)
+def prepare(images: np.ndarray, preprocessing: Preprocessing = PREPROCESSING) -> Any:
+    """(N, H, W, 3) uint8 -> (N, 3, S, S) float in [-1, 1] (area-averaged; S = 32 by default)."""
+    return preprocessing(images)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Oracle:
     kind: str
     names: tuple[str, ...]
     net: Any
+    preprocessing: Preprocessing = PREPROCESSING
 
     def logits(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
         import torch
@@ -66,7 +67,7 @@ class Oracle:
         out = [np.zeros((0, len(self.names)), np.float32)]
         with torch.inference_mode():
             for i in range(0, len(images), batch):
-                out.append(self.net(prepare(images[i : i + batch])).numpy())
+                out.append(self.net(prepare(images[i : i + batch], self.preprocessing)).numpy())
         return np.concatenate(out)
 
     def features(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -77,7 +78,7 @@ class Oracle:
         out = [np.zeros((0, 128), np.float32)]
         with torch.inference_mode():
             for i in range(0, len(images), batch):
-                out.append(body(prepare(images[i : i + batch])).numpy())
+                out.append(body(prepare(images[i : i + batch], self.preprocessing)).numpy())
         return np.concatenate(out)
 
     def predict(self, images: np.ndarray) -> list[str]:
@@ -100,9 +101,8 @@ def load_oracle(kind: str, folder: str | Path | None = None) -> Oracle:
         )
     record = folder / "oracles.json"
     meta = json.loads(record.read_text()) if record.is_file() else {}
-    if Preprocessing.from_dict(meta.get("preprocessing", PREPROCESSING.to_dict())) != PREPROCESSING:
-        raise DreamshiftError(f"{record}: these oracles take another input than {PREPROCESSING}")
+    preprocessing = Preprocessing.from_dict(meta.get("preprocessing", PREPROCESSING.to_dict()))
     net = oracle_net(len(NAMES[kind]))
     net.load_state_dict(load_file(str(weights)))
     net.eval()
-    return Oracle(kind, tuple(NAMES[kind]), net)
+    return Oracle(kind, tuple(NAMES[kind]), net, preprocessing)

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from dreamshift.config import Config
-from dreamshift.models.oracles import NAMES, PREPROCESSING, oracle_net, prepare
+from dreamshift.data.transforms import Preprocessing
+from dreamshift.models.oracles import NAMES, oracle_net, prepare
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, descend, fit
 
@@ -44,6 +45,7 @@ class OracleConfig(Config):
     noise: float = 25.0  # Gaussian noise of up to this standard deviation, in 0..255 levels
     vae_share: float = 0.3  # share of training images replaced by their VAE round trip
     vae: str = "tiny-dream"  # whose autoencoder makes the round trips ("" for none)
+    input_size: int = 32  # the oracles' input side (images are area-averaged to it)
 
 
 def _augment(x: Any, kind: str, g: Any, noise: float) -> Any:
@@ -145,6 +147,7 @@ def train_oracles(
 
     cfg = cfg or OracleConfig()
     cfg.check()
+    preprocessing = Preprocessing.world(cfg.input_size, resize="area")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -174,17 +177,18 @@ def train_oracles(
     }
     accuracies, on_pastes = {}, {}
     for kind, (x, y, x_test, y_test) in data.items():
-        pair = (prepare(x), torch.from_numpy(y)), (prepare(x_test), torch.from_numpy(y_test))
+        pair = ((prepare(x, preprocessing), torch.from_numpy(y)),
+                (prepare(x_test, preprocessing), torch.from_numpy(y_test)))  # fmt: skip
         net, accuracies[kind] = train_one(kind, *pair, cfg, log)
         save_file(net.state_dict(), str(out / f"{kind}.safetensors"))
         if kind != "shape":
             truth = paste_test[1 if kind == "fg" else 2]
             with torch.inference_mode():
-                pred = net(prepare(paste_test[0])).argmax(1).numpy()
+                pred = net(prepare(paste_test[0], preprocessing)).argmax(1).numpy()
             on_pastes[kind] = float((pred == truth).mean())
     meta = {
         "names": {k: list(v) for k, v in NAMES.items()},
-        "preprocessing": PREPROCESSING.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
         "held_out_accuracy": {k: round(v, 4) for k, v in accuracies.items()},
         "held_out_images": {"fg": len(photo_test[0]), "shape": len(shape_test[0])},
         "held_out_accuracy_on_pastes": {k: round(v, 4) for k, v in on_pastes.items()},
