@@ -118,9 +118,7 @@ def resolve(cfg: ComposeConfig) -> Resolved:
     _pick(classes, tuple(given), "class in the assignment")
     _pick(names, tuple(given.values()), "background name in the assignment")
     assignment = tuple((c, given.get(c, names[i % len(names)])) for i, c in enumerate(classes))
-    if cfg.recipe.conflict_per_group and (
-        cfg.foregrounds != "world" or cfg.coat != "typical" or len(classes) < 2
-    ):
+    if cfg.recipe.conflict_per_group and (cfg.coat != "typical" or len(classes) < 2):
         raise DreamshiftError(
             "the conflict split paints one class's shape in another class's coat: it needs the "
             "world's foregrounds with --coat typical and at least two classes"
@@ -174,7 +172,7 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
     cfg, fg, bg = run.cfg, run.fg, run.bg
     chash = cfg.content_hash()
     assigned = dict(cfg.recipe.assignment)
-    typical = cfg.foregrounds == "world" and cfg.coat == "typical"
+    typical = cfg.coat == "typical"  # resolve() set folder foregrounds' coat to random
     specs: list[SampleSpec] = []
     candidates = {
         (split, c): fg.candidates(FOREGROUND_SPLIT[split], c)

@@ -62,23 +62,20 @@ class Oracle:
     preprocessing: Preprocessing = PREPROCESSING
 
     def logits(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
-        import torch
-
-        out = [np.zeros((0, len(self.names)), np.float32)]
-        with torch.inference_mode():
-            for i in range(0, len(images), batch):
-                out.append(self.net(prepare(images[i : i + batch], self.preprocessing)).numpy())
-        return np.concatenate(out)
+        return self._run(self.net, len(self.names), images, batch)
 
     def features(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
         """Penultimate features (N, 128): the pooled activations before the linear head."""
+        return self._run(self.net[:-2], 128, images, batch)  # no dropout, no linear head
+
+    def _run(self, net: Any, width: int, images: np.ndarray, batch: int) -> np.ndarray:
+        """``net`` over ``images`` in batches: (N, width) float32."""
         import torch
 
-        body = self.net[:-2]  # drop the dropout and the linear head
-        out = [np.zeros((0, 128), np.float32)]
+        out = [np.zeros((0, width), np.float32)]
         with torch.inference_mode():
             for i in range(0, len(images), batch):
-                out.append(body(prepare(images[i : i + batch], self.preprocessing)).numpy())
+                out.append(net(prepare(images[i : i + batch], self.preprocessing)).numpy())
         return np.concatenate(out)
 
     def predict(self, images: np.ndarray) -> list[str]:

@@ -79,15 +79,16 @@ def _score(
     first = runs[0]
     ids = [k for k in first if all(k in r for r in runs)]
     images = np.stack([first[k][0] for k in ids])
-    hits = {}
+    hits, named = {}, {}
     for kind, col, names in (("fg", "fg_class", CLASSES), ("shape", "fg_class", CLASSES),
                              ("bg", "bg_class", BACKGROUNDS)):  # fmt: skip
         truth = np.array([names.index(first[k][1][col]) for k in ids])
-        hits[kind] = float((oracles[kind].logits(images).argmax(1) == truth).mean())
+        named[kind] = oracles[kind].logits(images).argmax(1)
+        hits[kind] = float((named[kind] == truth).mean())
     followed = None
     if prompted:
         truth = np.array([CLASSES.index(wrong_class(first[k][1]["fg_class"])) for k in ids])
-        followed = float((oracles["fg"].logits(images).argmax(1) == truth).mean())
+        followed = float((named["fg"] == truth).mean())
     distance = frechet_distance(oracles["fg"].features(images), reference)
     guide = np.stack([guides[k][0] for k in ids]).astype(np.float32) if guides else None
     change = float(np.abs(images.astype(np.float32) - guide).mean()) if guide is not None else 0.0
