@@ -149,9 +149,11 @@ def test_the_oracles_name_held_out_photos(tmp_path):
         assert set(predicted) <= set(names)
 
 
-def test_an_oracle_folder_is_read_at_the_input_size_its_record_names(tmp_path):
-    """train-oracles --config can set input_size; load_oracle must feed the net what it was
-    trained on, as oracles.json says."""
+@pytest.mark.parametrize("size", [48, 64])
+def test_an_oracle_folder_is_read_at_the_input_size_its_record_names(tmp_path, size):
+    """train-oracles --config can set input_size; load_oracle must build the net for it (a
+    halving stage in front from 64 on) and feed it what it was trained on, as oracles.json
+    says."""
     import torch
     from safetensors.torch import save_file
 
@@ -159,17 +161,19 @@ def test_an_oracle_folder_is_read_at_the_input_size_its_record_names(tmp_path):
     from dreamshift.models.oracles import oracle_net
 
     torch.manual_seed(0)
-    net = oracle_net(len(BACKGROUNDS)).eval()
+    net = oracle_net(len(BACKGROUNDS), size).eval()
     save_file(net.state_dict(), str(tmp_path / "bg.safetensors"))
-    at_48 = Preprocessing.world(48, resize="area")
-    (tmp_path / "oracles.json").write_text(json.dumps({"preprocessing": at_48.to_dict()}))
+    preprocessing = Preprocessing.world(size, resize="area")
+    (tmp_path / "oracles.json").write_text(json.dumps({"preprocessing": preprocessing.to_dict()}))
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     oracle = load_oracle("bg", tmp_path)
-    assert oracle.preprocessing == at_48
+    assert oracle.preprocessing == preprocessing
     with torch.inference_mode():
-        expected = net(at_48(images)).numpy()
+        expected = net(preprocessing(images)).numpy()
     np.testing.assert_allclose(oracle.logits(images), expected, rtol=1e-5, atol=1e-6)
-    assert load_oracle("bg").preprocessing.input_size == 32  # the shipped ones
+    assert oracle.features(images).shape == (3, 128)
+    stages = sum(isinstance(m, torch.nn.Conv2d) for m in net)
+    assert stages == (5 if size == 64 else 4)
 
 
 def test_oracle_features_give_a_distance_that_tells_photos_from_pastes(tmp_path):

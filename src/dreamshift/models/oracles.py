@@ -33,13 +33,20 @@ NAMES = {"fg": CLASSES, "bg": BACKGROUNDS, "shape": CLASSES}
 INPUT = 32  # the shipped oracles see images resized to 32x32 (oracles.json records it)
 
 
-def oracle_net(n_classes: int) -> Any:
+def oracle_net(n_classes: int, input_size: int = INPUT) -> Any:
     """Four conv-BN-ReLU-maxpool stages (32-64-128-128 channels), global average pooling and a
-    linear head: about 240 k parameters, input (B, 3, 32, 32) in [-1, 1]."""
+    linear head: about 240 k parameters, input (B, 3, S, S) in [-1, 1]. For each doubling of S
+    from 64 on, a 16-channel stage in front halves the image first, so a 64x64 input costs about
+    twice a 32x32 one rather than four times, and the head sees what the 32x32 net sees."""
     from torch import nn
 
+    stems, side = 0, input_size
+    while side >= 2 * INPUT:
+        stems, side = stems + 1, side // 2
+    widths = [(3, 16)] + [(16, 16)] * (stems - 1) if stems else []
+    widths += [(16 if stems else 3, 32), (32, 64), (64, 128), (128, 128)]
     layers: list[nn.Module] = []
-    for cin, cout in ((3, 32), (32, 64), (64, 128), (128, 128)):
+    for cin, cout in widths:
         layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                    nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, n_classes)]
@@ -99,7 +106,7 @@ def load_oracle(kind: str, folder: str | Path | None = None) -> Oracle:
     record = folder / "oracles.json"
     meta = json.loads(record.read_text()) if record.is_file() else {}
     preprocessing = Preprocessing.from_dict(meta.get("preprocessing", PREPROCESSING.to_dict()))
-    net = oracle_net(len(NAMES[kind]))
+    net = oracle_net(len(NAMES[kind]), preprocessing.input_size)
     net.load_state_dict(load_file(str(weights)))
     net.eval()
     return Oracle(kind, tuple(NAMES[kind]), net, preprocessing)

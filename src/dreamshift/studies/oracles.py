@@ -81,7 +81,7 @@ def train_one(
     import torch
 
     torch.manual_seed(derive_seed(cfg.seed, "oracle", kind))
-    net = oracle_net(len(NAMES[kind]))
+    net = oracle_net(len(NAMES[kind]), cfg.input_size)
     (x, y), (x_test, y_test) = train, test
     steps_per_epoch = max(1, len(x) // cfg.batch)
     epochs = {"fg": cfg.fg_epochs, "bg": cfg.bg_epochs, "shape": cfg.shape_epochs}[kind]
