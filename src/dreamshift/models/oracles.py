@@ -43,10 +43,9 @@ def oracle_net(n_classes: int, input_size: int = INPUT) -> Any:
     stems, side = 0, input_size
     while side >= 2 * INPUT:
         stems, side = stems + 1, side // 2
-    widths = [(3, 16)] + [(16, 16)] * (stems - 1) if stems else []
-    widths += [(16 if stems else 3, 32), (32, 64), (64, 128), (128, 128)]
+    channels = [3] + [16] * stems + [32, 64, 128, 128]
     layers: list[nn.Module] = []
-    for cin, cout in widths:
+    for cin, cout in zip(channels, channels[1:]):
         layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                    nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, n_classes)]
