@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def oracle_net(n_classes: int, input_size: int = INPUT) -> Any:
         stems, side = stems + 1, side // 2
     channels = [3] + [16] * stems + [32, 64, 128, 128]
     layers: list[nn.Module] = []
-    for cin, cout in zip(channels, channels[1:]):
+    for cin, cout in pairwise(channels):
         layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                    nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, n_classes)]
