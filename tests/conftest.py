@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.models.tiny_sd import save_tiny_sd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,3 +48,23 @@ def world_folders(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("world_files")
     return export_world(out, per_class=4, per_background=2, fg_size=40, bg_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def guides(tmp_path_factory) -> Path:
+    """12 composed guides: 2 classes x 2 backgrounds, train and test splits."""
+    cfg = ComposeConfig(
+        classes=("cat", "dog"),
+        background_names=("grass", "snow"),
+        recipe=ShiftRecipe(rho=1.0, train_size=8, val_per_group=0, test_per_group=1,
+                           anti_per_group=0),
+        placement=Placement(scale=(0.5, 0.5)),
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("guides") / "paste"
+    compose(cfg, out, progress=False)
+    return out

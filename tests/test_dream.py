@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import tree_digest
 from dreamshift.cli import main
-from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
+from dreamshift.compose.config import ComposeConfig, ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_bytes
@@ -34,26 +34,6 @@ from dreamshift.models.diffusion import SCHEDULERS, Dreamer, Request, resolve_ru
 from dreamshift.models.tiny_sd import save_tiny_sd
 
 STEPS = ["--steps", "2", "--strength", "0.5", "--no-progress"]
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
-
-
-@pytest.fixture(scope="session")
-def guides(tmp_path_factory) -> Path:
-    """12 composed guides: 2 classes x 2 backgrounds, train and test splits."""
-    cfg = ComposeConfig(
-        classes=("cat", "dog"),
-        background_names=("grass", "snow"),
-        recipe=ShiftRecipe(rho=1.0, train_size=8, val_per_group=0, test_per_group=1,
-                           anti_per_group=0),
-        placement=Placement(scale=(0.5, 0.5)),
-    )  # fmt: skip
-    out = tmp_path_factory.mktemp("guides") / "paste"
-    compose(cfg, out, progress=False)
-    return out
 
 
 def rows(root: Path) -> list[dict]:

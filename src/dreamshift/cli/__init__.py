@@ -1,6 +1,6 @@
 """``dreamshift <command>``: parses arguments, builds a config, calls the library.
 
-One thin module per command group (compose, dream, audit, learn, data, world). Every command
+One thin module per command group (compose, dream, audit, learn, tune, data, world). Every command
 has ``--help``. ``main(argv)`` returns the exit status (0 ok, 1 some samples failed, 2 bad
 input or usage), so tests call it directly.
 """
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from dreamshift import __version__
-from dreamshift.cli import audit, compose, data, dream, learn, world
+from dreamshift.cli import audit, compose, data, dream, learn, tune, world
 from dreamshift.errors import DreamshiftError
 
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dreamshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (world, compose, dream, audit, learn, data):
+    for group in (world, compose, dream, audit, learn, tune, data):
         group.add(sub)
     return parser
 

@@ -29,6 +29,15 @@ def add(sub: Any) -> None:
         help="tiny-dream (default: shipped, trained on the world), a diffusers "
         "Stable Diffusion folder, or a hub id",
     )
+    p.add_argument(
+        "--adapter",
+        dest="adapters",
+        action="append",
+        metavar="RUN[:SCALE]",
+        help="a LoRA to apply (repeatable): a `dreamshift tune` run folder or a diffusers LoRA "
+        ".safetensors file, at SCALE (1); a per-class run applies each class's adapter to "
+        "that class's samples",
+    )
     p.add_argument("--prompts", help="recipe: d3s (default), imagenet-g, or a YAML file")
     p.add_argument("--negative-prompt", help="overrides the recipe's negative prompt")
     p.add_argument("--scheduler", help="model (default), ddim, euler, euler-a, dpm++, lcm")
@@ -78,6 +87,8 @@ def config(args: argparse.Namespace) -> Any:
     from dreamshift.dream.config import DreamConfig
 
     given = {k: getattr(args, k) for k in CONFIG_FLAGS}
+    if args.adapters:
+        given["adapters"] = tuple(args.adapters)
     cfg = DreamConfig.from_yaml(args.config, source=args.source)
     return cfg.replace(
         **given,

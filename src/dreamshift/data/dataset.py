@@ -71,6 +71,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("seed", pa.int64()),  # per-sample seed = derive_seed(run seed, sample_id)
         ("model_id", pa.string()),  # as given: a local folder or a hub id
         ("model_sha256", pa.string()),  # of every file of the model folder
+        ("adapters", pa.string()),  # JSON: the LoRAs applied to this sample (path, sha256, scale)
         ("scheduler", pa.string()),  # class name, e.g. "DDIMScheduler"
         ("scheduler_config", pa.string()),  # JSON, enough to rebuild it with from_config
         ("steps", pa.int32()),

@@ -38,12 +38,15 @@ class DreamConfig(Config):
     batch size at a fixed ``threads``; left unset, ``--workers`` alone may move pixels by one
     level, so the count is recorded and a resumed run keeps it. ``batch_invariant``: run the
     networks one sample at a time inside a batch, so that pixels do not depend on batch size
-    (the default; see ``dreamshift.models.diffusion``).
+    (the default; see ``dreamshift.models.diffusion``). ``adapters``: LoRA adapters applied
+    to the model, each ``PATH[:SCALE]`` (a ``dreamshift tune`` run folder or a diffusers LoRA
+    file; a per-class run applies each class's adapter to that class's samples).
     """
 
     source: str
     mode: str = "img2img"
     model: str = "tiny-dream"
+    adapters: tuple[str, ...] = ()  # LoRA PATH[:SCALE]s (``dreamshift tune`` runs)
     prompts: str = "d3s"
     negative_prompt: str | None = None
     scheduler: str = "model"
@@ -77,6 +80,8 @@ class DreamConfig(Config):
                 f"mode {self.mode} needs a model: tiny-dream, or a diffusers Stable Diffusion "
                 "folder or hub id"
             )
+        if self.adapters and self.mode == "paste":
+            raise DreamshiftError("--adapter needs a model: mode paste copies the guides")
         if self.steps < 1:
             raise DreamshiftError(f"steps = {self.steps} must be >= 1")
         if not 0.0 < self.strength <= 1.0:

@@ -51,7 +51,7 @@ from PIL import Image
 
 import dreamshift
 from dreamshift.data import dataset as ds
-from dreamshift.data.images import encode_png, flush_to_disk, load_image, sha256_bytes
+from dreamshift.data.images import encode_png, flush_to_disk, load_image, sha256_bytes, sha256_file
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.dream.quality import quality_flag
@@ -64,6 +64,7 @@ from dreamshift.models.diffusion import (
     Request,
     hash_model,
     locate_model,
+    resolve_adapter,
     resolve_runtime,
     resolve_scheduler,
 )
@@ -209,6 +210,10 @@ def plan_dream(
         ref = locate_model(cfg.model)
         scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
         threads = cfg.threads or (prior_runtime or {}).get("threads")
+        adapters = [resolve_adapter(a) for a in cfg.adapters]
+        if adapters:
+            resolved["adapters"] = adapters
+            content["adapters"] = [(a["sha256"], a["scale"]) for a in adapters]
         resolved.update(
             model_path=str(ref.path),
             model_revision=ref.revision,
@@ -289,6 +294,7 @@ def make_dreamer(plan: DreamPlan) -> Dreamer | None:
         r["runtime"],
         batch_invariant=plan.cfg.batch_invariant,
         compile=plan.cfg.compile,
+        adapters=r.get("adapters"),
     )
 
 
@@ -321,6 +327,13 @@ def base_row(plan: DreamPlan, spec: DreamSpec, versions: str) -> dict[str, Any]:
             prompt_template=spec.template,
             runtime=json.dumps(r["runtime"], sort_keys=True),
         )
+        if r.get("adapters"):  # what applies to this sample: path, sha256, scale
+            row["adapters"] = json.dumps(
+                [{"path": a["path"], "scale": a["scale"],
+                  "sha256": a["sha256"].get("") or a["sha256"].get(g["fg_class"])}
+                 for a in r["adapters"] if a["classes"] is None or g["fg_class"] in a["classes"]],
+                sort_keys=True,
+            )  # fmt: skip
     return row
 
 
@@ -428,7 +441,13 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[st
                 continue
             assert spec.prompt is not None and spec.negative_prompt is not None
             todo.append(
-                (row, rel_path, Request(spec.prompt, spec.negative_prompt, spec.seed, guide))
+                (
+                    row,
+                    rel_path,
+                    Request(
+                        spec.prompt, spec.negative_prompt, spec.seed, guide, spec.guide["fg_class"]
+                    ),
+                )
             )
         if todo:
             assert job.dreamer is not None
@@ -582,6 +601,13 @@ def regenerate(
                 f"the model in {ref.path} is not the one this dataset was made with (sha256 "
                 f"{digest[:12]}..., recorded {plan.resolved['model_sha256'][:12]}...)"
             )
+        for adapter in plan.resolved.get("adapters", []):
+            for cls, file in adapter["files"].items():
+                if not Path(file).is_file() or sha256_file(Path(file)) != adapter["sha256"][cls]:
+                    raise DreamshiftError(
+                        f"the LoRA {file} this dataset was made with is gone or changed "
+                        f"(recorded sha256 {adapter['sha256'][cls][:12]}...)"
+                    )
         plan = replace(plan, resolved=plan.resolved | {"model_path": str(ref.path)})
         dreamer = make_dreamer(plan)
     if out_dir is not None:
@@ -604,7 +630,9 @@ def regenerate(
                 img = (
                     guide_image(plan.source, guide, size) if row["pipeline"] == "img2img" else None
                 )
-                req = Request(row["prompt"], row["negative_prompt"], row["seed"], img)
+                req = Request(
+                    row["prompt"], row["negative_prompt"], row["seed"], img, row["fg_class"]
+                )
                 pixels = dreamer.generate(
                     [req], row["steps"], row["strength"] or 0.0, row["guidance_scale"], *size
                 )[0]

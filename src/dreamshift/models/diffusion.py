@@ -171,6 +171,43 @@ def model_files(path: Path) -> list[Path]:
     return files
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name (a tune run's output)
+ADAPTERS_DIR = "adapters"  # a per-class tune run: adapters/<class>/LORA_FILE
+
+
+def resolve_adapter(spec: str) -> dict[str, Any]:
+    """``PATH[:SCALE]`` of a LoRA: a ``dreamshift tune`` run folder, a folder holding
+    ``pytorch_lora_weights.safetensors`` or the file itself; scale 1 unless given. A per-class
+    run (``adapters/<class>/``) gives one adapter per class, applied to that class's samples.
+    Returns path, scale, sha256 (of the file, or per class) and classes (None: all)."""
+    path_text, scale = spec, 1.0
+    head, _, tail = spec.rpartition(":")
+    if head and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", tail):  # else a ':' of the path
+        path_text, scale = head, float(tail)
+    path = Path(path_text).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        files = {"": path}
+    elif (path / LORA_FILE).is_file():
+        files = {"": path / LORA_FILE}
+    elif (path / ADAPTERS_DIR).is_dir():
+        files = {p.parent.name: p for p in sorted((path / ADAPTERS_DIR).glob(f"*/{LORA_FILE}"))}
+    else:
+        files = {}
+    if not files:
+        raise DreamshiftError(
+            f"--adapter {spec}: no LoRA at {path.resolve()} (expected a `dreamshift tune` run "
+            f"folder, a folder holding {LORA_FILE}, or a .safetensors file)"
+        )
+    per_class = "" not in files
+    return {
+        "path": str(path.resolve()),
+        "scale": scale,
+        "files": {k: str(v.resolve()) for k, v in files.items()},
+        "sha256": {k: sha256_file(v) for k, v in files.items()},
+        "classes": sorted(files) if per_class else None,
+    }
+
+
 def hash_model(path: Path) -> str:
     """sha256 over :func:`model_files` (relative path and content), in path order."""
     total = hashlib.sha256()
@@ -278,6 +315,7 @@ class Request:
     negative_prompt: str
     seed: int
     guide: Image.Image | None = None
+    fg_class: str = ""  # picks the class's adapter of a per-class LoRA
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -297,6 +335,7 @@ class Dreamer:
         runtime: dict[str, Any],
         batch_invariant: bool = True,
         compile: bool = False,
+        adapters: list[dict[str, Any]] | None = None,
     ):
         quiet_libraries()
         import diffusers
@@ -334,6 +373,7 @@ class Dreamer:
             )
         pipe.scheduler = getattr(diffusers, scheduler).from_config(scheduler_config)
         pipe.set_progress_bar_config(disable=True)
+        self._adapters = self._load_adapters(pipe, adapters or [])
         pipe.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA
         pipe.to(self.device)
         if self.device == "cuda":
@@ -349,10 +389,42 @@ class Dreamer:
         pipe.unet.forward = unet_forward
         self.pipe = pipe
         self.batch_invariant = batch_invariant
-        self._embeds: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
+        self._embeds: dict[tuple[str, str, bool, tuple[str, ...]], tuple[Any, Any]] = {}
+        self._active: tuple[str, ...] = self._activate("")
+
+    @staticmethod
+    def _load_adapters(pipe: Any, adapters: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
+        """Load each LoRA file under its own name; returns (name, class or "", scale)."""
+        loaded = []
+        for i, adapter in enumerate(adapters):
+            for cls, file in adapter["files"].items():
+                name = f"a{i}-{cls}" if cls else f"a{i}"
+                try:
+                    with warnings.catch_warnings():  # peft warns of every adapter after the first
+                        warnings.filterwarnings("ignore", "Already found a `peft_config`")
+                        pipe.load_lora_weights(file, adapter_name=name)
+                except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                    raise DreamshiftError(
+                        f"cannot load the LoRA {file} into this model (made for another base "
+                        f"model?): {exc}"
+                    ) from exc
+                loaded.append((name, cls, float(adapter["scale"])))
+        return loaded
+
+    def _activate(self, fg_class: str) -> tuple[str, ...]:
+        """Switch on the adapters that apply to ``fg_class``; returns their names."""
+        if not self._adapters:
+            return ()
+        active = [(n, s) for n, c, s in self._adapters if c in ("", fg_class)]
+        if active:
+            self.pipe.set_adapters([n for n, _ in active], adapter_weights=[s for _, s in active])
+            self.pipe.enable_lora()
+        else:
+            self.pipe.disable_lora()
+        return tuple(n for n, _ in active)
 
     def _encode(self, prompt: str, negative: str, cfg: bool) -> tuple[Any, Any]:
-        key = (prompt, negative, cfg)
+        key = (prompt, negative, cfg, self._active)  # a text-encoder LoRA changes the embedding
         if key not in self._embeds:
             if len(self._embeds) > 4096:
                 self._embeds.clear()
@@ -375,6 +447,15 @@ class Dreamer:
     ) -> list[np.ndarray]:
         """Images as uint8 arrays (H, W, 3), one per request, each from its own seed."""
         import torch
+
+        per_class = any(c for _, c, _ in self._adapters)
+        if per_class and len({r.fg_class for r in requests}) > 1:  # one class's adapters a call
+            return [
+                self.generate([r], steps, strength, guidance_scale, width, height)[0]
+                for r in requests
+            ]
+        if per_class:
+            self._active = self._activate(requests[0].fg_class)
 
         cfg = guidance_scale > 1.0  # diffusers applies classifier-free guidance only then
         for wrapper in self._per_sample:

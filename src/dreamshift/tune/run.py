@@ -1,0 +1,495 @@
+"""``dreamshift tune``: fine-tune a Stable Diffusion model on a few instance images, as LoRA
+adapters (DataDream, Kim et al. 2024) or as a whole UNet (DreamBooth, Ruiz et al. 2023).
+
+The training step is diffusers' ``examples/dreambooth/train_dreambooth(_lora).py``: latents of
+the instance images, noise at a uniformly drawn timestep, the UNet's prediction against the
+noise (or the velocity) in mean squared error; with a prior dataset, class images join each
+batch and their loss is added with ``prior_weight`` (prior preservation); ``snr_gamma`` weights
+each sample by min(SNR, γ)/SNR (Min-SNR, Hang et al. 2023; the weights are taken over the
+instance half of the batch only, where the example takes them over the whole batch).
+
+A run's folder, ``OUT/<method>-<hash>``, is named by the config's non-default fields, the
+model's hash and the chosen images' hashes. It holds ``config.json`` (with the chosen sample
+ids), ``checkpoint.safetensors`` every ``checkpoint_every`` steps (step ``s`` draws from its own
+seeded generator, so a relaunch resumes to the same weights), and once finished ``done`` and
+the result in diffusers' own format: ``pytorch_lora_weights.safetensors`` (loadable by
+``pipe.load_lora_weights(folder)``; with ``per_class`` one folder per class under
+``adapters/``) or a full model folder ``model/`` (``--model RUN/model`` for dream). Each
+finished run appends a record with its losses and time to ``OUT/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dreamshift.data import dataset as ds
+from dreamshift.data.images import IMAGE_SUFFIXES, sha256_file, write_atomic
+from dreamshift.data.loading import usable_rows
+from dreamshift.engine.results import RESULTS, append_record
+from dreamshift.errors import DreamshiftError
+from dreamshift.models.diffusion import hash_model, locate_model, quiet_libraries
+from dreamshift.seeding import derive_seed
+from dreamshift.train.loop import TrainState, fit_steps
+from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE
+from dreamshift.train.schedules import lr_factor
+from dreamshift.tune.config import TuneConfig
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+MODEL_DIR = "model"  # a dreambooth run's full diffusers model folder
+ADAPTERS_DIR = "adapters"  # a per-class run: one LoRA folder per class
+SUMMARY = "summary.json"  # losses and time of one trained model or adapter
+
+
+def _non_default(cfg: TuneConfig) -> dict[str, Any]:
+    default = asdict(TuneConfig())
+    return {k: v for k, v in asdict(cfg).items() if v != default[k]}
+
+
+# ---------------------------------------------------------------------------------- instances
+
+
+def _folder_rows(root: Path, classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows of an image folder: ``root/<class>/*.png`` or, with one class named, ``root/*``."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if subdirs:
+        groups = [(p.name, p) for p in subdirs if not classes or p.name in classes]
+    elif len(classes) == 1:
+        groups = [(classes[0], root)]
+    else:
+        raise DreamshiftError(
+            f"{root} is neither a dataset directory nor a folder of class subfolders: put the "
+            "images of each class in root/<class>/, or name the one class with --classes"
+        )
+    rows = []
+    for name, folder in groups:
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                rel = p.relative_to(root).as_posix()
+                rows.append({"sample_id": rel, "path": rel, "fg_class": name, "bg_class": None,
+                             "sha256": sha256_file(p)})  # fmt: skip
+    return rows
+
+
+def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
+    """The instance rows a run trains on, in a fixed order: the usable ``split`` rows of a
+    dataset directory (or an image folder's files), restricted to ``classes`` and
+    ``backgrounds``, then ``sample_ids`` or ``shots`` per class (drawn with the run's seed)."""
+    if (source / ds.DATASET_JSON).exists():
+        manifest = ds.read_manifest(source).to_pylist()
+        rows = usable_rows(manifest, cfg.split)
+        if not rows:
+            splits = sorted({r["split"] for r in manifest})
+            raise DreamshiftError(
+                f"{source} has no usable images in split {cfg.split!r} (it has {splits}): "
+                "pass --split"
+            )
+    elif source.is_dir():
+        rows = _folder_rows(source, cfg.classes)
+    else:
+        raise DreamshiftError(f"{source} is not a dataset directory or an image folder")
+    present = sorted({r["fg_class"] for r in rows})
+    missing = [c for c in cfg.classes if c not in present]
+    if missing:
+        raise DreamshiftError(f"{source} has no images of class(es) {missing}; it has {present}")
+    rows = [r for r in rows if not cfg.classes or r["fg_class"] in cfg.classes]
+    if cfg.backgrounds:
+        rows = [r for r in rows if r["bg_class"] in cfg.backgrounds]
+    if cfg.sample_ids:
+        by_id = {r["sample_id"]: r for r in rows}
+        unknown = [s for s in cfg.sample_ids if s not in by_id]
+        if unknown:
+            raise DreamshiftError(
+                f"sample ids not among the selected images of {source}: {unknown[:5]}"
+            )
+        rows = [by_id[s] for s in cfg.sample_ids]
+    elif cfg.shots:
+        rows = sorted(rows, key=lambda r: r["sample_id"])
+        chosen = []
+        for name in sorted({r["fg_class"] for r in rows}):
+            of_class = [r for r in rows if r["fg_class"] == name]
+            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "shots", name))
+            order = torch.randperm(len(of_class), generator=g)[: cfg.shots].tolist()
+            chosen += [of_class[i] for i in sorted(order)]
+        rows = chosen
+    if not rows:
+        raise DreamshiftError(
+            f"no images of {source} match --split {cfg.split} --classes {list(cfg.classes)} "
+            f"--backgrounds {list(cfg.backgrounds)}"
+        )
+    return rows
+
+
+def _pixels(root: Path, rows: list[dict[str, Any]], size: int) -> torch.Tensor:
+    """(N, 3, size, size) in [-1, 1]: the images, resized (bicubic) when not at ``size``."""
+    out = []
+    for r in rows:
+        path = root / r["path"]
+        try:
+            with Image.open(path) as opened:
+                img = opened.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            out.append(np.asarray(img))
+        except (OSError, ValueError) as exc:
+            raise DreamshiftError(f"cannot read instance image {path}: {exc}") from exc
+    x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def _image_size(root: Path, rows: list[dict[str, Any]]) -> int:
+    with Image.open(root / rows[0]["path"]) as img:
+        side = min(img.size)
+    return max(8, side - side % 8)
+
+
+def _prompt(template: str, identifier: str, row: dict[str, Any]) -> str:
+    return Template(template).substitute(
+        identifier=identifier,
+        class_name=row["fg_class"].replace("_", " "),
+        background=(row.get("bg_class") or "").replace("_", " "),
+    )
+
+
+# -------------------------------------------------------------------------------------- model
+
+
+class _Model:
+    """The frozen and trainable parts of a Stable Diffusion model, as diffusers loads them."""
+
+    def __init__(self, path: Path, device: str):
+        quiet_libraries()
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+            text_encoder: Any = CLIPTextModel.from_pretrained(path / "text_encoder")
+            self.text_encoder = text_encoder.to(device)
+            self.vae = AutoencoderKL.from_pretrained(path / "vae").to(device)
+            self.unet = UNet2DConditionModel.from_pretrained(path / "unet").to(device)
+            self.scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+        except (OSError, ValueError) as exc:
+            raise DreamshiftError(f"cannot load the model in {path}: {exc}") from exc
+        if len(self.tokenizer) <= 2:  # transformers' stand-in for missing tokenizer files
+            raise DreamshiftError(f"the tokenizer in {path / 'tokenizer'} has no vocabulary")
+        for part in (self.vae, self.text_encoder, self.unet):
+            part.requires_grad_(False)
+        self.device = device
+
+    def check_identifier(self, identifier: str, templates: tuple[str, ...]) -> None:
+        """DreamBooth binds the instance to one rare token: refuse an identifier the
+        tokenizer splits."""
+        if not any("identifier" in t for t in templates):
+            return
+        tokens = self.tokenizer.tokenize(identifier)
+        if len(tokens) != 1:
+            raise DreamshiftError(
+                f"the tokenizer splits identifier {identifier!r} into {len(tokens)} tokens "
+                f"{tokens}: DreamBooth needs a rare word it keeps whole (e.g. 'sks' for Stable "
+                "Diffusion, 'q' for tiny-dream, whose vocabulary is the world's words and "
+                "single letters); pass --identifier"
+            )
+
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            prompts, padding="max_length", truncation=True,
+            max_length=self.tokenizer.model_max_length, return_tensors="pt",
+        ).input_ids  # fmt: skip
+
+    @torch.no_grad()
+    def latent_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of each image's latent (the VAE is frozen, so they are
+        computed once; a step draws mean + std * noise, as ``latent_dist.sample`` does)."""
+        means, stds = [], []
+        for i in range(0, len(pixels), 16):
+            dist = self.vae.encode(pixels[i : i + 16].to(self.device)).latent_dist
+            means.append(dist.mean.cpu())
+            stds.append(dist.std.cpu())
+        scale = float(self.vae.config.scaling_factor)
+        return torch.cat(means) * scale, torch.cat(stds) * scale
+
+
+def _add_lora(model: _Model, cfg: TuneConfig) -> tuple[Any, Any]:
+    """LoRA on the UNet's (and with ``train_text_encoder`` the text encoder's) attention
+    projections; B starts at zero, so the adapted model starts equal to the base."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    alpha = cfg.alpha or cfg.rank
+    unet_cfg = LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                          target_modules=list(cfg.targets))  # fmt: skip
+    try:
+        model.unet.add_adapter(unet_cfg)
+    except ValueError as exc:
+        raise DreamshiftError(f"--targets {list(cfg.targets)}: {exc}") from exc
+    text_cfg = None
+    if cfg.train_text_encoder:
+        text_cfg = LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                              target_modules=list(cfg.text_targets))  # fmt: skip
+        # transformers' own add_adapter wants a newer peft than PyPI has; peft's injection is
+        # what it calls underneath
+        inject_adapter_in_model(text_cfg, model.text_encoder, "default")
+    return unet_cfg, text_cfg
+
+
+def _save_lora(model: _Model, folder: Path, unet_cfg: Any, text_cfg: Any) -> None:
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))
+    text_layers: Any = (
+        convert_state_dict_to_diffusers(get_peft_model_state_dict(model.text_encoder))
+        if text_cfg is not None
+        else None
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionLoraLoaderMixin.save_lora_weights(  # with alpha: reloads at the right scale
+        folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers,
+        unet_lora_adapter_metadata=unet_cfg.to_dict(),
+        text_encoder_lora_adapter_metadata=text_cfg.to_dict() if text_cfg is not None else None,
+    )  # fmt: skip
+
+
+def _save_model(model: _Model, base: Path, folder: Path, text_trained: bool) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    parts: dict[str, Any] = {"unet": model.unet}
+    if text_trained:
+        parts["text_encoder"] = model.text_encoder
+    pipe = StableDiffusionPipeline.from_pretrained(
+        base, safety_checker=None, requires_safety_checker=False, local_files_only=True, **parts
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+class _Batches:
+    """The encoded training data of one adapter: latent moments and prompt embeddings (or
+    token ids, when the text encoder trains) of the instances and of the prior images."""
+
+    def __init__(self, model: _Model, pixels: torch.Tensor, prompts: list[str], train_text: bool):
+        self.mean, self.std = model.latent_moments(pixels)
+        self.ids = model.token_ids(prompts)
+        self.embeds = None
+        if not train_text:
+            with torch.no_grad():
+                unique, inverse = torch.unique(self.ids, dim=0, return_inverse=True)
+                enc = model.text_encoder(unique.to(model.device))[0].cpu()
+            self.embeds = enc[inverse]
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def draw(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        latents = self.mean[idx] + self.std[idx] * torch.randn(self.mean[idx].shape, generator=g)
+        text = self.ids[idx] if self.embeds is None else self.embeds[idx]
+        return latents, text
+
+
+def _snr(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
+    alphas = scheduler.alphas_cumprod[t]
+    return alphas / (1.0 - alphas)
+
+
+def _train(
+    model: _Model,
+    cfg: TuneConfig,
+    instances: _Batches,
+    prior: _Batches | None,
+    folder: Path,
+    name: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Run the steps of one model or adapter; returns the loss summary."""
+    params = [p for p in model.unet.parameters() if p.requires_grad]
+    if cfg.train_text_encoder:
+        params += [p for p in model.text_encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    device, sched = model.device, model.scheduler
+    autocast = device == "cuda" and cfg.precision in ("auto", "bf16")
+    prediction = sched.config.prediction_type
+    num_t = sched.config.num_train_timesteps
+
+    def step(s: int, g: torch.Generator) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, s, cfg.steps)
+        idx = torch.randint(len(instances), (cfg.batch_size,), generator=g)
+        latents, text = instances.draw(idx, g)
+        if prior is not None:
+            pidx = torch.randint(len(prior), (cfg.batch_size,), generator=g)
+            p_latents, p_text = prior.draw(pidx, g)
+            latents, text = torch.cat([latents, p_latents]), torch.cat([text, p_text])
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, num_t, (len(latents),), generator=g)
+        latents, noise, t, text = (v.to(device) for v in (latents, noise, t, text))
+        noisy = sched.add_noise(latents, noise, t)
+        target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
+        with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+            if instances.embeds is None:
+                text = model.text_encoder(text)[0]
+            pred = model.unet(noisy, t, text).sample
+        err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+        n = cfg.batch_size
+        weights = torch.ones(n, device=device)
+        if cfg.snr_gamma:
+            snr = _snr(sched, t[:n].cpu()).to(device)
+            divisor = snr + 1 if prediction == "v_prediction" else snr
+            weights = torch.clamp(snr, max=cfg.snr_gamma) / divisor
+        loss = (err[:n] * weights).mean()
+        if prior is not None:
+            loss = loss + cfg.prior_weight * err[n:].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        return float(loss.item())
+
+    state = (
+        TrainState(weights=params, optimizer=optimizer)
+        if cfg.method == "lora"
+        else TrainState(
+            unet=model.unet,
+            text_encoder=model.text_encoder if cfg.train_text_encoder else None,
+            optimizer=optimizer,
+        )
+    )
+    start = time.perf_counter()
+    done, losses = fit_steps(
+        name, cfg.steps, step, cfg.seed, state, folder / CHECKPOINT, cfg.checkpoint_every,
+        progress=progress,
+    )  # fmt: skip
+    window = max(1, min(50, len(losses) // 4))
+    return {
+        "steps": done,
+        "loss_first": round(float(np.mean(losses[:window])), 5),
+        "loss_last": round(float(np.mean(losses[-window:])), 5),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def run_folder(out: Path, cfg: TuneConfig, model_sha: str, data: list[str]) -> Path:
+    """``OUT/<method>-<hash of the non-default config, the model and the images>``."""
+    text = json.dumps({"config": _non_default(cfg), "model": model_sha, "data": data},
+                      sort_keys=True)  # fmt: skip
+    return out / f"{cfg.method}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = True,
+         log: Any = print) -> Path:  # fmt: skip
+    """Train one run (or skip it when its folder is done); returns the run folder."""
+    cfg.check()
+    source, out = Path(source), Path(out)
+    rows = select_instances(source, cfg)
+    prior_root = Path(cfg.prior) if cfg.prior else None
+    prior_rows: list[dict[str, Any]] = []
+    if prior_root is not None:
+        prior_rows = usable_rows(ds.read_manifest(prior_root).to_pylist(), None)
+        wanted = sorted({r["fg_class"] for r in rows})
+        by_class = {c: [r for r in prior_rows if r["fg_class"] == c] for c in wanted}
+        lacking = [c for c, rs in by_class.items() if not rs]
+        if lacking:
+            raise DreamshiftError(
+                f"--prior {prior_root} has no class images of {lacking}: make them with "
+                "`dreamshift dream GUIDES --mode txt2img --out PRIOR` from the base model"
+            )
+        limit = cfg.prior_images or None
+        prior_rows = [r for c in wanted for r in by_class[c][:limit]]
+    ref = locate_model(cfg.model)
+    model_sha = hash_model(ref.path)
+    data = [r["sha256"] for r in rows] + [f"prior:{r['sha256']}" for r in prior_rows]
+    folder = run_folder(out, cfg, model_sha, data)
+    if (folder / DONE).exists():
+        log(f"{folder} is done: skipped")
+        return folder
+
+    device = (
+        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    instance_t, class_t = cfg.prompts()
+    model = _Model(ref.path, device)
+    model.check_identifier(cfg.identifier, (instance_t, class_t))
+    size = cfg.resolution or _image_size(source, rows)
+    record = {
+        "config": asdict(cfg),
+        "source": str(source.resolve()),
+        "model_id": cfg.model,
+        "model_sha256": model_sha,
+        "resolution": size,
+        "instances": [
+            {
+                "sample_id": r["sample_id"],
+                "fg_class": r["fg_class"],
+                "bg_class": r["bg_class"],
+                "sha256": r["sha256"],
+            }
+            for r in rows
+        ],
+        "prior_instances": [r["sample_id"] for r in prior_rows],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+
+    def batches(of: list[dict[str, Any]], root: Path, template: str) -> _Batches:
+        prompts = [_prompt(template, cfg.identifier, r) for r in of]
+        return _Batches(model, _pixels(root, of, size), prompts, cfg.train_text_encoder)
+
+    classes = sorted({r["fg_class"] for r in rows})
+    groups = (
+        [(c, [r for r in rows if r["fg_class"] == c]) for c in classes]
+        if cfg.per_class
+        else [("", rows)]
+    )
+    summaries = {}
+    for name, group in groups:
+        where = folder / ADAPTERS_DIR / name if name else folder
+        if (where / SUMMARY).exists():  # a class adapter finished before an interruption
+            summaries[name or "all"] = json.loads((where / SUMMARY).read_text())
+            continue
+        if name and summaries:  # a fresh base model for each class's adapter
+            model = _Model(ref.path, device)
+        torch.manual_seed(derive_seed(cfg.seed, "init", name))  # the LoRA A matrices
+        if cfg.method == "lora":
+            unet_cfg, text_cfg = _add_lora(model, cfg)
+        else:
+            model.unet.requires_grad_(True)
+            model.text_encoder.requires_grad_(cfg.train_text_encoder)
+        if cfg.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                model.text_encoder.gradient_checkpointing_enable()
+        of_group = {r["fg_class"] for r in group}
+        prior = (
+            batches([r for r in prior_rows if r["fg_class"] in of_group], prior_root, class_t)
+            if prior_root is not None
+            else None
+        )
+        model.unet.train()
+        summary = _train(
+            model, cfg, batches(group, source, instance_t), prior, where,
+            f"tune-{name}" if name else "tune", progress,
+        )  # fmt: skip
+        model.unet.eval()
+        if cfg.method == "lora":
+            _save_lora(model, where, unet_cfg, text_cfg)
+        else:
+            _save_model(model, ref.path, folder / MODEL_DIR, cfg.train_text_encoder)
+        write_atomic(where / SUMMARY, (json.dumps(summary) + "\n").encode())
+        summaries[name or "all"] = summary
+    results = {"run": folder.name, **record, "losses": summaries}
+    append_record(out / RESULTS, results)
+    (folder / DONE).write_text(json.dumps(summaries, indent=2) + "\n")
+    log(f"tuned {folder}: " + ", ".join(f"{k or 'all'} loss {v['loss_first']} -> {v['loss_last']}"
+                                          for k, v in summaries.items()))  # fmt: skip
+    return folder

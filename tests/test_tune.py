@@ -1,0 +1,209 @@
+"""dreamshift tune: LoRA and DreamBooth runs on a tiny random Stable Diffusion, and their use
+by dream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamshift.cli import main
+from dreamshift.data import dataset as ds
+from dreamshift.dream.config import DreamConfig
+from dreamshift.dream.runner import dream, regenerate
+from dreamshift.errors import DreamshiftError
+from dreamshift.models.diffusion import quiet_libraries
+from dreamshift.tune import run as tune_run
+from dreamshift.tune.config import TuneConfig
+from dreamshift.tune.run import LORA_FILE, MODEL_DIR, select_instances, tune
+
+QUIET = {"progress": False, "log": lambda line: None}
+
+
+def fast(model: Path, **fields) -> TuneConfig:
+    base = {"model": str(model), "steps": 4, "batch_size": 2, "rank": 4, "checkpoint_every": 2}
+    return TuneConfig(**(base | fields))
+
+
+def unet_output(pipe, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    text = torch.randn(1, 5, pipe.unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return pipe.unet(x, torch.tensor([500]), text).sample
+
+
+def load_pipe(model: Path):
+    quiet_libraries()
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(
+        model, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+
+
+def test_a_lora_run_loads_into_diffusers_at_its_own_alpha(tmp_path, tiny_sd, guides):
+    """The file is diffusers' own: ``pipe.load_lora_weights(run)`` takes it, scale 0 is the
+    base model exactly, and alpha (here 2x the rank) is kept, so scale 1 is the trained one."""
+    cfg = fast(tiny_sd, alpha=8, train_text_encoder=True, lr=1e-2)
+    folder = tune(guides, tmp_path / "runs", cfg, **QUIET)
+    assert folder.name.startswith("lora-") and (folder / "done").exists()
+    keys = load_file(folder / LORA_FILE).keys()
+    assert any(k.startswith("unet.") for k in keys)
+    assert any(k.startswith("text_encoder.") for k in keys)
+
+    base = load_pipe(tiny_sd)
+    reference = unet_output(base)
+    pipe = load_pipe(tiny_sd)
+    pipe.load_lora_weights(str(folder), adapter_name="tuned")
+    assert pipe.unet.peft_config["tuned"].lora_alpha == 8
+    pipe.set_adapters(["tuned"], adapter_weights=[0.0])
+    assert torch.equal(unet_output(pipe), reference)
+    pipe.set_adapters(["tuned"], adapter_weights=[1.0])
+    assert not torch.allclose(unet_output(pipe), reference, atol=1e-4)
+
+    record = json.loads((tmp_path / "runs" / "results.jsonl").read_text().splitlines()[0])
+    assert record["run"] == folder.name and record["losses"]["all"]["steps"] == 4
+    assert record["instances"] and record["model_sha256"]
+
+
+def test_a_resumed_run_ends_with_the_same_weights(tmp_path, tiny_sd, guides, monkeypatch):
+    cfg = fast(tiny_sd, lr=1e-2)
+    whole = tune(guides, tmp_path / "whole", cfg, **QUIET)
+
+    real = tune_run.fit_steps
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs, stop_after=2)  # writes the step-2 checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune_run, "fit_steps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(guides, tmp_path / "split", cfg, **QUIET)
+    monkeypatch.setattr(tune_run, "fit_steps", real)
+    resumed = tune(guides, tmp_path / "split", cfg, **QUIET)
+    assert resumed.name == whole.name
+    a, b = load_file(whole / LORA_FILE), load_file(resumed / LORA_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(whole / LORA_FILE)
+    assert any(v.abs().sum() > 0 for k, v in base.items() if "lora.up" in k or "lora_B" in k)
+
+
+def test_instances_are_chosen_by_split_class_and_shots(guides):
+    cfg = TuneConfig(classes=("cat",), shots=2, seed=3)
+    rows = select_instances(guides, cfg)
+    assert len(rows) == 2 and {r["fg_class"] for r in rows} == {"cat"}
+    assert {r["split"] for r in rows} == {"train"}
+    assert select_instances(guides, cfg) == rows  # the same draw for the same seed
+    everything = select_instances(guides, TuneConfig(split="test"))
+    assert len(everything) == 4
+
+
+def test_bad_choices_are_refused_with_what_to_do(tmp_path, tiny_sd, guides):
+    with pytest.raises(DreamshiftError, match=r"no images of class\(es\) \['zebra'\]"):
+        tune(guides, tmp_path, fast(tiny_sd, classes=("zebra",)), **QUIET)
+    with pytest.raises(DreamshiftError, match="it has \\['test', 'train'\\]"):
+        tune(guides, tmp_path, fast(tiny_sd, split="val"), **QUIET)
+    splits = fast(tiny_sd, method="dreambooth", identifier="zzqx")
+    with pytest.raises(DreamshiftError, match="splits identifier 'zzqx'"):
+        tune(guides, tmp_path, splits, **QUIET)
+    with pytest.raises(DreamshiftError, match="placeholders are"):
+        fast(tiny_sd, instance_prompt="a ${klass}").check()
+    with pytest.raises(DreamshiftError, match=r"--prior .* has no class images of \['dog'\]"):
+        tune(guides, tmp_path, fast(tiny_sd, prior=str(_only_cats(guides, tmp_path))), **QUIET)
+
+
+def paste_copy(guides: Path, out: Path) -> Path:
+    """A dataset directory of the guides' copies (``dream --mode paste``), as a prior set."""
+    assert main(["dream", str(guides), "--out", str(out), "--mode", "paste", "--no-progress"]) == 0
+    return out
+
+
+def _only_cats(guides: Path, tmp_path: Path) -> Path:
+    out = paste_copy(guides, tmp_path / "cats")
+    table = ds.read_manifest(out).to_pylist()
+    for r in table:
+        if r["fg_class"] == "dog":
+            r["status"] = ds.FAILED
+    ds.write_table_atomic(ds.table_from_rows(table), ds.DatasetLayout(out).manifest_path)
+    return out
+
+
+def test_prior_preservation_adds_the_class_images_loss(tmp_path, tiny_sd, guides):
+    prior = paste_copy(guides, tmp_path / "prior")
+    plain = tune(guides, tmp_path / "runs", fast(tiny_sd), **QUIET)
+    cfg = fast(tiny_sd, prior=str(prior), prior_images=2, prior_weight=1.0, snr_gamma=5.0)
+    with_prior = tune(guides, tmp_path / "runs", cfg, **QUIET)
+    record = json.loads((with_prior / "config.json").read_text())
+    assert len(record["prior_instances"]) == 4  # 2 per class
+    a, b = load_file(plain / LORA_FILE), load_file(with_prior / LORA_FILE)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dreambooth_writes_a_model_folder_dream_uses(tmp_path, tiny_sd, guides):
+    cfg = fast(tiny_sd, method="dreambooth", steps=2, identifier="q", lr=1e-3)
+    folder = tune(guides, tmp_path / "runs", cfg, **QUIET)
+    model = folder / MODEL_DIR
+    assert (model / "model_index.json").is_file()
+    tuned, base = load_pipe(model), load_pipe(tiny_sd)
+    assert not torch.equal(unet_output(tuned), unet_output(base))
+    out = tmp_path / "dreamed"
+    argv = ["dream", str(guides), "--out", str(out), "--model", str(model), "--splits", "test"]
+    assert main([*argv, "--steps", "2", "--no-progress"]) == 0
+    assert all(r["status"] == "ok" for r in ds.read_manifest(out).to_pylist())
+
+
+def test_dream_applies_adapters_records_them_and_regenerates(tmp_path, tiny_sd, guides):
+    one = tune(guides, tmp_path / "runs", fast(tiny_sd, lr=1e-2), **QUIET)
+    each = tune(guides, tmp_path / "runs", fast(tiny_sd, lr=1e-2, per_class=True), **QUIET)
+    assert sorted(p.name for p in (each / "adapters").iterdir()) == ["cat", "dog"]
+
+    def run(name: str, *adapters: str):
+        cfg = DreamConfig(source=str(guides), model=str(tiny_sd), steps=2, strength=0.5,
+                          splits=("test",), adapters=adapters)  # fmt: skip
+        dream(cfg, tmp_path / name, progress=False)
+        return ds.read_manifest(tmp_path / name).to_pylist()
+
+    plain = run("plain")
+    half = run("half", f"{one}:0.5")
+    assert [r["adapters"] for r in plain] == [None] * 4
+    applied = json.loads(half[0]["adapters"])
+    assert applied == [{"path": str(one), "scale": 0.5, "sha256": applied[0]["sha256"]}]
+    assert len(applied[0]["sha256"]) == 64
+    assert {r["sample_id"] for r in plain}.isdisjoint(r["sample_id"] for r in half)
+
+    per_class = run("per-class", str(each))
+    for r in per_class:
+        (entry,) = json.loads(r["adapters"])
+        expected = tune_run.sha256_file(each / "adapters" / r["fg_class"] / LORA_FILE)
+        assert entry["sha256"] == expected
+    for name in ("half", "per-class"):
+        assert all(r.match for r in regenerate(tmp_path / name))
+
+
+def test_an_adapter_for_another_model_is_refused(tmp_path, tiny_sd, guides):
+    folder = tune(guides, tmp_path / "runs", fast(tiny_sd), **QUIET)
+    cfg = DreamConfig(source=str(guides), model="tiny-dream", steps=2, strength=0.5,
+                      splits=("test",), adapters=(str(folder),))  # fmt: skip
+    with pytest.raises(DreamshiftError, match="cannot load the LoRA"):
+        dream(cfg, tmp_path / "out", progress=False)
+    with pytest.raises(DreamshiftError, match="no LoRA at"):
+        DreamConfig(source=str(guides), adapters=(str(tmp_path),)).check() or dream(
+            DreamConfig(source=str(guides), model=str(tiny_sd), adapters=(str(tmp_path),)),
+            tmp_path / "out2",
+            progress=False,
+        )
+
+
+def test_the_cli_runs_tune_and_skips_a_finished_run(tmp_path, tiny_sd, guides, capsys):
+    argv = ["tune", str(guides), "--out", str(tmp_path), "--model", str(tiny_sd), "--steps",
+            "2", "--batch-size", "2", "--rank", "4", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "is done: skipped" in out and out.strip().splitlines()[-1] == first
+    assert main([*argv[:-1], "--classes", "zebra"]) == 2
