@@ -45,7 +45,7 @@ class OracleConfig(Config):
     noise: float = 25.0  # Gaussian noise of up to this standard deviation, in 0..255 levels
     vae_share: float = 0.3  # share of training images replaced by their VAE round trip
     vae: str = "tiny-dream"  # whose autoencoder makes the round trips ("" for none)
-    input_size: int = 32  # the oracles' input side (images are area-averaged to it)
+    input_size: int = 64  # the oracles' input side (images are area-averaged to it)
 
 
 def _augment(x: Any, kind: str, g: Any, noise: float) -> Any:
