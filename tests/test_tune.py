@@ -207,3 +207,40 @@ def test_the_cli_runs_tune_and_skips_a_finished_run(tmp_path, tiny_sd, guides, c
     out = capsys.readouterr().out
     assert "is done: skipped" in out and out.strip().splitlines()[-1] == first
     assert main([*argv[:-1], "--classes", "zebra"]) == 2
+
+
+def test_the_spurious_feature_loss_equals_its_hand_computed_value():
+    from dreamshift.tune.sfsl import spurious_similarity_loss
+
+    ref, pred = torch.tensor([[1.0, 0.0], [2.0, 2.0]]), torch.tensor([[0.0, 1.0], [1.0, 3.0]])
+    w = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    # image 1: (1, 0) vs (0, 1): cos 0; image 2: (2, -2) vs (1, -3): cos 8 / (sqrt(8) sqrt(10))
+    expected = ((1 - 0.0) + (1 - 8 / (8**0.5 * 10**0.5))) / 2
+    assert spurious_similarity_loss(ref, pred, w).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_class_weights_are_the_heads_own_rows():
+    from dreamshift.tune.sfsl import SpuriousFeatures
+
+    spurious = SpuriousFeatures("world-cnn", ["cat", "dog"], "cpu")
+    clf = spurious.classifier
+    dim = spurious.head.shape[1]
+    with torch.no_grad():
+        zero = clf.forward_head(torch.zeros(1, dim))[0]
+        unit = clf.forward_head(torch.eye(dim))  # row j: the logits of feature j alone
+    assert torch.allclose(spurious.head, (unit - zero).T, atol=1e-5)
+    assert torch.equal(spurious.weights(["dog", "cat"])[0], spurious.head[clf.classes.index("dog")])
+    with pytest.raises(DreamshiftError, match=r"has no output for class\(es\) \['unicorn'\]"):
+        SpuriousFeatures("world-cnn", ["unicorn"], "cpu")
+
+
+def test_sfsl_changes_what_the_generator_learns(tmp_path, tiny_sd, guides):
+    plain = tune(guides, tmp_path / "runs", fast(tiny_sd, lr=1e-2), **QUIET)
+    cfg = fast(tiny_sd, lr=1e-2, sfsl="world-cnn", kappa=1.0)
+    pulled = tune(guides, tmp_path / "runs", cfg, **QUIET)
+    a, b = load_file(plain / LORA_FILE), load_file(pulled / LORA_FILE)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    losses = json.loads((pulled / "summary.json").read_text())
+    assert losses["loss_first"] > 0
+    with pytest.raises(DreamshiftError, match="give both"):
+        fast(tiny_sd, sfsl="world-cnn").check()

@@ -50,6 +50,13 @@ def add(sub: Any) -> None:
     p.add_argument("--targets", type=names, help="UNet modules to adapt (to_k,to_q,to_v,to_out.0)")
     p.add_argument("--per-class", action="store_true", default=None,
                    help="one LoRA per class (DataDream) instead of one for all")  # fmt: skip
+    p.add_argument(
+        "--sfsl",
+        metavar="MODEL",
+        help="spurious feature similarity loss of this classifier (any `audit --model`): pull "
+        "the UNet's one-step image toward the instance's class-k spurious feature",
+    )
+    p.add_argument("--kappa", type=float, help="weight of the SFSL (needs --sfsl)")
     p.add_argument("--steps", type=int, help="optimizer steps (400)")
     p.add_argument("--batch-size", type=int, help="instances per step (4; as many prior images)")
     p.add_argument("--lr", type=float, help="learning rate (1e-4)")
@@ -69,9 +76,9 @@ def add(sub: Any) -> None:
 FLAGS = (
     "method", "model", "split", "classes", "backgrounds", "shots", "sample_ids", "identifier",
     "instance_prompt", "class_prompt", "prior", "prior_images", "prior_weight",
-    "train_text_encoder", "rank", "alpha", "targets", "per_class", "steps", "batch_size", "lr",
-    "lr_schedule", "snr_gamma", "resolution", "seed", "checkpoint_every", "device", "precision",
-    "gradient_checkpointing",
+    "train_text_encoder", "rank", "alpha", "targets", "per_class", "sfsl", "kappa", "steps",
+    "batch_size", "lr", "lr_schedule", "snr_gamma", "resolution", "seed", "checkpoint_every",
+    "device", "precision", "gradient_checkpointing",
 )  # fmt: skip
 
 

@@ -42,7 +42,9 @@ class TuneConfig(Config):
     class images made by the base model (``dreamshift dream ... --mode txt2img``), used for the
     prior-preservation loss with weight ``prior_weight`` (``prior_images`` per class, 0: all).
     ``snr_gamma``: Min-SNR loss weighting (Hang et al. 2023; 0: off). ``per_class``: one
-    adapter per class instead of one for all. ``precision``: ``auto`` is bf16 autocast on CUDA
+    adapter per class instead of one for all. ``sfsl`` and ``kappa``: the spurious feature
+    similarity loss of that classifier, weighted by κ (Maung Maung et al. 2024;
+    :mod:`dreamshift.tune.sfsl`). ``precision``: ``auto`` is bf16 autocast on CUDA
     and float32 elsewhere.
     """
 
@@ -65,6 +67,8 @@ class TuneConfig(Config):
     targets: tuple[str, ...] = UNET_TARGETS
     text_targets: tuple[str, ...] = TEXT_TARGETS
     per_class: bool = False
+    sfsl: str = ""  # a classifier (any audit --model): the spurious feature similarity loss
+    kappa: float = 0.0  # its weight
     steps: int = 400
     batch_size: int = 4
     lr: float = 1e-4
@@ -110,6 +114,11 @@ class TuneConfig(Config):
             raise DreamshiftError(
                 f"lr {self.lr} must be > 0; prior_weight {self.prior_weight}, snr_gamma "
                 f"{self.snr_gamma} and alpha {self.alpha} >= 0"
+            )
+        if bool(self.sfsl) != (self.kappa > 0):
+            raise DreamshiftError(
+                f"--sfsl {self.sfsl!r} and --kappa {self.kappa}: give both (a classifier and a "
+                "weight > 0) or neither"
             )
         if self.method == "dreambooth" and self.per_class:
             raise DreamshiftError(

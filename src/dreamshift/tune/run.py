@@ -43,6 +43,7 @@ from dreamshift.train.loop import TrainState, fit_steps
 from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE
 from dreamshift.train.schedules import lr_factor
 from dreamshift.tune.config import TuneConfig
+from dreamshift.tune.sfsl import SpuriousFeatures, spurious_similarity_loss
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 MODEL_DIR = "model"  # a dreambooth run's full diffusers model folder
@@ -279,8 +280,24 @@ class _Batches:
     """The encoded training data of one adapter: latent moments and prompt embeddings (or
     token ids, when the text encoder trains) of the instances and of the prior images."""
 
-    def __init__(self, model: _Model, pixels: torch.Tensor, prompts: list[str], train_text: bool):
+    def __init__(
+        self,
+        model: _Model,
+        pixels: torch.Tensor,
+        prompts: list[str],
+        train_text: bool,
+        classes: list[str],
+        spurious: SpuriousFeatures | None = None,
+    ):
         self.mean, self.std = model.latent_moments(pixels)
+        self.classes = classes
+        self.reference = None  # SFSL: the classifier's features of each instance image
+        if spurious is not None:
+            with torch.no_grad():
+                self.reference = torch.cat(
+                    [spurious.features(pixels[i : i + 64].to(model.device)).cpu()
+                     for i in range(0, len(pixels), 64)]
+                )  # fmt: skip
         self.ids = model.token_ids(prompts)
         self.embeds = None
         if not train_text:
@@ -311,6 +328,7 @@ def _train(
     folder: Path,
     name: str,
     progress: bool,
+    spurious: SpuriousFeatures | None = None,
 ) -> dict[str, Any]:
     """Run the steps of one model or adapter; returns the loss summary."""
     params = [p for p in model.unet.parameters() if p.requires_grad]
@@ -350,6 +368,18 @@ def _train(
         loss = (err[:n] * weights).mean()
         if prior is not None:
             loss = loss + cfg.prior_weight * err[n:].mean()
+        if spurious is not None and instances.reference is not None:
+            a = sched.alphas_cumprod.to(device)[t[:n]].view(n, 1, 1, 1)
+            z, p = noisy[:n], pred[:n].float()
+            x0 = (
+                (z - (1 - a).sqrt() * p) / a.sqrt()
+                if prediction == "epsilon"
+                else a.sqrt() * z - (1 - a).sqrt() * p
+            )  # the UNet's one-step estimate of the clean latent
+            decoded = model.vae.decode(x0 / model.vae.config.scaling_factor).sample
+            w = spurious.weights([instances.classes[i] for i in idx.tolist()])
+            ref = instances.reference[idx].to(device)
+            loss = loss + cfg.kappa * spurious_similarity_loss(ref, spurious.features(decoded), w)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -441,11 +471,16 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
-    def batches(of: list[dict[str, Any]], root: Path, template: str) -> _Batches:
-        prompts = [_prompt(template, cfg.identifier, r) for r in of]
-        return _Batches(model, _pixels(root, of, size), prompts, cfg.train_text_encoder)
-
     classes = sorted({r["fg_class"] for r in rows})
+    spurious = SpuriousFeatures(cfg.sfsl, classes, device) if cfg.sfsl else None
+
+    def batches(
+        of: list[dict[str, Any]], root: Path, template: str, sfsl: SpuriousFeatures | None = None
+    ) -> _Batches:
+        prompts = [_prompt(template, cfg.identifier, r) for r in of]
+        pixels, labels = _pixels(root, of, size), [r["fg_class"] for r in of]
+        return _Batches(model, pixels, prompts, cfg.train_text_encoder, labels, sfsl)
+
     groups = (
         [(c, [r for r in rows if r["fg_class"] == c]) for c in classes]
         if cfg.per_class
@@ -477,8 +512,8 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
         )
         model.unet.train()
         summary = _train(
-            model, cfg, batches(group, source, instance_t), prior, where,
-            f"tune-{name}" if name else "tune", progress,
+            model, cfg, batches(group, source, instance_t, spurious), prior, where,
+            f"tune-{name}" if name else "tune", progress, spurious,
         )  # fmt: skip
         model.unet.eval()
         if cfg.method == "lora":
