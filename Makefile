@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn evaluate-dream clean
+.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-tune evaluate-dream clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,9 @@ bench-audit: $(STAMP)
 
 bench-learn: $(STAMP)
 	$(PY) bench/learn.py
+
+bench-tune: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/tune.py
 
 # the quality table of the README: oracle label fidelity, distance to photos, change and diversity (about 15 min)
 evaluate-dream: $(STAMP)
