@@ -276,3 +276,20 @@ def test_quality_scores_equal_their_hand_computed_values():
     wrong = _score("w", [seed0], guides, oracles, reference + 1.0, prompted=True)
     assert wrong.prompted_accuracy == 0.0
     assert wrong.distance == pytest.approx(2.0)  # both features shifted by 1: |1, 1|^2
+
+
+def test_fidelity_of_a_dataset_counts_what_the_oracles_name(tmp_path, capsys):
+    """Held-out world photos: the bg oracle (100 % on photos) names every scene."""
+
+    cfg = ComposeConfig(
+        classes=("cat", "zebra"),
+        background_names=("grass", "snow"),
+        render="photo",
+        seed=11,
+        recipe=ShiftRecipe(rho=0.5, train_size=0, val_per_group=0, test_per_group=3,
+                           anti_per_group=0),
+    )  # fmt: skip
+    compose(cfg, tmp_path / "photos", progress=False)
+    assert main(["world", "fidelity", str(tmp_path / "photos"), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "bg oracle 100.0%" in out and "of 12 images" in out

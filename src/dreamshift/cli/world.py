@@ -67,6 +67,14 @@ def add(sub: Any) -> None:
     dist.add_argument("--split-a", help="only this split of A (default: every split)")
     dist.add_argument("--split-b", help="only this split of B (default: every split)")
     dist.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
+    fid = wsub.add_parser(
+        "fidelity",
+        help="label fidelity of a world dataset: the share of its images the fg, shape and bg "
+        "oracles name as labelled",
+    )
+    fid.add_argument("dataset", type=Path)
+    fid.add_argument("--split", help="only this split (default: every split)")
+    fid.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
     ev = wsub.add_parser(
         "evaluate-dream",
         help="label fidelity (oracles), change from the guide and diversity of a model's "
@@ -145,6 +153,17 @@ def distance(args: argparse.Namespace) -> int:
     return 0
 
 
+def fidelity(args: argparse.Namespace) -> int:
+    from dreamshift.studies.evaluate_dream import dataset_fidelity
+
+    f = dataset_fidelity(args.dataset, args.split, args.oracles)
+    print(
+        f"{args.dataset}: fg oracle {f['fg']:.1%}, shape oracle {f['shape']:.1%}, bg oracle "
+        f"{f['bg']:.1%} of {int(f['n'])} images"
+    )
+    return 0
+
+
 def evaluate_dream(args: argparse.Namespace) -> int:
     from dreamshift.studies.evaluate_dream import evaluate_dream, format_table
 
@@ -171,6 +190,7 @@ COMMANDS = {
     "tiny-sd": tiny_sd,
     "train-dream": train_dream,
     "train-oracles": train_oracles,
+    "fidelity": fidelity,
     "evaluate-dream": evaluate_dream,
     "distance": distance,
 }

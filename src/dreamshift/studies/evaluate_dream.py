@@ -148,6 +148,27 @@ def dataset_distance(
     return Distance(frechet_distance(*feats), len(feats[0]), len(feats[1]))
 
 
+def dataset_fidelity(
+    root: str | Path, split: str | None = None, oracles: str | Path | None = None
+) -> dict[str, float]:
+    """Label fidelity of a dataset's ok images (optionally one split): the share the fg, shape
+    and bg oracles name as their rows' fg_class and bg_class; ``n`` the images scored."""
+    from dreamshift.models.oracles import load_oracle
+
+    images = _images(Path(root), split)
+    if not images:
+        raise DreamshiftError(
+            f"{root} has no usable images" + (f" in split {split!r}" if split else "")
+        )
+    pixels = np.stack([v[0] for v in images.values()])
+    out: dict[str, float] = {"n": len(images)}
+    for kind, col, names in (("fg", "fg_class", CLASSES), ("shape", "fg_class", CLASSES),
+                             ("bg", "bg_class", BACKGROUNDS)):  # fmt: skip
+        truth = np.array([names.index(v[1][col]) for v in images.values()])
+        out[kind] = float((load_oracle(kind, oracles).logits(pixels).argmax(1) == truth).mean())
+    return out
+
+
 def evaluate_dream(
     out: str | Path,
     model: str = "tiny-dream",
