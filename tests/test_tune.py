@@ -244,3 +244,17 @@ def test_sfsl_changes_what_the_generator_learns(tmp_path, tiny_sd, guides):
     assert losses["loss_first"] > 0
     with pytest.raises(DreamshiftError, match="give both"):
         fast(tiny_sd, sfsl="world-cnn").check()
+
+
+def test_spurious_images_take_the_class_whose_usual_background_they_show(tmp_path):
+    from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+    from dreamshift.compose.runner import compose
+
+    recipe = ShiftRecipe(rho=1.0, train_size=4, val_per_group=0, test_per_group=0,
+                         anti_per_group=0, spurious_per_class=2)  # fmt: skip
+    cfg = ComposeConfig(classes=("cat", "dog"), background_names=("grass", "snow"), recipe=recipe)
+    compose(cfg, tmp_path / "ds", progress=False)
+    usual = ds.read_dataset_json(tmp_path / "ds")["assignment"]
+    rows = select_instances(tmp_path / "ds", TuneConfig(split="spurious", classes=("dog",)))
+    assert len(rows) == 2 and all(r["bg_class"] == usual["dog"] for r in rows)
+    assert {r["fg_class"] for r in rows} == {"dog"}

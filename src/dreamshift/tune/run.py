@@ -88,6 +88,9 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
     if (source / ds.DATASET_JSON).exists():
         manifest = ds.read_manifest(source).to_pylist()
         rows = usable_rows(manifest, cfg.split)
+        # a spurious image shows no animal: its class is the one whose usual background it is
+        usual = {b: c for c, b in ds.read_dataset_json(source).get("assignment", {}).items()}
+        rows = [r if r["fg_class"] else {**r, "fg_class": usual.get(r["bg_class"])} for r in rows]
         if not rows:
             splits = sorted({r["split"] for r in manifest})
             raise DreamshiftError(
@@ -98,11 +101,11 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
         rows = _folder_rows(source, cfg.classes)
     else:
         raise DreamshiftError(f"{source} is not a dataset directory or an image folder")
-    present = sorted({r["fg_class"] for r in rows})
+    present = sorted({r["fg_class"] for r in rows if r["fg_class"]})
     missing = [c for c in cfg.classes if c not in present]
     if missing:
         raise DreamshiftError(f"{source} has no images of class(es) {missing}; it has {present}")
-    rows = [r for r in rows if not cfg.classes or r["fg_class"] in cfg.classes]
+    rows = [r for r in rows if r["fg_class"] and (not cfg.classes or r["fg_class"] in cfg.classes)]
     if cfg.backgrounds:
         rows = [r for r in rows if r["bg_class"] in cfg.backgrounds]
     if cfg.sample_ids:
