@@ -15,10 +15,10 @@ from dreamshift.data import dataset as ds
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.runner import dream, regenerate
 from dreamshift.errors import DreamshiftError
-from dreamshift.models.diffusion import quiet_libraries
+from dreamshift.models.diffusion import LORA_FILE, quiet_libraries
 from dreamshift.tune import run as tune_run
 from dreamshift.tune.config import TuneConfig
-from dreamshift.tune.run import LORA_FILE, MODEL_DIR, select_instances, tune
+from dreamshift.tune.run import MODEL_DIR, select_instances, tune
 
 QUIET = {"progress": False, "log": lambda line: None}
 
@@ -151,9 +151,11 @@ def test_dreambooth_writes_a_model_folder_dream_uses(tmp_path, tiny_sd, guides):
     tuned, base = load_pipe(model), load_pipe(tiny_sd)
     assert not torch.equal(unet_output(tuned), unet_output(base))
     out = tmp_path / "dreamed"
-    argv = ["dream", str(guides), "--out", str(out), "--model", str(model), "--splits", "test"]
+    argv = ["dream", str(guides), "--out", str(out), "--model", str(folder), "--splits", "test"]
     assert main([*argv, "--steps", "2", "--no-progress"]) == 0
-    assert all(r["status"] == "ok" for r in ds.read_manifest(out).to_pylist())
+    made = ds.read_manifest(out).to_pylist()
+    assert all(r["status"] == "ok" for r in made)
+    assert {r["model_id"] for r in made} == {str(folder)}  # the run folder names its model
 
 
 def test_dream_applies_adapters_records_them_and_regenerates(tmp_path, tiny_sd, guides):

@@ -105,17 +105,21 @@ def check_model_folder(path: Path) -> None:
             )
 
 
+TUNED_MODEL = "model"  # a DreamBooth run's diffusers folder, inside its run folder
 TINY_DREAM = "tiny-dream"  # the model shipped in the package (dreamshift.studies.tiny_dream)
 
 
 def locate_model(model_id: str) -> ModelRef:
-    """A local folder, or a hub id found in the Hugging Face cache (or downloaded, when the
-    hub may be reached). Fails within seconds with what was looked for and what to do."""
+    """A local folder (or a DreamBooth run folder of ``dreamshift tune``), or a hub id found in
+    the Hugging Face cache (or downloaded, when the hub may be reached). Fails within
+    seconds with what was looked for and what to do."""
     if model_id == TINY_DREAM:
         path = shipped("tiny-dream")
         check_model_folder(path)
         return ModelRef(model_id, path, None)
     path = Path(model_id).expanduser()
+    if path.is_dir() and (path / TUNED_MODEL / "model_index.json").is_file():
+        path = path / TUNED_MODEL  # a `dreamshift tune --method dreambooth` run folder
     if path.is_dir():
         check_model_folder(path)
         return ModelRef(model_id, path.resolve(), None)

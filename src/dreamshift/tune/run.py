@@ -37,7 +37,13 @@ from dreamshift.data.images import IMAGE_SUFFIXES, sha256_file, write_atomic
 from dreamshift.data.loading import usable_rows
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
-from dreamshift.models.diffusion import hash_model, locate_model, quiet_libraries
+from dreamshift.models.diffusion import (
+    ADAPTERS_DIR,
+    TUNED_MODEL,
+    hash_model,
+    locate_model,
+    quiet_libraries,
+)
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, fit_steps
 from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE
@@ -45,9 +51,7 @@ from dreamshift.train.schedules import lr_factor
 from dreamshift.tune.config import TuneConfig
 from dreamshift.tune.sfsl import SpuriousFeatures, spurious_similarity_loss
 
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
-MODEL_DIR = "model"  # a dreambooth run's full diffusers model folder
-ADAPTERS_DIR = "adapters"  # a per-class run: one LoRA folder per class
+MODEL_DIR = TUNED_MODEL  # a dreambooth run's full diffusers model folder
 SUMMARY = "summary.json"  # losses and time of one trained model or adapter
 
 
