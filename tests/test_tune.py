@@ -4,6 +4,7 @@ by dream."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,16 +76,25 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path, tiny_sd, guides, mon
     whole = tune(guides, tmp_path / "whole", cfg, **QUIET)
 
     real = tune_run.fit_steps
+    steps_run: list[int] = []
+
+    def counted(name, total, step_fn, *args, **kwargs):
+        def step(s, g):
+            steps_run.append(s)
+            return step_fn(s, g)
+
+        return real(name, total, step, *args, **kwargs)
 
     def interrupted(*args, **kwargs):
-        real(*args, **kwargs, stop_after=2)  # writes the step-2 checkpoint
+        counted(*args, **kwargs, stop_after=2)  # writes the step-2 checkpoint
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tune_run, "fit_steps", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tune(guides, tmp_path / "split", cfg, **QUIET)
-    monkeypatch.setattr(tune_run, "fit_steps", real)
+    monkeypatch.setattr(tune_run, "fit_steps", counted)
     resumed = tune(guides, tmp_path / "split", cfg, **QUIET)
+    assert steps_run == [0, 1, 2, 3]  # the relaunch went on from the checkpoint
     assert resumed.name == whole.name
     a, b = load_file(whole / LORA_FILE), load_file(resumed / LORA_FILE)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -134,9 +144,11 @@ def _only_cats(guides: Path, tmp_path: Path) -> Path:
 
 def test_prior_preservation_adds_the_class_images_loss(tmp_path, tiny_sd, guides):
     prior = paste_copy(guides, tmp_path / "prior")
-    plain = tune(guides, tmp_path / "runs", fast(tiny_sd), **QUIET)
-    cfg = fast(tiny_sd, prior=str(prior), prior_images=2, prior_weight=1.0, snr_gamma=5.0)
+    unweighted = fast(tiny_sd, prior=str(prior), prior_images=2, prior_weight=0.0, lr=1e-2)
+    plain = tune(guides, tmp_path / "runs", unweighted, **QUIET)  # the same draws, no prior loss
+    cfg = fast(tiny_sd, prior=str(prior), prior_images=2, prior_weight=1.0, lr=1e-2)
     with_prior = tune(guides, tmp_path / "runs", cfg, **QUIET)
+    assert tune(guides, tmp_path / "runs", replace(cfg, snr_gamma=5.0), **QUIET).is_dir()
     record = json.loads((with_prior / "config.json").read_text())
     assert len(record["prior_instances"]) == 4  # 2 per class
     a, b = load_file(plain / LORA_FILE), load_file(with_prior / LORA_FILE)
@@ -192,6 +204,16 @@ def test_an_adapter_for_another_model_is_refused(tmp_path, tiny_sd, guides):
                       splits=("test",), adapters=(str(folder),))  # fmt: skip
     with pytest.raises(DreamshiftError, match="cannot load the LoRA"):
         dream(cfg, tmp_path / "out", progress=False)
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.json").write_text("{}")
+    with pytest.raises(DreamshiftError, match="unfinished `dreamshift tune` run"):
+        unfinished = (str(tmp_path / "unfinished"),)
+        cfg = DreamConfig(source=str(guides), model=str(tiny_sd), adapters=unfinished)
+        dream(cfg, tmp_path / "o3", progress=False)
+    cats = tune(guides, tmp_path / "runs", fast(tiny_sd, classes=("cat",), per_class=True), **QUIET)
+    with pytest.raises(DreamshiftError, match=r"has no class adapter for \['dog'\]"):
+        cfg = DreamConfig(source=str(guides), model=str(tiny_sd), adapters=(str(cats),))
+        dream(cfg, tmp_path / "o4", progress=False)
     with pytest.raises(DreamshiftError, match="no LoRA at"):
         DreamConfig(source=str(guides), adapters=(str(tmp_path),)).check() or dream(
             DreamConfig(source=str(guides), model=str(tiny_sd), adapters=(str(tmp_path),)),

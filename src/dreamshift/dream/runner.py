@@ -211,6 +211,13 @@ def plan_dream(
         scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
         threads = cfg.threads or (prior_runtime or {}).get("threads")
         adapters = [resolve_adapter(a) for a in cfg.adapters]
+        for spec, adapter in zip(cfg.adapters, adapters, strict=True):
+            lacking = sorted({r["fg_class"] for r in rows} - set(adapter["classes"] or []))
+            if adapter["classes"] is not None and lacking:
+                raise DreamshiftError(
+                    f"--adapter {spec} has no class adapter for {lacking}: tune those classes "
+                    "too, or dream only the classes it has"
+                )
         if adapters:
             resolved["adapters"] = adapters
             content["adapters"] = [(a["sha256"], a["scale"]) for a in adapters]

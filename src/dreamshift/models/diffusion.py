@@ -189,6 +189,11 @@ def resolve_adapter(spec: str) -> dict[str, Any]:
     if head and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", tail):  # else a ':' of the path
         path_text, scale = head, float(tail)
     path = Path(path_text).expanduser()
+    if (path / "config.json").is_file() and not (path / "done").exists():
+        raise DreamshiftError(
+            f"--adapter {spec}: {path} is an unfinished `dreamshift tune` run (no done marker): "
+            "run the same tune command again to finish it"
+        )
     if path.is_file() and path.suffix == ".safetensors":
         files = {"": path}
     elif (path / LORA_FILE).is_file():

@@ -11,7 +11,9 @@ instance half of the batch only, where the example takes them over the whole bat
 A run's folder, ``OUT/<method>-<hash>``, is named by the config's non-default fields, the
 model's hash and the chosen images' hashes. It holds ``config.json`` (with the chosen sample
 ids), ``checkpoint.safetensors`` every ``checkpoint_every`` steps (step ``s`` draws from its own
-seeded generator, so a relaunch resumes to the same weights), and once finished ``done`` and
+seeded generator, so a relaunch resumes to the same weights on a CPU; CUDA kernels such as cuDNN's
+weight gradients are not deterministic, so there a resumed run agrees only to rounding), and
+once finished ``done`` and
 the result in diffusers' own format: ``pytorch_lora_weights.safetensors`` (loadable by
 ``pipe.load_lora_weights(folder)``; with ``per_class`` one folder per class under
 ``adapters/``) or a full model folder ``model/`` (``--model RUN/model`` for dream). Each
@@ -345,6 +347,11 @@ def _train(
     device, sched = model.device, model.scheduler
     autocast = device == "cuda" and cfg.precision in ("auto", "bf16")
     prediction = sched.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise DreamshiftError(
+            f"the model's scheduler predicts {prediction!r}; tune trains epsilon or v_prediction "
+            "models (Stable Diffusion 1.x/2.x)"
+        )
     num_t = sched.config.num_train_timesteps
 
     def step(s: int, g: torch.Generator) -> float:
@@ -369,7 +376,7 @@ def _train(
         n = cfg.batch_size
         weights = torch.ones(n, device=device)
         if cfg.snr_gamma:
-            snr = _snr(sched, t[:n].cpu()).to(device)
+            snr = _snr(sched, t[:n].cpu()).clamp(min=1e-8).to(device)  # 0 at zero terminal SNR
             divisor = snr + 1 if prediction == "v_prediction" else snr
             weights = torch.clamp(snr, max=cfg.snr_gamma) / divisor
         loss = (err[:n] * weights).mean()
@@ -518,6 +525,7 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
             else None
         )
         model.unet.train()
+        model.text_encoder.train(cfg.train_text_encoder)  # checkpointing acts in train mode only
         summary = _train(
             model, cfg, batches(group, source, instance_t, spurious), prior, where,
             f"tune-{name}" if name else "tune", progress, spurious,
