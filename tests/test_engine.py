@@ -22,7 +22,6 @@ from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.runner import dream
 from dreamshift.engine.output import lock_path
 from dreamshift.errors import DreamshiftError
-from dreamshift.models.tiny_sd import save_tiny_sd
 
 
 class Backwards:
@@ -32,11 +31,6 @@ class Backwards:
         state = setup()
         for item in reversed(items):
             yield fn(state, item)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory) -> Path:
-    return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
 
 
 @pytest.fixture(scope="module")
