@@ -282,3 +282,66 @@ def test_spurious_images_take_the_class_whose_usual_background_they_show(tmp_pat
     rows = select_instances(tmp_path / "ds", TuneConfig(split="spurious", classes=("dog",)))
     assert len(rows) == 2 and all(r["bg_class"] == usual["dog"] for r in rows)
     assert {r["fg_class"] for r in rows} == {"dog"}
+
+
+def test_a_per_class_run_applies_exactly_its_class_adapter(tmp_path, tiny_sd, guides):
+    """A cat request through a per-class run makes the very pixels of the cat adapter alone,
+    and other pixels than the dog adapter alone."""
+    from dreamshift.models.diffusion import (
+        Dreamer,
+        Request,
+        resolve_adapter,
+        resolve_runtime,
+        resolve_scheduler,
+    )
+
+    each = tune(guides, tmp_path / "runs", fast(tiny_sd, lr=5e-2, per_class=True), **QUIET)
+    scheduler = resolve_scheduler(tiny_sd, "model")
+    runtime = resolve_runtime("cpu", threads=1)
+
+    def make(adapter: Path, fg_class: str):
+        adapters = [resolve_adapter(str(adapter))]
+        dreamer = Dreamer(tiny_sd, "txt2img", *scheduler, runtime, adapters=adapters)
+        return dreamer.generate([Request("a photo of a cat", "", 3, fg_class=fg_class)],
+                                2, 1.0, 1.0, 64, 64)[0]  # fmt: skip
+
+    through_run = make(each, "cat")
+    assert (through_run == make(each / "adapters" / "cat" / LORA_FILE, "")).all()
+    assert not (through_run == make(each / "adapters" / "dog" / LORA_FILE, "")).all()
+
+
+def test_runs_given_to_the_wrong_option_say_which_one_to_use(tmp_path, tiny_sd, guides):
+    from dreamshift.models.diffusion import locate_model, resolve_adapter
+
+    lora = tune(guides, tmp_path / "runs", fast(tiny_sd), **QUIET)
+    with pytest.raises(DreamshiftError, match=f"pass it as --adapter .* base model \\({tiny_sd}"):
+        locate_model(str(lora))
+    booth = tune(
+        guides,
+        tmp_path / "runs",
+        fast(tiny_sd, method="dreambooth", steps=1, identifier="q"),
+        **QUIET,
+    )
+    with pytest.raises(DreamshiftError, match=r"is a DreamBooth run .* pass it as --model"):
+        resolve_adapter(str(booth))
+    if not torch.cuda.is_available():
+        with pytest.raises(DreamshiftError, match="--device cuda: torch sees no CUDA"):
+            tune(guides, tmp_path / "gpu", fast(tiny_sd, device="cuda"), **QUIET)
+
+
+def test_a_run_is_named_by_its_weights_not_by_how_it_was_saved(tmp_path, tiny_sd):
+    """checkpoint_every and gradient checkpointing leave the folder name alone; the SFSL
+    classifier counts by its weights, so retraining it in place makes a new run."""
+    from dreamshift.tune.run import run_folder
+
+    def name(**fields):
+        return run_folder(tmp_path, fast(tiny_sd, **fields), "m", ["d"]).name
+
+    assert name() == name(checkpoint_every=1, gradient_checkpointing=True) != name(lr=1e-3)
+    clf = tmp_path / "clf"
+    clf.mkdir()
+    (clf / "weights.safetensors").write_bytes(b"one")
+    before = name(sfsl=str(clf), kappa=1.0)
+    (clf / "weights.safetensors").write_bytes(b"two")
+    assert name(sfsl=str(clf), kappa=1.0) != before
+    assert name(sfsl="world-cnn", kappa=1.0) != name(sfsl="world-resnet18", kappa=1.0)

@@ -120,6 +120,16 @@ def locate_model(model_id: str) -> ModelRef:
     path = Path(model_id).expanduser()
     if path.is_dir() and (path / TUNED_MODEL / "model_index.json").is_file():
         path = path / TUNED_MODEL  # a `dreamshift tune --method dreambooth` run folder
+    elif path.is_dir() and _is_lora(path):
+        raise DreamshiftError(
+            f"--model {model_id}: {path} holds LoRA adapters, not a model: pass it as --adapter "
+            f"{model_id} with --model its base model ({_tune_base(path)})"
+        )
+    elif path.is_dir() and (path / "config.json").is_file() and not (path / "done").exists():
+        raise DreamshiftError(
+            f"--model {model_id}: {path} is an unfinished `dreamshift tune` run (no done "
+            "marker): run the same tune command again to finish it"
+        )
     if path.is_dir():
         check_model_folder(path)
         return ModelRef(model_id, path.resolve(), None)
@@ -179,6 +189,19 @@ LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name (a t
 ADAPTERS_DIR = "adapters"  # a per-class tune run: adapters/<class>/LORA_FILE
 
 
+def _is_lora(path: Path) -> bool:
+    """A folder holding a LoRA: ``LORA_FILE`` itself or per-class ``adapters/<class>/``."""
+    return (path / LORA_FILE).is_file() or any((path / ADAPTERS_DIR).glob(f"*/{LORA_FILE}"))
+
+
+def _tune_base(run: Path) -> str:
+    """The base model a ``dreamshift tune`` run names in its config.json, if it has one."""
+    try:
+        return str(json.loads((run / "config.json").read_text())["model_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the model it was trained on"
+
+
 def resolve_adapter(spec: str) -> dict[str, Any]:
     """``PATH[:SCALE]`` of a LoRA: a ``dreamshift tune`` run folder, a folder holding
     ``pytorch_lora_weights.safetensors`` or the file itself; scale 1 unless given. A per-class
@@ -202,6 +225,11 @@ def resolve_adapter(spec: str) -> dict[str, Any]:
         files = {p.parent.name: p for p in sorted((path / ADAPTERS_DIR).glob(f"*/{LORA_FILE}"))}
     else:
         files = {}
+    if not files and (path / TUNED_MODEL / "model_index.json").is_file():
+        raise DreamshiftError(
+            f"--adapter {spec}: {path} is a DreamBooth run (a whole model, no LoRA): pass it "
+            f"as --model {path_text}"
+        )
     if not files:
         raise DreamshiftError(
             f"--adapter {spec}: no LoRA at {path.resolve()} (expected a `dreamshift tune` run "

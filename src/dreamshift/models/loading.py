@@ -50,6 +50,25 @@ def shipped_classifiers() -> list[str]:
     return ARCHITECTURES.names("world-*")
 
 
+def classifier_fingerprint(spec: str) -> str:
+    """What identifies the weights a spec names, for run hashes: the sha256 of a classifier
+    folder's files (a folder or a shipped classifier), else the spec itself (a zoo name, whose
+    weights its library versions)."""
+    import hashlib
+
+    from dreamshift.data.images import sha256_file
+
+    folder = Path(spec)
+    if not folder.is_dir() and spec in shipped_classifiers():
+        folder = shipped("classifiers") / spec
+    if not folder.is_dir():
+        return spec
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}\n".encode())
+    return digest.hexdigest()
+
+
 def load_classifier(
     spec: str, dataset_classes: Sequence[str] = (), device: str = "cpu"
 ) -> Classifier:

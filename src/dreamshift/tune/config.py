@@ -45,7 +45,8 @@ class TuneConfig(Config):
     adapter per class instead of one for all. ``sfsl`` and ``kappa``: the spurious feature
     similarity loss of that classifier, weighted by κ (Maung Maung et al. 2024;
     :mod:`dreamshift.tune.sfsl`). ``precision``: ``auto`` is bf16 autocast on CUDA
-    and float32 elsewhere.
+    and float32 elsewhere; ``bf16`` asks for it on any device (many CPUs run it far slower
+    than float32); ``no`` is float32.
     """
 
     method: str = "lora"

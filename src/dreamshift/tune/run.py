@@ -45,7 +45,9 @@ from dreamshift.models.diffusion import (
     hash_model,
     locate_model,
     quiet_libraries,
+    resolve_runtime,
 )
+from dreamshift.models.loading import classifier_fingerprint
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, fit_steps
 from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE
@@ -345,7 +347,7 @@ def _train(
         params += [p for p in model.text_encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     device, sched = model.device, model.scheduler
-    autocast = device == "cuda" and cfg.precision in ("auto", "bf16")
+    autocast = cfg.precision == "bf16" or (device == "cuda" and cfg.precision == "auto")
     prediction = sched.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
         raise DreamshiftError(
@@ -368,7 +370,7 @@ def _train(
         latents, noise, t, text = (v.to(device) for v in (latents, noise, t, text))
         noisy = sched.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
-        with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, torch.bfloat16, enabled=autocast):
             if instances.embeds is None:
                 text = model.text_encoder(text)[0]
             pred = model.unet(noisy, t, text).sample
@@ -423,10 +425,17 @@ def _train(
     }
 
 
+# fields that do not change the weights a run ends with: left out of its folder's hash
+UNHASHED = ("checkpoint_every", "gradient_checkpointing")
+
+
 def run_folder(out: Path, cfg: TuneConfig, model_sha: str, data: list[str]) -> Path:
-    """``OUT/<method>-<hash of the non-default config, the model and the images>``."""
-    text = json.dumps({"config": _non_default(cfg), "model": model_sha, "data": data},
-                      sort_keys=True)  # fmt: skip
+    """``OUT/<method>-<hash of the non-default config, the model and the images>``; the SFSL
+    classifier counts by its weights (:func:`classifier_fingerprint`), not by its name."""
+    config = {k: v for k, v in _non_default(cfg).items() if k not in UNHASHED}
+    if cfg.sfsl:
+        config["sfsl"] = classifier_fingerprint(cfg.sfsl)
+    text = json.dumps({"config": config, "model": model_sha, "data": data}, sort_keys=True)
     return out / f"{cfg.method}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -458,9 +467,7 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
         log(f"{folder} is done: skipped")
         return folder
 
-    device = (
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = resolve_runtime(cfg.device)["device"]
     instance_t, class_t = cfg.prompts()
     model = _Model(ref.path, device)
     model.check_identifier(cfg.identifier, (instance_t, class_t))
