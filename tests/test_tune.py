@@ -345,3 +345,29 @@ def test_a_run_is_named_by_its_weights_not_by_how_it_was_saved(tmp_path, tiny_sd
     (clf / "weights.safetensors").write_bytes(b"two")
     assert name(sfsl=str(clf), kappa=1.0) != before
     assert name(sfsl="world-cnn", kappa=1.0) != name(sfsl="world-resnet18", kappa=1.0)
+
+
+def test_called_by_keeps_the_images_the_classifier_calls_their_class(tmp_path):
+    """Spurious images as Maung Maung et al. (2024) take them: background-only images that a
+    classifier calls class k; each kept row checked against the classifier's own prediction."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+    from dreamshift.compose.runner import compose
+    from dreamshift.models.loading import load_classifier
+
+    recipe = ShiftRecipe(rho=1.0, train_size=4, val_per_group=0, test_per_group=0,
+                         anti_per_group=0, spurious_per_class=3)  # fmt: skip
+    compose(ComposeConfig(recipe=recipe), tmp_path / "ds", progress=False)  # the world's classes
+    every = select_instances(tmp_path / "ds", TuneConfig(split="spurious"))
+    kept = select_instances(tmp_path / "ds", TuneConfig(split="spurious", called_by=("world-cnn",)))
+    clf = load_classifier("world-cnn")
+    images = np.stack([np.asarray(Image.open(tmp_path / "ds" / r["path"])) for r in every])
+    called = [clf.classes[k] for k in clf.logits(images).argmax(1)]
+    expected = [r for r, c in zip(every, called, strict=True) if c == r["fg_class"]]
+    assert kept == expected and 0 < len(kept) < len(every)  # it keeps some, not all
+    (tmp_path / "folder" / "unicorn").mkdir(parents=True)
+    Image.fromarray(images[0]).save(tmp_path / "folder" / "unicorn" / "a.png")
+    with pytest.raises(DreamshiftError, match=r"--called-by world-cnn has no output .*unicorn"):
+        select_instances(tmp_path / "folder", TuneConfig(called_by=("world-cnn",)))

@@ -30,6 +30,9 @@ def add(sub: Any) -> None:
     p.add_argument("--backgrounds", type=names, help="comma-separated backgrounds (all)")
     p.add_argument("--shots", type=int, help="instances per class, drawn with --seed (0: all)")
     p.add_argument("--sample-ids", type=names, help="comma-separated sample ids instead")
+    p.add_argument("--called-by", type=names, metavar="MODELS",
+                   help="comma-separated classifiers (any `audit --model`): keep the images all "
+                   "of them call their class (spurious images, with --split spurious)")  # fmt: skip
     p.add_argument("--identifier", help="DreamBooth's rare token (sks; 'q' for tiny-dream)")
     p.add_argument("--instance-prompt", help="template over ${identifier}, ${class_name}, "
                    "${background} (lora: 'a photo of a ${class_name}'; dreambooth: "
@@ -74,8 +77,8 @@ def add(sub: Any) -> None:
 
 
 FLAGS = (
-    "method", "model", "split", "classes", "backgrounds", "shots", "sample_ids", "identifier",
-    "instance_prompt", "class_prompt", "prior", "prior_images", "prior_weight",
+    "method", "model", "split", "classes", "backgrounds", "shots", "sample_ids", "called_by",
+    "identifier", "instance_prompt", "class_prompt", "prior", "prior_images", "prior_weight",
     "train_text_encoder", "rank", "alpha", "targets", "per_class", "sfsl", "kappa", "steps",
     "batch_size", "lr", "lr_schedule", "snr_gamma", "resolution", "seed", "checkpoint_every",
     "device", "precision", "gradient_checkpointing",

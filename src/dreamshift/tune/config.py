@@ -36,7 +36,10 @@ class TuneConfig(Config):
     ``method``: ``lora`` (low-rank adapters on the attention projections, Hu et al. 2022; the
     DataDream recipe, Kim et al. 2024) or ``dreambooth`` (every UNet weight, Ruiz et al. 2023).
     Instances: the ``split`` rows of a dataset directory, restricted to ``classes`` and
-    ``backgrounds`` (empty: all), ``shots`` per class (0: all), or ``sample_ids``.
+    ``backgrounds`` (empty: all), kept only where every classifier of ``called_by`` (any
+    audit ``--model``) predicts the row's class (the *spurious images* of Maung Maung et al.
+    2024 when the split shows backgrounds alone), then ``shots`` per class (0: all) or
+    ``sample_ids``.
     Prompts are templates over ``${identifier}``, ``${class_name}`` and ``${background}``;
     empty ones take the method's default (:meth:`prompts`). ``prior``: a dataset directory of
     class images made by the base model (``dreamshift dream ... --mode txt2img``), used for the
@@ -56,6 +59,7 @@ class TuneConfig(Config):
     backgrounds: tuple[str, ...] = ()
     shots: int = 0
     sample_ids: tuple[str, ...] = ()
+    called_by: tuple[str, ...] = ()  # classifiers that must all call an instance its class
     identifier: str = "sks"
     instance_prompt: str = ""
     class_prompt: str = "a photo of a ${class_name}"

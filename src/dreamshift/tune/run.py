@@ -36,7 +36,7 @@ from PIL import Image
 
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import IMAGE_SUFFIXES, sha256_file, write_atomic
-from dreamshift.data.loading import usable_rows
+from dreamshift.data.loading import iter_batches, usable_rows
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.diffusion import (
@@ -47,7 +47,7 @@ from dreamshift.models.diffusion import (
     quiet_libraries,
     resolve_runtime,
 )
-from dreamshift.models.loading import classifier_fingerprint
+from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, fit_steps
 from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE
@@ -116,6 +116,8 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
     rows = [r for r in rows if r["fg_class"] and (not cfg.classes or r["fg_class"] in cfg.classes)]
     if cfg.backgrounds:
         rows = [r for r in rows if r["bg_class"] in cfg.backgrounds]
+    for spec in cfg.called_by:
+        rows = _called_their_class(source, rows, spec, cfg.device)
     if cfg.sample_ids:
         by_id = {r["sample_id"]: r for r in rows}
         unknown = [s for s in cfg.sample_ids if s not in by_id]
@@ -136,9 +138,34 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
     if not rows:
         raise DreamshiftError(
             f"no images of {source} match --split {cfg.split} --classes {list(cfg.classes)} "
-            f"--backgrounds {list(cfg.backgrounds)}"
+            f"--backgrounds {list(cfg.backgrounds)} --called-by {list(cfg.called_by)}"
         )
     return rows
+
+
+def _called_their_class(
+    root: Path, rows: list[dict[str, Any]], spec: str, device: str
+) -> list[dict[str, Any]]:
+    """The rows that classifier ``spec`` predicts to be their ``fg_class`` (argmax over all of
+    its outputs)."""
+    classes = sorted({r["fg_class"] for r in rows})
+    clf = load_classifier(spec, classes, resolve_runtime(device)["device"])
+    unknown = [c for c in classes if c not in clf.classes]
+    if unknown:
+        raise DreamshiftError(
+            f"--called-by {spec} has no output for class(es) {unknown}: it cannot call an image "
+            "that class"
+        )
+    kept = []
+    with torch.no_grad():
+        for positions, images, bad in iter_batches(root, rows, 64):
+            if bad:
+                raise DreamshiftError(f"{root}: cannot read {rows[bad[0][0]]['path']}: {bad[0][1]}")
+            if images is not None:
+                called = clf.logits(images).argmax(1)
+                kept += [rows[i] for i, k in zip(positions, called, strict=True)
+                         if clf.classes[k] == rows[i]["fg_class"]]  # fmt: skip
+    return kept
 
 
 def _pixels(root: Path, rows: list[dict[str, Any]], size: int) -> torch.Tensor:
