@@ -4,19 +4,23 @@ by dream."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from dreamshift.assets import shipped
 from dreamshift.cli import main
 from dreamshift.data import dataset as ds
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.runner import dream, regenerate
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.diffusion import LORA_FILE, quiet_libraries
+from dreamshift.models.loading import classifier_fingerprint
 from dreamshift.tune import run as tune_run
 from dreamshift.tune.config import TuneConfig
 from dreamshift.tune.run import MODEL_DIR, select_instances, tune
@@ -314,7 +318,9 @@ def test_runs_given_to_the_wrong_option_say_which_one_to_use(tmp_path, tiny_sd, 
     from dreamshift.models.diffusion import locate_model, resolve_adapter
 
     lora = tune(guides, tmp_path / "runs", fast(tiny_sd), **QUIET)
-    with pytest.raises(DreamshiftError, match=f"pass it as --adapter .* base model \\({tiny_sd}"):
+    with pytest.raises(
+        DreamshiftError, match=f"pass it as --adapter .* base model \\({re.escape(str(tiny_sd))}"
+    ):
         locate_model(str(lora))
     booth = tune(
         guides,
@@ -324,6 +330,10 @@ def test_runs_given_to_the_wrong_option_say_which_one_to_use(tmp_path, tiny_sd, 
     )
     with pytest.raises(DreamshiftError, match=r"is a DreamBooth run .* pass it as --model"):
         resolve_adapter(str(booth))
+    assert locate_model(str(booth)).path == (booth / MODEL_DIR).resolve()
+    (booth / "done").unlink()  # stopped after its model folder was written, before the end
+    with pytest.raises(DreamshiftError, match="unfinished `dreamshift tune` run"):
+        locate_model(str(booth))
     if not torch.cuda.is_available():
         with pytest.raises(DreamshiftError, match="--device cuda: torch sees no CUDA"):
             tune(guides, tmp_path / "gpu", fast(tiny_sd, device="cuda"), **QUIET)
@@ -339,12 +349,16 @@ def test_a_run_is_named_by_its_weights_not_by_how_it_was_saved(tmp_path, tiny_sd
 
     assert name() == name(checkpoint_every=1, gradient_checkpointing=True) != name(lr=1e-3)
     clf = tmp_path / "clf"
-    clf.mkdir()
-    (clf / "weights.safetensors").write_bytes(b"one")
+    shutil.copytree(shipped("classifiers") / "world-cnn", clf)
     before = name(sfsl=str(clf), kappa=1.0)
-    (clf / "weights.safetensors").write_bytes(b"two")
-    assert name(sfsl=str(clf), kappa=1.0) != before
-    assert name(sfsl="world-cnn", kappa=1.0) != name(sfsl="world-resnet18", kappa=1.0)
+    assert before == name(sfsl="world-cnn", kappa=1.0) != name(sfsl="world-resnet18", kappa=1.0)
+    (clf / "probes.jsonl").write_text("{}\n")  # a file that is not the weights: same run
+    assert name(sfsl=str(clf), kappa=1.0) == before
+    weights = load_file(clf / "model.safetensors")
+    save_file({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()},
+              clf / "model.safetensors")  # fmt: skip
+    assert name(sfsl=str(clf), kappa=1.0) != before  # retrained in place: a new run
+    assert classifier_fingerprint("timm:resnet18") == "timm:resnet18"  # a zoo name: by name
 
 
 def test_called_by_keeps_the_images_the_classifier_calls_their_class(tmp_path):
@@ -361,12 +375,21 @@ def test_called_by_keeps_the_images_the_classifier_calls_their_class(tmp_path):
                          anti_per_group=0, spurious_per_class=3)  # fmt: skip
     compose(ComposeConfig(recipe=recipe), tmp_path / "ds", progress=False)  # the world's classes
     every = select_instances(tmp_path / "ds", TuneConfig(split="spurious"))
-    kept = select_instances(tmp_path / "ds", TuneConfig(split="spurious", called_by=("world-cnn",)))
+    kept = select_instances(
+        tmp_path / "ds", TuneConfig(split="spurious", called_by=("world-cnn",), device="cpu")
+    )
     clf = load_classifier("world-cnn")
     images = np.stack([np.asarray(Image.open(tmp_path / "ds" / r["path"])) for r in every])
     called = [clf.classes[k] for k in clf.logits(images).argmax(1)]
     expected = [r for r, c in zip(every, called, strict=True) if c == r["fg_class"]]
     assert kept == expected and 0 < len(kept) < len(every)  # it keeps some, not all
+    lost = sorted({r["fg_class"] for r in every} - {r["fg_class"] for r in kept})
+    assert lost  # classes none of whose images it calls their class: asked for, refused
+    with pytest.raises(DreamshiftError, match=rf"no image of class\(es\) \['{lost[0]}'\]"):
+        select_instances(
+            tmp_path / "ds",
+            TuneConfig(split="spurious", classes=(lost[0],), called_by=("world-cnn",)),
+        )
     (tmp_path / "folder" / "unicorn").mkdir(parents=True)
     Image.fromarray(images[0]).save(tmp_path / "folder" / "unicorn" / "a.png")
     with pytest.raises(DreamshiftError, match=r"--called-by world-cnn has no output .*unicorn"):

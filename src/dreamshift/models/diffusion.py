@@ -106,6 +106,7 @@ def check_model_folder(path: Path) -> None:
 
 
 TUNED_MODEL = "model"  # a DreamBooth run's diffusers folder, inside its run folder
+TUNE_DONE = "done"  # written last in a tune run folder: the run is finished
 TINY_DREAM = "tiny-dream"  # the model shipped in the package (dreamshift.studies.tiny_dream)
 
 
@@ -118,17 +119,17 @@ def locate_model(model_id: str) -> ModelRef:
         check_model_folder(path)
         return ModelRef(model_id, path, None)
     path = Path(model_id).expanduser()
+    if path.is_dir() and _tune_record(path) and not (path / TUNE_DONE).exists():
+        raise DreamshiftError(
+            f"--model {model_id}: {path} is an unfinished `dreamshift tune` run (no "
+            f"{TUNE_DONE} marker): run the same tune command again to finish it"
+        )
     if path.is_dir() and (path / TUNED_MODEL / "model_index.json").is_file():
         path = path / TUNED_MODEL  # a `dreamshift tune --method dreambooth` run folder
     elif path.is_dir() and _is_lora(path):
         raise DreamshiftError(
             f"--model {model_id}: {path} holds LoRA adapters, not a model: pass it as --adapter "
             f"{model_id} with --model its base model ({_tune_base(path)})"
-        )
-    elif path.is_dir() and (path / "config.json").is_file() and not (path / "done").exists():
-        raise DreamshiftError(
-            f"--model {model_id}: {path} is an unfinished `dreamshift tune` run (no done "
-            "marker): run the same tune command again to finish it"
         )
     if path.is_dir():
         check_model_folder(path)
@@ -194,12 +195,20 @@ def _is_lora(path: Path) -> bool:
     return (path / LORA_FILE).is_file() or any((path / ADAPTERS_DIR).glob(f"*/{LORA_FILE}"))
 
 
+def _tune_record(run: Path) -> dict[str, Any]:
+    """The config.json of a ``dreamshift tune`` run folder (it names the base model and the
+    instances), else {}: a diffusers model folder's own config.json is none."""
+    try:
+        record = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    is_tune = isinstance(record, dict) and {"model_id", "instances"} <= record.keys()
+    return record if is_tune and not (run / "model_index.json").is_file() else {}
+
+
 def _tune_base(run: Path) -> str:
     """The base model a ``dreamshift tune`` run names in its config.json, if it has one."""
-    try:
-        return str(json.loads((run / "config.json").read_text())["model_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "the model it was trained on"
+    return str(_tune_record(run).get("model_id", "the model it was trained on"))
 
 
 def resolve_adapter(spec: str) -> dict[str, Any]:
@@ -212,10 +221,10 @@ def resolve_adapter(spec: str) -> dict[str, Any]:
     if head and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", tail):  # else a ':' of the path
         path_text, scale = head, float(tail)
     path = Path(path_text).expanduser()
-    if (path / "config.json").is_file() and not (path / "done").exists():
+    if path.is_dir() and _tune_record(path) and not (path / TUNE_DONE).exists():
         raise DreamshiftError(
-            f"--adapter {spec}: {path} is an unfinished `dreamshift tune` run (no done marker): "
-            "run the same tune command again to finish it"
+            f"--adapter {spec}: {path} is an unfinished `dreamshift tune` run (no {TUNE_DONE} "
+            "marker): run the same tune command again to finish it"
         )
     if path.is_file() and path.suffix == ".safetensors":
         files = {"": path}

@@ -51,22 +51,17 @@ def shipped_classifiers() -> list[str]:
 
 
 def classifier_fingerprint(spec: str) -> str:
-    """What identifies the weights a spec names, for run hashes: the sha256 of a classifier
-    folder's files (a folder or a shipped classifier), else the spec itself (a zoo name, whose
-    weights its library versions)."""
+    """What identifies the weights a spec names, for run hashes: for a classifier folder or a
+    shipped classifier, the sha256 of the weights file it loads with its classes and
+    preprocessing (other files of the folder, such as a learn run's probes, do not count); for
+    a zoo name, the spec itself (its library versions the weights)."""
     import hashlib
 
-    from dreamshift.data.images import sha256_file
-
-    folder = Path(spec)
-    if not folder.is_dir() and spec in shipped_classifiers():
-        folder = shipped("classifiers") / spec
-    if not folder.is_dir():
+    if not Path(spec).is_dir() and spec not in shipped_classifiers():
         return spec
-    digest = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{f.relative_to(folder).as_posix()} {sha256_file(f)}\n".encode())
-    return digest.hexdigest()
+    clf = load_classifier(spec)
+    text = f"{clf.weights_sha256} {clf.classes} {clf.preprocessing}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_classifier(

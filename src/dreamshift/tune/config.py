@@ -37,7 +37,8 @@ class TuneConfig(Config):
     DataDream recipe, Kim et al. 2024) or ``dreambooth`` (every UNet weight, Ruiz et al. 2023).
     Instances: the ``split`` rows of a dataset directory, restricted to ``classes`` and
     ``backgrounds`` (empty: all), kept only where every classifier of ``called_by`` (any
-    audit ``--model``) predicts the row's class (the *spurious images* of Maung Maung et al.
+    audit ``--model`` with an output for each class; a zero-shot one gets the source's
+    classes) predicts the row's class (the *spurious images* of Maung Maung et al.
     2024 when the split shows backgrounds alone), then ``shots`` per class (0: all) or
     ``sample_ids``.
     Prompts are templates over ``${identifier}``, ``${class_name}`` and ``${background}``;

@@ -22,6 +22,7 @@ finished run appends a record with its losses and time to ``OUT/results.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -41,6 +42,7 @@ from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.diffusion import (
     ADAPTERS_DIR,
+    TUNE_DONE,
     TUNED_MODEL,
     hash_model,
     locate_model,
@@ -50,7 +52,7 @@ from dreamshift.models.diffusion import (
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, fit_steps
-from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE
+from dreamshift.train.run_folder import CHECKPOINT, CONFIG
 from dreamshift.train.schedules import lr_factor
 from dreamshift.tune.config import TuneConfig
 from dreamshift.tune.sfsl import SpuriousFeatures, spurious_similarity_loss
@@ -117,7 +119,15 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
     if cfg.backgrounds:
         rows = [r for r in rows if r["bg_class"] in cfg.backgrounds]
     for spec in cfg.called_by:
-        rows = _called_their_class(source, rows, spec, cfg.device)
+        rows = _called_their_class(source, rows, spec, present, cfg.device)
+    if cfg.called_by and cfg.classes:
+        lost = [c for c in cfg.classes if c not in {r["fg_class"] for r in rows}]
+        if lost:
+            raise DreamshiftError(
+                f"--called-by {','.join(cfg.called_by)}: no image of class(es) {lost} in "
+                f"{source} is called its class by every classifier; drop them from --classes "
+                "or add images"
+            )
     if cfg.sample_ids:
         by_id = {r["sample_id"]: r for r in rows}
         unknown = [s for s in cfg.sample_ids if s not in by_id]
@@ -144,23 +154,31 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
 
 
 def _called_their_class(
-    root: Path, rows: list[dict[str, Any]], spec: str, device: str
+    root: Path, rows: list[dict[str, Any]], spec: str, label_space: list[str], device: str
 ) -> list[dict[str, Any]]:
     """The rows that classifier ``spec`` predicts to be their ``fg_class`` (argmax over all of
-    its outputs)."""
+    its outputs). ``label_space``, the source's classes, names the outputs of a zero-shot
+    model; a classifier with its own head keeps its own."""
+    if not rows:
+        return rows
+    clf = load_classifier(spec, label_space, resolve_runtime(device)["device"])
     classes = sorted({r["fg_class"] for r in rows})
-    clf = load_classifier(spec, classes, resolve_runtime(device)["device"])
     unknown = [c for c in classes if c not in clf.classes]
     if unknown:
         raise DreamshiftError(
             f"--called-by {spec} has no output for class(es) {unknown}: it cannot call an image "
             "that class"
         )
+    if len(clf.classes) < 2:
+        raise DreamshiftError(
+            f"--called-by {spec}: its only output is {clf.classes[0]!r}, so it calls every "
+            "image that; give a source with two classes or more"
+        )
     kept = []
     with torch.no_grad():
         for positions, images, bad in iter_batches(root, rows, 64):
             if bad:
-                raise DreamshiftError(f"{root}: cannot read {rows[bad[0][0]]['path']}: {bad[0][1]}")
+                raise DreamshiftError(bad[0][1])
             if images is not None:
                 called = clf.logits(images).argmax(1)
                 kept += [rows[i] for i, k in zip(positions, called, strict=True)
@@ -375,6 +393,10 @@ def _train(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     device, sched = model.device, model.scheduler
     autocast = cfg.precision == "bf16" or (device == "cuda" and cfg.precision == "auto")
+    if autocast and not torch.amp.is_autocast_available(device):
+        raise DreamshiftError(
+            f"--precision bf16: torch has no autocast on {device}; use --precision no"
+        )
     prediction = sched.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
         raise DreamshiftError(
@@ -397,7 +419,7 @@ def _train(
         latents, noise, t, text = (v.to(device) for v in (latents, noise, t, text))
         noisy = sched.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
-        with torch.autocast(device, torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, torch.bfloat16) if autocast else contextlib.nullcontext():
             if instances.embeds is None:
                 text = model.text_encoder(text)[0]
             pred = model.unet(noisy, t, text).sample
@@ -490,7 +512,7 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
     model_sha = hash_model(ref.path)
     data = [r["sha256"] for r in rows] + [f"prior:{r['sha256']}" for r in prior_rows]
     folder = run_folder(out, cfg, model_sha, data)
-    if (folder / DONE).exists():
+    if (folder / TUNE_DONE).exists():
         log(f"{folder} is done: skipped")
         return folder
 
@@ -573,7 +595,7 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
         summaries[name or "all"] = summary
     results = {"run": folder.name, **record, "losses": summaries}
     append_record(out / RESULTS, results)
-    (folder / DONE).write_text(json.dumps(summaries, indent=2) + "\n")
+    (folder / TUNE_DONE).write_text(json.dumps(summaries, indent=2) + "\n")
     log(f"tuned {folder}: " + ", ".join(f"{k or 'all'} loss {v['loss_first']} -> {v['loss_last']}"
                                           for k, v in summaries.items()))  # fmt: skip
     return folder
