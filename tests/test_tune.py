@@ -209,7 +209,8 @@ def test_an_adapter_for_another_model_is_refused(tmp_path, tiny_sd, guides):
     with pytest.raises(DreamshiftError, match="cannot load the LoRA"):
         dream(cfg, tmp_path / "out", progress=False)
     (tmp_path / "unfinished").mkdir()
-    (tmp_path / "unfinished" / "config.json").write_text("{}")
+    record = {"model_id": str(tiny_sd), "instances": []}  # a tune run's record, no done marker
+    (tmp_path / "unfinished" / "config.json").write_text(json.dumps(record))
     with pytest.raises(DreamshiftError, match="unfinished `dreamshift tune` run"):
         unfinished = (str(tmp_path / "unfinished"),)
         cfg = DreamConfig(source=str(guides), model=str(tiny_sd), adapters=unfinished)

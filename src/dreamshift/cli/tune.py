@@ -17,7 +17,7 @@ def add(sub: Any) -> None:
         "directory, or a folder of class subfolders). The run gets a folder named by a hash of "
         "its config, model and images under --out (resumable; a finished run is skipped) and "
         "ends in diffusers' formats: pytorch_lora_weights.safetensors (use it with `dreamshift "
-        "dream --adapter RUN`) or a full model folder RUN/model (`--model RUN/model`). Its "
+        "dream --adapter RUN`) or a full model folder RUN/model (`dream --model RUN`). Its "
         "losses and time are appended to OUT/results.jsonl.",
     )
     p.add_argument("source", type=Path, help="dataset directory or image folder")
