@@ -119,11 +119,7 @@ def locate_model(model_id: str) -> ModelRef:
         check_model_folder(path)
         return ModelRef(model_id, path, None)
     path = Path(model_id).expanduser()
-    if path.is_dir() and _tune_record(path) and not (path / TUNE_DONE).exists():
-        raise DreamshiftError(
-            f"--model {model_id}: {path} is an unfinished `dreamshift tune` run (no "
-            f"{TUNE_DONE} marker): run the same tune command again to finish it"
-        )
+    _refuse_unfinished_run(path, f"--model {model_id}")
     if path.is_dir() and (path / TUNED_MODEL / "model_index.json").is_file():
         path = path / TUNED_MODEL  # a `dreamshift tune --method dreambooth` run folder
     elif path.is_dir() and _is_lora(path):
@@ -206,6 +202,15 @@ def _tune_record(run: Path) -> dict[str, Any]:
     return record if is_tune and not (run / "model_index.json").is_file() else {}
 
 
+def _refuse_unfinished_run(path: Path, given_as: str) -> None:
+    """A ``dreamshift tune`` run folder without its done marker is no model or adapter yet."""
+    if path.is_dir() and _tune_record(path) and not (path / TUNE_DONE).exists():
+        raise DreamshiftError(
+            f"{given_as}: {path} is an unfinished `dreamshift tune` run (no {TUNE_DONE} "
+            "marker): run the same tune command again to finish it"
+        )
+
+
 def _tune_base(run: Path) -> str:
     """The base model a ``dreamshift tune`` run names in its config.json, if it has one."""
     return str(_tune_record(run).get("model_id", "the model it was trained on"))
@@ -221,11 +226,7 @@ def resolve_adapter(spec: str) -> dict[str, Any]:
     if head and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", tail):  # else a ':' of the path
         path_text, scale = head, float(tail)
     path = Path(path_text).expanduser()
-    if path.is_dir() and _tune_record(path) and not (path / TUNE_DONE).exists():
-        raise DreamshiftError(
-            f"--adapter {spec}: {path} is an unfinished `dreamshift tune` run (no {TUNE_DONE} "
-            "marker): run the same tune command again to finish it"
-        )
+    _refuse_unfinished_run(path, f"--adapter {spec}")
     if path.is_file() and path.suffix == ".safetensors":
         files = {"": path}
     elif (path / LORA_FILE).is_file():

@@ -121,7 +121,8 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
     for spec in cfg.called_by:
         rows = _called_their_class(source, rows, spec, present, cfg.device)
     if cfg.called_by and cfg.classes:
-        lost = [c for c in cfg.classes if c not in {r["fg_class"] for r in rows}]
+        kept = {r["fg_class"] for r in rows}
+        lost = [c for c in cfg.classes if c not in kept]
         if lost:
             raise DreamshiftError(
                 f"--called-by {','.join(cfg.called_by)}: no image of class(es) {lost} in "
