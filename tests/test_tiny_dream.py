@@ -220,7 +220,9 @@ def test_full_training_reproduces_the_shipped_weights_byte_for_byte(tmp_path):
     shipped_dir = shipped("tiny-dream")
     files = sorted(p.relative_to(shipped_dir) for p in shipped_dir.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(pipeline) for p in pipeline.rglob("*") if p.is_file())
-    differ = [str(f) for f in files if (pipeline / f).read_bytes() != (shipped_dir / f).read_bytes()]
+    differ = [
+        str(f) for f in files if (pipeline / f).read_bytes() != (shipped_dir / f).read_bytes()
+    ]
     assert not differ, f"trained files differ from the shipped ones: {differ}"
     record = json.loads((tmp_path / "train" / "train_record.json").read_text())
     assert record["vae"] == expected["vae"] and record["decoder"] == expected["decoder"]
@@ -229,7 +231,7 @@ def test_full_training_reproduces_the_shipped_weights_byte_for_byte(tmp_path):
 @pytest.mark.slow
 def test_the_quality_report_of_the_shipped_model(tmp_path):
     """The README's table (about 15 minutes on two CPU cores). It asserts what the shipped model
-    reaches, not the issue's aims it misses (0.85 x the guides' fg and bg fidelity at 0.8,
+    reaches, not the issue's aims it misses (bg fidelity 0.95 and shape 0.7 x the guides' at 0.8,
     txt2img, distance to photos)."""
     from dreamshift.studies.evaluate_dream import evaluate_dream
 
@@ -237,7 +239,7 @@ def test_the_quality_report_of_the_shipped_model(tmp_path):
     guides, default, txt2img = rows["guides (paste)"], rows["img2img 0.8"], rows["txt2img"]
     assert guides.change == 0 and guides.n == 200 and guides.bg_accuracy >= 0.99
     # the animal's class is kept and the class word steers the image
-    assert default.fg_accuracy >= 0.8 and default.fg_accuracy >= 0.8 * guides.fg_accuracy
+    assert default.fg_accuracy >= 0.8 and default.fg_accuracy >= 0.85 * guides.fg_accuracy
     assert rows["img2img 1, wrong class in prompt"].prompted_accuracy >= 0.6
     assert default.bg_accuracy >= 0.9 and default.change > 20 and default.diversity > 20
     assert rows["img2img 0.3"].change < default.change < rows["img2img 1"].change
