@@ -136,7 +136,7 @@ def test_batch_run_records_bad_samples_and_makes_the_rest(folders, tmp_path, cap
 def test_empty_class_folder_stops_before_writing(folders, tmp_path, capsys):
     fg, bg = folders
     (fg / "dog").mkdir()
-    assert _compose(fg, bg, tmp_path / "out") == 2
+    assert _compose(fg, bg, tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert f"{fg / 'dog'} is empty" in err
     assert not (tmp_path / "out").exists()
@@ -146,14 +146,14 @@ def test_too_few_files_for_held_out_splits_says_what_to_do(folders, tmp_path, ca
     fg, bg = folders
     for p in sorted((fg / "cat").glob("*.png"))[2:]:
         p.unlink()
-    assert _compose(fg, bg, tmp_path / "out") == 2
+    assert _compose(fg, bg, tmp_path / "out") == 1
     assert "--share-foregrounds" in capsys.readouterr().err
     assert _compose(fg, bg, tmp_path / "out", "--share-foregrounds") == 0
 
 
 def test_unknown_background_name_is_a_clear_error(folders, tmp_path, capsys):
     fg, bg = folders
-    assert _compose(fg, bg, tmp_path / "out", "--assign", "bear=lava") == 2
+    assert _compose(fg, bg, tmp_path / "out", "--assign", "bear=lava") == 1
     assert "lava" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
@@ -163,9 +163,9 @@ def test_failed_run_into_an_existing_dataset_changes_nothing(folders, tmp_path):
     assert _compose(fg, bg, out) == 0
     before = tree_digest(out, exclude_suffixes=())
     (fg / "dog").mkdir()
-    assert _compose(fg, bg, out) == 2  # empty folder
+    assert _compose(fg, bg, out) == 1  # empty folder
     shutil.rmtree(fg / "dog")
-    assert _compose(fg, bg, out, "--seed", "3") == 2  # other config, same --out
+    assert _compose(fg, bg, out, "--seed", "3") == 1  # other config, same --out
     assert tree_digest(out, exclude_suffixes=()) == before
 
 
@@ -174,7 +174,7 @@ def test_foreign_folder_is_not_overwritten(folders, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    assert _compose(fg, bg, out) == 2
+    assert _compose(fg, bg, out) == 1
     assert "not a dreamshift dataset" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "keep me"
     assert np.array_equal(sorted(p.name for p in out.iterdir()), ["mine.txt"])
@@ -190,14 +190,14 @@ def test_foreign_folder_is_not_overwritten(folders, tmp_path, capsys):
 )
 def test_repeated_names_are_refused(folders, tmp_path, capsys, flags, message):
     fg, bg = folders
-    assert _compose(fg, bg, tmp_path / "out", *flags) == 2
+    assert _compose(fg, bg, tmp_path / "out", *flags) == 1
     assert message in capsys.readouterr().err
 
 
 def test_out_that_is_a_file_is_a_clear_error(folders, tmp_path, capsys):
     fg, bg = folders
     (tmp_path / "file").write_text("x")
-    assert _compose(fg, bg, tmp_path / "file") == 2
+    assert _compose(fg, bg, tmp_path / "file") == 1
     assert "not a dreamshift dataset" in capsys.readouterr().err
 
 
@@ -232,7 +232,7 @@ def test_a_symlink_loop_is_an_error_naming_it(folders, tmp_path, capsys, where):
     fg, bg = folders
     loop = fg / "cat" / "loop.png" if where == "a cut-out file" else bg / "lava"
     loop.symlink_to(loop.name)  # points at itself
-    assert _compose(fg, bg, tmp_path / "out") == 2
+    assert _compose(fg, bg, tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert f"{loop.name} is a symbolic link loop" in err and str(loop.parent) in err
     assert not (tmp_path / "out").exists()

@@ -74,7 +74,7 @@ def test_config_file_with_flag_override(tmp_path):
     )
     for bad in bad_configs:
         (tmp_path / "bad.yaml").write_text(bad)
-        assert main(["compose", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
+        assert main(["compose", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 1
 
 
 def test_config_file_assignment_as_a_mapping(tmp_path):
@@ -99,6 +99,23 @@ def test_info_counts_per_split_and_group(cli_dataset, capsys):
     assert main(["info", str(cli_dataset)]) == 0
     text = capsys.readouterr().out
     assert "[train] rows = foreground class" in text and "bear->grass" in text
+    assert "(no animal)" not in text  # no split without an animal
+
+
+def test_info_counts_the_spurious_split_under_no_animal(tmp_path, capsys):
+    root = tmp_path / "ds"
+    assert main([
+        "compose", "--out", str(root), "--classes", "cat,dog", "--background-names",
+        "grass,snow", "--train-size", "4", "--val-per-group", "0", "--test-per-group", "0",
+        "--anti-per-group", "0", "--spurious-per-class", "3", "--no-progress",
+    ]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["info", str(root), "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["splits"]["spurious"]["groups"]
+    usual = ds.read_dataset_json(root)["assignment"]
+    per_background = {b: 3 * list(usual.values()).count(b) for b in ("grass", "snow")}
+    assert groups["(no animal)"] == per_background
+    assert all(n == 0 for c in ("cat", "dog") for n in groups[c].values())
 
 
 def test_grid_shows_a_sample_of_every_group(cli_dataset, tmp_path, capsys):
@@ -120,11 +137,11 @@ def test_grid_shows_a_sample_of_every_group(cli_dataset, tmp_path, capsys):
             )
             cell = sheet[14 + i * 66 : 14 + i * 66 + 64, label_w + j * 66 : label_w + j * 66 + 64]
             assert np.array_equal(cell, np.asarray(Image.open(cli_dataset / first["path"])))
-    assert main(["grid", str(cli_dataset), "--split", "nope", "--out", str(out)]) == 2
+    assert main(["grid", str(cli_dataset), "--split", "nope", "--out", str(out)]) == 1
 
 
 def test_info_on_a_folder_that_is_not_a_dataset(tmp_path, capsys):
-    assert main(["info", str(tmp_path)]) == 2
+    assert main(["info", str(tmp_path)]) == 1
     assert "not a dreamshift dataset" in capsys.readouterr().err
 
 

@@ -59,11 +59,11 @@ def test_a_short_training_run_resumes_to_the_same_weights(tmp_path):
 
 def test_training_refuses_to_mix_configs_in_one_folder(tmp_path, capsys):
     (tmp_path / "train_config.json").write_text(json.dumps({"seed": 1}))
-    assert main(["world", "train-dream", "--out", str(tmp_path), "--quiet"]) == 2
+    assert main(["world", "train-dream", "--out", str(tmp_path), "--quiet"]) == 1
     assert "another config" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("unet_stepz: 3\n")
-    assert main(["world", "train-dream", "--out", str(tmp_path / "x"), "--config", str(bad)]) == 2
+    assert main(["world", "train-dream", "--out", str(tmp_path / "x"), "--config", str(bad)]) == 1
     assert "unet_stepz" in capsys.readouterr().err
 
 
@@ -184,7 +184,7 @@ def test_oracle_features_give_a_distance_that_tells_photos_from_pastes(tmp_path)
     assert dataset_distance(photos, photos).value == pytest.approx(0.0, abs=1e-6)
     d = dataset_distance(photos, pastes)
     assert (d.n_a, d.n_b) == (100, 100) and d.value > 0
-    assert main(["world", "distance", str(photos), str(pastes), "--split-a", "nope"]) == 2
+    assert main(["world", "distance", str(photos), str(pastes), "--split-a", "nope"]) == 1
 
 
 def test_the_wrong_class_recipe_names_the_next_class(tmp_path):

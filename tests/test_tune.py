@@ -235,7 +235,7 @@ def test_the_cli_runs_tune_and_skips_a_finished_run(tmp_path, tiny_sd, guides, c
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "is done: skipped" in out and out.strip().splitlines()[-1] == first
-    assert main([*argv[:-1], "--classes", "zebra"]) == 2
+    assert main([*argv[:-1], "--classes", "zebra"]) == 1
 
 
 def test_the_spurious_feature_loss_equals_its_hand_computed_value():
@@ -395,3 +395,66 @@ def test_called_by_keeps_the_images_the_classifier_calls_their_class(tmp_path):
     Image.fromarray(images[0]).save(tmp_path / "folder" / "unicorn" / "a.png")
     with pytest.raises(DreamshiftError, match=r"--called-by world-cnn has no output .*unicorn"):
         select_instances(tmp_path / "folder", TuneConfig(called_by=("world-cnn",)))
+
+
+def test_the_spurious_feature_study_scores_equal_their_hand_computed_values(tmp_path):
+    """Spurious accuracy (Maung Maung et al. 2024): per class, the share of its images a
+    classifier calls k, both classifiers at once, then the mean over classes."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+    from dreamshift.compose.runner import compose
+    from dreamshift.models.loading import load_classifier
+    from dreamshift.studies.spurious_features import CLASSIFIERS, _Scorer
+
+    recipe = ShiftRecipe(rho=1.0, train_size=4, val_per_group=0, test_per_group=0,
+                         anti_per_group=0, spurious_per_class=6)  # fmt: skip
+    compose(ComposeConfig(recipe=recipe, seed=31), tmp_path / "ds", progress=False)
+    usual = ds.read_dataset_json(tmp_path / "ds")["assignment"]
+    rows = select_instances(tmp_path / "ds", TuneConfig(split="spurious"))
+    images = {
+        c: np.stack([np.asarray(Image.open(tmp_path / "ds" / r["path"]))
+                     for r in rows if r["fg_class"] == c])
+        for c in ("bird", "zebra", "bear")
+    }  # fmt: skip
+    row = _Scorer(images, usual).score("spurious", images)
+    called = {
+        spec: {c: [load_classifier(spec).classes[k] == c
+                   for k in load_classifier(spec).logits(x).argmax(1)]
+               for c, x in images.items()}
+        for spec in CLASSIFIERS
+    }  # fmt: skip
+    for spec in CLASSIFIERS:
+        expected = np.mean([np.mean(v) for v in called[spec].values()])
+        assert row.spurious_accuracy[spec] == pytest.approx(expected)
+    both = np.mean([
+        np.mean([a and b for a, b in zip(*(called[s][c] for s in CLASSIFIERS), strict=True)])
+        for c in images
+    ])  # fmt: skip
+    assert row.spurious_accuracy["both"] == pytest.approx(both)
+    assert row.per_class["bird"]["n"] == 6 and row.n == 18
+    assert row.bg_accuracy > 0.9  # the oracle sees each class's usual background
+    assert row.distance == pytest.approx(0.0, abs=1e-3)  # the references against themselves
+
+
+@pytest.mark.slow
+def test_the_spurious_feature_study_runs_and_resumes_to_the_same_table(tmp_path):
+    from dreamshift.studies.spurious_features import StudyConfig, spurious_feature_study
+
+    cfg = StudyConfig(classes=("zebra", "bird"), per_class=4, prior_images=4, steps=4,
+                      kappas=(1.0,), dream_steps=2)  # fmt: skip
+    lines: list[str] = []
+    first = spurious_feature_study(tmp_path, cfg, progress=False, log=lines.append)
+    assert [r.setting for r in first][1:] == [
+        "base, class prompt", "DreamBooth (UNet)", "DreamBooth + text encoder",
+        "+ SFSL (world-cnn), kappa 1",
+    ]  # fmt: skip
+    assert all(r.classes == 2 and r.n == 8 for r in first[1:])
+    study = (tmp_path / "study.json").read_text()
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 6  # 3 variants x 2 classes, each its own DreamBooth run
+    lines.clear()
+    assert spurious_feature_study(tmp_path, cfg, progress=False, log=lines.append) == first
+    assert sum("is done: skipped" in line for line in lines) == 6  # nothing trained again
+    assert (tmp_path / "study.json").read_text() == study

@@ -1,8 +1,8 @@
 """``dreamshift <command>``: parses arguments, builds a config, calls the library.
 
 One thin module per command group (compose, dream, audit, learn, tune, data, world). Every command
-has ``--help``. ``main(argv)`` returns the exit status (0 ok, 1 some samples failed, 2 bad
-input or usage), so tests call it directly.
+has ``--help``. ``main(argv)`` returns the exit status (:data:`EXIT_CODES`), so tests call it
+directly.
 """
 
 from __future__ import annotations
@@ -16,11 +16,16 @@ from dreamshift import __version__
 from dreamshift.cli import audit, compose, data, dream, learn, tune, world
 from dreamshift.errors import DreamshiftError
 
+EXIT_CODES = """exit status: 0 done; 1 the run failed (bad input, named in the message, or some
+samples failed and were recorded: run the same command again after fixing the cause);
+2 usage error (unknown option or missing argument); 130 interrupted."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreamshift",
         description="Image datasets with controlled foreground/background shifts.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"dreamshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -35,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except DreamshiftError as exc:
         print(f"dreamshift: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print("dreamshift: interrupted; run the same command again to continue", file=sys.stderr)
         return 130

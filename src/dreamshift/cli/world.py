@@ -89,6 +89,19 @@ def add(sub: Any) -> None:
     ev.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    sf = wsub.add_parser(
+        "spurious-features",
+        help="class-wise spurious feature generation (Maung Maung et al. 2024): DreamBooth on "
+        "each class's spurious images, with and without the text encoder and SFSL; spurious "
+        "accuracy of the tuned models' images",
+    )
+    sf.add_argument("--out", required=True, type=Path, help="folder for datasets, runs, dreams")
+    sf.add_argument("--classes", nargs="+", default=[], help="(every class with enough images)")
+    sf.add_argument("--references", type=int, default=6, help="spurious images per class (6)")
+    sf.add_argument("--per-class", type=int, default=75, help="images dreamed per class (75)")
+    sf.add_argument("--steps", type=int, default=200, help="DreamBooth steps per run (200)")
+    sf.add_argument("--kappas", type=float, nargs="+", default=[0.1, 1.0], help="SFSL weights")
+    sf.add_argument("--quiet", action="store_true", help="no progress bars")
     for name, parser in wsub.choices.items():
         parser.set_defaults(func=COMMANDS[name])
 
@@ -183,6 +196,23 @@ def evaluate_dream(args: argparse.Namespace) -> int:
     return 0
 
 
+def spurious_features(args: argparse.Namespace) -> int:
+    from dreamshift.studies.spurious_features import (
+        StudyConfig,
+        format_table,
+        spurious_feature_study,
+    )
+
+    cfg = StudyConfig(
+        classes=tuple(args.classes), references=args.references, per_class=args.per_class,
+        steps=args.steps, kappas=tuple(args.kappas),
+    )  # fmt: skip
+    rows = spurious_feature_study(args.out, cfg, progress=not args.quiet)
+    print(format_table(rows))
+    print(f"datasets, runs, study.json and study_grid.png in {args.out}")
+    return 0
+
+
 COMMANDS = {
     "info": info,
     "export": export,
@@ -193,4 +223,5 @@ COMMANDS = {
     "fidelity": fidelity,
     "evaluate-dream": evaluate_dream,
     "distance": distance,
+    "spurious-features": spurious_features,
 }

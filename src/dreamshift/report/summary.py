@@ -9,19 +9,22 @@ from typing import Any
 
 from dreamshift.data import dataset as ds
 
+NO_ANIMAL = "(no animal)"  # the groups' row of background-only images
+
 
 def dataset_info(root: str | Path) -> dict[str, Any]:
     """Counts of a dataset directory.
 
     Returns ``{"splits": {split: {"ok": n, "failed": n, "flagged": n, "groups": {fg: {bg: n}}}},
-    ...}``; ``flagged`` samples (black or blank images) are not counted in the groups.
+    ...}``; ``flagged`` samples (black or blank images) are not counted in the groups; images
+    without an animal (the spurious split) count under :data:`NO_ANIMAL`.
     """
     meta = ds.read_dataset_json(root)
     table = ds.read_manifest(root)
     cols = table.select(["split", "status", "fg_class", "bg_class"]).to_pydict()
     status = Counter(zip(cols["split"], cols["status"], strict=True))
     groups = Counter(
-        (s, f, b)
+        (s, f or NO_ANIMAL, b)
         for s, st, f, b in zip(
             cols["split"], cols["status"], cols["fg_class"], cols["bg_class"], strict=True
         )
@@ -34,7 +37,9 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
             "failed": status[(split, ds.FAILED)],
             "flagged": status[(split, ds.FLAGGED)],
             "groups": {
-                c: {b: groups[(split, c, b)] for b in meta["backgrounds"]} for c in meta["classes"]
+                c: {b: groups[(split, c, b)] for b in meta["backgrounds"]}
+                for c in [*meta["classes"], NO_ANIMAL]
+                if c != NO_ANIMAL or any(k[:2] == (split, NO_ANIMAL) for k in groups)
             },
         }
     return {
@@ -65,11 +70,11 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"{split:<8}{s['ok']:>8}{s['failed']:>8}{s['flagged']:>8}")
     bgs = info["backgrounds"]
     width = max([len(b) for b in bgs] + [4]) + 1
-    cw = max(len(c) for c in info["classes"]) + 1
+    cw = max(len(c) for c in [*info["classes"], NO_ANIMAL]) + 1
     for split, s in info["splits"].items():
         lines += ["", f"[{split}] rows = foreground class, columns = background"]
         lines.append(" " * cw + "".join(f"{b:>{width}}" for b in bgs))
-        for c in info["classes"]:
+        for c in s["groups"]:
             lines.append(f"{c:<{cw}}" + "".join(f"{s['groups'][c][b]:>{width}}" for b in bgs))
     return "\n".join(lines)
 
