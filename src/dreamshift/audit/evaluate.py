@@ -65,6 +65,7 @@ class AuditConfig(Config):
     seed: int = 0
     device: str = "cpu"
     allow_empty_groups: bool = False
+    restrict_labels: bool = True  # headline: argmax over the dataset's classes (else top-1 of all)
 
     def validate(self) -> None:
         if not self.models:
@@ -77,24 +78,40 @@ class AuditConfig(Config):
 
 @dataclass(frozen=True)
 class Evaluated:
-    """Predictions of one model on the usable rows of one dataset split."""
+    """Predictions of one model on the usable rows of one dataset split: ``predicted`` is the
+    best dataset class (restricted to the dataset's classes) or, over the full label space, the
+    class the top-1 output belongs to (``(label name)`` when it belongs to none)."""
 
     rows: list[dict[str, Any]]
     scores: np.ndarray  # (N, K) over the dataset's classes
     predicted: list[str]
     unreadable: list[tuple[str, str]]  # (sample_id, reason)
+    top: np.ndarray | None = None  # (N, 5) the model's top outputs, best first
+    top_logits: np.ndarray | None = None  # (N, 5) their logits
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80]
 
 
+TOP_K = 5
+
+
 def predict(
-    clf: Classifier, labels: LabelMap, root: Path, rows: list[dict[str, Any]], batch_size: int
+    clf: Classifier,
+    labels: LabelMap,
+    root: Path,
+    rows: list[dict[str, Any]],
+    batch_size: int,
+    restrict: bool = True,
 ) -> Evaluated:
-    """Scores over the dataset's classes for every readable row; unreadable files are recorded
-    and skipped."""
+    """Scores over the dataset's classes and the model's top-5 outputs for every readable row;
+    unreadable files are recorded and skipped. ``restrict``: predict among the dataset's
+    classes; else the top-1 output decides (see :class:`Evaluated`)."""
+    k = min(TOP_K, len(clf.classes))
     scores = np.zeros((len(rows), len(labels.classes)), np.float32)
+    top = np.zeros((len(rows), k), np.int64)
+    top_logits = np.zeros((len(rows), k), np.float32)
     keep = np.ones(len(rows), bool)
     unreadable = []
     for positions, images, bad in iter_batches(root, rows, batch_size):
@@ -102,11 +119,42 @@ def predict(
             keep[i] = False
             unreadable.append((rows[i]["sample_id"], reason))
         if images is not None:
-            scores[positions] = labels.scores(clf.logits(images))
+            logits = clf.logits(images)
+            scores[positions] = labels.scores(logits)
+            order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+            top[positions] = order
+            top_logits[positions] = np.take_along_axis(logits, order, axis=1)
     kept = [r for r, k in zip(rows, keep, strict=True) if k]
-    scores = scores[keep]
-    predicted = [labels.classes[i] for i in scores.argmax(1)] if len(kept) else []
-    return Evaluated(kept, scores, predicted, unreadable)
+    scores, top, top_logits = scores[keep], top[keep], top_logits[keep]
+    if restrict:
+        predicted = [labels.classes[i] for i in scores.argmax(1)] if len(kept) else []
+    else:
+        owner = labels.owners(len(clf.classes))[top[:, 0]] if len(kept) else np.zeros(0, int)
+        predicted = [
+            labels.classes[o] if o >= 0 else f"({clf.classes[t]})"
+            for o, t in zip(owner, top[:, 0], strict=True)
+        ]
+    return Evaluated(kept, scores, predicted, unreadable, top, top_logits)
+
+
+def label_space_accuracy(
+    ev: Evaluated, labels: LabelMap, n_outputs: int
+) -> dict[str, float | None]:
+    """Accuracy restricted to the dataset's classes and over the model's full label space:
+    top-1 and top-5 hit when the output belongs to the row's class (ImageNet-9, Xiao et al.
+    2021, reports both)."""
+    if not ev.rows or ev.top is None:
+        return {"acc_restricted": None, "acc_full_top1": None, "acc_full_top5": None}
+    truth = [labels.classes.index(r["fg_class"]) if r["fg_class"] in labels.classes else -1
+             for r in ev.rows]  # fmt: skip
+    owner = labels.owners(n_outputs)
+    hits = owner[ev.top] == np.array(truth)[:, None]
+    restricted = ev.scores.argmax(1) == np.array(truth)
+    return {
+        "acc_restricted": float(restricted.mean()),
+        "acc_full_top1": float(hits[:, 0].mean()),
+        "acc_full_top5": float(hits.any(1).mean()),
+    }
 
 
 def _default_split(manifest: list[dict[str, Any]]) -> str:
@@ -236,25 +284,33 @@ def shape_bias(rows: Sequence[dict[str, Any]], predicted: Sequence[str]) -> dict
     }
 
 
-def _write_predictions(path: Path, ev: Evaluated, classes: Sequence[str]) -> None:
+def _write_predictions(
+    path: Path, ev: Evaluated, classes: Sequence[str], model_classes: Sequence[str]
+) -> None:
+    """One row per image: its labels, the prediction, the score of every dataset class and the
+    model's top-5 outputs (index, label name, logit): enough to recompute every number."""
     idx = {c: i for i, c in enumerate(classes)}
     true_score = [
         float(ev.scores[i, idx[r["fg_class"]]]) if r["fg_class"] in idx else None
         for i, r in enumerate(ev.rows)
     ]
-    table = pa.table(
-        {
-            "sample_id": [r["sample_id"] for r in ev.rows],
-            "split": [r["split"] for r in ev.rows],
-            "path": [r["path"] for r in ev.rows],
-            "fg_class": [r["fg_class"] for r in ev.rows],
-            "bg_class": [r["bg_class"] for r in ev.rows],
-            "predicted": ev.predicted,
-            "score_true": true_score,
-        }
-    )
+    columns: dict[str, Any] = {
+        "sample_id": [r["sample_id"] for r in ev.rows],
+        "split": [r["split"] for r in ev.rows],
+        "path": [r["path"] for r in ev.rows],
+        "fg_class": [r["fg_class"] for r in ev.rows],
+        "bg_class": [r["bg_class"] for r in ev.rows],
+        "predicted": ev.predicted,
+        "score_true": true_score,
+    }
+    for c, i in idx.items():
+        columns[f"score:{c}"] = ev.scores[:, i].astype(np.float32) if len(ev.rows) else []
+    if ev.top is not None and ev.top_logits is not None:
+        columns["top5_outputs"] = ev.top.tolist()
+        columns["top5_labels"] = [[model_classes[t] for t in row] for row in ev.top]
+        columns["top5_logits"] = ev.top_logits.tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.write_table_atomic(table, path)
+    ds.write_table_atomic(pa.table(columns), path)
 
 
 def effective_robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -347,9 +403,10 @@ def audit(
     records = []
     for spec in cfg.models:
         clf = load_classifier(spec, classes, cfg.device)
-        labels = LabelMap.build(clf.classes, classes, mapping, model_name=spec)
+        labels = LabelMap.build(clf.classes, classes, mapping, spec, clf.label_space)
+        restrict = cfg.restrict_labels or labels.identity
         start = time.perf_counter()
-        ev = predict(clf, labels, root, rows, cfg.batch_size)
+        ev = predict(clf, labels, root, rows, cfg.batch_size, restrict)
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -357,7 +414,12 @@ def audit(
             "model": spec,
             "model_name": clf.name,
             "weights_sha256": clf.weights_sha256,
+            "weights_file": clf.weights_file,
+            "preprocessing": clf.preprocessing.to_dict(),
+            "label_space": clf.label_space or f"{len(clf.classes)} outputs",
             "label_map": labels.describe(),
+            "headline": "restricted to the dataset's classes" if restrict else "full label space",
+            **label_space_accuracy(ev, labels, len(clf.classes)),
             "dataset": str(root),
             "dataset_hash": meta.get("content_hash", ""),
             "stage": meta.get("stage", ""),
@@ -378,14 +440,15 @@ def audit(
             "images_per_s": round(len(rows) / seconds, 1),
         }
         if spurious_rows:
-            ev_spurious = predict(clf, labels, spurious_root, spurious_rows, cfg.batch_size)
+            ev_spurious = predict(clf, labels, spurious_root, spurious_rows, cfg.batch_size,
+                                  restrict)  # fmt: skip
             record.update(_spurious_metrics(ev, ev_spurious, classes, usual_bg))
             record["spurious_from"] = str(spurious_root)
         if conflict_rows:
-            ev_conflict = predict(clf, labels, root, conflict_rows, cfg.batch_size)
+            ev_conflict = predict(clf, labels, root, conflict_rows, cfg.batch_size, restrict)
             record.update(shape_bias(ev_conflict.rows, ev_conflict.predicted))
         if id_root is not None:
-            ev_id = predict(clf, labels, id_root, id_rows, cfg.batch_size)
+            ev_id = predict(clf, labels, id_root, id_rows, cfg.batch_size, restrict)
             acc_id = M.accuracy(
                 np.array(
                     [p == r["fg_class"] for p, r in zip(ev_id.predicted, ev_id.rows, strict=True)]
@@ -405,12 +468,17 @@ def audit(
         # one file per model, weights, dataset and split: a later audit never overwrites the
         # predictions an earlier record points to unless they are the same
         name = (
-            f"{_slug(spec)}-{clf.weights_sha256[:12] or 'noweights'}-"
-            f"{record['dataset_hash'] or _slug(root.name)}-{split or 'all'}.parquet"
+            f"{_slug(spec.partition('@')[0])}-{clf.weights_sha256[:12] or 'noweights'}-"
+            f"{record['dataset_hash'] or _slug(root.name)}-{split or 'all'}"
+            f"{'' if restrict else '-full'}.parquet"
         )
         pred_path = results_path.parent / "predictions" / name
-        _write_predictions(pred_path, ev, classes)
+        _write_predictions(pred_path, ev, classes, clf.classes)
         record["predictions"] = str(pred_path)
+        if spurious_rows:  # the background-only images, for the spurious accuracy and AUC
+            spurious_path = pred_path.with_name(pred_path.stem + "-spurious.parquet")
+            _write_predictions(spurious_path, ev_spurious, classes, clf.classes)
+            record["predictions_spurious"] = str(spurious_path)
         records.append(record)
         log(
             f"audited {spec} on {root} ({split or 'all splits'}): {len(rows)} images in "

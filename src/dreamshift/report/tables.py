@@ -26,8 +26,14 @@ def percent(v: float | None) -> str:
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
     """The audit table: one line per model, then accuracy per background. A dataset with a
-    cue-conflict split adds the shape bias (shape decisions / shape-or-coat decisions)."""
+    cue-conflict split adds the shape bias (shape decisions / shape-or-coat decisions); a model
+    with more outputs than the dataset has classes adds its full-label-space top-1 and top-5."""
     head = ["model", "n", "acc_avg [95% CI]", "acc_wg (group)", "bg_gap"]
+    has_full = any(
+        r.get("acc_full_top1") is not None and r.get("label_map", {}).get("kind") != "identity"
+        for r in records
+    )
+    head += ["full top-1", "full top-5"] * has_full
     has_id = any("acc_id" in r for r in records)
     has_spurious = any("spurious_acc" in r for r in records)
     has_conflict = any("shape_bias" in r for r in records)
@@ -46,6 +52,8 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             f"{percent(r['acc_wg'])} ({'/'.join(str(v) for v in wg.values())})",
             percent(r.get("bg_gap")),
         ]
+        if has_full:
+            cells += [percent(r.get("acc_full_top1")), percent(r.get("acc_full_top5"))]
         if has_id:
             er = r.get("effective_robustness") or {}
             logit_er = er.get("logit", {}).get("this_model")
