@@ -499,6 +499,8 @@ def test_torchvision_weights_by_version_or_file_with_their_own_transforms(
     assert set(pq.read_table(with_file["predictions"]).column("predicted").to_pylist()) == {"bear"}
     assert set(pq.read_table(cached["predictions"]).column("predicted").to_pylist()) == {"dog"}
     assert main([*argv, "--model", str(bear)]) == 1  # a bare file: which architecture?
+    with pytest.raises(DreamshiftError, match=r"holds weights files \(bear.pth\).*--weights"):
+        load_classifier(str(tmp_path))
     assert main([*argv, "--model", "world-cnn", "--model", "torchvision:tinynet",
                  "--weights", str(bear)]) == 1  # fmt: skip
 
@@ -535,6 +537,21 @@ def test_timm_models_take_their_data_config_and_a_local_file(world, tmp_path, mo
     clf = load_classifier(f"timm:resnet50@{weights}")
     assert seen[-1] == ("resnet50", True, {"pretrained_cfg_overlay": {"file": str(weights)}})
     assert clf.weights_sha256 == sha256_file(weights)
+
+    def offline_create_model(name, pretrained, **kwargs):
+        raise RuntimeError("Cannot reach the hub: offline mode is enabled")
+
+    cfg = types.SimpleNamespace(hf_hub_id="timm/resnet50.a1_in1k")
+    models = types.SimpleNamespace(get_pretrained_cfg=lambda name: cfg)
+    offline = types.SimpleNamespace(create_model=offline_create_model, data=data, models=models)
+    monkeypatch.setitem(sys.modules, "timm", offline)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(DreamshiftError, match=r"hf/models--timm--resnet50\.a1_in1k, from the hub's "
+                       r"timm/resnet50\.a1_in1k.*timm:resnet50\.a1_in1k@FILE"):  # fmt: skip
+        load_classifier("timm:resnet50.a1_in1k")
+    monkeypatch.setitem(
+        sys.modules, "timm", types.SimpleNamespace(create_model=create_model, data=data)
+    )
 
     results = tmp_path / "r.jsonl"
     assert main(["audit", str(world), "--model", "timm:resnet50", "--results", str(results)]) == 0

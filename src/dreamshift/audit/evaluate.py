@@ -404,6 +404,12 @@ def audit(
     for spec in cfg.models:
         clf = load_classifier(spec, classes, cfg.device)
         labels = LabelMap.build(clf.classes, classes, mapping, spec, clf.label_space)
+        side = int(meta.get("config", {}).get("size") or 0)
+        if side and clf.input_size > 2 * side:
+            log(
+                f"note: {spec} takes {clf.input_size} px inputs; the {side} px images of "
+                f"{root} are upsampled (compose --size {clf.input_size} makes them at its size)"
+            )
         restrict = cfg.restrict_labels or labels.identity
         start = time.perf_counter()
         ev = predict(clf, labels, root, rows, cfg.batch_size, restrict)

@@ -102,6 +102,14 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Classifier:
     folder = Path(folder)
     meta_path, weights = folder / CHECKPOINT_JSON, folder / CHECKPOINT_WEIGHTS
     if not meta_path.is_file() or not weights.is_file():
+        suffixes = (".pth", ".pt", ".bin", ".safetensors")
+        loose = sorted(p.name for p in folder.glob("*") if p.suffix in suffixes)
+        if loose:
+            raise DreamshiftError(
+                f"{folder} holds weights files ({', '.join(loose[:3])}) but no classifier record: "
+                f"name the architecture, e.g. --model torchvision:NAME --weights "
+                f"{folder / loose[0]}"
+            )
         raise DreamshiftError(
             f"{folder} is not a classifier checkpoint (it needs {CHECKPOINT_JSON} and "
             f"{CHECKPOINT_WEIGHTS}) nor a learn run: train one with `dreamshift "

@@ -140,6 +140,11 @@ def _from_timm(text: str, dataset_classes: Sequence[str], device: str) -> Classi
         net = timm.create_model(name, **kwargs)
     except Exception as exc:  # timm raises RuntimeError / hub errors
         where = os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+        try:  # the HuggingFace repository timm reads the weights from
+            repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+            where = f"{where}/models--{repo.replace('/', '--')}, from the hub's {repo}"
+        except Exception:  # an unknown name or an older timm: the cache folder alone
+            pass
         raise DreamshiftError(
             f"timm cannot create {name!r} with its pretrained weights ({exc}). They are looked "
             f"up in the HuggingFace cache ({where}); with no network, copy them there or name "
