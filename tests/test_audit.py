@@ -429,10 +429,13 @@ def _fake_torchvision(base_url="https://download.pytorch.org/models/tiny-1234.pt
 
     built = []
 
-    def get_model(name, weights, num_classes):
-        assert weights is None and num_classes == 1000  # the weights come from the file
+    def get_model(name, weights):  # as torchvision's builders: the weights from torch hub's cache
+        import torch
+
         built.append(name)
-        return _TinyImageNetNet.build(favourite=0)  # its own favourite: the file overrides it
+        net = _TinyImageNetNet.build(favourite=0)  # its own favourite: the file overrides it
+        net.load_state_dict(torch.hub.load_state_dict_from_url(weights.url, progress=False))
+        return net
 
     def get_model_weights(name):
         if name != "tinynet":
@@ -499,7 +502,11 @@ def test_torchvision_weights_by_version_or_file_with_their_own_transforms(
     assert set(pq.read_table(with_file["predictions"]).column("predicted").to_pylist()) == {"bear"}
     assert set(pq.read_table(cached["predictions"]).column("predicted").to_pylist()) == {"dog"}
     assert main([*argv, "--model", str(bear)]) == 1  # a bare file: which architecture?
-    with pytest.raises(DreamshiftError, match=r"holds weights files \(bear.pth\).*--weights"):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(DreamshiftError, match=r"junk.pth does not hold tinynet's IMAGENET1K_V1"):
+        load_classifier(f"torchvision:tinynet@{tmp_path / 'junk.pth'}")
+    assert load_classifier("torchvision:tinynet").weights_file == str(cache / "tiny-1234.pth")
+    with pytest.raises(DreamshiftError, match=r"holds weights files \(bear.pth, junk.pth\)"):
         load_classifier(str(tmp_path))
     assert main([*argv, "--model", "world-cnn", "--model", "torchvision:tinynet",
                  "--weights", str(bear)]) == 1  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -210,8 +211,7 @@ def _from_torchvision(text: str, dataset_classes: Sequence[str], device: str) ->
                 f"file there, or name a file you have with --model torchvision:{rest}@FILE"
             ) from exc
     categories = tuple(weights.meta.get("categories") or ())
-    net = tv.models.get_model(name, weights=None, num_classes=len(categories) or 1000)
-    _load_state(net, _torch_state(path, spec), path, spec)
+    net = _torchvision_model(tv, name, weights, path, spec)
     t = weights.transforms()
     crop, resize = _first(t.crop_size), _first(t.resize_size)
     return Classifier(
@@ -278,6 +278,27 @@ def _from_efficientnet_lite(text: str, dataset_classes: Sequence[str], device: s
     )
 
 
+def _torchvision_model(tv: Any, name: str, weights: Any, path: Path, spec: str) -> nn.Module:
+    """torchvision's own builder with ``weights`` (so that model-specific settings such as
+    Inception's ``transform_input`` follow them), reading ``path`` as its cached download: a
+    file elsewhere is linked under the expected name in a temporary hub folder."""
+    expected = Path(urlparse(weights.url).path).name
+    hub = Path(torch.hub.get_dir())
+    with tempfile.TemporaryDirectory() as tmp:
+        if path.resolve() != (hub / "checkpoints" / expected).resolve():
+            (Path(tmp) / "checkpoints").mkdir()
+            (Path(tmp) / "checkpoints" / expected).symlink_to(path.resolve())
+            torch.hub.set_dir(tmp)
+        try:
+            return tv.models.get_model(name, weights=weights)
+        except Exception as exc:  # torch.load and load_state_dict raise many kinds
+            raise DreamshiftError(
+                f"--model {spec}: {path} does not hold {name}'s {weights.name} weights ({exc})"
+            ) from exc
+        finally:
+            torch.hub.set_dir(str(hub))
+
+
 def _first(size: Any) -> int:
     return int(size[0] if isinstance(size, list | tuple) else size)
 
@@ -334,6 +355,6 @@ def _from_open_clip(spec: str, dataset_classes: Sequence[str], device: str) -> C
         f"open_clip:{spec}",
         _ClipZeroShot(model, torch.stack(rows)),
         tuple(dataset_classes),
-        Preprocessing(int(size), tuple(mean), tuple(std)),
+        Preprocessing(int(size), tuple(mean), tuple(std), "bicubic", int(size)),  # resize + crop
         device=device,
     )
