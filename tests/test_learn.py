@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamshift.data import dataset as ds
 from dreamshift.learn.algorithms import ALGORITHMS, Batch, Hparams
 from dreamshift.learn.mine import ESTIMATORS, MINE, estimate_mi
 
@@ -339,3 +340,80 @@ def test_cramers_v_by_hand():
     # table [[3, 1], [1, 3]]: expected 2 per cell, chi2 = 4 * 1 / 2 = 2, V = sqrt(2 / 8)
     a, b = np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.array([0, 0, 0, 1, 1, 1, 1, 0])
     assert cramers_v(a, b) == pytest.approx(0.5)
+
+
+def test_one_training_source_named_with_train_trains_as_the_dataset_itself(world, tmp_path):
+    from dreamshift.learn.run import LearnConfig, learn
+    from dreamshift.train.checkpoint import load_state
+
+    cfg = LearnConfig(epochs=1, batch_size=8, eval_splits=("test",))
+    plain = learn(world, tmp_path / "runs", cfg, log=lambda *_: None)
+    named = learn(world, tmp_path / "runs", replace(cfg, train=(f"{world}:train",)),
+                  log=lambda *_: None)  # fmt: skip
+    a = load_state(plain / "checkpoint.safetensors")["state"]["model"]
+    b = load_state(named / "checkpoint.safetensors")["state"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same images, same order, same weights
+
+
+def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path):
+    """Real + generated (ImageNet-G's concatenation, DataDream's weighted loss as weighted
+    draws): each source's share of the draws, the records, a resumed run, the checks."""
+    import shutil
+
+    from conftest import small_config
+    from dreamshift.compose.runner import compose
+    from dreamshift.dream.config import DreamConfig
+    from dreamshift.dream.runner import dream
+    from dreamshift.errors import DreamshiftError
+    from dreamshift.learn.run import LearnConfig, learn, run_folder, training_data
+    from dreamshift.train.checkpoint import load_state
+
+    generated = tmp_path / "generated"  # made by `dreamshift dream` (paste mode: no model)
+    dream(DreamConfig(source=str(world), mode="paste", splits=("train", "test")), generated,
+          progress=False)  # fmt: skip
+    meta = ds.read_dataset_json(world)
+    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    both = (f"{world}:train", f"{generated}:train")
+    cfg = LearnConfig(epochs=2, batch_size=8, eval_splits=("test",), train=both)
+    data = training_data(world, cfg, classes, backgrounds)
+    assert [s["generated"] for s in data.sources] == [False, True] and data.sampling_weights is None
+    assert len(data.x) == 2 * data.sources[0]["n"]
+
+    weighted = replace(cfg, mix="weighted", real_weight=0.8)
+    w = training_data(world, weighted, classes, backgrounds).sampling_weights
+    n = data.sources[0]["n"]
+    assert float(w[:n].sum()) == pytest.approx(0.8) and float(w[n:].sum()) == pytest.approx(0.2)
+    by_weight = replace(cfg, train=(f"{world}:train@3", f"{generated}:train@1"))
+    shares = training_data(world, by_weight, classes, backgrounds).sources
+    assert [s["weight"] for s in shares] == [0.75, 0.25]
+
+    whole, resumed = whole_and_resumed(world, tmp_path, weighted)
+    a = load_state(whole / "checkpoint.safetensors")["state"]["model"]
+    b = load_state(resumed / "checkpoint.safetensors")["state"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (record,) = [json.loads(line) for line in (tmp_path / "a" / "results.jsonl").open()]
+    assert [(s["n"], s["generated"], s["weight"]) for s in record["sources"]] == [
+        (n, False, 0.8), (n, True, pytest.approx(0.2)),
+    ]  # fmt: skip
+    assert all(0.0 <= s["train_acc"] <= 1.0 for s in record["sources"])
+
+    # a run is named by its sources' content, split and weight, not by where they are
+    moved = tmp_path / "moved"
+    shutil.copytree(generated, moved)
+    renamed = replace(cfg, train=(f"{world}:train", f"{moved}:train"))
+    sources = training_data(world, renamed, classes, backgrounds).sources
+    assert run_folder(tmp_path, renamed, "h", sources) == run_folder(tmp_path, cfg, "h",
+                                                                     data.sources)  # fmt: skip
+    assert run_folder(tmp_path, cfg, "h", shares) != run_folder(tmp_path, cfg, "h", data.sources)
+
+    other = tmp_path / "other"
+    compose(small_config(classes=("bear", "cat", "zebra")), other, progress=False)
+    with pytest.raises(DreamshiftError, match=r"other classes than .*: dog, zebra differ"):
+        learn(world, tmp_path / "x", replace(cfg, train=(f"{other}:train",)))
+    with pytest.raises(DreamshiftError, match="needs real and generated training sources"):
+        learn(world, tmp_path / "x", replace(weighted, train=(f"{world}:train",)))
+    with pytest.raises(DreamshiftError, match=r"no usable images in split 'anti'.*:SPLIT"):
+        learn(world, tmp_path / "x", replace(cfg, train=(f"{generated}:anti",)))
+    with pytest.raises(DreamshiftError, match="drop the @WEIGHT"):
+        replace(weighted, train=(f"{world}:train@2",)).check()
+    assert not (tmp_path / "x").exists()  # refused before anything was written

@@ -59,6 +59,28 @@ def add(sub: Any) -> None:
         help="with --features-from: background or class, removed from the frozen features by "
         "LEACE (Belrose et al. 2023) fitted on the source run's training split",
     )
+    p.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="DIR[:SPLIT][@WEIGHT]",
+        help="repeatable: training sources (default: DATASET's train split), with the same "
+        "classes and backgrounds as DATASET, on which every run is evaluated; WEIGHT: the "
+        "source's share of the draws (normalised)",
+    )
+    p.add_argument(
+        "--mix",
+        choices=["concat", "weighted"],
+        default="concat",
+        help="concat (each image once per epoch, or by @WEIGHT) or weighted: real sources "
+        "share --real-weight of the draws, generated ones (made by `dreamshift dream`) the rest",
+    )
+    p.add_argument(
+        "--real-weight",
+        type=float,
+        default=0.8,
+        help="--mix weighted: the real sources' share, DataDream's lambda (0.8)",
+    )
     p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
     p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
     p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
@@ -105,6 +127,9 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 lr_schedule=args.lr_schedule,
                 features_from=str(args.features_from.resolve()) if args.features_from else "",
                 erase=args.erase or "",
+                train=tuple(args.train),
+                mix=args.mix,
+                real_weight=args.real_weight,
                 hparams=hp,
             )
             cfg.check()

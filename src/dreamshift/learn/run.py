@@ -38,7 +38,7 @@ from dreamshift import metrics as M
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file, write_atomic
-from dreamshift.data.loading import load_split
+from dreamshift.data.loading import load_split, usable_rows
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
@@ -54,6 +54,7 @@ from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE, PROBES
 from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
 LEGACY_CHECKPOINT = "checkpoint.pt"  # earlier versions: read with weights_only=True only
+MIXES = ("concat", "weighted")  # how several training sources are drawn from
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,16 @@ class LearnConfig(Config):
     lr_schedule: str = "constant"  # or "cosine": 5 % linear warm-up, then cosine decay to 0
     features_from: str = ""  # a finished run: train on its frozen features ("fg" block of d3s)
     erase: str = ""  # with features_from: "background" or "class", LEACE-erased from them
+    train: tuple[str, ...] = ()  # training sources DIR[:SPLIT][@WEIGHT]; empty: the dataset's split
+    mix: str = "concat"  # or "weighted": real sources weigh real_weight, generated ones the rest
+    real_weight: float = 0.8  # DataDream's lambda
     hparams: Hparams = field(default_factory=Hparams)
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
         "algorithm": lambda: ALGORITHMS.names(),
         "arch": lambda: ARCHITECTURES.names(),
         "lr_schedule": lambda: LR_SCHEDULES,
+        "mix": lambda: MIXES,
     }
 
     def validate(self) -> None:
@@ -89,6 +94,14 @@ class LearnConfig(Config):
             raise DreamshiftError(
                 f"--features-from {self.features_from} is not a finished learn run (no {DONE} "
                 "marker): train it first with `dreamshift learn`"
+            )
+        if not 0.0 < self.real_weight < 1.0:
+            raise DreamshiftError(f"--real-weight {self.real_weight} must lie in (0, 1)")
+        sources = [parse_source(t) for t in self.train]
+        if self.mix == "weighted" and any(w is not None for _, _, w in sources):
+            raise DreamshiftError(
+                "--mix weighted sets each source's weight from --real-weight: drop the @WEIGHT "
+                "of --train, or use --mix concat"
             )
         if self.erase and (self.erase not in ERASABLE or not self.features_from):
             raise DreamshiftError(
@@ -107,6 +120,107 @@ class LearnConfig(Config):
 ERASABLE = ("background", "class")
 
 
+def parse_source(text: str) -> tuple[str, str, float | None]:
+    """``DIR[:SPLIT][@WEIGHT]`` -> (DIR, SPLIT or "", WEIGHT or None).
+
+    >>> parse_source("data/dreams:test@0.5")
+    ('data/dreams', 'test', 0.5)
+    """
+    path, weight = text, None
+    head, sep, tail = text.rpartition("@")
+    if sep:
+        try:
+            path, weight = head, float(tail)
+        except ValueError:
+            pass  # an @ that is part of the path
+        else:
+            if weight <= 0:
+                raise DreamshiftError(f"--train {text}: the weight {weight} must be > 0")
+    split = ""
+    if not Path(path).exists() and ":" in path:
+        path, _, split = path.rpartition(":")
+    return path, split, weight
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training images of every source, concatenated, and how each source counts."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    bg: torch.Tensor
+    sources: list[dict[str, Any]]  # dataset, split, hash, stage, generated, weight, n
+    sampling_weights: torch.Tensor | None  # per image; None: each image once per epoch
+
+
+def training_data(
+    root: Path, cfg: LearnConfig, classes: list[str], backgrounds: list[str]
+) -> TrainingData:
+    """Load the training sources of ``cfg`` (``root``'s ``split`` when it names none). Every
+    source must have ``root``'s classes and backgrounds. A generated source is one made by
+    ``dreamshift dream``. Weights: ``@WEIGHT`` per source (the share of the draws that source
+    gets, normalised over the sources), ``--mix weighted`` (real sources share ``real_weight``
+    and generated ones the rest, each in proportion to its size: DataDream's
+    λ·loss(real) + (1 − λ)·loss(generated) in expectation); else plain concatenation."""
+    specs = [parse_source(t) for t in cfg.train] or [(str(root), cfg.split, None)]
+    xs, ys, bgs, sources = [], [], [], list[dict[str, Any]]()
+    for path, split, weight in specs:
+        src = Path(path)
+        if not (src / ds.DATASET_JSON).exists():
+            raise DreamshiftError(f"--train {path}: not a dataset directory (no {ds.DATASET_JSON})")
+        meta = ds.read_dataset_json(src)
+        for what, theirs, ours in (("classes", meta["classes"], classes),
+                                   ("backgrounds", meta["backgrounds"], backgrounds)):  # fmt: skip
+            if list(theirs) != ours:
+                differ = sorted(set(theirs) ^ set(ours)) or ["(the order)"]
+                raise DreamshiftError(
+                    f"--train {path} has other {what} than {root}: {', '.join(differ)} differ; "
+                    f"every training source needs the evaluated dataset's {what}"
+                )
+        split = split or cfg.split
+        x, y, bg = load_split(src, split, classes, backgrounds)
+        if len(x) == 0:
+            splits = sorted(set(ds.read_manifest(src).column("split").to_pylist()))
+            raise DreamshiftError(
+                f"{src} has no usable images in split {split!r} (it has {splits}): name one, "
+                f"--train {src}:SPLIT"
+            )
+        xs.append(x)
+        ys.append(y)
+        bgs.append(bg)
+        sources.append({
+            "dataset": str(src.resolve()), "split": split, "dataset_hash": meta.get("content_hash"),
+            "stage": meta.get("stage"), "generated": meta.get("stage") == "dream",
+            "weight": weight, "n": len(x),
+        })  # fmt: skip
+    sizes = {tuple(x.shape[1:]) for x in xs}
+    if len(sizes) > 1:
+        raise DreamshiftError(
+            f"the training sources have images of different sizes {sorted(sizes)}: compose or "
+            "dream them at one size"
+        )
+    weights = None
+    if cfg.mix == "weighted":
+        kinds = {k: sum(s["n"] for s in sources if s["generated"] == k) for k in (False, True)}
+        if not all(kinds.values()):
+            raise DreamshiftError(
+                "--mix weighted needs real and generated training sources (a generated one is "
+                "made by `dreamshift dream`); these are all "
+                + ("generated" if kinds[True] else "real")
+            )
+        for s in sources:
+            share = (1 - cfg.real_weight) if s["generated"] else cfg.real_weight
+            s["weight"] = share * s["n"] / kinds[s["generated"]]
+    if cfg.mix == "weighted" or any(s["weight"] is not None for s in sources):
+        total = sum(s["weight"] or 1.0 for s in sources)
+        for s in sources:
+            s["weight"] = (s["weight"] or 1.0) / total
+        weights = torch.cat(
+            [torch.full((s["n"],), s["weight"] / s["n"], dtype=torch.float64) for s in sources]
+        )
+    return TrainingData(torch.cat(xs), torch.cat(ys), torch.cat(bgs), sources, weights)
+
+
 def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
     """The entries of a config dict that differ from the defaults (nested dicts likewise)."""
     out = {}
@@ -120,11 +234,20 @@ def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, An
     return out
 
 
-def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
+def run_folder(
+    out: Path, cfg: LearnConfig, dataset_hash: str, sources: Sequence[dict[str, Any]] = ()
+) -> Path:
     """``OUT/<algorithm>-<hash of config and dataset>``. Only fields that differ from their
-    defaults are hashed, so a field added later leaves the names of earlier runs alone."""
+    defaults are hashed, so a field added later leaves the names of earlier runs alone; the
+    training sources count by their content hash, split and weight, not by their paths."""
     config = _non_default(asdict(cfg), asdict(LearnConfig()))
-    text = json.dumps({"config": config, "dataset": dataset_hash}, sort_keys=True)
+    config.pop("train", None)
+    payload: dict[str, Any] = {"config": config, "dataset": dataset_hash}
+    if cfg.train:
+        payload["sources"] = [
+            [s["dataset_hash"] or s["dataset"], s["split"], s["weight"]] for s in sources
+        ]
+    text = json.dumps(payload, sort_keys=True)
     return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -243,20 +366,27 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     root, out = Path(dataset), Path(out)
     meta = ds.read_dataset_json(root)
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
-    folder = run_folder(out, cfg, meta.get("content_hash", str(root)))
+    if not cfg.train:  # one source: named and checked as always, before anything is loaded
+        folder = run_folder(out, cfg, meta.get("content_hash", str(root)))
+        if (folder / DONE).exists():
+            log(f"{folder} is done: skipped")
+            return folder
+        if not usable_rows(ds.read_manifest(root).to_pylist(), cfg.split):
+            splits = sorted(set(ds.read_manifest(root).column("split").to_pylist()))
+            raise DreamshiftError(
+                f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train "
+                "on a dataset with that split, e.g. one made by `dreamshift compose "
+                "--train-size N`"
+            )
+    data = training_data(root, cfg, classes, backgrounds)  # checked before any write
+    folder = run_folder(out, cfg, meta.get("content_hash", str(root)), data.sources)
     if (folder / DONE).exists():
         log(f"{folder} is done: skipped")
         return folder
-    x, y, bg = load_split(root, cfg.split, classes, backgrounds)  # checked before any write
-    if len(x) == 0:
-        splits = sorted(set(ds.read_manifest(root).column("split").to_pylist()))
-        raise DreamshiftError(
-            f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train on "
-            "a dataset with that split, e.g. one made by `dreamshift compose --train-size N`"
-        )
+    x, y, bg = data.x, data.y, data.bg
     if len(x) < cfg.batch_size:
         raise DreamshiftError(
-            f"split {cfg.split!r} of {root} has {len(x)} usable images, fewer than one batch "
+            f"the training images of {root} ({len(x)} usable) are fewer than one batch "
             f"({cfg.batch_size}): lower --batch-size or compose a larger split"
         )
     folder.mkdir(parents=True, exist_ok=True)
@@ -269,6 +399,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         "classes": classes,
         "backgrounds": backgrounds,
         "preprocessing": Preprocessing.world(cfg.input_size).to_dict(),
+        "sources": data.sources,
     }
     write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
@@ -290,7 +421,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     algo.train()
     history = fit(
         cfg.algorithm, len(x), cfg.batch_size, cfg.epochs, update, epoch_generator,
-        _train_state(algo), folder / CHECKPOINT, log=log,
+        _train_state(algo), folder / CHECKPOINT, log=log, sampling_weights=data.sampling_weights,
     )  # fmt: skip
 
     split_metrics: dict[str, dict[str, Any]] = {}
@@ -300,6 +431,14 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         if split in present:
             images, labels, bgs = load_split(root, split, classes, backgrounds)
             split_metrics[split] = evaluate(algo, images, labels, bgs, prep)
+    if len(data.sources) > 1:  # each source's own training accuracy
+        start = 0
+        for source in data.sources:
+            part = slice(start, start + source["n"])
+            source["train_acc"] = evaluate(algo, x[part], y[part], bg[part], prep, n_boot=1)[
+                "acc_avg"
+            ]
+            start += source["n"]
     append_record(out / RESULTS, results)
     (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
     return folder
@@ -313,7 +452,9 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     record = json.loads((folder / CONFIG).read_text())
     c = dict(record["config"])
     c["hparams"] = Hparams(**c["hparams"])
-    c["eval_splits"] = tuple(c["eval_splits"])
+    for key in ("eval_splits", "train"):  # tuples, read back from JSON lists
+        if key in c:
+            c[key] = tuple(c[key])
     cfg = LearnConfig(**c)
     cfg.check()
     algo = build(cfg, len(record["classes"]), len(record["backgrounds"]), fit_eraser=False)

@@ -101,10 +101,13 @@ def fit(
     checkpoint: Path | None = None,
     evaluate: Callable[[], dict[str, Any]] | None = None,
     log: Callable[[str], Any] = print,
+    sampling_weights: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs of ``num_examples // batch_size`` updates (at least one);
     returns the per-epoch history (mean of each value ``update`` returns, images/s, and what
-    ``evaluate`` returns). With ``checkpoint``, resume from it and write it after each epoch."""
+    ``evaluate`` returns). With ``checkpoint``, resume from it and write it after each epoch.
+    An epoch visits the examples in a random order; with ``sampling_weights`` (one per
+    example) it draws ``num_examples`` of them with replacement in proportion to the weights."""
     history: list[dict[str, Any]] = []
     if checkpoint is not None and checkpoint.is_file():
         saved = load_state(checkpoint)
@@ -114,7 +117,11 @@ def fit(
     steps = max(1, num_examples // batch_size)
     for epoch in range(len(history), epochs):
         g = epoch_generator(epoch)
-        order = torch.randperm(num_examples, generator=g)
+        order = (
+            torch.randperm(num_examples, generator=g)
+            if sampling_weights is None
+            else torch.multinomial(sampling_weights, num_examples, replacement=True, generator=g)
+        )
         start, sums = time.perf_counter(), dict[str, float]()
         for s in range(steps):
             idx = order[s * batch_size : (s + 1) * batch_size]
