@@ -698,3 +698,19 @@ def test_a_real_imagenet_checkpoint_audits_a_folder_dataset_of_real_photographs(
     spurious = pq.read_table(restricted["predictions_spurious"]).to_pylist()
     assert len(spurious) == 4 and all(len(r["top5_outputs"]) == 5 for r in spurious)
     assert restricted["n_spurious"] == 4
+
+
+def test_train_classifier_takes_several_weighted_sources(world, tmp_path, capsys):
+    out = tmp_path / "clf"
+    argv = ["train-classifier", str(world), "--out", str(out), "--epochs", "1", "--batch-size",
+            "8", "--train", f"{world}:train@2", "--train", f"{world}:test@1"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "classifier.json").read_text())
+    sources = record["trained_on"]["sources"]
+    assert [(s["split"], s["weight"]) for s in sources] == [
+        ("train", pytest.approx(2 / 3)), ("test", pytest.approx(1 / 3)),
+    ]  # fmt: skip
+    assert main(argv) == 0  # a relaunch is the same run
+    capsys.readouterr()
+    assert main([*argv[:-1], f"{world}:test@3"]) == 1  # other weights, same --out: refused
+    assert "another config or dataset" in capsys.readouterr().err

@@ -362,11 +362,16 @@ def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path
 
     from conftest import small_config
     from dreamshift.compose.runner import compose
+    from dreamshift.data.loading import training_data as load_sources
     from dreamshift.dream.config import DreamConfig
     from dreamshift.dream.runner import dream
     from dreamshift.errors import DreamshiftError
-    from dreamshift.learn.run import LearnConfig, learn, run_folder, training_data
+    from dreamshift.learn.run import LearnConfig, learn, run_folder
     from dreamshift.train.checkpoint import load_state
+
+    def training_data(root, cfg, classes, backgrounds):
+        return load_sources(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
+                            backgrounds)  # fmt: skip
 
     generated = tmp_path / "generated"  # made by `dreamshift dream` (paste mode: no model)
     dream(DreamConfig(source=str(world), mode="paste", splits=("train", "test")), generated,

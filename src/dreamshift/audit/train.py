@@ -36,7 +36,7 @@ from torch import nn
 
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
-from dreamshift.data.loading import load_split
+from dreamshift.data.loading import MIXES, load_split, training_data
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
@@ -59,9 +59,13 @@ class TrainConfig(Config):
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast: only where the CPU has native bf16 (AMX)
     half_weights: bool = False  # store float16 weights (half the file size)
+    train: tuple[str, ...] = ()  # training sources DIR[:SPLIT][@WEIGHT] (data.loading)
+    mix: str = "concat"
+    real_weight: float = 0.8
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
-        "arch": lambda: ARCHITECTURES.names()
+        "arch": lambda: ARCHITECTURES.names(),
+        "mix": lambda: MIXES,
     }
 
     def validate(self) -> None:
@@ -70,6 +74,8 @@ class TrainConfig(Config):
                 raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 1")
         if self.lr <= 0:
             raise DreamshiftError(f"lr = {self.lr} must be > 0")
+        if not 0.0 < self.real_weight < 1.0:
+            raise DreamshiftError(f"--real-weight {self.real_weight} must lie in (0, 1)")
 
 
 @torch.inference_mode()
@@ -91,20 +97,23 @@ def train_classifier(
     cfg.check()
     root, out = Path(dataset), Path(out)
     meta = ds.read_dataset_json(root)
-    classes = list(meta["classes"])
-    run = {"config": asdict(cfg), "dataset": str(root), "dataset_hash": meta.get("content_hash")}
+    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    data = training_data(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
+                         backgrounds)  # fmt: skip
+    run: dict[str, Any] = {"config": asdict(cfg), "dataset": str(root),
+                           "dataset_hash": meta.get("content_hash")}  # fmt: skip
+    if cfg.train:  # every source by its content, split and weight
+        run["sources"] = [[s["dataset_hash"], s["split"], s["weight"]] for s in data.sources]
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
+    run = json.loads(json.dumps(run))  # as it reads back: tuples become lists
     if run_file.exists() and json.loads(run_file.read_text()) != run:
         raise DreamshiftError(
             f"{out} holds a run with another config or dataset ({run_file}): choose a new --out"
         )
     run_file.write_text(json.dumps(run, indent=2) + "\n")
 
-    backgrounds = list(meta["backgrounds"])
-    x, y, _ = load_split(root, cfg.split, classes, backgrounds)
-    if len(x) == 0:
-        raise DreamshiftError(f"{root} has no usable images in split {cfg.split!r}")
+    x, y = data.x, data.y
     x_val, y_val, _ = load_split(root, cfg.val_split, classes, backgrounds)
 
     torch.manual_seed(derive_seed(cfg.seed, "init", cfg.arch))
@@ -132,6 +141,7 @@ def train_classifier(
         cfg.arch, len(x), cfg.batch_size, cfg.epochs, update,
         lambda epoch: torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch)),
         TrainState(model=net, optimizer=opt, schedule=sched), out / CHECKPOINT, evaluate, log,
+        sampling_weights=data.sampling_weights,
     )  # fmt: skip
 
     record = {
@@ -140,7 +150,7 @@ def train_classifier(
         "classes": classes,
         "preprocessing": prep.to_dict(),
         "parameters": sum(p.numel() for p in net.parameters()),
-        "trained_on": run,
+        "trained_on": {**run, "sources": data.sources},
         "dataset_config": meta.get("config"),  # what made the training data: enough to remake it
         "history": history,
     }

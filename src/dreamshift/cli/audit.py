@@ -39,6 +39,22 @@ def add(sub: Any) -> None:
         default=None,
         help="store float16 weights (half the file size)",
     )
+    p.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="DIR[:SPLIT][@WEIGHT]",
+        help="repeatable: training sources instead of DATASET's split (same classes and "
+        "backgrounds; DATASET's val split still scores each epoch); WEIGHT: the source's share "
+        "of the draws",
+    )
+    p.add_argument(
+        "--mix",
+        choices=["concat", "weighted"],
+        help="concat (default) or weighted: real sources share --real-weight of the draws, "
+        "generated ones (made by `dreamshift dream`) the rest",
+    )
+    p.add_argument("--real-weight", type=float, help="--mix weighted: the real share (0.8)")
     p.set_defaults(func=train_classifier)
     _add_audit(sub)
     _add_report(sub)
@@ -141,8 +157,11 @@ def train_classifier(args: argparse.Namespace) -> int:
                 "seed",
                 "bf16",
                 "half_weights",
+                "mix",
+                "real_weight",
             )
-        }
+        },
+        train=tuple(args.train),
     )
     record = train_classifier(args.dataset, args.out, cfg)
     last = record["history"][-1]

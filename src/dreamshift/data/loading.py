@@ -1,5 +1,5 @@
-"""Reading a dataset's images: usable rows of a split, batches decoded ahead in threads, and a
-whole split in memory as tensors.
+"""Reading a dataset's images: usable rows of a split, batches decoded ahead in threads, a
+whole split in memory as tensors, and the training data of several sources (``training_data``).
 
 >>> rows = [{"status": "ok", "split": "test"}, {"status": "failed", "split": "test"}]
 >>> len(usable_rows(rows, "test"))
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,115 @@ def load_split(
     labels = torch.tensor([classes.index(r["fg_class"]) for r in rows])
     bg = torch.tensor([backgrounds.index(r["bg_class"]) for r in rows])
     return torch.cat(images), labels, bg
+
+
+MIXES = ("concat", "weighted")  # how several training sources are drawn from
+
+
+def parse_source(text: str) -> tuple[str, str, float | None]:
+    """``DIR[:SPLIT][@WEIGHT]`` -> (DIR, SPLIT or "", WEIGHT or None).
+
+    >>> parse_source("data/dreams:test@0.5")
+    ('data/dreams', 'test', 0.5)
+    """
+    path, weight = text, None
+    head, sep, tail = text.rpartition("@")
+    if sep:
+        try:
+            path, weight = head, float(tail)
+        except ValueError:
+            pass  # an @ that is part of the path
+        else:
+            if weight <= 0:
+                raise DreamshiftError(f"--train {text}: the weight {weight} must be > 0")
+    split = ""
+    if not Path(path).exists() and ":" in path:
+        path, _, split = path.rpartition(":")
+    return path, split, weight
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training images of every source, concatenated, and how each source counts."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    bg: torch.Tensor
+    sources: list[dict[str, Any]]  # dataset, split, hash, stage, generated, weight, n
+    sampling_weights: torch.Tensor | None  # per image; None: each image once per epoch
+
+
+def training_data(
+    root: Path,
+    train: Sequence[str],
+    split: str,
+    mix: str,
+    real_weight: float,
+    classes: list[str],
+    backgrounds: list[str],
+) -> TrainingData:
+    """Load the training sources ``train`` (``DIR[:SPLIT][@WEIGHT]``; none: ``root``'s
+    ``split``, which is also the split of a source that names none). Every
+    source must have ``root``'s classes and backgrounds. A generated source is one made by
+    ``dreamshift dream``. Weights: ``@WEIGHT`` per source (the share of the draws that source
+    gets, normalised over the sources), ``mix="weighted"`` (real sources share ``real_weight``
+    and generated ones the rest, each in proportion to its size: DataDream's
+    λ·loss(real) + (1 − λ)·loss(generated) in expectation); else plain concatenation."""
+    specs = [parse_source(t) for t in train] or [(str(root), split, None)]
+    xs, ys, bgs, sources = [], [], [], list[dict[str, Any]]()
+    for path, named_split, weight in specs:
+        src = Path(path)
+        if not (src / ds.DATASET_JSON).exists():
+            raise DreamshiftError(f"--train {path}: not a dataset directory (no {ds.DATASET_JSON})")
+        meta = ds.read_dataset_json(src)
+        for what, theirs, ours in (("classes", meta["classes"], classes),
+                                   ("backgrounds", meta["backgrounds"], backgrounds)):  # fmt: skip
+            if list(theirs) != ours:
+                differ = sorted(set(theirs) ^ set(ours)) or ["(the order)"]
+                raise DreamshiftError(
+                    f"--train {path} has other {what} than {root}: {', '.join(differ)} differ; "
+                    f"every training source needs the evaluated dataset's {what}"
+                )
+        source_split = named_split or split
+        x, y, bg = load_split(src, source_split, classes, backgrounds)
+        if len(x) == 0:
+            splits = sorted(set(ds.read_manifest(src).column("split").to_pylist()))
+            raise DreamshiftError(
+                f"{src} has no usable images in split {source_split!r} (it has {splits}): name "
+                f"one, --train {src}:SPLIT"
+            )
+        xs.append(x)
+        ys.append(y)
+        bgs.append(bg)
+        sources.append({
+            "dataset": str(src.resolve()), "split": source_split,
+            "dataset_hash": meta.get("content_hash"),
+            "stage": meta.get("stage"), "generated": meta.get("stage") == "dream",
+            "weight": weight, "n": len(x),
+        })  # fmt: skip
+    sizes = {tuple(x.shape[1:]) for x in xs}
+    if len(sizes) > 1:
+        raise DreamshiftError(
+            f"the training sources have images of different sizes {sorted(sizes)}: compose or "
+            "dream them at one size"
+        )
+    weights = None
+    if mix == "weighted":
+        kinds = {k: sum(s["n"] for s in sources if s["generated"] == k) for k in (False, True)}
+        if not all(kinds.values()):
+            raise DreamshiftError(
+                "--mix weighted needs real and generated training sources (a generated one is "
+                "made by `dreamshift dream`); these are all "
+                + ("generated" if kinds[True] else "real")
+            )
+        for s in sources:
+            share = (1 - real_weight) if s["generated"] else real_weight
+            s["weight"] = share * s["n"] / kinds[s["generated"]]
+    if mix == "weighted" or any(s["weight"] is not None for s in sources):
+        total = sum(s["weight"] or 1.0 for s in sources)
+        for s in sources:
+            s["weight"] = (s["weight"] or 1.0) / total
+        weights = torch.cat(
+            [torch.full((s["n"],), s["weight"] / s["n"], dtype=torch.float64) for s in sources]
+        )
+    return TrainingData(torch.cat(xs), torch.cat(ys), torch.cat(bgs), sources, weights)

@@ -38,7 +38,7 @@ from dreamshift import metrics as M
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file, write_atomic
-from dreamshift.data.loading import load_split, usable_rows
+from dreamshift.data.loading import MIXES, load_split, parse_source, training_data, usable_rows
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
@@ -54,7 +54,6 @@ from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE, PROBES
 from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
 LEGACY_CHECKPOINT = "checkpoint.pt"  # earlier versions: read with weights_only=True only
-MIXES = ("concat", "weighted")  # how several training sources are drawn from
 
 
 @dataclass(frozen=True)
@@ -118,107 +117,6 @@ class LearnConfig(Config):
 
 
 ERASABLE = ("background", "class")
-
-
-def parse_source(text: str) -> tuple[str, str, float | None]:
-    """``DIR[:SPLIT][@WEIGHT]`` -> (DIR, SPLIT or "", WEIGHT or None).
-
-    >>> parse_source("data/dreams:test@0.5")
-    ('data/dreams', 'test', 0.5)
-    """
-    path, weight = text, None
-    head, sep, tail = text.rpartition("@")
-    if sep:
-        try:
-            path, weight = head, float(tail)
-        except ValueError:
-            pass  # an @ that is part of the path
-        else:
-            if weight <= 0:
-                raise DreamshiftError(f"--train {text}: the weight {weight} must be > 0")
-    split = ""
-    if not Path(path).exists() and ":" in path:
-        path, _, split = path.rpartition(":")
-    return path, split, weight
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """The training images of every source, concatenated, and how each source counts."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    bg: torch.Tensor
-    sources: list[dict[str, Any]]  # dataset, split, hash, stage, generated, weight, n
-    sampling_weights: torch.Tensor | None  # per image; None: each image once per epoch
-
-
-def training_data(
-    root: Path, cfg: LearnConfig, classes: list[str], backgrounds: list[str]
-) -> TrainingData:
-    """Load the training sources of ``cfg`` (``root``'s ``split`` when it names none). Every
-    source must have ``root``'s classes and backgrounds. A generated source is one made by
-    ``dreamshift dream``. Weights: ``@WEIGHT`` per source (the share of the draws that source
-    gets, normalised over the sources), ``--mix weighted`` (real sources share ``real_weight``
-    and generated ones the rest, each in proportion to its size: DataDream's
-    λ·loss(real) + (1 − λ)·loss(generated) in expectation); else plain concatenation."""
-    specs = [parse_source(t) for t in cfg.train] or [(str(root), cfg.split, None)]
-    xs, ys, bgs, sources = [], [], [], list[dict[str, Any]]()
-    for path, split, weight in specs:
-        src = Path(path)
-        if not (src / ds.DATASET_JSON).exists():
-            raise DreamshiftError(f"--train {path}: not a dataset directory (no {ds.DATASET_JSON})")
-        meta = ds.read_dataset_json(src)
-        for what, theirs, ours in (("classes", meta["classes"], classes),
-                                   ("backgrounds", meta["backgrounds"], backgrounds)):  # fmt: skip
-            if list(theirs) != ours:
-                differ = sorted(set(theirs) ^ set(ours)) or ["(the order)"]
-                raise DreamshiftError(
-                    f"--train {path} has other {what} than {root}: {', '.join(differ)} differ; "
-                    f"every training source needs the evaluated dataset's {what}"
-                )
-        split = split or cfg.split
-        x, y, bg = load_split(src, split, classes, backgrounds)
-        if len(x) == 0:
-            splits = sorted(set(ds.read_manifest(src).column("split").to_pylist()))
-            raise DreamshiftError(
-                f"{src} has no usable images in split {split!r} (it has {splits}): name one, "
-                f"--train {src}:SPLIT"
-            )
-        xs.append(x)
-        ys.append(y)
-        bgs.append(bg)
-        sources.append({
-            "dataset": str(src.resolve()), "split": split, "dataset_hash": meta.get("content_hash"),
-            "stage": meta.get("stage"), "generated": meta.get("stage") == "dream",
-            "weight": weight, "n": len(x),
-        })  # fmt: skip
-    sizes = {tuple(x.shape[1:]) for x in xs}
-    if len(sizes) > 1:
-        raise DreamshiftError(
-            f"the training sources have images of different sizes {sorted(sizes)}: compose or "
-            "dream them at one size"
-        )
-    weights = None
-    if cfg.mix == "weighted":
-        kinds = {k: sum(s["n"] for s in sources if s["generated"] == k) for k in (False, True)}
-        if not all(kinds.values()):
-            raise DreamshiftError(
-                "--mix weighted needs real and generated training sources (a generated one is "
-                "made by `dreamshift dream`); these are all "
-                + ("generated" if kinds[True] else "real")
-            )
-        for s in sources:
-            share = (1 - cfg.real_weight) if s["generated"] else cfg.real_weight
-            s["weight"] = share * s["n"] / kinds[s["generated"]]
-    if cfg.mix == "weighted" or any(s["weight"] is not None for s in sources):
-        total = sum(s["weight"] or 1.0 for s in sources)
-        for s in sources:
-            s["weight"] = (s["weight"] or 1.0) / total
-        weights = torch.cat(
-            [torch.full((s["n"],), s["weight"] / s["n"], dtype=torch.float64) for s in sources]
-        )
-    return TrainingData(torch.cat(xs), torch.cat(ys), torch.cat(bgs), sources, weights)
 
 
 def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
@@ -378,7 +276,8 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
                 "on a dataset with that split, e.g. one made by `dreamshift compose "
                 "--train-size N`"
             )
-    data = training_data(root, cfg, classes, backgrounds)  # checked before any write
+    data = training_data(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
+                         backgrounds)  # fmt: skip  # checked before any write
     folder = run_folder(out, cfg, meta.get("content_hash", str(root)), data.sources)
     if (folder / DONE).exists():
         log(f"{folder} is done: skipped")

@@ -79,8 +79,8 @@ def imagenet_classes() -> tuple[str, ...]:
 
 def offline() -> bool:
     """Whether downloads are ruled out: ``HF_HUB_OFFLINE`` or ``DREAMSHIFT_OFFLINE`` is set."""
-    return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE",
-                                                                 "DREAMSHIFT_OFFLINE"))  # fmt: skip
+    flags = (os.environ.get(v, "0") for v in ("HF_HUB_OFFLINE", "DREAMSHIFT_OFFLINE"))
+    return any(flag not in ("", "0") for flag in flags)
 
 
 def _weights_file(spec: str, text: str) -> tuple[str, Path | None]:
