@@ -406,10 +406,8 @@ def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path
     moved = tmp_path / "moved"
     shutil.copytree(generated, moved)
     renamed = replace(cfg, train=(f"{world}:train", f"{moved}:train"))
-    sources = training_data(world, renamed, classes, backgrounds).sources
-    assert run_folder(tmp_path, renamed, "h", sources) == run_folder(tmp_path, cfg, "h",
-                                                                     data.sources)  # fmt: skip
-    assert run_folder(tmp_path, cfg, "h", shares) != run_folder(tmp_path, cfg, "h", data.sources)
+    assert run_folder(tmp_path, renamed, "h") == run_folder(tmp_path, cfg, "h")
+    assert run_folder(tmp_path, by_weight, "h") != run_folder(tmp_path, cfg, "h")
 
     other = tmp_path / "other"
     compose(small_config(classes=("bear", "cat", "zebra")), other, progress=False)

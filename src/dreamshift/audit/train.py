@@ -36,7 +36,7 @@ from torch import nn
 
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
-from dreamshift.data.loading import MIXES, load_split, training_data
+from dreamshift.data.loading import MIXES, load_split, source_key, training_data
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
@@ -103,7 +103,7 @@ def train_classifier(
     run: dict[str, Any] = {"config": asdict(cfg), "dataset": str(root),
                            "dataset_hash": meta.get("content_hash")}  # fmt: skip
     if cfg.train:  # every source by its content, split and weight
-        run["sources"] = [[s["dataset_hash"], s["split"], s["weight"]] for s in data.sources]
+        run["sources"] = [source_key(t, cfg.split) for t in cfg.train]
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
     run = json.loads(json.dumps(run))  # as it reads back: tuples become lists

@@ -114,6 +114,16 @@ def parse_source(text: str) -> tuple[str, str, float | None]:
     return path, split, weight
 
 
+def source_key(text: str, split: str) -> list[Any]:
+    """What identifies a training source ``DIR[:SPLIT][@WEIGHT]`` for run names: its content
+    hash (its path when it has none or is not there: loading it then says why), its split
+    (``split`` when it names none) and its weight."""
+    path, named_split, weight = parse_source(text)
+    meta_path = Path(path) / ds.DATASET_JSON
+    content = ds.read_dataset_json(path).get("content_hash") if meta_path.exists() else None
+    return [content or path, named_split or split, weight]
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """The training images of every source, concatenated, and how each source counts."""

@@ -38,7 +38,14 @@ from dreamshift import metrics as M
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file, write_atomic
-from dreamshift.data.loading import MIXES, load_split, parse_source, training_data, usable_rows
+from dreamshift.data.loading import (
+    MIXES,
+    load_split,
+    parse_source,
+    source_key,
+    training_data,
+    usable_rows,
+)
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
@@ -132,19 +139,16 @@ def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, An
     return out
 
 
-def run_folder(
-    out: Path, cfg: LearnConfig, dataset_hash: str, sources: Sequence[dict[str, Any]] = ()
-) -> Path:
+def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
     """``OUT/<algorithm>-<hash of config and dataset>``. Only fields that differ from their
     defaults are hashed, so a field added later leaves the names of earlier runs alone; the
-    training sources count by their content hash, split and weight, not by their paths."""
+    training sources count by their content hash, split and weight (read from their
+    ``dataset.json``, no image loaded), not by their paths."""
     config = _non_default(asdict(cfg), asdict(LearnConfig()))
     config.pop("train", None)
     payload: dict[str, Any] = {"config": config, "dataset": dataset_hash}
     if cfg.train:
-        payload["sources"] = [
-            [s["dataset_hash"] or s["dataset"], s["split"], s["weight"]] for s in sources
-        ]
+        payload["sources"] = [source_key(t, cfg.split) for t in cfg.train]
     text = json.dumps(payload, sort_keys=True)
     return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -264,24 +268,19 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
     root, out = Path(dataset), Path(out)
     meta = ds.read_dataset_json(root)
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
-    if not cfg.train:  # one source: named and checked as always, before anything is loaded
-        folder = run_folder(out, cfg, meta.get("content_hash", str(root)))
-        if (folder / DONE).exists():
-            log(f"{folder} is done: skipped")
-            return folder
-        if not usable_rows(ds.read_manifest(root).to_pylist(), cfg.split):
-            splits = sorted(set(ds.read_manifest(root).column("split").to_pylist()))
-            raise DreamshiftError(
-                f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train "
-                "on a dataset with that split, e.g. one made by `dreamshift compose "
-                "--train-size N`"
-            )
-    data = training_data(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
-                         backgrounds)  # fmt: skip  # checked before any write
-    folder = run_folder(out, cfg, meta.get("content_hash", str(root)), data.sources)
-    if (folder / DONE).exists():
+    folder = run_folder(out, cfg, meta.get("content_hash", str(root)))
+    if (folder / DONE).exists():  # a finished run is skipped before any image is loaded
         log(f"{folder} is done: skipped")
         return folder
+    # one source: checked with the message it always had
+    if not cfg.train and not usable_rows(ds.read_manifest(root).to_pylist(), cfg.split):
+        splits = sorted(set(ds.read_manifest(root).column("split").to_pylist()))
+        raise DreamshiftError(
+            f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train on "
+            "a dataset with that split, e.g. one made by `dreamshift compose --train-size N`"
+        )
+    data = training_data(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
+                         backgrounds)  # fmt: skip  # checked before any write
     x, y, bg = data.x, data.y, data.bg
     if len(x) < cfg.batch_size:
         raise DreamshiftError(
