@@ -388,14 +388,18 @@ class _TinyImageNetNet:
                     self.fc.bias.zero_()
                     self.fc.bias[favourite] = 5.0
 
-            def forward_features(self, x):
-                return self.pool(x).flatten(1)
+            def forward_features(self, x):  # timm's: unpooled maps
+                return x
 
-            def forward_head(self, f):
-                return self.fc(f)
+            def forward_head(self, x, pre_logits=False):
+                f = self.pool(x).flatten(1)
+                return f if pre_logits else self.fc(f)
+
+            def get_classifier(self):
+                return self.fc
 
             def forward(self, x):
-                return self.fc(self.pool(x).flatten(1))
+                return self.forward_head(x)
 
         return Net()
 

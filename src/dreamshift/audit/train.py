@@ -34,6 +34,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dreamshift.audit.finetune import (
+    METHODS,
+    Finetune,
+    FineTunedNet,
+    TrainedTensors,
+    assemble,
+    finetune_record,
+    saved_state,
+)
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import MIXES, load_split, source_key, training_data
@@ -41,6 +50,7 @@ from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import save_checkpoint
+from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, descend, fit
 from dreamshift.train.run_folder import CHECKPOINT
@@ -62,10 +72,17 @@ class TrainConfig(Config):
     train: tuple[str, ...] = ()  # training sources DIR[:SPLIT][@WEIGHT] (data.loading)
     mix: str = "concat"
     real_weight: float = 0.8
+    finetune: str = ""  # linear | lora | full: tune `model` instead of training `arch` anew
+    model: str = ""  # the model to fine-tune: any spec the audit loads
+    rank: int = 16  # LoRA
+    alpha: int = 32
+    targets: tuple[str, ...] = ()
+    label_map: str = ""  # YAML {class: [labels]} for the initial head of an ImageNet model
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
         "arch": lambda: ARCHITECTURES.names(),
         "mix": lambda: MIXES,
+        "finetune": lambda: ("", *METHODS),
     }
 
     def validate(self) -> None:
@@ -76,6 +93,16 @@ class TrainConfig(Config):
             raise DreamshiftError(f"lr = {self.lr} must be > 0")
         if not 0.0 < self.real_weight < 1.0:
             raise DreamshiftError(f"--real-weight {self.real_weight} must lie in (0, 1)")
+        if self.finetune:
+            self.tuning().check()
+        elif self.model:
+            raise DreamshiftError(
+                f"--model {self.model}: say how to tune it with --finetune {'|'.join(METHODS)}"
+            )
+
+    def tuning(self) -> Finetune:
+        return Finetune(self.finetune, self.model, self.rank, self.alpha, self.targets,
+                        self.label_map)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -104,6 +131,8 @@ def train_classifier(
                            "dataset_hash": meta.get("content_hash")}  # fmt: skip
     if cfg.train:  # every source by its content, split and weight
         run["sources"] = [source_key(t, cfg.split) for t in cfg.train]
+    if cfg.finetune:  # the base model by its weights
+        run["base_model"] = classifier_fingerprint(cfg.model)
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
     run = json.loads(json.dumps(run))  # as it reads back: tuples become lists
@@ -116,14 +145,28 @@ def train_classifier(
     x, y = data.x, data.y
     x_val, y_val, _ = load_split(root, cfg.val_split, classes, backgrounds)
 
-    torch.manual_seed(derive_seed(cfg.seed, "init", cfg.arch))
-    net = ARCHITECTURES.get(cfg.arch)(len(classes))
-    prep = Preprocessing.world(cfg.input_size)
+    net: nn.Module
+    extra: dict[str, Any] = {}
+    if cfg.finetune:
+        base = load_classifier(cfg.model, classes)
+        torch.manual_seed(derive_seed(cfg.seed, "init", cfg.finetune, cfg.model))
+        net, targets = assemble(base, classes, cfg.tuning())
+        prep, name = base.preprocessing, f"{cfg.model} ({cfg.finetune})"
+        extra = finetune_record(base, cfg.tuning(), targets)
+        n_trained = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        log(f"fine-tuning {cfg.model} ({cfg.finetune}): {n_trained} trained parameters")
+    else:
+        torch.manual_seed(derive_seed(cfg.seed, "init", cfg.arch))
+        net = ARCHITECTURES.get(cfg.arch)(len(classes))
+        prep, name = Preprocessing.world(cfg.input_size), cfg.arch
     steps_per_epoch = max(1, len(x) // cfg.batch_size)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch
     )
+
+    held = TrainedTensors(net) if isinstance(net, FineTunedNet) else net  # what checkpoints hold
 
     def update(step: int, idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         net.train()
@@ -138,21 +181,24 @@ def train_classifier(
         return {"val_acc": round(acc, 5) if acc is not None else None}
 
     history = fit(
-        cfg.arch, len(x), cfg.batch_size, cfg.epochs, update,
+        name, len(x), cfg.batch_size, cfg.epochs, update,
         lambda epoch: torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch)),
-        TrainState(model=net, optimizer=opt, schedule=sched), out / CHECKPOINT, evaluate, log,
+        TrainState(model=held, optimizer=opt, schedule=sched), out / CHECKPOINT, evaluate, log,
         sampling_weights=data.sampling_weights,
     )  # fmt: skip
 
     record = {
         "name": cfg.arch if out.name == cfg.arch else out.name,
-        "architecture": cfg.arch,
+        "architecture": f"{cfg.finetune}-tuned" if cfg.finetune else cfg.arch,
+        **extra,
         "classes": classes,
         "preprocessing": prep.to_dict(),
         "parameters": sum(p.numel() for p in net.parameters()),
+        "trained_parameters": sum(p.numel() for p in trained),
         "trained_on": {**run, "sources": data.sources},
         "dataset_config": meta.get("config"),  # what made the training data: enough to remake it
         "history": history,
     }
-    save_checkpoint(out, net, record, half=cfg.half_weights)
+    state = saved_state(net) if isinstance(net, FineTunedNet) else None
+    save_checkpoint(out, net, record, half=cfg.half_weights, state=state)
     return record

@@ -55,6 +55,32 @@ def add(sub: Any) -> None:
         "generated ones (made by `dreamshift dream`) the rest",
     )
     p.add_argument("--real-weight", type=float, help="--mix weighted: the real share (0.8)")
+    tune = p.add_argument_group(
+        "fine-tuning a pretrained model (instead of training --arch from scratch)"
+    )
+    tune.add_argument(
+        "--finetune",
+        choices=["linear", "lora", "full"],
+        help="linear: the head only; lora: low-rank adapters (peft) and the head; full: all",
+    )
+    tune.add_argument(
+        "--model",
+        help="the model to tune: any --model of `dreamshift audit` (world-resnet18, a classifier "
+        "folder, timm:NAME, torchvision:NAME, efficientnet_lite:NAME, open_clip:ARCH/PRETRAINED)",
+    )
+    tune.add_argument("--rank", type=int, help="LoRA rank (16)")
+    tune.add_argument("--alpha", type=int, help="LoRA alpha (32)")
+    tune.add_argument(
+        "--targets",
+        type=names,
+        help="comma-separated modules for LoRA, matched by name suffix (default: every Conv2d "
+        "and Linear the features pass through; e.g. attn for open_clip's attention)",
+    )
+    tune.add_argument(
+        "--label-map",
+        help="YAML {class: [model label names or indices]}: which rows of an ImageNet model's "
+        "head start each class's row (extends the shipped map)",
+    )
     p.set_defaults(func=train_classifier)
     _add_audit(sub)
     _add_report(sub)
@@ -159,6 +185,12 @@ def train_classifier(args: argparse.Namespace) -> int:
                 "half_weights",
                 "mix",
                 "real_weight",
+                "finetune",
+                "model",
+                "rank",
+                "alpha",
+                "targets",
+                "label_map",
             )
         },
         train=tuple(args.train),
@@ -166,8 +198,8 @@ def train_classifier(args: argparse.Namespace) -> int:
     record = train_classifier(args.dataset, args.out, cfg)
     last = record["history"][-1]
     print(
-        f"wrote {args.out}: {record['architecture']}, {record['parameters']} parameters, "
-        f"val acc {last['val_acc']}"
+        f"wrote {args.out}: {record['architecture']}, {record['parameters']} parameters "
+        f"({record['trained_parameters']} trained), val acc {last['val_acc']}"
     )
     return 0
 

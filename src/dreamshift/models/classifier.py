@@ -71,15 +71,22 @@ class Classifier:
         return self.forward_head(self.forward_features(x)).float().cpu().numpy()
 
 
-def save_checkpoint(folder: Path, net: nn.Module, meta: dict[str, Any], half: bool = False) -> None:
-    """``folder/model.safetensors`` (float16 when ``half``: half the size) and
-    ``folder/classifier.json`` (architecture, classes, preprocessing, training record)."""
+def save_checkpoint(
+    folder: Path,
+    net: nn.Module,
+    meta: dict[str, Any],
+    half: bool = False,
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """``folder/model.safetensors`` (``net``'s state, or ``state``; float16 when ``half``: half
+    the size) and ``folder/classifier.json`` (architecture, classes, preprocessing, training
+    record)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {
-        k: (v.half() if half and v.is_floating_point() else v).contiguous()
-        for k, v in net.state_dict().items()
+        k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous()
+        for k, v in (net.state_dict() if state is None else state).items()
     }
     tmp = folder / (CHECKPOINT_WEIGHTS + ".tmp")
     save_file(state, str(tmp))

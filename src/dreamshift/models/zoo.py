@@ -65,6 +65,24 @@ class _TorchvisionAdapter(nn.Module):
         return self.head(features)
 
 
+class _TimmAdapter(nn.Module):
+    """timm's ``forward_features`` returns unpooled maps; here the features are what its
+    ``forward_head(..., pre_logits=True)`` returns (pooled, normed) and the head is its
+    classifier, so that features are (B, D) as for every other model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        m: Any = self.model
+        return m.forward_head(m.forward_features(x), pre_logits=True)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        m: Any = self.model
+        return m.get_classifier()(features)
+
+
 IMAGENET_1K = "imagenet-1k"
 
 
@@ -157,7 +175,7 @@ def _from_timm(text: str, dataset_classes: Sequence[str], device: str) -> Classi
     resize = 0 if crop_pct >= 1.0 else math.floor(size / crop_pct)  # timm's eval resize
     return Classifier(
         spec,
-        net.eval().to(device),
+        _TimmAdapter(net).eval().to(device),
         imagenet_classes() if net.num_classes == 1000 else tuple(map(str, range(net.num_classes))),
         Preprocessing(
             size,

@@ -1,0 +1,170 @@
+"""train-classifier --finetune linear|lora|full: a pretrained classifier tuned on a dataset, its
+head started from the base model's, the result a folder that audit loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from conftest import SMALL_CLASSES, small_config, tree_digest
+from dreamshift.audit.finetune import Finetune, assemble, initial_head
+from dreamshift.audit.labels import LabelMap
+from dreamshift.audit.train import TrainConfig, train_classifier
+from dreamshift.cli import main
+from dreamshift.compose.config import ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data.images import sha256_file
+from dreamshift.data.loading import load_split
+from dreamshift.data.transforms import Preprocessing
+from dreamshift.errors import DreamshiftError
+from dreamshift.models.classifier import Classifier
+from dreamshift.models.loading import load_classifier
+from dreamshift.models.zoo import IMAGENET_1K, _ClipZeroShot, imagenet_classes
+
+QUIET = {"log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    recipe = ShiftRecipe(rho=0.9, train_size=48, val_per_group=2, test_per_group=2,
+                         anti_per_group=1)  # fmt: skip
+    root = tmp_path_factory.mktemp("finetune") / "ds"
+    compose(small_config(recipe=recipe), root, progress=False)
+    return root
+
+
+def _lora(**kw) -> TrainConfig:
+    return TrainConfig(finetune="lora", model="world-resnet18", rank=4, alpha=8, epochs=2,
+                       batch_size=16, lr=1e-3, **kw)  # fmt: skip
+
+
+def test_lora_finetune_resumes_stores_only_what_it_trained_and_audit_loads_it(
+    world, tmp_path, capsys
+):
+    whole = tmp_path / "whole"
+    record = train_classifier(world, whole, _lora(), **QUIET)
+
+    def stop_after_first_epoch(message: str) -> None:
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(world, tmp_path / "resumed", _lora(), log=stop_after_first_epoch)
+    train_classifier(world, tmp_path / "resumed", _lora(), **QUIET)
+    assert (tree_digest(whole)["model.safetensors"]
+            == tree_digest(tmp_path / "resumed")["model.safetensors"])  # fmt: skip
+
+    saved = load_file(str(whole / "model.safetensors"))
+    assert {"head.weight", "head.bias"} <= set(saved)
+    assert all(k.startswith("head.") or "lora_" in k for k in saved)
+    assert sum(v.numel() for v in saved.values()) == record["trained_parameters"]
+    assert record["trained_parameters"] < record["parameters"] / 5
+    assert record["finetuned_from"] == "world-resnet18"
+    assert record["base_weights_sha256"] == load_classifier("world-resnet18").weights_sha256
+
+    tuned, base = load_classifier(str(whole)), load_classifier("world-resnet18")
+    # the base weights are untouched: the stem convolution (LoRA-wrapped) keeps its base layer
+    stem = dict(tuned.net.named_parameters())["backbone.features.0.base_layer.weight"]
+    assert torch.equal(stem, base.net.features[0].weight)
+    x, y, _ = load_split(world, "val", list(SMALL_CLASSES), ["grass", "water", "snow"])
+    acc = float((tuned.logits(x.numpy()).argmax(1) == y.numpy()).mean())
+    assert acc == pytest.approx(record["history"][-1]["val_acc"], abs=1e-4)
+
+    results = tmp_path / "results.jsonl"
+    assert main(["audit", str(world), "--model", str(whole), "--results", str(results)]) == 0
+    (audited,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert audited["weights_sha256"] == sha256_file(whole / "model.safetensors")
+
+
+def test_linear_and_full_finetunes_train_what_they_say(world, tmp_path):
+    linear = train_classifier(world, tmp_path / "linear",
+                              _lora().replace(finetune="linear", epochs=1), **QUIET)  # fmt: skip
+    assert set(load_file(str(tmp_path / "linear" / "model.safetensors"))) == {
+        "head.weight", "head.bias"}  # fmt: skip
+    assert linear["trained_parameters"] == 512 * 3 + 3
+    full = train_classifier(world, tmp_path / "full",
+                            _lora().replace(finetune="full", epochs=1), **QUIET)  # fmt: skip
+    assert full["trained_parameters"] == full["parameters"]
+    tuned = load_classifier(str(tmp_path / "full"))
+    base = load_classifier("world-resnet18")
+    assert not torch.equal(tuned.net.backbone.features[0].weight, base.net.features[0].weight)
+
+
+def test_the_head_starts_as_the_base_models_head():
+    """Same classes: the base rows; an ImageNet model: the mean of the rows the label map
+    gathers; zero-shot CLIP: 100 x its class-prompt embeddings."""
+    base = load_classifier("world-resnet18")
+    head = initial_head(base, ["dog", "bear"], 512, "")
+    rows = [base.classes.index("dog"), base.classes.index("bear")]
+    assert torch.equal(head.weight.detach(), base.net.head.weight.detach()[rows])
+    net, _ = assemble(base, ["dog", "bear"], Finetune("linear", "world-resnet18"))
+    x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), np.uint8)
+    before = load_classifier("world-resnet18").logits(x)[:, rows]
+    with torch.no_grad():
+        after = net.eval()(Preprocessing.world(64)(x)).numpy()
+    np.testing.assert_allclose(after, before, atol=1e-4)
+
+    class ImageNetStandIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 1000)
+
+        def forward_features(self, x):
+            return self.conv(x).mean((2, 3))
+
+        def forward_head(self, f):
+            return self.fc(f)
+
+    torch.manual_seed(0)
+    imagenet = Classifier("stand-in", ImageNetStandIn(), imagenet_classes(),
+                          Preprocessing.world(16), label_space=IMAGENET_1K)  # fmt: skip
+    head = initial_head(imagenet, ["bear", "cat"], 8, "")
+    bears = list(LabelMap.build(imagenet_classes(), ["bear"], label_space=IMAGENET_1K).members[0])
+    assert len(bears) == 4  # brown, black, ice and sloth bear
+    fc = imagenet.net.fc
+    assert torch.allclose(head.weight[0], fc.weight[bears].mean(0), atol=1e-5)
+    assert torch.allclose(head.bias[0], fc.bias[bears].mean(), atol=1e-5)
+
+    class Clip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(3, 4)
+
+        def encode_image(self, x):
+            return self.proj(x.mean((2, 3)))
+
+    text = nn.functional.normalize(torch.randn(2, 4), dim=1)
+    clip = Classifier("open_clip:stand-in", _ClipZeroShot(Clip(), text), ("cat", "dog"),
+                      Preprocessing.world(16))  # fmt: skip
+    head = initial_head(clip, ["cat", "dog"], 4, "")
+    assert torch.allclose(head.weight, 100 * text, atol=1e-4)
+    assert torch.allclose(head.bias, torch.zeros(2), atol=1e-4)
+    net, targets = assemble(clip, ["cat", "dog"], Finetune("lora", "x", rank=2, alpha=4))
+    assert targets == ["model.proj"]  # the one Linear its features pass through
+
+
+def test_finetune_settings_and_base_weights_are_checked(world, tmp_path, capsys):
+    argv = ["train-classifier", str(world), "--out", str(tmp_path / "x"), "--epochs", "1"]
+    assert main([*argv, "--model", "world-resnet18"]) == 1
+    assert "--finetune linear|lora|full" in capsys.readouterr().err
+    assert main([*argv, "--finetune", "lora"]) == 1
+    assert "needs --model" in capsys.readouterr().err
+    assert main([*argv, "--finetune", "lora", "--model", "world-resnet18",
+                 "--targets", "no_such_layer"]) == 1  # fmt: skip
+    assert "peft cannot put LoRA there" in capsys.readouterr().err
+
+    tuned = tmp_path / "tuned"
+    tune = ["--batch-size", "16", "--finetune", "linear", "--model", "world-cnn"]
+    assert main(["train-classifier", str(world), "--out", str(tuned), "--epochs", "1", *tune]) == 0
+    assert "(771 trained)" in capsys.readouterr().out  # world-cnn: a 256 x 3 head + 3 biases
+    meta = json.loads((tuned / "classifier.json").read_text())
+    meta["base_weights_sha256"] = "0" * 64
+    (tuned / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(DreamshiftError, match="was tuned from world-cnn with weights sha256 000"):
+        load_classifier(str(tuned))
