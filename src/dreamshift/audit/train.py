@@ -45,7 +45,8 @@ from dreamshift.audit.finetune import (
 )
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
-from dreamshift.data.loading import MIXES, load_split, source_key, training_data
+from dreamshift.data.images import write_atomic
+from dreamshift.data.loading import KINDS, MIXES, load_split, source_key, training_data
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
@@ -72,6 +73,8 @@ class TrainConfig(Config):
     train: tuple[str, ...] = ()  # training sources DIR[:SPLIT][@WEIGHT] (data.loading)
     mix: str = "concat"
     real_weight: float = 0.8
+    use: str = "all"  # which training sources: all, real (not made by dream) or generated
+    train_size: int = 0  # images kept of each source (0: all), nested across sizes
     finetune: str = ""  # linear | lora | full: tune `model` instead of training `arch` anew
     model: str = ""  # the model to fine-tune: any spec the audit loads
     rank: int = 16  # LoRA
@@ -82,10 +85,13 @@ class TrainConfig(Config):
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
         "arch": lambda: ARCHITECTURES.names(),
         "mix": lambda: MIXES,
+        "use": lambda: KINDS,
         "finetune": lambda: ("", *METHODS),
     }
 
     def validate(self) -> None:
+        if self.train_size < 0:
+            raise DreamshiftError(f"train_size = {self.train_size} must be >= 0 (0: all)")
         for name in ("epochs", "batch_size", "input_size"):
             if getattr(self, name) < 1:
                 raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 1")
@@ -126,7 +132,7 @@ def train_classifier(
     meta = ds.read_dataset_json(root)
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
     data = training_data(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
-                         backgrounds)  # fmt: skip
+                         backgrounds, cfg.use, cfg.train_size)  # fmt: skip
     run: dict[str, Any] = {"config": asdict(cfg), "dataset": str(root),
                            "dataset_hash": meta.get("content_hash")}  # fmt: skip
     if cfg.train:  # every source by its content, split and weight
@@ -202,3 +208,52 @@ def train_classifier(
     state = saved_state(net) if isinstance(net, FineTunedNet) else None
     save_checkpoint(out, net, record, half=cfg.half_weights, state=state)
     return record
+
+
+SWEEP = "sweep.json"
+SWEEP_MIXES = {"real": "real", "generated": "generated", "real+generated": "all"}  # -> use
+
+
+def train_sweep(
+    dataset: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    sizes: Sequence[int],
+    mixes: Sequence[str],
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """One classifier per mix and training size, as ImageNet-G's study (Bansal & Grover 2023):
+    ``real`` (the real ``--train`` sources, each cut to the size), ``generated`` (the ones made
+    by ``dreamshift dream``) and ``real+generated`` (both, each cut to the size: their 1:1
+    concatenation, or ``cfg.mix``). Smaller subsets are part of larger ones. Each classifier is
+    ``OUT/<mix>-n<size>`` and ``OUT/sweep.json`` lists those trained so far: ``dreamshift
+    audit --model OUT`` audits them all, fitting effective robustness on the ``real`` family.
+    Resumable."""
+    unknown = [m for m in mixes if m not in SWEEP_MIXES]
+    if unknown or not mixes or not sizes or min(sizes) < 1:
+        raise DreamshiftError(
+            f"--mixes {','.join(mixes)} --train-sizes {','.join(map(str, sizes))}: mixes are "
+            f"{', '.join(SWEEP_MIXES)}; sizes positive integers"
+        )
+    out = Path(out)
+    members: list[dict[str, Any]] = [{"folder": f"{mix}-n{n}", "mix": mix, "train_size": n}
+                                     for mix in mixes for n in sorted(set(sizes))]  # fmt: skip
+    done = json.loads((out / SWEEP).read_text())["members"] if (out / SWEEP).is_file() else []
+    for i, m in enumerate(members):
+        log(f"sweep {i + 1}/{len(members)}: {m['folder']}")
+        member_cfg = cfg.replace(use=SWEEP_MIXES[m["mix"]], train_size=m["train_size"])
+        record = train_classifier(dataset, out / m["folder"], member_cfg, log)
+        if m not in done:  # listed once trained: a failed sweep leaves the list as it was
+            done.append(dict(m))
+            write_atomic(out / SWEEP, (json.dumps({"members": done}, indent=2) + "\n").encode())
+        m["val_acc"] = record["history"][-1].get("val_acc")
+    return members
+
+
+def sweep_members(folder: Path) -> list[dict[str, Any]] | None:
+    """The classifiers of a sweep folder (``folder``, ``mix``, ``train_size``), or None."""
+    path = folder / SWEEP
+    if not path.is_file():
+        return None
+    members = json.loads(path.read_text())["members"]
+    return [{**m, "folder": str(folder / m["folder"])} for m in members]

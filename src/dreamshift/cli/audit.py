@@ -55,6 +55,30 @@ def add(sub: Any) -> None:
         "generated ones (made by `dreamshift dream`) the rest",
     )
     p.add_argument("--real-weight", type=float, help="--mix weighted: the real share (0.8)")
+    p.add_argument(
+        "--use",
+        choices=["all", "real", "generated"],
+        help="which --train sources: all (default), real ones or generated ones only",
+    )
+    p.add_argument(
+        "--train-size", type=int, help="images kept of each source (default all), class-balanced"
+    )
+    sweep = p.add_argument_group(
+        "a sweep: one classifier per mix and size under --out (ImageNet-G's study); "
+        "`audit --model OUT` audits them all and fits effective robustness on the real family"
+    )
+    sweep.add_argument(
+        "--train-sizes",
+        type=lambda text: tuple(int(v) for v in names(text)),
+        metavar="N,N,...",
+        help="training sizes: each source is cut to N images (smaller sets inside larger ones)",
+    )
+    sweep.add_argument(
+        "--mixes",
+        type=names,
+        metavar="MIX,...",
+        help="real, generated, real+generated (each source cut to N: 1:1) (default: all three)",
+    )
     tune = p.add_argument_group(
         "fine-tuning a pretrained model (instead of training --arch from scratch)"
     )
@@ -168,7 +192,7 @@ def _add_report(sub: Any) -> None:
 
 
 def train_classifier(args: argparse.Namespace) -> int:
-    from dreamshift.audit.train import TrainConfig, train_classifier
+    from dreamshift.audit.train import TrainConfig, train_classifier, train_sweep
 
     cfg = TrainConfig().replace(
         **{
@@ -185,6 +209,8 @@ def train_classifier(args: argparse.Namespace) -> int:
                 "half_weights",
                 "mix",
                 "real_weight",
+                "use",
+                "train_size",
                 "finetune",
                 "model",
                 "rank",
@@ -195,6 +221,15 @@ def train_classifier(args: argparse.Namespace) -> int:
         },
         train=tuple(args.train),
     )
+    if args.train_sizes or args.mixes:
+        if not args.train_sizes:
+            raise DreamshiftError("--mixes goes with --train-sizes N,N,...: the sizes to sweep")
+        mixes = args.mixes or ("real", "generated", "real+generated")
+        members = train_sweep(args.dataset, args.out, cfg, args.train_sizes, mixes)
+        for m in members:
+            print(f"{m['folder']}: val acc {m['val_acc']}")
+        print(f"wrote {args.out}: {len(members)} classifiers (audit them with --model {args.out})")
+        return 0
     record = train_classifier(args.dataset, args.out, cfg)
     last = record["history"][-1]
     print(

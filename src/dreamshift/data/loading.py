@@ -8,6 +8,7 @@ whole split in memory as tensors, and the training data of several sources (``tr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,6 +91,29 @@ def load_split(
 
 
 MIXES = ("concat", "weighted")  # how several training sources are drawn from
+KINDS = ("all", "real", "generated")  # which training sources a run uses
+
+
+def nested_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices of ``size`` examples, as balanced over the classes as they allow, in an order
+    fixed by ``seed``: the ``size`` of a smaller run are among those of a larger one, as a
+    family of models trained on growing subsets of one set wants (Taori et al. 2020).
+
+    >>> nested_subset(torch.tensor([0, 0, 0, 1, 1, 1]), 2, seed=0).tolist()  # one of each
+    [2, 5]
+    >>> set(nested_subset(torch.tensor([0, 0, 0, 1]), 2, 0).tolist()) <= set(
+    ...     nested_subset(torch.tensor([0, 0, 0, 1]), 3, 0).tolist())
+    True
+    """
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    rank = torch.empty(len(labels), dtype=torch.long)  # each example's place within its class
+    for k in labels.unique():
+        members = order[labels[order] == k]
+        rank[members] = torch.arange(len(members))
+    position = torch.empty(len(labels), dtype=torch.long)
+    position[order] = torch.arange(len(labels))
+    chosen = sorted(range(len(labels)), key=lambda i: (int(rank[i]), int(position[i])))[:size]
+    return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
 def parse_source(text: str) -> tuple[str, str, float | None]:
@@ -143,11 +167,15 @@ def training_data(
     real_weight: float,
     classes: list[str],
     backgrounds: list[str],
+    kind: str = "all",
+    size: int = 0,
 ) -> TrainingData:
     """Load the training sources ``train`` (``DIR[:SPLIT][@WEIGHT]``; none: ``root``'s
     ``split``, which is also the split of a source that names none). Every
     source must have ``root``'s classes and backgrounds. A generated source is one made by
-    ``dreamshift dream``. Weights: ``@WEIGHT`` per source (the share of the draws that source
+    ``dreamshift dream``; ``kind`` keeps the real or the generated sources only, and ``size``
+    cuts each source to that many images (:func:`nested_subset`, seeded by its content).
+    Weights: ``@WEIGHT`` per source (the share of the draws that source
     gets, normalised over the sources), ``mix="weighted"`` (real sources share ``real_weight``
     and generated ones the rest, each in proportion to its size: DataDream's
     λ·loss(real) + (1 − λ)·loss(generated) in expectation); else plain concatenation."""
@@ -167,6 +195,9 @@ def training_data(
                     f"every training source needs the evaluated dataset's {what}"
                 )
         source_split = named_split or split
+        generated = meta.get("stage") == "dream"
+        if kind != "all" and generated != (kind == "generated"):
+            continue
         x, y, bg = load_split(src, source_split, classes, backgrounds)
         if len(x) == 0:
             splits = sorted(set(ds.read_manifest(src).column("split").to_pylist()))
@@ -174,15 +205,31 @@ def training_data(
                 f"{src} has no usable images in split {source_split!r} (it has {splits}): name "
                 f"one, --train {src}:SPLIT"
             )
+        if size:
+            if size > len(x):
+                raise DreamshiftError(
+                    f"--train {path}: {size} images asked for, but split {source_split!r} has "
+                    f"{len(x)}: choose smaller --train-sizes"
+                )
+            seed = int(
+                hashlib.sha256(str(meta.get("content_hash") or src).encode()).hexdigest()[:8], 16
+            )
+            keep = nested_subset(y, size, seed)
+            x, y, bg = x[keep], y[keep], bg[keep]
         xs.append(x)
         ys.append(y)
         bgs.append(bg)
         sources.append({
             "dataset": str(src.resolve()), "split": source_split,
             "dataset_hash": meta.get("content_hash"),
-            "stage": meta.get("stage"), "generated": meta.get("stage") == "dream",
+            "stage": meta.get("stage"), "generated": generated,
             "weight": weight, "n": len(x),
         })  # fmt: skip
+    if not xs:
+        raise DreamshiftError(
+            f"no {kind} training source among --train {' '.join(train)} (a generated one is made "
+            "by `dreamshift dream`)"
+        )
     sizes = {tuple(x.shape[1:]) for x in xs}
     if len(sizes) > 1:
         raise DreamshiftError(
