@@ -318,17 +318,26 @@ def test_report_renders_every_plot(world, cnn, tmp_path):
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
     page = out.read_text()
-    svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
-    for svg in svgs:
-        ElementTree.fromstring(svg)  # each plot is well-formed SVG
-    bars = [s for s in svgs if 'class="bar"' in s]
-    assert len(bars) == 1 and bars[0].count('class="bar"') == 3 * len(SMALL_BACKGROUNDS)
-    heatmaps = [s for s in svgs if "heatmap" in s]
-    assert len(heatmaps) == 3 and all(h.count('class="cell"') == 9 for h in heatmaps)
-    scatter = next(s for s in svgs if "scatter" in s)
-    assert scatter.count('class="model"') == 3 and scatter.count('class="fit"') == 2
+    audit_table = re.search(r'<table class="audit">.*?</table>', page, flags=re.S).group(0)
+    ElementTree.fromstring(audit_table)  # well-formed: every cell escaped
+    assert audit_table.count("<tr>") == 1 + 3  # the header and one row per model
+    er_table = re.search(r'<table class="er-table">.*?</table>', page, flags=re.S).group(0)
+    assert er_table.count("<tr>") == 1 + 3 and "a&lt;b&amp;c" in er_table
+    files = tmp_path / "report_files"
+    names = sorted(p.name for p in files.iterdir())
+    heatmaps = [n for n in names if n.startswith("heatmap-") and n.endswith(".pdf")]
+    assert len(heatmaps) == 3
+    assert sum(n.startswith("er-") for n in names) == 2  # the ER figure as PNG and PDF
+    for name in names:
+        head = (files / name).read_bytes()[:8]
+        if name.endswith(".png"):
+            assert head.startswith(b"\x89PNG")
+        elif name.endswith(".pdf"):
+            assert head.startswith(b"%PDF")
+    assert page.count('<img class="figure"') == 1 + 1 + 3  # bars, ER, heatmaps
     assert page.count('<img class="samples"') == 3 and "data:image/png;base64," in page
     assert "a&lt;b&amp;c" in page and "a<b&c" not in page
+    assert "a<b&c |" in (files / "tables.md").read_text()  # Markdown tables for papers
 
 
 def test_a_dreamed_dataset_skips_backgrounds_alone_and_audits_them_from_its_guides(

@@ -188,8 +188,11 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
 
     page = write_report([tmp_path / "a" / "results.jsonl"], tmp_path / "report.html").read_text()
     assert "Learn runs" in page and whole.name in page
-    assert "| d3s | ds (paste) | 0.8 | 2 | 0 |" in page  # the task table's row
-    assert "→ background" in page and "| chance |" in page  # the probe matrix
+    row = '<td class="txt">d3s</td><td class="txt">ds (paste)</td><td class="num">0.8</td>'
+    assert row in page  # the task table's row
+    assert "→ background" in page and '<td class="txt">chance</td>' in page  # the probe matrix
+    tables = (tmp_path / "report_files" / "tables.md").read_text()
+    assert "| d3s | ds (paste) | 0.8 | 2 | 0 |" in tables
 
 
 @pytest.mark.parametrize("algorithm", ["irm", "d3s"])

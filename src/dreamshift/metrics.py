@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -233,6 +234,46 @@ def fit_effective_robustness(
     fit = RobustnessFit(space, float(slope), float(intercept), ())
     residuals = tuple(float(v) for v in y - fit.predict(x))
     return RobustnessFit(space, float(slope), float(intercept), residuals)
+
+
+REAL_FAMILY = "real"  # the family of a sweep trained on real data only
+
+
+def effective_robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Fit shifted vs in-distribution accuracy over the models of ``records`` (those of one
+    dataset, split and in-distribution reference; the latest record per model), linear and in
+    logit space; each model's effective robustness is its distance from the line (Taori et al.
+    2020). Where three or more of the models belong to the ``real`` family of a sweep (trained
+    on real data only), the line is fit on them alone and every other model is measured from
+    it, as ImageNet-G measures models trained on generated data (Bansal & Grover 2023). Needs
+    three models or more: a line through two points leaves nothing to measure."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("acc_id") is not None and r.get("acc_avg") is not None:
+            latest[r["model"]] = r
+    family = list(latest.values())
+    x = [r["acc_id"] for r in family]
+    y = [r["acc_avg"] for r in family]
+    real = [i for i, r in enumerate(family) if r.get("family") == REAL_FAMILY]
+    fit_on = real if len(real) >= 3 and len({x[i] for i in real}) >= 2 else list(range(len(x)))
+    if len(fit_on) < 3 or len({x[i] for i in fit_on}) < 2:
+        return None
+    out: dict[str, Any] = {
+        "models": [r["model"] for r in family],
+        "families": [r.get("family") for r in family],
+        "acc_id": x,
+        "acc_shift": y,
+        "fit_on": REAL_FAMILY if fit_on == real else "all",
+    }
+    for space in ("linear", "logit"):
+        fit = fit_effective_robustness([x[i] for i in fit_on], [y[i] for i in fit_on], space)
+        out[space] = {
+            "slope": fit.slope,
+            "intercept": fit.intercept,
+            "effective_robustness": [yi - float(fit.predict(np.array([xi]))[0])
+                                     for xi, yi in zip(x, y, strict=True)],
+        }  # fmt: skip
+    return out
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,10 +24,11 @@ def percent(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """The audit table: one line per model, then accuracy per background. A dataset with a
-    cue-conflict split adds the shape bias (shape decisions / shape-or-coat decisions); a model
-    with more outputs than the dataset has classes adds its full-label-space top-1 and top-5."""
+def audit_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The audit table as rows of cells, the header first: one line per model. A dataset with
+    a cue-conflict split adds the shape bias (shape decisions / shape-or-coat decisions); a
+    model with more outputs than the dataset has classes adds its full-label-space top-1 and
+    top-5."""
     head = ["model", "n", "acc_avg [95% CI]", "acc_wg (group)", "bg_gap"]
     has_full = any(
         r.get("acc_full_top1") is not None and r.get("label_map", {}).get("kind") != "identity"
@@ -39,7 +40,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     has_conflict = any("shape_bias" in r for r in records)
     head += ["acc_id", "rel. drop", "ER logit"] * has_id + ["spur. acc", "spur. AUC"] * has_spurious
     head += ["shape bias (shape/cue)"] * has_conflict
-    lines = []
+    lines = [head]
     for r in records:
         ci = r.get("acc_avg_ci")
         wg = r.get("worst_group") or {}
@@ -63,14 +64,27 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         if has_conflict:
             cells.append(_shape_bias_cell(r))
         lines.append(cells)
-    table = _align([head, *lines])
+    return lines
+
+
+def background_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Accuracy (%) per background (rows) of each model (columns), the header first."""
     backgrounds = list(dict.fromkeys(b for r in records for b in r["per_background"]))
-    per_bg = [["background", *(r["model"] for r in records)]]
-    per_bg += [
+    rows = [["background", *(r["model"] for r in records)]]
+    rows += [
         [b, *(percent(r["per_background"].get(b, {}).get("acc")) for r in records)]
         for b in backgrounds
     ]
-    return table + "\n\naccuracy (%) per background\n" + _align(per_bg)
+    return rows
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """The audit table (:func:`audit_rows`) and accuracy per background, as aligned text."""
+    return (
+        _align(audit_rows(records))
+        + "\n\naccuracy (%) per background\n"
+        + _align(background_rows(records))
+    )
 
 
 def _shape_bias_cell(r: dict[str, Any]) -> str:
@@ -93,29 +107,45 @@ def read_predictions(record: dict[str, Any]) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
-    """The disentanglement matrix as a Markdown table: feature block -> label accuracy (%)."""
+def probe_rows(matrix: dict[str, dict[str, float]]) -> list[list[str]]:
+    """The disentanglement matrix, header first: feature block -> label accuracy (%)."""
     labels = list(matrix["chance"])
-    lines = ["| features | " + " | ".join(f"→ {lab}" for lab in labels) + " |"]
-    lines.append("|---|" + "---:|" * len(labels))
-    for block, row in matrix.items():
-        lines.append(f"| {block} | " + " | ".join(percent(row[lab]) for lab in labels) + " |")
+    rows = [["features", *(f"→ {lab}" for lab in labels)]]
+    rows += [[block, *(percent(row[lab]) for lab in labels)] for block, row in matrix.items()]
+    return rows
+
+
+def markdown(rows: list[list[str]]) -> str:
+    """Rows of cells (header first) as a Markdown table, numbers right-aligned."""
+    numeric = [all(is_numeric(r[i]) for r in rows[1:]) for i in range(len(rows[0]))]
+    cells = [[c.replace("|", "\\|") for c in r] for r in rows]  # a | inside a cell
+    lines = ["| " + " | ".join(cells[0]) + " |"]
+    lines.append("|" + "".join("---:|" if n else "---|" for n in numeric))
+    lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
     return "\n".join(lines)
 
 
-def format_learn_table(
+def is_numeric(cell: str) -> bool:
+    """Whether a cell reads as a number ('81.2', '81.2 [79.0, 83.1]', '–')."""
+    head = cell.split(" ")[0]
+    return head == "–" or head.replace(".", "", 1).lstrip("-").isdigit()
+
+
+def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
+    """The disentanglement matrix as a Markdown table."""
+    return markdown(probe_rows(matrix))
+
+
+def learn_rows(
     records: list[dict[str, Any]], splits: tuple[str, ...] = (ds.TEST, ds.ANTI)
-) -> str:
-    """The spurious-task table, one line per run: what it trained on (rho, paste or dreamed),
-    the algorithm (``on <run>`` for a head on frozen features, ``, background erased`` with
-    LEACE), and acc_avg [95 % CI] and
-    worst-group accuracy (%) on each split."""
-    head = "| algorithm | trained on | rho | epochs | seed |"
-    rule = "|---|---|---:|---:|---:|"
+) -> list[list[str]]:
+    """The spurious-task table, header first, one line per run: what it trained on (rho, paste
+    or dreamed), the algorithm (``on <run>`` for a head on frozen features, ``, background
+    erased`` with LEACE), and acc_avg [95 % CI] and worst-group accuracy (%) on each split."""
+    head = ["algorithm", "trained on", "rho", "epochs", "seed"]
     for split in splits:
-        head += f" {split} acc_avg [95% CI] | {split} acc_wg |"
-        rule += "---:|---:|"
-    lines = [head, rule]
+        head += [f"{split} acc_avg [95% CI]", f"{split} acc_wg"]
+    lines = [head]
     for r in records:
         cfg = r["config"]
         algorithm = cfg["algorithm"]
@@ -137,8 +167,15 @@ def format_learn_table(
                 f"{percent(m['acc_avg'])} [{percent(ci[0])}, {percent(ci[1])}]",
                 percent(m["acc_wg"]),
             ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return lines
+
+
+def format_learn_table(
+    records: list[dict[str, Any]], splits: tuple[str, ...] = (ds.TEST, ds.ANTI)
+) -> str:
+    """The spurious-task table (:func:`learn_rows`) as Markdown."""
+    return markdown(learn_rows(records, splits))
 
 
 def read_probes(folder: str | Path) -> list[dict[str, Any]]:
