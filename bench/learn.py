@@ -8,7 +8,9 @@ each batch (flip + crop), takes the step, checkpoints after every epoch and eval
 splits at the end. Printed: images/s of each, counted over the training images only, and their
 ratio (aim >= 0.9), best of interleaved repeats; for `learn` both its training loop alone (the
 per-epoch figure a run records) and the whole call (fixed costs weigh heavily on a run this
-short). Also printed: the same bare loop under bfloat16
+short). The same for a run on two training sources (the dataset and its paste-mode "dream",
+a generated source) drawn by DataDream's weighted mix (``--train A --train B --mix weighted``):
+the mixed loader must keep the loop's ratio. Also printed: the same bare loop under bfloat16
 autocast, to show whether it helps on this CPU. Run: `make bench-learn` or
 `.venv/bin/python bench/learn.py`.
 """
@@ -28,6 +30,8 @@ from PIL import Image
 from dreamshift.compose.config import ComposeConfig, ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
+from dreamshift.dream.config import DreamConfig
+from dreamshift.dream.runner import dream
 from dreamshift.learn.algorithms import Hparams
 from dreamshift.learn.run import LearnConfig, learn
 from dreamshift.models.architectures import ARCHITECTURES
@@ -57,10 +61,14 @@ def bare_loop(
     return time.perf_counter() - start
 
 
-def learn_run(root: Path, out: Path, arch: str, batch: int, epochs: int) -> tuple[float, float]:
+def learn_run(
+    root: Path, out: Path, arch: str, batch: int, epochs: int, train: tuple[str, ...] = ()
+) -> tuple[float, float]:
     """Seconds of the whole `learn` call, and the images/s of its training loop alone (batch
-    assembly, augmentation and update; the mean of the per-epoch figures it records)."""
-    cfg = LearnConfig(algorithm="erm", arch=arch, epochs=epochs, batch_size=batch)
+    assembly, augmentation and update; the mean of the per-epoch figures it records). With
+    ``train``, those sources in DataDream's weighted mix."""
+    cfg = LearnConfig(algorithm="erm", arch=arch, epochs=epochs, batch_size=batch, train=train,
+                      mix="weighted" if train else "concat")  # fmt: skip
     start = time.perf_counter()
     folder = learn(root, out, cfg, log=lambda *_: None)
     seconds = time.perf_counter() - start
@@ -92,7 +100,11 @@ def main() -> None:
             f"{len(x)} training images of 64x64, {args.arch}, batch {args.batch}, "
             f"{args.epochs} epochs, {torch.get_num_threads()} threads"
         )
-        bare, ours, loops = [], [], []
+        generated = Path(tmp) / "generated"  # made by `dream` (paste mode): a generated source
+        dream(DreamConfig(source=str(root), mode="paste", splits=("train",)), generated,
+              progress=False)  # fmt: skip
+        sources = (f"{root}:train", f"{generated}:train")
+        bare, ours, loops, mixed = [], [], [], []
         for k in range(args.repeats):
             bare.append(bare_loop(args.arch, x, y, args.batch, args.epochs))
             seconds, loop = learn_run(
@@ -100,13 +112,16 @@ def main() -> None:
             )
             ours.append(seconds)
             loops.append(loop)
-        b, o, lo = n / min(bare), n / min(ours), max(loops)
+            mixed.append(learn_run(root, Path(tmp) / f"mixed{k}", args.arch, args.batch,
+                                   args.epochs, sources)[1])  # fmt: skip
+        b, o, lo, mi = n / min(bare), n / min(ours), max(loops), max(mixed)
         few = x[: 4 * args.batch]  # bf16 can be far slower on CPUs without AMX: 4 steps
         bf16 = len(few) / bare_loop(args.arch, few, y, args.batch, 1, bf16=True)
         print(f"bare loop          {b:7.1f} img/s")
         print(f"bare loop, bf16    {bf16:7.1f} img/s   ratio to fp32 {bf16 / b:.2f}")
         print(f"dreamshift learn, training loop   {lo:7.1f} img/s   ratio {lo / b:.2f}")
         print(f"dreamshift learn, end to end      {o:7.1f} img/s   ratio {o / b:.2f}")
+        print(f"learn, 2 sources weighted, loop   {mi:7.1f} img/s   ratio {mi / b:.2f}")
 
 
 if __name__ == "__main__":

@@ -168,3 +168,38 @@ def test_finetune_settings_and_base_weights_are_checked(world, tmp_path, capsys)
     (tuned / "classifier.json").write_text(json.dumps(meta))
     with pytest.raises(DreamshiftError, match="was tuned from world-cnn with weights sha256 000"):
         load_classifier(str(tuned))
+
+
+def test_a_torchvision_model_is_tuned_from_its_label_map_rows_and_audited(
+    world, tmp_path, monkeypatch
+):
+    """The zoo path end to end, on a torchvision stand-in whose weights favour ice bear: the
+    head starts from the label map's rows (bear wins everywhere), a linear fine-tune trains it,
+    and the folder is audited by rebuilding the stand-in from its weights file."""
+    import sys
+
+    from test_audit import _fake_torchvision, _TinyImageNetNet
+
+    tv, _ = _fake_torchvision()
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    weights = tmp_path / "tiny.pth"
+    torch.save(_TinyImageNetNet.build(favourite=296).state_dict(), weights)  # ice bear
+    spec = f"torchvision:tinynet@{weights}"
+    base = load_classifier(spec)
+    head = initial_head(base, list(SMALL_CLASSES), 3, "")
+    x = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), np.uint8)
+    with torch.no_grad():
+        start = head(base.forward_features(base.preprocess(x))).argmax(1)
+    assert start.tolist() == [SMALL_CLASSES.index("bear")] * 4
+
+    record = train_classifier(world, tmp_path / "tuned", TrainConfig(
+        finetune="linear", model=spec, epochs=1, batch_size=16, lr=1e-2), **QUIET)  # fmt: skip
+    assert record["finetuned_from"] == spec and record["trained_parameters"] == 3 * 3 + 3
+    assert record["preprocessing"]["input_size"] == 32  # the base model's own transforms
+    tuned = load_classifier(str(tmp_path / "tuned"))
+    assert tuned.classes == SMALL_CLASSES and tuned.preprocessing.resize_size == 40
+    results = tmp_path / "r.jsonl"
+    assert main(["audit", str(world), "--model", str(tmp_path / "tuned"),
+                 "--results", str(results)]) == 0  # fmt: skip
+    with pytest.raises(DreamshiftError, match="features call no Conv2d or Linear"):
+        assemble(base, list(SMALL_CLASSES), Finetune("lora", spec))
