@@ -131,11 +131,6 @@ def is_numeric(cell: str) -> bool:
     return head == "–" or head.replace(".", "", 1).lstrip("-").isdigit()
 
 
-def format_probe_table(matrix: dict[str, dict[str, float]]) -> str:
-    """The disentanglement matrix as a Markdown table."""
-    return markdown(probe_rows(matrix))
-
-
 def learn_rows(
     records: list[dict[str, Any]], splits: tuple[str, ...] = (ds.TEST, ds.ANTI)
 ) -> list[list[str]]:
@@ -169,13 +164,6 @@ def learn_rows(
             ]
         lines.append(cells)
     return lines
-
-
-def format_learn_table(
-    records: list[dict[str, Any]], splits: tuple[str, ...] = (ds.TEST, ds.ANTI)
-) -> str:
-    """The spurious-task table (:func:`learn_rows`) as Markdown."""
-    return markdown(learn_rows(records, splits))
 
 
 def read_probes(folder: str | Path) -> list[dict[str, Any]]:
