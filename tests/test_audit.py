@@ -17,7 +17,7 @@ import pytest
 from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config, tree_digest
 from dreamshift.audit import evaluate
 from dreamshift.audit.evaluate import AuditConfig, Evaluated, audit, predict
-from dreamshift.audit.labels import LabelMap
+from dreamshift.models.labels import LabelMap
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe

@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import SMALL_CLASSES, small_config, tree_digest
 from dreamshift.audit.finetune import Finetune, assemble, initial_head
-from dreamshift.audit.labels import LabelMap
+from dreamshift.models.labels import LabelMap
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe

@@ -39,11 +39,12 @@ import pyarrow as pa
 
 import dreamshift
 from dreamshift import metrics as M
-from dreamshift.audit.labels import LabelMap, read_label_map
+from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.audit.train import sweep_members
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import iter_batches, usable_rows
+from dreamshift.data.verification import only_verified
 from dreamshift.engine.results import RESULTS, append_records, read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
@@ -67,6 +68,7 @@ class AuditConfig(Config):
     device: str = "cpu"
     allow_empty_groups: bool = False
     restrict_labels: bool = True  # headline: argmax over the dataset's classes (else top-1 of all)
+    verified_only: bool = False  # only the images that passed review (`review export`)
 
     def validate(self) -> None:
         if not self.models:
@@ -351,8 +353,12 @@ def audit(
     manifest = ds.read_manifest(root).to_pylist()
     split = cfg.split or _default_split(manifest)
     rows = usable_rows(manifest, split)
+    if cfg.verified_only:
+        rows = only_verified(root, rows)
     if not rows:
-        raise DreamshiftError(f"{root} has no usable rows in split {split or '(any)'}")
+        raise DreamshiftError(
+            f"{root} has no usable{' verified' * cfg.verified_only} rows in split {split or '(any)'}"
+        )
     expected = expected_groups(meta, split, cfg.group_by) if split else []
     present = {tuple(r[g] for g in cfg.group_by) for r in rows}
     empty = [g for g in expected if g not in present]
@@ -423,6 +429,7 @@ def audit(
             "dataset_hash": meta.get("content_hash", ""),
             "stage": meta.get("stage", ""),
             "split": split,
+            "verified_only": cfg.verified_only,
             "group_by": list(cfg.group_by),
             "n_unreadable": len(ev.unreadable),
             "unreadable": [list(u) for u in ev.unreadable],

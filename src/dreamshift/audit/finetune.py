@@ -13,7 +13,7 @@ classifiers, a classifier folder, ``timm:``, ``torchvision:``, ``efficientnet_li
 The head starts as the base model's own head over the dataset's classes: the same rows where
 the base model's classes are the dataset's (the world classifiers; open_clip's zero-shot head,
 Radford et al. 2021), else the mean of the rows a label map gathers into each class (ImageNet
-models; :mod:`dreamshift.audit.labels`). Heads are read off as linear maps of the features,
+models; :mod:`dreamshift.models.labels`). Heads are read off as linear maps of the features,
 which every supported head is in evaluation mode. In ``linear`` and ``lora`` runs the backbone
 stays in evaluation mode (batch-norm statistics and dropout of the base model frozen).
 
@@ -126,7 +126,7 @@ def _head_as_linear(base: Classifier, dim: int) -> tuple[torch.Tensor, torch.Ten
 
 def initial_head(base: Classifier, classes: Sequence[str], dim: int, label_map: str) -> nn.Linear:
     """A linear head over ``classes`` that starts as the base model's (module docstring)."""
-    from dreamshift.audit.labels import LabelMap, read_label_map
+    from dreamshift.models.labels import LabelMap, read_label_map
 
     weight, bias = _head_as_linear(base, dim)
     mapping = read_label_map(label_map) if label_map else None

@@ -1,6 +1,6 @@
 """``dreamshift <command>``: parses arguments, builds a config, calls the library.
 
-One thin module per command group (compose, dream, audit, learn, tune, data, world). Every command
+One thin module per command group (compose, dream, verify, audit, learn, tune, data, world). Every command
 has ``--help``. ``main(argv)`` returns the exit status (:data:`EXIT_CODES`), so tests call it
 directly.
 """
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from dreamshift import __version__
-from dreamshift.cli import audit, compose, data, dream, learn, tune, world
+from dreamshift.cli import audit, compose, data, dream, learn, tune, verify, world
 from dreamshift.errors import DreamshiftError
 
 EXIT_CODES = """exit status: 0 done; 1 the run failed (bad input, named in the message, or some
@@ -29,12 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dreamshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (world, compose, dream, audit, learn, tune, data):
+    for group in (world, compose, dream, verify, audit, learn, tune, data):
         group.add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = verify.review_argv(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

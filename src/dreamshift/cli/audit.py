@@ -179,6 +179,11 @@ def _add_audit(sub: Any) -> None:
         action="store_true",
         help="audit even when a planned group has no usable images",
     )
+    p.add_argument(
+        "--verified-only",
+        action="store_true",
+        help="only the images that passed review (`dreamshift review export DATASET`)",
+    )
     p.set_defaults(func=audit)
 
 
@@ -262,6 +267,7 @@ def audit(args: argparse.Namespace) -> int:
         device=args.device,
         allow_empty_groups=args.allow_empty_groups,
         restrict_labels=args.restrict_labels,
+        verified_only=args.verified_only,
     )
     records = audit(cfg, args.dataset, args.results)
     print(format_table(records))

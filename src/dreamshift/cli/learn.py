@@ -81,6 +81,12 @@ def add(sub: Any) -> None:
         default=0.8,
         help="--mix weighted: the real sources' share, DataDream's lambda (0.8)",
     )
+    p.add_argument(
+        "--verified-only",
+        action="store_true",
+        help="generated sources: train on the images that passed review only (`dreamshift "
+        "review export`)",
+    )
     p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
     p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
     p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
@@ -130,6 +136,7 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 train=tuple(args.train),
                 mix=args.mix,
                 real_weight=args.real_weight,
+                verified_only=args.verified_only,
                 hparams=hp,
             )
             cfg.check()

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from dreamshift.data import dataset as ds
+from dreamshift.data.verification import only_verified
 from dreamshift.errors import DreamshiftError
 
 
@@ -71,11 +72,13 @@ def iter_batches(
 
 
 def load_split(
-    root: Path, split: str, classes: list[str], backgrounds: list[str]
+    root: Path, split: str, classes: list[str], backgrounds: list[str], verified_only: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images (N, H, W, 3) uint8, class index (N,), background index (N,)) of the usable rows
-    of one split, in memory."""
+    of one split, in memory; ``verified_only``: of those that passed review only."""
     rows = usable_rows(ds.read_manifest(root).to_pylist(), split)
+    if verified_only:
+        rows = only_verified(root, rows)
     if not rows:
         empty = torch.zeros(0, dtype=torch.long)
         return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), empty, empty
@@ -169,12 +172,15 @@ def training_data(
     backgrounds: list[str],
     kind: str = "all",
     size: int = 0,
+    verified_only: bool = False,
 ) -> TrainingData:
     """Load the training sources ``train`` (``DIR[:SPLIT][@WEIGHT]``; none: ``root``'s
     ``split``, which is also the split of a source that names none). Every
     source must have ``root``'s classes and backgrounds. A generated source is one made by
     ``dreamshift dream``; ``kind`` keeps the real or the generated sources only, and ``size``
-    cuts each source to that many images (:func:`nested_subset`, seeded by its content).
+    cuts each source to that many images (:func:`nested_subset`, seeded by its content);
+    ``verified_only`` keeps the images of generated sources that passed review (real ones are
+    taken as they are).
     Weights: ``@WEIGHT`` per source (the share of the draws that source
     gets, normalised over the sources), ``mix="weighted"`` (real sources share ``real_weight``
     and generated ones the rest, each in proportion to its size: DataDream's
@@ -198,7 +204,7 @@ def training_data(
         generated = meta.get("stage") == "dream"
         if kind != "all" and generated != (kind == "generated"):
             continue
-        x, y, bg = load_split(src, source_split, classes, backgrounds)
+        x, y, bg = load_split(src, source_split, classes, backgrounds, verified_only and generated)
         if len(x) == 0:
             splits = sorted(set(ds.read_manifest(src).column("split").to_pylist()))
             raise DreamshiftError(
@@ -223,7 +229,7 @@ def training_data(
             "dataset": str(src.resolve()), "split": source_split,
             "dataset_hash": meta.get("content_hash"),
             "stage": meta.get("stage"), "generated": generated,
-            "weight": weight, "n": len(x),
+            "weight": weight, "n": len(x), "verified_only": verified_only and generated,
         })  # fmt: skip
     if not xs:
         raise DreamshiftError(

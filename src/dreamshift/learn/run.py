@@ -79,6 +79,7 @@ class LearnConfig(Config):
     train: tuple[str, ...] = ()  # training sources DIR[:SPLIT][@WEIGHT]; empty: the dataset's split
     mix: str = "concat"  # or "weighted": real sources weigh real_weight, generated ones the rest
     real_weight: float = 0.8  # DataDream's lambda
+    verified_only: bool = False  # generated sources: only images that passed review
     hparams: Hparams = field(default_factory=Hparams)
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
@@ -280,7 +281,7 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
             "a dataset with that split, e.g. one made by `dreamshift compose --train-size N`"
         )
     data = training_data(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
-                         backgrounds)  # fmt: skip  # checked before any write
+                         backgrounds, verified_only=cfg.verified_only)  # fmt: skip
     x, y, bg = data.x, data.y, data.bg
     if len(x) < cfg.batch_size:
         raise DreamshiftError(

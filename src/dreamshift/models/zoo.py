@@ -89,7 +89,7 @@ IMAGENET_1K = "imagenet-1k"
 @functools.cache
 def imagenet_classes() -> tuple[str, ...]:
     """The 1000 ImageNet-1k label names in output order (torchvision's list, in which every
-    name is unique); a label map (:mod:`dreamshift.audit.labels`) ties them to a dataset's
+    name is unique); a label map (:mod:`dreamshift.models.labels`) ties them to a dataset's
     classes by name or by index."""
     text = resources.files("dreamshift.models").joinpath("imagenet-1k.txt").read_text()
     return tuple(line for line in text.splitlines() if line)

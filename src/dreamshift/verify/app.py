@@ -1,0 +1,289 @@
+"""``dreamshift review DATASET``: a local web app where people vote on a dataset's labels.
+
+A reviewer opens the link ``dreamshift review add-reviewer DATASET NAME`` printed (its token is
+the only credential; without a valid one every route answers 404). A task page holds 25 images
+(D3S's MTurk tasks did): the image, the guide it was dreamed from, the class name and its
+definition, "is a <class> in the image?" yes/no/unsure, "anything unsafe or broken?", and
+optionally naturalness 1-5 (Maung Maung et al. 2024 asked people to rate it). Keyboard first:
+y/n/u answer and move on, x flags, 1-5 rate, arrows move, z or Backspace undoes the last answer.
+
+Safety: images are looked up by sample id in the manifest and served only when the file lies
+inside the dataset (or its guides' dataset); POSTs must come from the page's own origin and carry
+the reviewer's CSRF token; only hosts the server was started for are answered (no DNS
+rebinding); pages forbid framing, inline scripts and referrers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from dreamshift.data import dataset as ds
+from dreamshift.data.loading import usable_rows
+from dreamshift.errors import DreamshiftError
+from dreamshift.verify.store import ReviewStore, Reviewer, Vote
+
+# what each of the world's classes is, for the task page (a dataset of other classes gives
+# its own with --definitions FILE: YAML {class: definition})
+WORLD_DEFINITIONS = {
+    "bear": "a large, heavy mammal with thick fur, a short tail and a rounded head",
+    "bird": "an animal with feathers, wings and a beak",
+    "cat": "a small furry animal with pointed ears, whiskers and a long tail",
+    "cow": "a large farm animal with a broad body, hooves and often horns",
+    "dog": "a domestic animal with a snout, four legs and a wagging tail",
+    "elephant": "a very large grey animal with a long trunk, big ears and tusks",
+    "giraffe": "a very tall animal with a very long neck and a patched coat",
+    "horse": "a large animal with hooves, a mane and a long tail, ridden by people",
+    "sheep": "a farm animal with a thick woolly coat",
+    "zebra": "a horse-like animal with black and white stripes",
+}
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+def read_definitions(path: str | Path | None, classes: list[str]) -> dict[str, str]:
+    out = {c: WORLD_DEFINITIONS.get(c, "") for c in classes}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise DreamshiftError(f"cannot read definitions {path} ({exc})") from exc
+        if not isinstance(data, dict):
+            raise DreamshiftError(f"definitions {path} must map each class to a sentence")
+        out.update({str(k): str(v) for k, v in data.items() if str(k) in out})
+    return out
+
+
+def _order(sample_id: str) -> str:
+    return hashlib.sha256(sample_id.encode()).hexdigest()
+
+
+@dataclass
+class ReviewSite:
+    """What the app serves: the dataset's rows to review, their files, the store."""
+
+    root: Path
+    store: ReviewStore
+    split: str = ""
+    naturalness: bool = False
+    definitions_file: str | None = None
+    rows: dict[str, dict[str, Any]] = field(init=False)
+    pool: list[str] = field(init=False)  # sample ids in hand-out order (mixed classes)
+    guides: dict[str, Path] = field(init=False)  # sample id -> its guide's file
+    definitions: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
+        meta = ds.read_dataset_json(self.root)
+        manifest = ds.read_manifest(self.root).to_pylist()
+        rows = [r for r in usable_rows(manifest, self.split or None) if r["fg_class"]]
+        if not rows:
+            raise DreamshiftError(
+                f"{self.root} has no usable labelled images"
+                f"{f' in split {self.split}' if self.split else ''} to review"
+            )
+        self.rows = {r["sample_id"]: r for r in rows}
+        self.pool = sorted(self.rows, key=_order)
+        self.guides = {}
+        source = (meta.get("config") or {}).get("source")
+        if source and (Path(source) / ds.DATASET_JSON).is_file():
+            source_root = Path(source).resolve()
+            by_id = {r["sample_id"]: r for r in ds.read_manifest(source_root).to_pylist()}
+            for s, r in self.rows.items():
+                guide = by_id.get(r.get("guide_sample_id") or "")
+                if guide and guide["status"] == ds.OK:
+                    path = _inside(source_root, guide["path"])
+                    if path:
+                        self.guides[s] = path
+        self.definitions = read_definitions(self.definitions_file, list(meta["classes"]))
+
+    def image(self, sample_id: str) -> Path | None:
+        row = self.rows.get(sample_id)
+        return _inside(self.root, row["path"]) if row else None
+
+    def task_json(self, reviewer: Reviewer) -> dict[str, Any]:
+        task_id, items = self.store.task(reviewer.name, self.pool)
+        mine = {v.sample_id: v for v in self.store.votes(reviewer.name)}
+        return {
+            "task": task_id,
+            "reviewer": reviewer.name,
+            "naturalness": self.naturalness,
+            "items": [
+                {
+                    "sample_id": s,
+                    "class": self.rows[s]["fg_class"],
+                    "definition": self.definitions.get(self.rows[s]["fg_class"], ""),
+                    "guide": s in self.guides,
+                }
+                for s in items
+            ],
+            "votes": {
+                s: {"present": v.present, "unsafe": v.unsafe, "naturalness": v.naturalness}
+                for s, v in mine.items() if s in items
+            },
+            "progress": self.store.progress(self.pool),
+        }  # fmt: skip
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """``root / relative`` when it is a file inside ``root`` (no ``..``, no link out)."""
+    path = (root / relative).resolve()
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
+def page(reviewer: Reviewer, site: ReviewSite) -> str:
+    name = html.escape(site.root.name)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{html.escape(reviewer.csrf)}">
+<title>review {name}</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="review.css"></head>
+<body>
+<header><b>{name}</b> · reviewer {html.escape(reviewer.name)}
+<div class="bar" title="answered in this task"><div id="bar"></div></div>
+<span id="count">0 / 0</span> <span id="overall"></span></header>
+<main id="main">
+<section class="pair">
+<figure><img id="image" alt="image to check"><figcaption>image</figcaption></figure>
+<figure id="guide-fig"><img id="guide" alt="guide it was made from">
+<figcaption>guide it was made from</figcaption></figure>
+</section>
+<p class="question">Is a <b id="cls"></b> in the image? <span id="definition"></span></p>
+<div class="answers">
+<button id="yes" data-key="y"><u>Y</u>es</button>
+<button id="no" data-key="n"><u>N</u>o</button>
+<button id="unsure" data-key="u"><u>U</u>nsure</button>
+</div>
+<label class="flag"><input type="checkbox" id="unsafe"> anything unsafe or broken? (x)</label>
+<div id="natural" class="natural" hidden>naturalness (1 unnatural … 5 natural):
+<button data-rate="1">1</button><button data-rate="2">2</button><button data-rate="3">3</button>
+<button data-rate="4">4</button><button data-rate="5">5</button></div>
+<nav><button id="prev">← previous</button> <span id="position"></span>
+<button id="next">next →</button> <button id="undo">undo (z)</button></nav>
+<ol id="strip"></ol>
+</main>
+<section id="done" hidden><p>Task done: thank you.</p>
+<button id="more">next task (Enter)</button></section>
+<section id="empty" hidden><p>Nothing left to review for you.</p></section>
+<p id="status" role="status"></p>
+<script src="review.js"></script>
+</body></html>"""
+
+
+def static(name: str) -> str:
+    return resources.files("dreamshift.verify").joinpath("static", name).read_text()
+
+
+def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
+    """The Starlette app of ``site``; ``allowed_hosts``: the Host names it answers."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    def refuse(status: int, text: str) -> Response:
+        return PlainTextResponse(text, status, headers=SECURITY_HEADERS)
+
+    def reviewer_of(request: Request) -> Reviewer | None:
+        return site.store.reviewer(request.path_params["token"])
+
+    def same_origin(request: Request) -> bool:
+        origin = request.headers.get("origin")
+        host = request.headers.get("host")
+        return bool(origin and host) and urlsplit(origin)._replace(scheme="").geturl() == f"//{host}"
+
+    def home(request: Request) -> Response:
+        reviewer = reviewer_of(request)
+        if reviewer is None:
+            return refuse(404, "unknown link: ask for a new one")
+        if not request.url.path.endswith("/"):
+            return Response(status_code=307, headers={"location": request.url.path + "/"})
+        return Response(page(reviewer, site), media_type="text/html", headers=SECURITY_HEADERS)
+
+    def asset(request: Request) -> Response:
+        if reviewer_of(request) is None:
+            return refuse(404, "unknown link: ask for a new one")
+        media = {"review.js": "text/javascript", "review.css": "text/css"}
+        name = request.path_params["name"]
+        if name not in media:
+            return refuse(404, "not found")
+        return Response(static(name), media_type=media[name], headers=SECURITY_HEADERS)
+
+    def task(request: Request) -> Response:
+        reviewer = reviewer_of(request)
+        if reviewer is None:
+            return refuse(404, "unknown link: ask for a new one")
+        return JSONResponse(site.task_json(reviewer), headers=SECURITY_HEADERS)
+
+    def image(request: Request) -> Response:
+        if reviewer_of(request) is None:
+            return refuse(404, "unknown link: ask for a new one")
+        sample_id = request.path_params["sample_id"]
+        kind = request.path_params["kind"]
+        if kind not in ("image", "guide"):
+            return refuse(404, "not found")
+        path = site.image(sample_id) if kind == "image" else site.guides.get(sample_id)
+        if path is None:
+            return refuse(404, "no such image in this dataset")
+        return FileResponse(path, headers=SECURITY_HEADERS)
+
+    async def change(request: Request) -> Response:
+        reviewer = reviewer_of(request)
+        if reviewer is None:
+            return refuse(404, "unknown link: ask for a new one")
+        if not same_origin(request):
+            return refuse(403, "cross-origin request refused")
+        if request.headers.get("x-csrf-token") != reviewer.csrf:
+            return refuse(403, "missing or wrong CSRF token: reload the page")
+        try:
+            body = json.loads(await request.body())
+            sample_id = str(body["sample_id"])
+        except (ValueError, KeyError, TypeError):
+            return refuse(400, "expected JSON with a sample_id")
+        if request.path_params["action"] not in ("vote", "undo"):
+            return refuse(404, "not found")
+        if not site.store.assigned(reviewer.name, sample_id):
+            return refuse(403, "this image is not in one of your tasks")
+        if request.path_params["action"] == "undo":
+            removed = site.store.undo(reviewer.name, sample_id)
+            return JSONResponse({"undone": removed}, headers=SECURITY_HEADERS)
+        naturalness = body.get("naturalness")
+        try:
+            vote = Vote(sample_id, reviewer.name, str(body.get("present")),
+                        bool(body.get("unsafe", False)),
+                        None if naturalness is None else int(naturalness))  # fmt: skip
+            site.store.vote(vote)
+        except (ValueError, TypeError) as exc:
+            return refuse(400, str(exc))
+        return JSONResponse({"saved": True, "progress": site.store.progress(site.pool)},
+                            headers=SECURITY_HEADERS)  # fmt: skip
+
+    routes = [
+        Route("/r/{token}", home),
+        Route("/r/{token}/", home),
+        Route("/r/{token}/task", task),
+        Route("/r/{token}/{kind:str}/{sample_id:str}", image),
+        Route("/r/{token}/{action:str}", change, methods=["POST"]),
+        Route("/r/{token}/{name:str}", asset),
+    ]
+    hosts = TrustedHostMiddleware  # only the names the server was started for: no DNS rebinding
+    return Starlette(routes=routes, middleware=[Middleware(hosts, allowed_hosts=allowed_hosts)])

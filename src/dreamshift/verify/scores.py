@@ -1,0 +1,166 @@
+"""Automatic label checks of a dataset's images: ``dreamshift verify DATASET --oracle ...``.
+
+D3S (Kattakinda et al. 2022) kept a generated image only when people confirmed that it shows
+its class; before asking them, it mined candidates that its classifiers get wrong. Here each
+oracle scores every image of its labelled class, and the scores go into the dataset's
+verification table (:mod:`dreamshift.data.verification`), never into its manifest:
+
+- ``world``: the embedded world's oracles (:mod:`dreamshift.models.oracles`): ``world_fg_p`` and
+  ``world_shape_p``, the probability that the animal (coat and shape; shape alone) is the row's
+  class, ``world_bg_p`` that the scene is its background, and ``world_pass``: both the fg and
+  the shape oracle name the row's class;
+- any model ``dreamshift audit`` loads (``clip:ARCH/PRETRAINED`` is ``open_clip:...``, a
+  zero-shot score of the class prompt against the other classes'): ``<model>_p``, its softmax
+  probability of the row's class among the dataset's classes, ``<model>_pred``, ``<model>_pass``;
+- ``agree``: how many of the oracles pass the row, and ``mined``: none does (D3S's candidate
+  mining: every given model misclassifies it).
+
+A rerun replaces the columns of the oracles it runs and keeps every other column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamshift.data import dataset as ds
+from dreamshift.data import verification as vt
+from dreamshift.data.loading import iter_batches
+from dreamshift.errors import DreamshiftError
+from dreamshift.models.labels import LabelMap, read_label_map
+from dreamshift.models.loading import load_classifier
+
+WORLD = "world"
+
+
+def column_prefix(spec: str) -> str:
+    """The column prefix of an oracle: ``world``, or the model spec made a column name.
+
+    >>> column_prefix("clip:ViT-B-32/openai")
+    'clip_ViT-B-32_openai'
+    """
+    return re.sub(r"[^A-Za-z0-9-]+", "_", spec).strip("_")[:60]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _world_scores(images: np.ndarray, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    from dreamshift.models.oracles import load_oracle
+
+    out: dict[str, list[Any]] = {}
+    passes = np.ones(len(rows), bool)
+    for kind, field in (("fg", "fg_class"), ("shape", "fg_class"), ("bg", "bg_class")):
+        oracle = load_oracle(kind)
+        p = softmax(oracle.logits(images))
+        pred = [oracle.names[i] for i in p.argmax(1)]
+        truth = [oracle.names.index(r[field]) if r[field] in oracle.names else -1 for r in rows]
+        out[f"{WORLD}_{kind}_p"] = [float(p[i, t]) if t >= 0 else None
+                                    for i, t in enumerate(truth)]  # fmt: skip
+        out[f"{WORLD}_{kind}_pred"] = pred
+        if field == "fg_class":
+            passes &= np.array([pr == r[field] for pr, r in zip(pred, rows, strict=True)])
+    out[f"{WORLD}_pass"] = passes.tolist()
+    return out
+
+
+def _check_world(classes: Sequence[str]) -> None:
+    from dreamshift.world.animals import CLASSES
+
+    foreign = [c for c in classes if c not in CLASSES]
+    if foreign:
+        raise DreamshiftError(
+            f"--oracle world names the world's animals only; the dataset has {foreign[:5]}: "
+            "use --oracle clip:ARCH/PRETRAINED or a classifier of its classes"
+        )
+
+
+def verify(
+    dataset: str | Path,
+    oracles: Sequence[str],
+    split: str = "",
+    label_map: str = "",
+    batch_size: int = 128,
+    device: str = "cpu",
+    log: Any = print,
+) -> dict[str, Any]:
+    """Score every usable, labelled row of ``dataset`` (of ``split``, else of every split)
+    with each oracle and write the columns into its verification table. Returns a summary:
+    rows scored, unreadable rows and each oracle's pass rate."""
+    if not oracles:
+        raise DreamshiftError("give at least one --oracle (world, clip:ARCH/PRETRAINED, MODEL)")
+    root = Path(dataset)
+    meta = ds.read_dataset_json(root)
+    classes = list(meta["classes"])
+    rows = [
+        r for r in ds.read_manifest(root).to_pylist()
+        if r["status"] == ds.OK and r["fg_class"] is not None and (not split or r["split"] == split)
+    ]  # fmt: skip
+    if not rows:
+        raise DreamshiftError(f"{root} has no usable labelled rows{f' in split {split}' * bool(split)}")
+    if WORLD in oracles:
+        _check_world(classes)
+    mapping = read_label_map(label_map) if label_map else None
+    models = []
+    for spec in oracles:
+        if spec == WORLD:
+            continue
+        model_spec = "open_clip:" + spec.removeprefix("clip:") if spec.startswith("clip:") else spec
+        clf = load_classifier(model_spec, classes, device)
+        labels = LabelMap.build(clf.classes, classes, mapping, model_spec, clf.label_space)
+        models.append((column_prefix(spec), clf, labels))
+
+    columns: dict[str, list[Any]] = {}
+    kept: list[int] = []
+    errors = [None] * len(rows)
+    for positions, images, bad in iter_batches(root, rows, batch_size):
+        for i, reason in bad:
+            errors[i] = reason
+        if images is None:
+            continue
+        batch_rows = [rows[i] for i in positions]
+        scores: dict[str, list[Any]] = {}
+        if WORLD in oracles:
+            scores.update(_world_scores(images, batch_rows))
+        for prefix, clf, labels in models:
+            p = softmax(labels.scores(clf.logits(images)))
+            truth = [classes.index(r["fg_class"]) for r in batch_rows]
+            pred = [classes[i] for i in p.argmax(1)]
+            scores[f"{prefix}_p"] = [float(p[i, t]) for i, t in enumerate(truth)]
+            scores[f"{prefix}_pred"] = pred
+            scores[f"{prefix}_pass"] = [a == r["fg_class"] for a, r in zip(pred, batch_rows, strict=True)]
+        for name, values in scores.items():
+            columns.setdefault(name, []).extend(values)
+        kept.extend(positions)
+        log(f"verify: {len(kept)}/{len(rows)} images scored")
+
+    # every scored row in its manifest order; unreadable ones get nulls and their reason
+    order = {p: j for j, p in enumerate(kept)}
+    aligned = {n: [v[order[i]] if i in order else None for i in range(len(rows))]
+               for n, v in columns.items()}  # fmt: skip
+    pass_columns = [n for n in aligned if n.endswith("_pass")]
+    agree = [sum(bool(aligned[n][i]) for n in pass_columns) if i in order else None
+             for i in range(len(rows))]  # fmt: skip
+    aligned["agree"] = agree
+    aligned["mined"] = [a == 0 if a is not None else None for a in agree]
+    aligned["verify_error"] = errors
+    ids = [r["sample_id"] for r in rows]
+    vt.update_columns(root, ids, aligned)
+    summary = {
+        "rows": len(rows),
+        "unreadable": sum(e is not None for e in errors),
+        "pass_rate": {
+            n.removesuffix("_pass"): float(np.mean([v for v in aligned[n] if v is not None]))
+            for n in pass_columns if kept
+        },
+        "mined": sum(bool(m) for m in aligned["mined"]),
+        "table": str(vt.table_path(root)),
+    }
+    return summary

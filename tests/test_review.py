@@ -1,0 +1,350 @@
+"""Label verification: automatic scores, the review web app (in a real Chromium), aggregation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import small_config
+from dreamshift.cli import main
+from dreamshift.compose.config import ShiftRecipe
+from dreamshift.compose.runner import compose
+from dreamshift.data import dataset as ds
+from dreamshift.data import verification as vt
+from dreamshift.dream.config import DreamConfig
+from dreamshift.dream.runner import dream
+from dreamshift.verify.aggregate import decide, krippendorff_alpha
+from dreamshift.verify.review import add_reviewer, build_app, export, open_store
+from dreamshift.verify.store import TASK_SIZE, Vote
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def dreamed(tmp_path_factory) -> Path:
+    """36 dreamed (paste mode) test images of 3 classes x 3 backgrounds, with their guides."""
+    tmp = tmp_path_factory.mktemp("review")
+    recipe = ShiftRecipe(rho=0.8, train_size=30, val_per_group=0, test_per_group=4,
+                         anti_per_group=0)  # fmt: skip
+    compose(small_config(recipe=recipe), tmp / "paste", progress=False)
+    dream(DreamConfig(source=str(tmp / "paste"), mode="paste", splits=("test",)), tmp / "gen",
+          progress=False)  # fmt: skip
+    return tmp / "gen"
+
+
+@pytest.fixture
+def dataset(dreamed, tmp_path) -> Path:
+    """A fresh copy per test (the review's database lives inside the dataset)."""
+    out = tmp_path / "gen"
+    shutil.copytree(dreamed, out)
+    return out
+
+
+@contextmanager
+def serving(root: Path, **options):
+    """The review app of ``root`` on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(root, **options)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline, "the review server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def token_of(link: str) -> str:
+    return link.rstrip("/").rsplit("/", 1)[1]
+
+
+def stored_votes(root: Path) -> dict[tuple[str, str], Vote]:
+    return {(v.sample_id, v.reviewer): v for v in open_store(root).votes()}
+
+
+def post(client, base: str, token: str, action: str, body: dict, csrf: str, origin: str | None = None):
+    headers = {"X-CSRF-Token": csrf, "Origin": origin or base}
+    return client.post(f"{base}/r/{token}/{action}", json=body, headers=headers)
+
+
+# -- automatic scores ---------------------------------------------------------------------------
+def test_verify_writes_its_columns_beside_the_manifest_and_keeps_others(dataset):
+    manifest_before = hashlib.sha256((dataset / ds.MANIFEST).read_bytes()).hexdigest()
+    assert main(["verify", str(dataset), "--oracle", "world", "--oracle", "world-cnn"]) == 0
+    table = pq.read_table(dataset / vt.VERIFICATION).to_pylist()
+    rows = {r["sample_id"]: r for r in ds.read_manifest(dataset).to_pylist()}
+    assert {r["sample_id"] for r in table} == {s for s, r in rows.items() if r["status"] == ds.OK}
+    for r in table:
+        fg = rows[r["sample_id"]]["fg_class"]
+        assert r["world_fg_pred"] in ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe",
+                                      "horse", "sheep", "zebra")  # fmt: skip
+        assert r["world_pass"] == (r["world_fg_pred"] == fg and r["world_shape_pred"] == fg)
+        assert r["world-cnn_pass"] == (r["world-cnn_pred"] == fg)
+        assert 0.0 <= r["world-cnn_p"] <= 1.0
+        assert r["agree"] == int(r["world_pass"]) + int(r["world-cnn_pass"])
+        assert r["mined"] == (r["agree"] == 0)
+    # another writer's column survives a rerun; the rerun replaces only its own
+    ids = [r["sample_id"] for r in table]
+    vt.update_columns(dataset, ids, {vt.VERIFIED: [True] * len(ids)})
+    assert main(["verify", str(dataset), "--oracle", "world-cnn"]) == 0
+    again = pq.read_table(dataset / vt.VERIFICATION)
+    assert again.column(vt.VERIFIED).to_pylist() == [True] * len(ids)
+    assert again.column("world_fg_p").to_pylist() == [r["world_fg_p"] for r in table]
+    assert again.column("agree").to_pylist() == [int(r["world-cnn_pass"]) for r in table]
+    assert hashlib.sha256((dataset / ds.MANIFEST).read_bytes()).hexdigest() == manifest_before
+
+
+def test_verify_names_a_dataset_of_other_classes(dataset, tmp_path, capsys):
+    meta = json.loads((dataset / ds.DATASET_JSON).read_text())
+    meta["classes"] = ["tabby", *meta["classes"][1:]]
+    (dataset / ds.DATASET_JSON).write_text(json.dumps(meta))
+    assert main(["verify", str(dataset), "--oracle", "world"]) == 1
+    assert "tabby" in capsys.readouterr().err
+
+
+# -- aggregation --------------------------------------------------------------------------------
+def votes_of(table: dict[str, str]) -> list[Vote]:
+    """``{sample: "yyn*"}``: one vote per character, reviewers r0, r1, ...; * = yes + unsafe."""
+    out = []
+    for s, answers in table.items():
+        for i, a in enumerate(answers):
+            present = {"y": "yes", "n": "no", "u": "unsure", "*": "yes"}[a]
+            out.append(Vote(s, f"r{i}", present, a == "*", None))
+    return out
+
+
+def test_rules_match_their_definitions():
+    votes = votes_of({"a": "yyy", "b": "yyn", "c": "yy*", "d": "yy", "e": "nnu", "f": "y**"})
+    assert decide(votes, "d3s", 3) == {"a": True, "b": False, "c": False, "d": False,
+                                       "e": False, "f": False}  # fmt: skip
+    assert decide(votes, "majority", 3) == {"a": True, "b": True, "c": True, "d": True,
+                                            "e": False, "f": False}  # fmt: skip
+    # Dawid-Skene on reliable reviewers and one who always says yes: it learns to discount him
+    many = {f"s{i}": ("yyy" if i % 2 else "nny") for i in range(20)}
+    ds_votes = votes_of(many)
+    decided = decide(ds_votes, "dawid-skene", 3)
+    assert decided == {s: s in {f"s{i}" for i in range(1, 20, 2)} for s in many}
+
+
+def test_krippendorff_alpha_equals_the_hand_computed_value():
+    # 2 reviewers, 4 images, nominal: answers (y,y) (y,n) (n,n) (n,n).
+    # coincidences: o_yy = 2, o_nn = 4, o_yn = o_ny = 1; n = 8, n_y = 3, n_n = 5
+    # alpha = 1 - (n - 1) * o_yn_total / (n_y * n_n) = 1 - 7 * 2 / 30
+    votes = votes_of({"a": "yy", "b": "yn", "c": "nn", "d": "nn"})
+    assert krippendorff_alpha(votes) == pytest.approx(1 - 7 * 2 / 30)
+    assert krippendorff_alpha(votes_of({"a": "yy", "b": "yy"})) == 1.0
+    assert krippendorff_alpha(votes_of({"a": "y"})) is None
+
+
+# -- the app ------------------------------------------------------------------------------------
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="`make test` installs Debian's chromium")
+def test_task_page_in_chromium_keyboard_undo_progress(dataset, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    link = add_reviewer(dataset, "ada")
+    rows = {r["sample_id"]: r for r in ds.read_manifest(dataset).to_pylist()}
+    with serving(dataset, votes_per_image=2, naturalness=True) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 900, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(link.replace("http://127.0.0.1:8765", base))
+        expect(page.locator("#count")).to_have_text(f"0 / {TASK_SIZE}")
+        assert page.locator("#strip li").count() == TASK_SIZE
+        # the image and its guide are loaded from the dataset
+        page.wait_for_function("document.getElementById('image').naturalWidth > 0")
+        page.wait_for_function("document.getElementById('guide').naturalWidth > 0")
+        first = page.locator("#cls").text_content()
+        page.keyboard.press("y")
+        expect(page.locator("#count")).to_have_text(f"1 / {TASK_SIZE}")
+        page.keyboard.press("x")  # flag the second image, rate it 2, answer no
+        page.keyboard.press("2")
+        page.keyboard.press("n")
+        expect(page.locator("#count")).to_have_text(f"2 / {TASK_SIZE}")
+        page.keyboard.press("u")
+        expect(page.locator("#count")).to_have_text(f"3 / {TASK_SIZE}")
+        page.keyboard.press("z")  # undo the third answer: back on that image, vote deleted
+        expect(page.locator("#count")).to_have_text(f"2 / {TASK_SIZE}")
+        expect(page.locator("#position")).to_have_text(f"image 3 of {TASK_SIZE}")
+        page.keyboard.press("ArrowLeft")
+        expect(page.locator("#position")).to_have_text(f"image 2 of {TASK_SIZE}")
+        page.keyboard.press("ArrowRight")
+        mine = {s: v for (s, r), v in stored_votes(dataset).items() if r == "ada"}
+        assert sorted(v.present for v in mine.values()) == ["no", "yes"]
+        no = next(v for v in mine.values() if v.present == "no")
+        yes = next(v for v in mine.values() if v.present == "yes")
+        assert no.unsafe and no.naturalness == 2 and not yes.unsafe and yes.naturalness is None
+        assert rows[yes.sample_id]["fg_class"] == first
+        for _ in range(TASK_SIZE - 2):  # answer the rest; the page says the task is done
+            page.keyboard.press("y")
+        expect(page.locator("#count")).to_have_text(f"{TASK_SIZE} / {TASK_SIZE}")
+        expect(page.locator("#done")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "task.png"))
+        page.keyboard.press("Enter")  # the next task: the 11 images left of 36
+        expect(page.locator("#count")).to_have_text("0 / 11")
+        browser.close()
+        assert not errors, errors
+    assert len([1 for (_, r) in stored_votes(dataset) if r == "ada"]) == TASK_SIZE
+
+
+def test_five_concurrent_reviewers_lose_no_vote_and_get_k_distinct_votes(dataset):
+    import httpx
+
+    k, names = 3, [f"rev{i}" for i in range(5)]
+    links = {n: add_reviewer(dataset, n) for n in names}
+    store = open_store(dataset, k)
+    cast: dict[str, list[tuple[str, str]]] = {n: [] for n in names}
+    failures: list[str] = []
+
+    def reviewer(name: str, base: str) -> None:
+        token = token_of(links[name])
+        csrf = store.reviewer(token).csrf
+        rng = np.random.default_rng(len(name) + int(name[-1]))
+        with httpx.Client(timeout=30) as client:
+            while True:
+                task = client.get(f"{base}/r/{token}/task").json()
+                open_items = [i for i in task["items"] if i["sample_id"] not in task["votes"]]
+                if not open_items:
+                    return
+                for item in open_items:
+                    answer = ["yes", "no", "unsure"][int(rng.integers(3))]
+                    r = post(client, base, token, "vote",
+                             {"sample_id": item["sample_id"], "present": answer}, csrf)  # fmt: skip
+                    if r.status_code != 200:
+                        failures.append(f"{name}: {r.status_code} {r.text}")
+                        return
+                    cast[name].append((item["sample_id"], answer))
+
+    with serving(dataset, votes_per_image=k) as base:
+        threads = [threading.Thread(target=reviewer, args=(n, base)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not failures, failures
+    stored = stored_votes(dataset)
+    expected = {(s, n): a for n, pairs in cast.items() for s, a in pairs}
+    assert {key: v.present for key, v in stored.items()} == expected  # every vote, no other
+    pool = [r["sample_id"] for r in ds.read_manifest(dataset).to_pylist() if r["status"] == ds.OK]
+    per_image = {s: sorted(r for (t, r) in stored if t == s) for s in pool}
+    assert all(len(rs) == k and len(set(rs)) == k for rs in per_image.values()), per_image
+
+
+def test_restarted_server_loses_nothing_and_resumes_the_task(dataset):
+    import httpx
+
+    link = add_reviewer(dataset, "bo")
+    token = token_of(link)
+    csrf = open_store(dataset).reviewer(token).csrf
+    with serving(dataset, votes_per_image=2) as base, httpx.Client() as client:
+        task = client.get(f"{base}/r/{token}/task").json()
+        voted = [i["sample_id"] for i in task["items"][:7]]
+        for s in voted:
+            assert post(client, base, token, "vote", {"sample_id": s, "present": "yes"},
+                        csrf).status_code == 200  # fmt: skip
+    with serving(dataset) as base, httpx.Client() as client:  # K read back from the store
+        again = client.get(f"{base}/r/{token}/task").json()
+    assert again["task"] == task["task"] and again["items"] == task["items"]
+    assert sorted(again["votes"]) == sorted(voted)
+    assert again["progress"]["votes_per_image"] == 2
+
+
+def test_refuses_traversal_missing_or_foreign_tokens_and_cross_origin_posts(dataset, tmp_path):
+    import httpx
+
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    foreign = token_of(add_reviewer(other, "eve"))  # a valid token of another dataset
+    token = token_of(add_reviewer(dataset, "cy"))
+    csrf = open_store(dataset).reviewer(token).csrf
+    with serving(dataset) as base, httpx.Client() as client:
+        task = client.get(f"{base}/r/{token}/task").json()
+        sample = task["items"][0]["sample_id"]
+        assert client.get(f"{base}/r/{token}/image/{sample}").status_code == 200
+        for path in (f"/r/{token}/image/..%2F..%2Fdataset.json", f"/r/{token}/image/%2E%2E",
+                     f"/r/{token}/image/../manifest.parquet", f"/r/{token}/image/nosuchsample",
+                     f"/r/{token}/guide/nosuchsample", f"/r/{token}/shards/00000",
+                     f"/r/{token}/..%2F..%2Fdataset.json"):  # fmt: skip
+            r = client.get(base + path)
+            assert r.status_code == 404, (path, r.status_code)
+            assert b"schema_version" not in r.content
+        for path in ("/", "/r/", "/r//task", f"/r/{foreign}/", f"/r/{foreign}/task",
+                     f"/r/{foreign}/image/{sample}", "/r/not-a-token/review.js"):  # fmt: skip
+            assert client.get(base + path).status_code == 404, path
+        vote = {"sample_id": sample, "present": "yes"}
+        assert post(client, base, token, "vote", vote, csrf, "http://evil.example").status_code == 403
+        assert client.post(f"{base}/r/{token}/vote", json=vote,
+                           headers={"X-CSRF-Token": csrf}).status_code == 403  # no Origin
+        assert post(client, base, token, "vote", vote, "wrong").status_code == 403
+        assert post(client, base, foreign, "vote", vote, csrf).status_code == 404
+        evil_host = client.get(f"{base}/r/{token}/task", headers={"Host": "evil.example"})
+        assert evil_host.status_code == 400  # DNS rebinding: only the hosts it serves
+        outside = next(r["sample_id"] for r in ds.read_manifest(dataset).to_pylist()
+                       if r["sample_id"] not in {i["sample_id"] for i in task["items"]})  # fmt: skip
+        assert post(client, base, token, "vote", {"sample_id": outside, "present": "yes"},
+                    csrf).status_code == 403  # not in one of the reviewer's tasks
+        assert stored_votes(dataset) == {}
+        assert post(client, base, token, "vote", vote, csrf).status_code == 200
+    assert list(stored_votes(dataset)) == [(sample, "cy")]
+
+
+def test_export_writes_votes_and_verified_that_audit_and_learn_use(dataset, tmp_path, capsys):
+    store = open_store(dataset, 3)
+    for n in ("r0", "r1", "r2"):
+        store.add_reviewer(n)
+    ok = [r for r in ds.read_manifest(dataset).to_pylist() if r["status"] == ds.OK]
+    ids = [r["sample_id"] for r in ok]
+    passing = set(ids[::2])  # every other image: 3 x yes; the rest: one no
+    for s in ids:
+        for i, n in enumerate(("r0", "r1", "r2")):
+            present = "yes" if s in passing or i else "no"
+            store.vote(Vote(s, n, present, False, 4 if i == 0 else None))
+    assert main(["review", "export", str(dataset), "--rule", "d3s"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["verified"] == len(passing)
+    assert summary["share_passing"] == {"d3s": len(passing) / len(ids), "majority": 1.0,
+                                        "dawid-skene": pytest.approx(summary["share_passing"]["dawid-skene"])}  # fmt: skip
+    table = {r["sample_id"]: r for r in pq.read_table(dataset / vt.VERIFICATION).to_pylist()}
+    assert all(table[s][vt.VERIFIED] == (s in passing) for s in ids)
+    assert table[ids[1]]["votes_no"] == 1 and table[ids[1]]["naturalness_mean"] == 4.0
+    assert json.loads(table[ids[0]]["votes"])[0]["present"] == "yes"
+    # audit --verified-only sees the verified images only
+    results = tmp_path / "audit.jsonl"
+    assert main(["audit", str(dataset), "--model", "world-cnn", "--verified-only",
+                 "--allow-empty-groups", "--results", str(results), "--bootstrap", "10"]) == 0  # fmt: skip
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert record["verified_only"] and record["n"] == len(passing)
+    # learn --verified-only trains on the verified generated images only
+    from dreamshift.learn.run import LearnConfig, learn
+
+    cfg = LearnConfig(epochs=1, batch_size=4, split="test", eval_splits=("test",),
+                      verified_only=True)  # fmt: skip
+    folder = learn(dataset, tmp_path / "learn", cfg, log=lambda *_: None)
+    sources = json.loads((folder / "config.json").read_text())["sources"]
+    assert sources[0]["n"] == len(passing) and sources[0]["verified_only"]
+
+
+def test_verified_only_without_a_review_says_how_to_review(dataset, capsys):
+    assert main(["audit", str(dataset), "--model", "world-cnn", "--verified-only"]) == 1
+    err = capsys.readouterr().err
+    assert "dreamshift review" in err and "--verified-only" in err
