@@ -36,7 +36,16 @@ demo: $(STAMP)
 	$(VENV)/bin/dreamshift report $(DEMO)/audit.jsonl $(DEMO)/learn/results.jsonl --out $(DEMO)/report.html
 	@echo "demo outputs: datasets $(DEMO)/paste and $(DEMO)/dream (dreamed by tiny-dream, the model shipped in the package), grids $(DEMO)/paste_grid.png and $(DEMO)/dream_grid.png, audit $(DEMO)/audit.jsonl, learn runs $(DEMO)/learn and report $(DEMO)/report.html"
 
-test: $(STAMP)
+# the review app's tests drive a real browser: Debian's chromium (Playwright cannot download
+# its own browsers on machines without internet)
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) for the review app's browser tests"; exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-all: $(STAMP)

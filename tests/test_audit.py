@@ -17,7 +17,6 @@ import pytest
 from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config, tree_digest
 from dreamshift.audit import evaluate
 from dreamshift.audit.evaluate import AuditConfig, Evaluated, audit, predict
-from dreamshift.models.labels import LabelMap
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe
@@ -27,6 +26,7 @@ from dreamshift.data.images import sha256_file
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import load_checkpoint
+from dreamshift.models.labels import LabelMap
 from dreamshift.models.loading import load_classifier, shipped_classifiers
 from dreamshift.models.zoo import imagenet_classes
 from dreamshift.report.tables import format_table

@@ -39,7 +39,6 @@ import pyarrow as pa
 
 import dreamshift
 from dreamshift import metrics as M
-from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.audit.train import sweep_members
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
@@ -48,6 +47,7 @@ from dreamshift.data.verification import only_verified
 from dreamshift.engine.results import RESULTS, append_records, read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
+from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.models.loading import load_classifier
 
 
@@ -357,7 +357,8 @@ def audit(
         rows = only_verified(root, rows)
     if not rows:
         raise DreamshiftError(
-            f"{root} has no usable{' verified' * cfg.verified_only} rows in split {split or '(any)'}"
+            f"{root} has no usable{' verified' * cfg.verified_only} rows in split "
+            f"{split or '(any)'}"
         )
     expected = expected_groups(meta, split, cfg.group_by) if split else []
     present = {tuple(r[g] for g in cfg.group_by) for r in rows}

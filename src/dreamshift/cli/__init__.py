@@ -1,6 +1,7 @@
 """``dreamshift <command>``: parses arguments, builds a config, calls the library.
 
-One thin module per command group (compose, dream, verify, audit, learn, tune, data, world). Every command
+One thin module per command group (compose, dream, verify, audit, learn, tune, data, world).
+Every command
 has ``--help``. ``main(argv)`` returns the exit status (:data:`EXIT_CODES`), so tests call it
 directly.
 """

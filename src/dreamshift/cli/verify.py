@@ -51,7 +51,8 @@ def add(sub: Any) -> None:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--split", default="", help="only this split's images")
     serve.add_argument("--votes-per-image", type=int, default=None,
-                       help="K different reviewers per image (5, as D3S); fixed per dataset")  # fmt: skip
+                       help="K different reviewers per image (5, as D3S); fixed at the "
+                       "first vote")  # fmt: skip
     serve.add_argument("--naturalness", action="store_true", help="also ask naturalness 1-5")
     serve.add_argument("--definitions", help="YAML {class: one-sentence definition}")
     serve.set_defaults(func=run_serve)

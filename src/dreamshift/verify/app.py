@@ -29,7 +29,7 @@ import yaml
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import usable_rows
 from dreamshift.errors import DreamshiftError
-from dreamshift.verify.store import ReviewStore, Reviewer, Vote
+from dreamshift.verify.store import Reviewer, ReviewStore, Vote
 
 # what each of the world's classes is, for the task page (a dataset of other classes gives
 # its own with --definitions FILE: YAML {class: definition})
@@ -207,9 +207,8 @@ def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
         return site.store.reviewer(request.path_params["token"])
 
     def same_origin(request: Request) -> bool:
-        origin = request.headers.get("origin")
-        host = request.headers.get("host")
-        return bool(origin and host) and urlsplit(origin)._replace(scheme="").geturl() == f"//{host}"
+        origin, host = request.headers.get("origin"), request.headers.get("host")
+        return bool(origin and host) and urlsplit(origin).netloc == host
 
     def home(request: Request) -> Response:
         reviewer = reviewer_of(request)

@@ -48,7 +48,9 @@ def build_app(
 ) -> Any:
     from dreamshift.verify.app import ReviewSite, create_app
 
-    site = ReviewSite(Path(root), open_store(root, votes_per_image), split, naturalness, definitions)
+    site = ReviewSite(
+        Path(root), open_store(root, votes_per_image), split, naturalness, definitions
+    )
     hosts = sorted({*LOCAL_HOSTS, host})
     return create_app(site, hosts)
 
@@ -73,7 +75,9 @@ def export(root: str | Path, rule: str = "d3s") -> dict[str, Any]:
         raise DreamshiftError(f"unknown rule {rule!r}: choose one of {', '.join(RULES)}")
     root = Path(root)
     if not db_path(root).is_file():
-        raise DreamshiftError(f"{root} has no review yet: start one with `dreamshift review {root}`")
+        raise DreamshiftError(
+            f"{root} has no review yet: start one with `dreamshift review {root}`"
+        )
     store = open_store(root)
     votes = store.votes()
     if not votes:
@@ -102,8 +106,10 @@ def export(root: str | Path, rule: str = "d3s") -> dict[str, Any]:
         "reviewers": len({v.reviewer for v in votes}),
         "rule": rule,
         "verified": sum(decisions[rule].values()),
-        "share_passing": {r: float(np.mean([decisions[r][s] for s in complete])) if complete
-                          else None for r in RULES},  # fmt: skip
+        "share_passing": {
+            r: float(np.mean([decisions[r][s] for s in complete])) if complete else None
+            for r in RULES
+        },
         "krippendorff_alpha": krippendorff_alpha(votes),
         "table": str(vt.table_path(root)),
     }

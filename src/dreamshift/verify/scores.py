@@ -104,7 +104,9 @@ def verify(
         if r["status"] == ds.OK and r["fg_class"] is not None and (not split or r["split"] == split)
     ]  # fmt: skip
     if not rows:
-        raise DreamshiftError(f"{root} has no usable labelled rows{f' in split {split}' * bool(split)}")
+        raise DreamshiftError(
+            f"{root} has no usable labelled rows{f' in split {split}' * bool(split)}"
+        )
     if WORLD in oracles:
         _check_world(classes)
     mapping = read_label_map(label_map) if label_map else None
@@ -119,7 +121,7 @@ def verify(
 
     columns: dict[str, list[Any]] = {}
     kept: list[int] = []
-    errors = [None] * len(rows)
+    errors: list[str | None] = [None] * len(rows)
     for positions, images, bad in iter_batches(root, rows, batch_size):
         for i, reason in bad:
             errors[i] = reason
@@ -135,7 +137,9 @@ def verify(
             pred = [classes[i] for i in p.argmax(1)]
             scores[f"{prefix}_p"] = [float(p[i, t]) for i, t in enumerate(truth)]
             scores[f"{prefix}_pred"] = pred
-            scores[f"{prefix}_pass"] = [a == r["fg_class"] for a, r in zip(pred, batch_rows, strict=True)]
+            scores[f"{prefix}_pass"] = [
+                a == r["fg_class"] for a, r in zip(pred, batch_rows, strict=True)
+            ]
         for name, values in scores.items():
             columns.setdefault(name, []).extend(values)
         kept.extend(positions)
@@ -158,7 +162,8 @@ def verify(
         "unreadable": sum(e is not None for e in errors),
         "pass_rate": {
             n.removesuffix("_pass"): float(np.mean([v for v in aligned[n] if v is not None]))
-            for n in pass_columns if kept
+            for n in pass_columns
+            if kept
         },
         "mined": sum(bool(m) for m in aligned["mined"]),
         "table": str(vt.table_path(root)),

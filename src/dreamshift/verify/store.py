@@ -108,9 +108,7 @@ class ReviewStore:
     # reviewers -------------------------------------------------------------------------------
     def add_reviewer(self, name: str) -> Reviewer:
         if not name or not name.replace("-", "").replace("_", "").isalnum():
-            raise DreamshiftError(
-                f"reviewer name {name!r}: use letters, digits, '-' and '_' only"
-            )
+            raise DreamshiftError(f"reviewer name {name!r}: use letters, digits, '-' and '_' only")
         token, csrf = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         with self._connect() as db:
             try:
@@ -138,7 +136,9 @@ class ReviewStore:
             return [r[0] for r in db.execute("SELECT name FROM reviewers ORDER BY created")]
 
     # tasks -----------------------------------------------------------------------------------
-    def task(self, reviewer: str, pool: Sequence[str], size: int = TASK_SIZE) -> tuple[int, list[str]]:
+    def task(
+        self, reviewer: str, pool: Sequence[str], size: int = TASK_SIZE
+    ) -> tuple[int, list[str]]:
         """The reviewer's open task (one with an image they have not voted on yet), else a new
         one of up to ``size`` images of ``pool`` (sample ids in hand-out order); (0, []) when
         every image has its K votes or this reviewer has seen them all."""
@@ -161,12 +161,15 @@ class ReviewStore:
                     "SELECT sample_id FROM votes WHERE reviewer = ? UNION "
                     "SELECT i.sample_id FROM task_items i JOIN tasks t ON t.id = i.task "
                     "WHERE t.reviewer = ?", (reviewer, reviewer))}  # fmt: skip
-                held = dict(db.execute(  # open hand-outs to others that are not voted yet
-                    "SELECT i.sample_id, COUNT(*) FROM task_items i JOIN tasks t ON t.id = i.task "
-                    "LEFT JOIN votes v ON v.sample_id = i.sample_id AND v.reviewer = t.reviewer "
-                    "WHERE v.sample_id IS NULL AND t.created > ? GROUP BY i.sample_id",
-                    (now - LEASE_S,),
-                ))
+                held = dict(
+                    db.execute(  # open hand-outs to others that are not voted yet
+                        "SELECT i.sample_id, COUNT(*) FROM task_items i "
+                        "JOIN tasks t ON t.id = i.task LEFT JOIN votes v "
+                        "ON v.sample_id = i.sample_id AND v.reviewer = t.reviewer "
+                        "WHERE v.sample_id IS NULL AND t.created > ? GROUP BY i.sample_id",
+                        (now - LEASE_S,),
+                    )
+                )
                 k = self.votes_per_image
                 need = [(votes.get(s, 0) + held.get(s, 0), n, s) for n, s in enumerate(pool)
                         if s not in seen and votes.get(s, 0) + held.get(s, 0) < k]  # fmt: skip
@@ -187,8 +190,8 @@ class ReviewStore:
 
     @staticmethod
     def _items(db: sqlite3.Connection, task_id: int) -> list[str]:
-        return [r[0] for r in db.execute(
-            "SELECT sample_id FROM task_items WHERE task = ? ORDER BY position", (task_id,))]  # fmt: skip
+        query = "SELECT sample_id FROM task_items WHERE task = ? ORDER BY position"
+        return [r[0] for r in db.execute(query, (task_id,))]
 
     def assigned(self, reviewer: str, sample_id: str) -> bool:
         with self._connect() as db:
