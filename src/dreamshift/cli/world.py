@@ -1,5 +1,5 @@
 """``dreamshift world ...``: the embedded world (info, export, preview) and the jobs that build
-its models (tiny-sd, train-dream, train-oracles, evaluate-dream)."""
+its models (tiny-sd, train-dream, train-oracles, evaluate-dream, evaluate-verify)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,18 @@ def add(sub: Any) -> None:
     ev.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    vf = wsub.add_parser(
+        "evaluate-verify",
+        help="recall and false accepts of automatic label verification on photos, pastes and "
+        "img2img at several strengths; rules on simulated review votes",
+    )
+    vf.add_argument("--out", required=True, type=Path, help="folder for guides and dreams")
+    vf.add_argument("--model", default="tiny-dream")
+    vf.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    vf.add_argument("--per-group", type=int, default=1, help="guides per class x background")
+    vf.add_argument("--steps", type=int, default=20)
+    vf.add_argument("--workers", type=int, default=2)
+    vf.add_argument("--quiet", action="store_true", help="no progress bars")
     sf = wsub.add_parser(
         "spurious-features",
         help="class-wise spurious feature generation (Maung Maung et al. 2024): DreamBooth on "
@@ -196,6 +208,19 @@ def evaluate_dream(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from dreamshift.studies.evaluate_verify import evaluate_verify, format_table
+
+    result = evaluate_verify(args.out, args.model, tuple(args.strengths), args.per_group,
+                             steps=args.steps, workers=args.workers, progress=not args.quiet)  # fmt: skip
+    print(format_table(result["rows"]))
+    print(json.dumps(result["simulated_review"], indent=2))
+    print(f"datasets and verification.json in {args.out}")
+    return 0
+
+
 def spurious_features(args: argparse.Namespace) -> int:
     from dreamshift.studies.spurious_features import (
         StudyConfig,
@@ -222,6 +247,7 @@ COMMANDS = {
     "train-oracles": train_oracles,
     "fidelity": fidelity,
     "evaluate-dream": evaluate_dream,
+    "evaluate-verify": evaluate_verify,
     "distance": distance,
     "spurious-features": spurious_features,
 }
