@@ -119,7 +119,11 @@ def nsfw_scorer() -> Any:
     name = session.get_inputs()[0].name
 
     def prepare(image: np.ndarray) -> np.ndarray:
-        img = Image.fromarray(image).resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
+        img = (
+            Image.fromarray(image)
+            .resize((256, 256), Image.Resampling.BILINEAR)
+            .crop((16, 16, 240, 240))
+        )
         buffer = io.BytesIO()
         img.save(buffer, format="JPEG")
         pixels = np.asarray(Image.open(buffer), dtype=np.float32)[:, :, ::-1]
