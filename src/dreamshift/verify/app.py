@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -194,6 +195,7 @@ def static(name: str) -> str:
 def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
     """The Starlette app of ``site``; ``allowed_hosts``: the Host names it answers."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
@@ -246,18 +248,25 @@ def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
         return FileResponse(path, headers=SECURITY_HEADERS)
 
     async def change(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        # SQLite writes wait for the disk: off the event loop
+        return await run_in_threadpool(apply_change, request, body)
+
+    def apply_change(request: Request, body: Any) -> Response:
         reviewer = reviewer_of(request)
         if reviewer is None:
             return refuse(404, "unknown link: ask for a new one")
         if not same_origin(request):
             return refuse(403, "cross-origin request refused")
-        if request.headers.get("x-csrf-token") != reviewer.csrf:
+        sent = request.headers.get("x-csrf-token", "").encode()
+        if not secrets.compare_digest(sent, reviewer.csrf.encode()):
             return refuse(403, "missing or wrong CSRF token: reload the page")
-        try:
-            body = json.loads(await request.body())
-            sample_id = str(body["sample_id"])
-        except (ValueError, KeyError, TypeError):
+        if not isinstance(body, dict) or "sample_id" not in body:
             return refuse(400, "expected JSON with a sample_id")
+        sample_id = str(body["sample_id"])
         if request.path_params["action"] not in ("vote", "undo"):
             return refuse(404, "not found")
         if not site.store.assigned(reviewer.name, sample_id):
