@@ -1,9 +1,8 @@
 """``dreamshift <command>``: parses arguments, builds a config, calls the library.
 
-One thin module per command group (compose, dream, verify, audit, learn, tune, data, world).
-Every command
-has ``--help``. ``main(argv)`` returns the exit status (:data:`EXIT_CODES`), so tests call it
-directly.
+One thin module per command group (compose, dream, verify, audit, learn, tune, data, export,
+world). Every command has ``--help``. ``main(argv)`` returns the exit status
+(:data:`EXIT_CODES`), so tests call it directly.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from dreamshift import __version__
-from dreamshift.cli import audit, compose, data, dream, learn, tune, verify, world
+from dreamshift.cli import audit, compose, data, dream, export, learn, tune, verify, world
 from dreamshift.errors import DreamshiftError
 
 EXIT_CODES = """exit status: 0 done; 1 the run failed (bad input, named in the message, or some
@@ -30,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dreamshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (world, compose, dream, verify, audit, learn, tune, data):
+    for group in (world, compose, dream, verify, audit, learn, tune, data, export):
         group.add(sub)
     return parser
 

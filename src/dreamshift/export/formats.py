@@ -1,0 +1,162 @@
+"""``dreamshift export DATASET --format hf|webdataset|imagefolder --out DIR``.
+
+- ``hf``: one Parquet file per split under ``data/`` with an ``image`` column in the Hugging
+  Face ``Image`` layout (``{bytes, path}``), ``label`` (a ``ClassLabel`` of the classes; -1 for
+  a background alone), ``background`` (a ``ClassLabel``) and every manifest column, plus a
+  dataset card ``README.md`` whose ``configs`` name the splits: ``datasets.load_dataset(DIR)``
+  or ``load_dataset("parquet", data_files=...)`` reads it;
+- ``webdataset``: tar shards ``{split}-00000.tar`` of ``KEY.png`` + ``KEY.json`` (the manifest
+  row with ``label`` and ``background`` indices), read by the ``webdataset`` library;
+- ``imagefolder``: ``{split}/{class}/FILE.png`` and a ``{split}/metadata.jsonl`` with
+  ``file_name`` and every manifest column (the layout of HF's ``imagefolder`` loader).
+
+Images are copied byte for byte (no re-encoding). The verification table's columns, when
+there is one, travel with the rows. Only usable rows (status ok) are exported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dreamshift.data import dataset as ds
+from dreamshift.data import verification as vt
+from dreamshift.errors import DreamshiftError
+from dreamshift.export.card import write_card
+
+FORMATS = ("hf", "webdataset", "imagefolder")
+SHARD_IMAGES = 10_000  # webdataset: images per tar shard
+
+
+def export_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """The usable rows of ``root`` by split (manifest order), with ``label`` and
+    ``background`` indices and the verification table's columns."""
+    meta = ds.read_dataset_json(root)
+    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    extra: dict[str, dict[str, Any]] = {}
+    table = vt.read_table(root)
+    if table is not None:
+        extra = {r.pop("sample_id"): r for r in table.to_pylist()}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in ds.read_manifest(root).to_pylist():
+        if r["status"] != ds.OK:
+            continue
+        row = {**r, **extra.get(r["sample_id"], {})}
+        row["label"] = classes.index(r["fg_class"]) if r["fg_class"] in classes else -1
+        row["background"] = backgrounds.index(r["bg_class"]) if r["bg_class"] in backgrounds else -1
+        out.setdefault(r["split"], []).append(row)
+    if not out:
+        raise DreamshiftError(f"{root} has no usable rows to export")
+    return out
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise DreamshiftError(f"--out {out} is not empty: export into a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _features(meta: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
+    """The ``datasets`` Features of an exported table, as its Parquet metadata states them."""
+    dtypes = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32",
+              pa.float64(): "float64", pa.bool_(): "bool", pa.float32(): "float32"}  # fmt: skip
+    features: dict[str, Any] = {}
+    for f in schema:
+        if f.name == "image":
+            features[f.name] = {"_type": "Image"}
+        elif f.name == "label":
+            features[f.name] = {"names": list(meta["classes"]), "_type": "ClassLabel"}
+        elif f.name == "background":
+            features[f.name] = {"names": list(meta["backgrounds"]), "_type": "ClassLabel"}
+        else:
+            features[f.name] = {"dtype": dtypes.get(f.type, "string"), "_type": "Value"}
+    return features
+
+
+def export_hf(root: Path, out: Path) -> dict[str, int]:
+    meta = ds.read_dataset_json(root)
+    splits = export_rows(root)
+    (out / "data").mkdir()
+    counts = {}
+    for split, rows in splits.items():
+        images = [{"bytes": (root / r["path"]).read_bytes(), "path": Path(r["path"]).name}
+                  for r in rows]  # fmt: skip
+        columns: dict[str, Any] = {"image": images}
+        for name in rows[0]:
+            if name not in ("label", "background"):
+                columns[name] = [r[name] for r in rows]
+        columns["label"] = pa.array([r["label"] for r in rows], pa.int64())
+        columns["background"] = pa.array([r["background"] for r in rows], pa.int64())
+        table = pa.table(columns)
+        features = _features(meta, table.schema)
+        hf_meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **hf_meta})
+        pq.write_table(table, out / "data" / f"{split}-00000-of-00001.parquet")
+        counts[split] = len(rows)
+    write_card(root, out, counts)
+    return counts
+
+
+def export_webdataset(root: Path, out: Path) -> dict[str, int]:
+    counts = {}
+    for split, rows in export_rows(root).items():
+        for start in range(0, len(rows), SHARD_IMAGES):
+            name = out / f"{split}-{start // SHARD_IMAGES:05d}.tar"
+            with tarfile.open(name, "w") as tar:
+                for r in rows[start : start + SHARD_IMAGES]:
+                    key = r["sample_id"].replace(".", "_")
+                    suffix = Path(r["path"]).suffix.lstrip(".") or "png"
+                    _add(tar, f"{key}.{suffix}", (root / r["path"]).read_bytes())
+                    _add(tar, f"{key}.json", json.dumps(r, sort_keys=True).encode())
+        counts[split] = len(rows)
+    return counts
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # reproducible archives
+    tar.addfile(info, io.BytesIO(data))
+
+
+def export_imagefolder(root: Path, out: Path) -> dict[str, int]:
+    counts = {}
+    for split, rows in export_rows(root).items():
+        (out / split).mkdir()
+        with open(out / split / "metadata.jsonl", "w") as f:
+            for r in rows:
+                folder = r["fg_class"] or "_background_only"
+                file_name = f"{folder}/{Path(r['path']).name}"
+                (out / split / folder).mkdir(exist_ok=True)
+                shutil.copyfile(root / r["path"], out / split / file_name)
+                f.write(json.dumps({"file_name": file_name, **r}, sort_keys=True) + "\n")
+        counts[split] = len(rows)
+    return counts
+
+
+def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
+    """Export the usable rows of ``dataset`` into ``out`` (a new or empty folder) in ``fmt``;
+    returns the image count per split. An interrupted export leaves ``out.partial``."""
+    if fmt not in FORMATS:
+        raise DreamshiftError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    root, out = Path(dataset), Path(out)
+    meta = ds.read_dataset_json(root)
+    if not meta.get("complete"):
+        raise DreamshiftError(f"{root} is unfinished: run the command that made it again first")
+    _prepare_out(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    writer = {"hf": export_hf, "webdataset": export_webdataset,
+              "imagefolder": export_imagefolder}[fmt]  # fmt: skip
+    counts = writer(root, partial)
+    out.rmdir()
+    os.replace(partial, out)  # complete, or not there
+    return counts
