@@ -44,6 +44,7 @@ from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import iter_batches, usable_rows
 from dreamshift.data.verification import only_verified
+from dreamshift.engine.executors import Executor, InProcess
 from dreamshift.engine.results import RESULTS, append_records, read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
@@ -342,9 +343,11 @@ def audit(
     dataset: str | Path,
     results: str | Path | None = None,
     log: Any = print,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every model of ``cfg`` on ``dataset``; append one record per model to
-    ``results`` (default ``DATASET/audit/results.jsonl``) and return the records."""
+    ``results`` (default ``DATASET/audit/results.jsonl``) and return the records. ``executor``
+    evaluates the models elsewhere (one task per model; default: here, one after another)."""
     cfg.check()
     root = Path(dataset)
     meta = ds.read_dataset_json(root)
@@ -399,13 +402,17 @@ def audit(
     mapping = read_label_map(cfg.label_map) if cfg.label_map else None
     results_path = Path(results) if results else root / "audit" / RESULTS
 
-    records = []
-    for spec, lineage in expand_models(cfg.models):
+    def evaluate(
+        _: None, item: tuple[int, tuple[str, dict[str, Any]]]
+    ) -> tuple[int, Any, list[str]]:
+        """One model's record (and what to tell the user), wherever the executor runs it."""
+        index, (spec, lineage) = item
+        notes: list[str] = []
         clf = load_classifier(spec, classes, cfg.device)
         labels = LabelMap.build(clf.classes, classes, mapping, spec, clf.label_space)
         side = int(meta.get("config", {}).get("size") or 0)
         if side and clf.input_size > 2 * side:
-            log(
+            notes.append(
                 f"note: {spec} takes {clf.input_size} px inputs; the {side} px images of "
                 f"{root} are upsampled (compose --size {clf.input_size} makes them at its size)"
             )
@@ -486,11 +493,19 @@ def audit(
             spurious_path = pred_path.with_name(pred_path.stem + "-spurious.parquet")
             _write_predictions(spurious_path, ev_spurious, classes, clf.classes)
             record["predictions_spurious"] = str(spurious_path)
-        records.append(record)
-        log(
+        done = (
             f"audited {spec} on {root} ({split or 'all splits'}): {len(rows)} images in "
             f"{seconds:.1f} s"
         )
+        return index, record, [*notes, done]
+
+    models = list(enumerate(expand_models(cfg.models)))
+    by_index = {}
+    for index, record, notes in (executor or InProcess()).map(lambda: None, evaluate, models):
+        for line in notes:
+            log(line)
+        by_index[index] = record
+    records = [by_index[i] for i, _ in models]  # in the order given, on any executor
 
     if cfg.in_distribution:
         earlier = read_records(results_path) if results_path.is_file() else []

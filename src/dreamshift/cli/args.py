@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def floats(text: str) -> tuple[float, float]:
@@ -35,3 +36,25 @@ def report_failed(num_failed: int, hint: str) -> int:
         print(f"{num_failed} samples failed: {hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def add_executor(p: argparse.ArgumentParser) -> None:
+    """``--executor local|ray`` and ``--ray-address``; ``--workers`` is the number of worker
+    processes (local) or Ray actors (default: one per CPU, or per GPU, of the cluster)."""
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local (processes of this machine) or ray (a Ray cluster, or one "
+                   "started here; pip install 'dreamshift[ray]')")  # fmt: skip
+    p.add_argument("--ray-address", help="a running Ray cluster, e.g. auto or 10.0.0.1:6379 "
+                   "(implies --executor ray; default: start Ray on this machine)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (local: 1) or Ray actors (default: the cluster's "
+                   "CPUs, or GPUs for a GPU model)")  # fmt: skip
+
+
+def executor_of(args: argparse.Namespace, use_gpus: bool = False) -> Any:
+    """The executor the flags ask for; None: the local default."""
+    if args.executor == "local" and not args.ray_address:
+        return None
+    from dreamshift.engine.ray_executor import RayExecutor
+
+    return RayExecutor(args.ray_address, actors=args.workers, use_gpus=use_gpus)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dreamshift.cli.args import names
+from dreamshift.cli.args import add_executor, executor_of, names
 from dreamshift.errors import DreamshiftError
 
 
@@ -184,6 +184,7 @@ def _add_audit(sub: Any) -> None:
         action="store_true",
         help="only the images that passed review (`dreamshift review export DATASET`)",
     )
+    add_executor(p)  # one task per model
     p.set_defaults(func=audit)
 
 
@@ -269,7 +270,8 @@ def audit(args: argparse.Namespace) -> int:
         restrict_labels=args.restrict_labels,
         verified_only=args.verified_only,
     )
-    records = audit(cfg, args.dataset, args.results)
+    executor = executor_of(args, use_gpus=args.device.startswith("cuda"))
+    records = audit(cfg, args.dataset, args.results, executor=executor)
     print(format_table(records))
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dreamshift.cli.args import floats, names, pairs, report_failed
+from dreamshift.cli.args import add_executor, executor_of, floats, names, pairs, report_failed
 
 
 def add(sub: Any) -> None:
@@ -66,7 +66,7 @@ def add(sub: Any) -> None:
         help="use every foreground file in every split (folders with < 3 files per class)",
     )
     p.add_argument("--shard-size", type=int, help="images per shard folder (256)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    add_executor(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -110,7 +110,8 @@ def config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from dreamshift.compose.runner import compose
 
-    result = compose(config(args), args.out, workers=args.workers, progress=not args.no_progress)
+    result = compose(config(args), args.out, workers=args.workers or 1,
+                     progress=not args.no_progress, executor=executor_of(args))  # fmt: skip
     print(
         f"composed {result.num_samples} samples ({result.num_failed} failed, "
         f"{result.shards_run} shards run) in {result.seconds:.1f} s: {result.root}"

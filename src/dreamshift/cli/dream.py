@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dreamshift.cli.args import names, report_failed
+from dreamshift.cli.args import add_executor, executor_of, names, report_failed
 from dreamshift.errors import DreamshiftError
 
 
@@ -65,7 +65,7 @@ def add(sub: Any) -> None:
                    "then depend on the batch (to within float rounding)")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     p.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (1)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    add_executor(p)
     p.add_argument("--shard-size", type=int, help="images per shard folder (64)")
     p.add_argument("--retry-failed", action="store_true", help="redo the failed samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -107,10 +107,15 @@ CONFIG_FLAGS = (
 def run(args: argparse.Namespace) -> int:
     from dreamshift.dream.runner import dream
 
+    cfg = config(args)
+    executor = executor_of(args, use_gpus=cfg.device in ("auto", "cuda"))
+    if executor is not None and cfg.threads is None:
+        cfg = cfg.replace(threads=1)  # a CPU actor holds one core
     result = dream(
-        config(args),
+        cfg,
         args.out,
-        workers=args.workers,
+        workers=args.workers or 1,
+        executor=executor,
         batch_size=args.batch_size,
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
