@@ -40,10 +40,8 @@ class StopAfter:
         self.shards = shards
 
     def map(self, setup, fn, items):
-        done = 0
-        for result in LocalPool(1).map(setup, fn, items):
+        for done, result in enumerate(LocalPool(1).map(setup, fn, items), 1):
             yield result
-            done += 1
             if done == self.shards:
                 raise KeyboardInterrupt
 
@@ -132,8 +130,9 @@ def test_two_node_cluster_redoes_the_shards_of_a_killed_worker_node(tmp_path):
     head and the dataset is byte-identical to a local run."""
     from dreamshift.compose.config import ShiftRecipe
 
-    cfg = small_config(recipe=ShiftRecipe(rho=0.8, train_size=600, val_per_group=2,
-                                          test_per_group=2, anti_per_group=1), shard_size=10)  # fmt: skip
+    recipe = ShiftRecipe(rho=0.8, train_size=600, val_per_group=2, test_per_group=2,
+                         anti_per_group=1)  # fmt: skip
+    cfg = small_config(recipe=recipe, shard_size=10)
     compose(cfg, tmp_path / "local", progress=False)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port = "6391"
@@ -143,9 +142,10 @@ def test_two_node_cluster_redoes_the_shards_of_a_killed_worker_node(tmp_path):
                     "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True)  # fmt: skip
     try:
-        subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                        "--node-ip-address=127.0.0.1", '--resources={"doomed": 1}',
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True)  # fmt: skip
+        worker_node = [ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                       "--node-ip-address=127.0.0.1", '--resources={"doomed": 1}',
+                       "--disable-usage-stats"]  # fmt: skip
+        subprocess.run(worker_node, env=env, check=True, capture_output=True)
         driver = subprocess.Popen(
             [sys.executable, "-c",
              "import sys; from pathlib import Path; sys.path.insert(0, 'tests');"
