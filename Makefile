@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-tune evaluate-dream clean
+.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-ray bench-tune evaluate-dream clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,9 @@ bench-dream: $(STAMP)
 
 bench-audit: $(STAMP)
 	$(PY) bench/audit.py
+
+bench-ray: $(STAMP)
+	$(PY) bench/executors.py
 
 bench-learn: $(STAMP)
 	$(PY) bench/learn.py

@@ -89,7 +89,9 @@ class RayExecutor:
         if self.use_gpus and ray.cluster_resources().get("GPU", 0) >= 1:
             self.gpus_per_actor = 1.0  # one pipeline per GPU
         worker = ray.remote(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor)(_Worker)
-        alive = [worker.remote(setup) for _ in range(self._count(ray, len(items)))]
+        # serialised once into the object store, not once per actor or per shard
+        setup_ref, fn_ref = ray.put(setup), ray.put(fn)
+        alive = [worker.remote(setup_ref) for _ in range(self._count(ray, len(items)))]
         started = len(alive)
         queue = list(items)[::-1]
         holding: dict[Any, tuple[Any, T]] = {}  # object ref -> (its actor, its item)
@@ -97,7 +99,7 @@ class RayExecutor:
         def submit(actor: Any) -> None:
             if queue:
                 item = queue.pop()
-                holding[actor.run.remote(fn, item)] = (actor, item)
+                holding[actor.run.remote(fn_ref, item)] = (actor, item)
 
         def least_busy() -> Any:
             load = {id(a): 0 for a in alive}
@@ -126,7 +128,7 @@ class RayExecutor:
                                 "fails, e.g. the model does not load): run with --executor "
                                 "local to see the error; finished shards are kept"
                             ) from None
-                        alive.append(worker.remote(setup))
+                        alive.append(worker.remote(setup_ref))
                         started += 1
                     submit(least_busy())
                     continue
