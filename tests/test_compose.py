@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -182,8 +183,8 @@ def test_a_dataset_written_before_coats_and_photos_is_read_as_random_pastes(tmp_
 
 def test_content_hash_of_random_pastes_is_the_hash_from_before_coats_existed():
     legacy = small_config(size=32, coat="random", render="paste")
-    d = legacy.to_dict()  # the dict dreamshift hashed before coat, render, conflict existed
-    for key in ("shard_size", "coat", "render"):
+    d = legacy.to_dict()  # the dict dreamshift hashed before coat, render, paste, conflict existed
+    for key in ("shard_size", "coat", "render", "paste"):
         d.pop(key)
     for key in ("spurious_per_class", "conflict_per_group"):
         d["recipe"].pop(key)
@@ -359,3 +360,63 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, kill_after_done_shards
     total = len(list((reference / "shards").glob("*.done")))
     assert shards_run == total - done_before  # finished shards were not redone
     assert tree_digest(killed) == tree_digest(reference)
+
+
+def test_rect_paste_puts_the_whole_foreground_photo_as_a_square(tmp_path):
+    """D3S's code pastes the foreground image itself, centre-cropped, with no mask."""
+    fg = tmp_path / "fg"
+    for c in ("cat", "dog"):
+        (fg / c).mkdir(parents=True)
+        for i in range(3):  # a 40x30 photo: left half red, right half blue (no alpha, no mask)
+            photo = np.zeros((30, 40, 3), np.uint8)
+            photo[:, :20] = (200, 0, 0)
+            photo[:, 20:] = (0, 0, 200)
+            Image.fromarray(photo).save(fg / c / f"{i}.jpg", quality=100)
+    bg = tmp_path / "bg"
+    for b in ("grass", "snow"):
+        (bg / b).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (0, 255, 0)).save(bg / b / "0.png")
+    out = tmp_path / "rect"
+    assert main(["compose", "--out", str(out), "--foregrounds", str(fg), "--backgrounds", str(bg),
+                 "--paste", "rect", "--scale", "0.5", "--max-rotation", "0", "--no-flip",
+                 "--train-size", "4", "--val-per-group", "0", "--test-per-group", "1",
+                 "--anti-per-group", "0"]) == 0  # fmt: skip
+    for r in ds.read_manifest(out).to_pylist():
+        assert r["mask_source"] == "rect" and json.loads(r["appearance"])["paste"] == "rect"
+        assert (r["box_w"], r["box_h"]) == (32, 32)
+        img = np.asarray(Image.open(out / r["path"]).convert("RGB")).astype(int)
+        x, y = r["box_x"], r["box_y"]
+        box = img[y : y + 32, x : x + 32]
+        # the centre 30x30 crop of the photo, scaled: red left, blue right, no green inside
+        assert box[:, :12, 0].mean() > 150 and box[:, -12:, 2].mean() > 150
+        assert box[..., 1].max() < 60
+        outside = np.ones(img.shape[:2], bool)
+        outside[y : y + 32, x : x + 32] = False
+        assert (img[outside] == (0, 255, 0)).all()
+    assert ds.read_dataset_json(out)["config"]["paste"] == "rect"
+    assert main(["compose", "--out", str(tmp_path / "w"), "--paste", "rect"]) == 1  # world
+
+
+def test_d3s_presets_resolve_to_the_official_settings_and_flags_win(tmp_path):
+    from dreamshift.cli import build_parser
+    from dreamshift.cli.compose import config as compose_config
+    from dreamshift.cli.dream import config as dream_config
+
+    parser = build_parser()
+    d = dream_config(parser.parse_args(["dream", "SRC", "--out", "o", "--preset", "d3s"]))
+    assert (d.model, d.mode, d.scheduler, d.steps, d.guidance_scale, d.strength, d.width,
+            d.height, d.prompts) == ("CompVis/stable-diffusion-v1-4", "img2img", "ddim", 50,
+                                     5.0, 0.9, 512, 512, "d3s")  # fmt: skip
+    d = dream_config(parser.parse_args(["dream", "SRC", "--out", "o", "--preset", "d3s",
+                                        "--steps", "20", "--model", "tiny-dream"]))  # fmt: skip
+    assert (d.steps, d.model, d.strength) == (20, "tiny-dream", 0.9)
+    c = compose_config(parser.parse_args(["compose", "--out", "o", "--preset", "d3s",
+                                          "--foregrounds", "fg"]))  # fmt: skip
+    assert (c.size, c.paste, c.placement.scale, c.placement.flip, c.placement.max_rotation) == (
+        512,
+        "rect",
+        (0.4, 0.4),
+        False,
+        0.0,
+    )
+    assert "d3s" in parser._subparsers._group_actions[0].choices["dream"].format_help()

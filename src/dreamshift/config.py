@@ -152,9 +152,12 @@ class Config:
         return cls(**kwargs)
 
     @classmethod
-    def from_yaml(cls: type[C], path: Path | None, **fields: Any) -> C:
-        """The config of a YAML file (None: the defaults) with ``fields`` set on top."""
-        base = read_yaml(path)
+    def from_yaml(
+        cls: type[C], path: Path | None, preset: dict[str, Any] | None = None, **fields: Any
+    ) -> C:
+        """The config of a YAML file (None: the defaults) with ``fields`` set on top; a
+        ``preset``'s fields come first, under both."""
+        base = {**(preset or {}), **read_yaml(path)}
         base.update(fields)
         return cls.from_dict(base, str(path) if path else "")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamshift.cli.args import add_executor, executor_of, floats, names, pairs, report_failed
+from dreamshift.compose.config import PRESETS as COMPOSE_PRESETS
 
 
 def add(sub: Any) -> None:
@@ -20,6 +21,12 @@ def add(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
     p.add_argument("--config", type=Path, help="YAML file of ComposeConfig fields (flags win)")
+    p.add_argument("--preset", choices=sorted(COMPOSE_PRESETS), help="a published recipe's "
+                   "settings, under --config and flags: d3s = 512x512, --paste rect at 0.4, "
+                   "no flip or rotation (D3S's official code)")  # fmt: skip
+    p.add_argument("--paste", choices=["mask", "rect"],
+                   help="mask (the cut-out, default) or rect (the whole foreground image as a "
+                   "centre-cropped square, as D3S)")  # fmt: skip
     p.add_argument("--foregrounds", help="'world' (default) or a folder: one sub-folder per class")
     p.add_argument("--backgrounds", help="'world' (default) or a folder: one sub-folder per label")
     p.add_argument("--classes", type=names, help="comma-separated subset of classes")
@@ -75,8 +82,9 @@ def config(args: argparse.Namespace) -> Any:
     """The YAML file's ComposeConfig with the given flags on top (compose() checks it)."""
     from dreamshift.compose.config import ComposeConfig
 
-    cfg = ComposeConfig.from_yaml(args.config)
+    cfg = ComposeConfig.from_yaml(args.config, COMPOSE_PRESETS.get(args.preset or ""))
     return cfg.replace(
+        paste=args.paste,
         foregrounds=args.foregrounds,
         backgrounds=args.backgrounds,
         classes=args.classes,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamshift.cli.args import add_executor, executor_of, names, report_failed
+from dreamshift.dream.config import PRESETS as DREAM_PRESETS
 from dreamshift.errors import DreamshiftError
 
 
@@ -23,6 +24,9 @@ def add(sub: Any) -> None:
     p.add_argument("source", help="composed dataset directory")
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
     p.add_argument("--config", type=Path, help="YAML file of DreamConfig fields (flags win)")
+    p.add_argument("--preset", choices=sorted(DREAM_PRESETS), help="a published recipe's "
+                   "settings, under --config and flags: d3s = Stable Diffusion v1.4, DDIM 50 "
+                   "steps, guidance 5.0, strength 0.9, 512x512, the d3s prompts")  # fmt: skip
     p.add_argument("--mode", choices=["img2img", "txt2img", "paste"], help="(img2img)")
     p.add_argument(
         "--model",
@@ -89,7 +93,8 @@ def config(args: argparse.Namespace) -> Any:
     given = {k: getattr(args, k) for k in CONFIG_FLAGS}
     if args.adapters:
         given["adapters"] = tuple(args.adapters)
-    cfg = DreamConfig.from_yaml(args.config, source=args.source)
+    cfg = DreamConfig.from_yaml(args.config, DREAM_PRESETS.get(args.preset or ""),
+                                source=args.source)  # fmt: skip
     return cfg.replace(
         **given,
         batch_invariant=False if args.no_batch_invariant else None,

@@ -21,6 +21,7 @@ from dreamshift.errors import DreamshiftError
 POSITIONS = ("random", "center")
 COATS = ("typical", "random")  # world foregrounds: class-typical coats, or shape alone
 RENDERS = ("paste", "photo")  # a naive cut-out (a guide), or lit by its scene (a photo)
+PASTES = ("mask", "rect")  # the foreground's mask, or its whole image as a square (D3S's code)
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,28 @@ class ShiftRecipe(Config):
                 raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
 
 
-LEGACY = {"coat": "random", "render": "paste"}  # what datasets made before these fields hold
+LEGACY = {
+    "coat": "random",
+    "render": "paste",
+    "paste": "mask",
+}  # what datasets made before these fields hold
 
 
 def saved_config(d: dict[str, Any]) -> dict[str, Any]:
     """The config of a ``dataset.json``, read as a full config: a field it lacks takes the
     value it had before the field existed (not today's default)."""
     return ComposeConfig.from_dict({**LEGACY, **d}).to_dict()
+
+
+# One word for a published recipe's settings; flags and --config YAML win over them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # D3S's official code: the whole foreground photo, centre-cropped, pasted as a square at
+    # 0.4 of a 512x512 background, no flip or rotation
+    "d3s": {
+        "size": 512, "paste": "rect",
+        "placement": {"scale": [0.4, 0.4], "flip": False, "max_rotation": 0.0},
+    },
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -127,10 +143,12 @@ class ComposeConfig(Config):
     recipe: ShiftRecipe = field(default_factory=ShiftRecipe)
     share_foregrounds: bool = False
     shard_size: int = 256
+    paste: str = "mask"
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
         "coat": lambda: COATS,
         "render": lambda: RENDERS,
+        "paste": lambda: PASTES,
     }
 
     def validate(self) -> None:
@@ -138,6 +156,11 @@ class ComposeConfig(Config):
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise DreamshiftError(f"{what} lists {repeated} more than once")
+        if self.paste == "rect" and self.foregrounds == "world":
+            raise DreamshiftError(
+                "--paste rect pastes whole foreground photos; the world's foregrounds are "
+                "cut-outs with no photo around them: use --paste mask, or --foregrounds DIR"
+            )
         if not 8 <= self.size <= 4096:
             raise DreamshiftError(f"size = {self.size}: choose a side between 8 and 4096 pixels")
         if self.shard_size < 1:

@@ -1,7 +1,8 @@
 """Where foregrounds and backgrounds come from: the embedded world or the user's folders.
 
 Foreground folder: ``DIR/<class>/<name>.png`` RGBA cut-outs, or any image with a mask beside
-it named ``<name>.mask.png`` (white = object). Background folder: ``DIR/<label>/<image>``.
+it named ``<name>.mask.png`` (white = object); with ``paste="rect"`` any image, pasted whole as
+a centre-cropped square (D3S's code). Background folder: ``DIR/<label>/<image>``.
 Source ids are recorded in the manifest: ``animal-mnist:<index>``, ``world:<bg>:<seed>``, or a
 path relative to the folder.
 """
@@ -129,8 +130,9 @@ def _split_of(rel: str) -> float:
 class FolderForegrounds:
     """User cut-outs, split into train/val/test by a hash of their path (shapes held out)."""
 
-    def __init__(self, root: Path, share_across_splits: bool = False):
+    def __init__(self, root: Path, share_across_splits: bool = False, paste: str = "mask"):
         self.root = root
+        self.paste = paste
         self.files = _label_folders(root, "foreground")
         self.classes = tuple(self.files)
         self.share = share_across_splits
@@ -168,6 +170,16 @@ class FolderForegrounds:
         path = self.root / source_id
         img = load_image(path)
         mask_id = source_id
+        if self.paste == "rect":  # D3S: the whole image, centre-cropped to a square, no mask
+            img = img.convert("RGB")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize(
+                (box_side, box_side), Image.Resampling.BILINEAR
+            )
+            img.putalpha(255)
+            img, flipped, degrees = flip_rotate(img, rng, flip, rotation)
+            return img, "rect", {"flip": flipped, "rotation": degrees, "paste": "rect"}
         if img.mode in ("RGBA", "LA") or "transparency" in img.info:
             img = img.convert("RGBA")
         else:
@@ -222,10 +234,12 @@ class FolderBackgrounds:
         return img.resize((size, size), Image.Resampling.BILINEAR) if side != size else img
 
 
-def foreground_source(spec: str, share_across_splits: bool = False) -> ForegroundSource:
+def foreground_source(
+    spec: str, share_across_splits: bool = False, paste: str = "mask"
+) -> ForegroundSource:
     if spec == "world":
         return WorldForegrounds()
-    return FolderForegrounds(Path(spec), share_across_splits)
+    return FolderForegrounds(Path(spec), share_across_splits, paste)
 
 
 def background_source(spec: str) -> BackgroundSource:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dreamshift.config import Config
 from dreamshift.errors import DreamshiftError
@@ -20,6 +20,18 @@ from dreamshift.errors import DreamshiftError
 DREAM_MODES = ("img2img", "txt2img", "paste")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+# One word for a published recipe's settings; flags and --config YAML win over them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # D3S's official code (Kattakinda et al. 2022): Stable Diffusion v1.4, DDIM 50 steps (eta 0,
+    # the pipeline's default), guidance 5.0, strength 0.9, 512x512, its prompt template
+    "d3s": {
+        "model": "CompVis/stable-diffusion-v1-4", "mode": "img2img", "scheduler": "ddim",
+        "steps": 50, "guidance_scale": 5.0, "strength": 0.9, "width": 512, "height": 512,
+        "prompts": "d3s",
+    },
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
