@@ -24,6 +24,11 @@ def add(sub: Any) -> None:
     p.add_argument("--preset", choices=sorted(COMPOSE_PRESETS), help="a published recipe's "
                    "settings, under --config and flags: d3s = 512x512, --paste rect at 0.4, "
                    "no flip or rotation (D3S's official code)")  # fmt: skip
+    p.add_argument("--class-names", help="foreground folders named by wnid (ImageNet's "
+                   "train/<wnid>/): imagenet-1k (names from timm's data files) or a TSV file "
+                   "of wnid<TAB>name<TAB>definition")  # fmt: skip
+    p.add_argument("--per-class", type=int, help="foreground files sampled per class folder, "
+                   "read entry by entry (default: all)")  # fmt: skip
     p.add_argument("--paste", choices=["mask", "rect"],
                    help="mask (the cut-out, default) or rect (the whole foreground image as a "
                    "centre-cropped square, as D3S)")  # fmt: skip
@@ -85,6 +90,8 @@ def config(args: argparse.Namespace) -> Any:
     cfg = ComposeConfig.from_yaml(args.config, COMPOSE_PRESETS.get(args.preset or ""))
     return cfg.replace(
         paste=args.paste,
+        class_names=args.class_names,
+        per_class=args.per_class,
         foregrounds=args.foregrounds,
         backgrounds=args.backgrounds,
         classes=args.classes,

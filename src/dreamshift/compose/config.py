@@ -101,6 +101,8 @@ LEGACY = {
     "coat": "random",
     "render": "paste",
     "paste": "mask",
+    "class_names": "",
+    "per_class": 0,
 }  # what datasets made before these fields hold
 
 
@@ -144,6 +146,8 @@ class ComposeConfig(Config):
     share_foregrounds: bool = False
     shard_size: int = 256
     paste: str = "mask"
+    class_names: str = ""  # folders named by wnid: "imagenet-1k" (timm's table) or a TSV file
+    per_class: int = 0  # foreground files sampled per class folder (0: all)
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
         "coat": lambda: COATS,
@@ -156,6 +160,13 @@ class ComposeConfig(Config):
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise DreamshiftError(f"{what} lists {repeated} more than once")
+        if self.per_class < 0:
+            raise DreamshiftError(f"per_class = {self.per_class} must be >= 0 (0: every file)")
+        if (self.class_names or self.per_class) and self.foregrounds == "world":
+            raise DreamshiftError(
+                "--class-names and --per-class read a foreground folder tree: give "
+                "--foregrounds DIR (e.g. ImageNet's train/ with one folder per wnid)"
+            )
         if self.paste == "rect" and self.foregrounds == "world":
             raise DreamshiftError(
                 "--paste rect pastes whole foreground photos; the world's foregrounds are "

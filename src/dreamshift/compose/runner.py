@@ -108,7 +108,8 @@ def resolve(cfg: ComposeConfig) -> Resolved:
     cfg = replace(cfg, foregrounds=fgs, backgrounds=bgs)
     if cfg.foregrounds != "world":  # coats are the world's: the user's cut-outs keep theirs
         cfg = replace(cfg, coat="random")
-    fg = foreground_source(cfg.foregrounds, cfg.share_foregrounds, cfg.paste)
+    fg = foreground_source(cfg.foregrounds, cfg.share_foregrounds, cfg.paste, cfg.class_names,
+                           cfg.per_class)  # fmt: skip
     bg = background_source(cfg.backgrounds)
     classes = _pick(fg.classes, cfg.classes, "class")
     names = _pick(bg.names, cfg.background_names, "background name")

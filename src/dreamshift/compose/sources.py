@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import heapq
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from dreamshift.data.imagenet import synset_table
 from dreamshift.data.images import flip_rotate, load_image
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.world import animals, appearance, backgrounds
@@ -105,12 +109,30 @@ def _entries(folder: Path) -> list[Path]:
     return entries
 
 
-def _label_folders(root: Path, what: str) -> dict[str, list[Path]]:
+def _sampled_files(root: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` files of ``folder``, the same ones whatever the listing order (the smallest path
+    hashes), read entry by entry: an ImageNet class folder of 1 300 images is never listed
+    whole in memory."""
+
+    def files() -> Iterator[Path]:
+        with os.scandir(folder) as it:
+            for e in it:
+                if not e.name.startswith(".") and not e.name.endswith(MASK_SUFFIX) and e.is_file():
+                    yield Path(e.path)
+
+    chosen = heapq.nsmallest(n, files(), key=lambda p: _split_of(p.relative_to(root).as_posix()))
+    return sorted(chosen)
+
+
+def _label_folders(root: Path, what: str, per_class: int = 0) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise DreamshiftError(f"{what} folder {root} does not exist or is not a folder")
     out: dict[str, list[Path]] = {}
     for sub in (p for p in _entries(root) if p.is_dir()):
-        files = [p for p in _entries(sub) if p.is_file() and not p.name.endswith(MASK_SUFFIX)]
+        if per_class:
+            files = _sampled_files(root, sub, per_class)
+        else:
+            files = [p for p in _entries(sub) if p.is_file() and not p.name.endswith(MASK_SUFFIX)]
         if not files:
             raise DreamshiftError(
                 f"{what} folder {sub} is empty: add images to it or remove the folder"
@@ -130,21 +152,39 @@ def _split_of(rel: str) -> float:
 class FolderForegrounds:
     """User cut-outs, split into train/val/test by a hash of their path (shapes held out)."""
 
-    def __init__(self, root: Path, share_across_splits: bool = False, paste: str = "mask"):
+    def __init__(
+        self,
+        root: Path,
+        share_across_splits: bool = False,
+        paste: str = "mask",
+        class_names: str = "",
+        per_class: int = 0,
+    ):
         self.root = root
         self.paste = paste
-        self.files = _label_folders(root, "foreground")
-        self.classes = tuple(self.files)
+        self.files = _label_folders(root, "foreground", per_class)
+        names = {folder: folder for folder in self.files}
+        if class_names:  # an ImageNet-style tree: folders are wnids
+            table = synset_table(class_names)
+            unknown = [f for f in self.files if f not in table]
+            if unknown:
+                raise DreamshiftError(
+                    f"foreground folders {unknown[:5]} of {root} are no wnids of {class_names}: "
+                    "name the folders by wnid (n01440764, ...) or drop --class-names"
+                )
+            names = {folder: table[folder].name for folder in self.files}
+        self.classes = tuple(names[f] for f in self.files)
         self.share = share_across_splits
         self._splits: dict[str, dict[str, list[str]]] = {}
-        for cls, files in self.files.items():
+        for folder, files in self.files.items():
+            cls = names[folder]
             rels = sorted((f.relative_to(root).as_posix() for f in files), key=_split_of)
             if share_across_splits:
                 self._splits[cls] = dict.fromkeys(animals.SPLITS, rels)
                 continue
             if len(rels) < 3:
                 raise DreamshiftError(
-                    f"foreground folder {root / cls} has {len(rels)} file(s); held-out splits "
+                    f"foreground folder {root / folder} has {len(rels)} file(s); held-out splits "
                     "need at least 3 (train/val/test): add images or pass --share-foregrounds"
                 )
             n_val = max(1, round(0.1 * len(rels)))
@@ -235,11 +275,15 @@ class FolderBackgrounds:
 
 
 def foreground_source(
-    spec: str, share_across_splits: bool = False, paste: str = "mask"
+    spec: str,
+    share_across_splits: bool = False,
+    paste: str = "mask",
+    class_names: str = "",
+    per_class: int = 0,
 ) -> ForegroundSource:
     if spec == "world":
         return WorldForegrounds()
-    return FolderForegrounds(Path(spec), share_across_splits, paste)
+    return FolderForegrounds(Path(spec), share_across_splits, paste, class_names, per_class)
 
 
 def background_source(spec: str) -> BackgroundSource:

@@ -4,11 +4,16 @@ Shipped recipes (``dreamshift/dream/recipes``):
 
 - ``d3s``: ``"a photo of a ${class_name}, ${definition}, ${background}"`` with D3S's ten
   background phrases (Kattakinda et al. 2022).
+- ``d3s-imagenet-1k``: the same for ImageNet-1k's 1 000 classes, with their WordNet
+  definitions read from timm's data files (``definitions_from: imagenet-1k``; compose names
+  the classes of an ImageNet tree the same way with ``--class-names imagenet-1k``).
 - ``imagenet-g``: the 80 CLIP ImageNet templates, ``"a sculpture of a ${class_name}."`` and so
   on, as ImageNet-G uses them (Bansal & Grover 2023; templates from Radford et al. 2021).
 
 A recipe file holds ``templates`` (a list), and optionally ``negative_prompt``,
-``backgrounds`` (background label -> phrase) and ``definitions`` (class -> text). Templates use
+``backgrounds`` (background label -> phrase), ``definitions`` (class -> text) and
+``definitions_from`` (``imagenet-1k`` or a TSV file of wnid, name, definition; its own
+``definitions`` win). Templates use
 ``${placeholder}`` syntax; the placeholders are :data:`PLACEHOLDERS`. Every template and every
 label a run needs is checked before any image is made.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,14 +35,16 @@ from typing import Any
 
 import yaml
 
+from dreamshift.data.imagenet import IMAGENET_1K, synset_table
 from dreamshift.errors import DreamshiftError
 
 PLACEHOLDERS = {
-    "class_name": "the foreground class, underscores read as spaces",
+    "class_name": "the foreground class, underscores read as spaces (a wnid suffix dropped)",
     "definition": "the class's entry in the recipe's 'definitions'",
     "background": "the background label's phrase in the recipe's 'backgrounds'",
 }
-_KEYS = {"name", "templates", "negative_prompt", "backgrounds", "definitions"}
+WNID_SUFFIX = re.compile(r"_n\d{8}$")  # ImageNet's twice-used lemmas: crane_n02012849
+_KEYS = {"name", "templates", "negative_prompt", "backgrounds", "definitions", "definitions_from"}
 
 
 def shipped_recipes() -> list[str]:
@@ -84,7 +92,7 @@ class Recipe:
 
     def render(self, template_index: int, fg_class: str, bg_class: str | None) -> str:
         values = {
-            "class_name": fg_class.replace("_", " "),
+            "class_name": WNID_SUFFIX.sub("", fg_class).replace("_", " "),
             "definition": self.definitions.get(fg_class, ""),
             "background": self.backgrounds.get(bg_class or "", ""),
         }
@@ -150,11 +158,18 @@ def load_recipe(name_or_path: str) -> Recipe:
     negative = d.get("negative_prompt") or ""
     if not isinstance(negative, str):
         raise DreamshiftError(f"prompt recipe {path}: 'negative_prompt' must be text")
+    definitions = _string_table(path, d, "definitions")
+    if d.get("definitions_from"):  # a class table: imagenet-1k (timm's files) or a TSV file
+        source = str(d["definitions_from"])
+        if source != IMAGENET_1K and not Path(source).is_absolute():
+            source = str(path.parent / source)
+        table = {s.name: s.definition for s in synset_table(source).values()}
+        definitions = {**table, **definitions}  # the recipe's own entries win
     return Recipe(
         name=str(d.get("name") or path.stem),
         source=str(path),
         templates=tuple(templates),
         negative_prompt=negative,
         backgrounds=_string_table(path, d, "backgrounds"),
-        definitions=_string_table(path, d, "definitions"),
+        definitions=definitions,
     )
