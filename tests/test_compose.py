@@ -183,8 +183,8 @@ def test_a_dataset_written_before_coats_and_photos_is_read_as_random_pastes(tmp_
 
 def test_content_hash_of_random_pastes_is_the_hash_from_before_coats_existed():
     legacy = small_config(size=32, coat="random", render="paste")
-    d = legacy.to_dict()  # the dict dreamshift hashed before coat, render, paste, conflict existed
-    for key in ("shard_size", "coat", "render", "paste"):
+    d = legacy.to_dict()  # the dict dreamshift hashed before coat, render, ... existed
+    for key in ("shard_size", "coat", "render", "paste", "class_names", "per_class"):
         d.pop(key)
     for key in ("spurious_per_class", "conflict_per_group"):
         d["recipe"].pop(key)

@@ -28,6 +28,9 @@ def dreamed(guides, tmp_path_factory) -> Path:
           progress=False)  # fmt: skip
     ids = [r["sample_id"] for r in ds.read_manifest(out).to_pylist()]
     vt.update_columns(out, ids, {vt.VERIFIED: [i % 2 == 0 for i in range(len(ids))]})
+    # votes for the first images only, as `review export` writes them: the others have none
+    vt.update_columns(out, ids[:3], {"votes": ['[{"reviewer": "ada"}]'] * 3,
+                                     "votes_yes": [3, 3, 3]})  # fmt: skip
     return out
 
 
@@ -48,7 +51,9 @@ def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path)
     assert main(["export", str(dreamed), "--format", "hf", "--out", str(out)]) == 0
     meta = ds.read_dataset_json(dreamed)
     truth = expected(dreamed)
-    loaded = datasets.load_dataset(str(out))  # the card's configs name the splits
+    # the card's configs name the splits (a cache of its own: `datasets` keys its cache by the
+    # folder's name, and a stale one from an earlier run would hide new columns)
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     assert sorted(loaded) == ["test", "train"]
     seen = 0
     for split in loaded:
@@ -61,6 +66,8 @@ def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path)
             assert part.features["label"].int2str(item["label"]) == want["row"]["fg_class"]
             assert item["bg_class"] == want["row"]["bg_class"] and item["split"] == split
             assert item["seed"] == want["row"]["seed"] and item["verified"] == want["verified"]
+            assert "votes" not in item  # who voted what stays with the dataset
+            assert item["votes_yes"] in (3, None)
             seen += 1
     assert seen == len(truth)
     card = (out / "README.md").read_text()
@@ -102,7 +109,8 @@ def test_imagefolder_export_reads_back_with_datasets(dreamed, tmp_path):
     lines = [json.loads(x) for x in (out / "test" / "metadata.jsonl").read_text().splitlines()]
     for m in lines:
         assert m["file_name"].split("/")[0] == truth[m["sample_id"]]["row"]["fg_class"]
-    loaded = datasets.load_dataset("imagefolder", data_dir=str(out / "test"), split="train")
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out / "test"), split="train",
+                                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
     assert len(loaded) == len(lines)
     for item in loaded:
         want = truth[item["sample_id"]]

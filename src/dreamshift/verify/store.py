@@ -53,6 +53,10 @@ def db_path(root: str | Path) -> Path:
     return Path(root) / REVIEW_DIR / DB
 
 
+class Full(DreamshiftError):
+    """The image has its K votes: a further reviewer's vote is refused."""
+
+
 @dataclass(frozen=True)
 class Reviewer:
     name: str
@@ -146,17 +150,21 @@ class ReviewStore:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")  # one hand-out at a time: no image over-assigned
             try:
-                open_task = db.execute(
-                    "SELECT t.id FROM tasks t JOIN task_items i ON i.task = t.id "
-                    "LEFT JOIN votes v ON v.sample_id = i.sample_id AND v.reviewer = t.reviewer "
-                    "WHERE t.reviewer = ? AND v.sample_id IS NULL ORDER BY t.id LIMIT 1",
-                    (reviewer,),
-                ).fetchone()
-                if open_task:
-                    db.execute("UPDATE tasks SET created = ? WHERE id = ?", (now, open_task[0]))
-                    db.execute("COMMIT")
-                    return open_task[0], self._items(db, open_task[0])
                 votes = dict(db.execute("SELECT sample_id, COUNT(*) FROM votes GROUP BY sample_id"))
+                mine = {r[0] for r in db.execute(
+                    "SELECT sample_id FROM votes WHERE reviewer = ?", (reviewer,))}  # fmt: skip
+                in_pool, k = set(pool), self.votes_per_image
+                for (task_id,) in db.execute(
+                    "SELECT id FROM tasks WHERE reviewer = ? ORDER BY id", (reviewer,)
+                ).fetchall():
+                    # what is left of an earlier task: images of this pool that still need
+                    # this reviewer's vote (one filled by others meanwhile is dropped)
+                    items = [s for s in self._items(db, task_id) if s in in_pool
+                             and (s in mine or votes.get(s, 0) < k)]  # fmt: skip
+                    if any(s not in mine for s in items):
+                        db.execute("UPDATE tasks SET created = ? WHERE id = ?", (now, task_id))
+                        db.execute("COMMIT")
+                        return task_id, items
                 seen = {r[0] for r in db.execute(
                     "SELECT sample_id FROM votes WHERE reviewer = ? UNION "
                     "SELECT i.sample_id FROM task_items i JOIN tasks t ON t.id = i.task "
@@ -202,19 +210,39 @@ class ReviewStore:
 
     # votes -----------------------------------------------------------------------------------
     def vote(self, vote: Vote) -> None:
-        """Cast or change a vote (one per reviewer and image)."""
+        """Cast or change a vote (one per reviewer and image). A new vote on an image that has
+        its K votes already is refused (:class:`Full`): K votes from K reviewers, never more.
+        Voting keeps the reviewer's hand-out of that image alive."""
         if vote.present not in ANSWERS:
             raise ValueError(f"present must be one of {ANSWERS}, not {vote.present!r}")
         if vote.naturalness is not None and not 1 <= vote.naturalness <= 5:
             raise ValueError(f"naturalness must be 1 to 5, not {vote.naturalness}")
+        now = time.time()
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sample_id, reviewer) "
-                "DO UPDATE SET present = excluded.present, unsafe = excluded.unsafe, "
-                "naturalness = excluded.naturalness, time = excluded.time",
-                (vote.sample_id, vote.reviewer, vote.present, int(vote.unsafe),
-                 vote.naturalness, time.time()),
-            )  # fmt: skip
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cast = db.execute("SELECT 1 FROM votes WHERE sample_id = ? AND reviewer = ?",
+                                  (vote.sample_id, vote.reviewer)).fetchone()  # fmt: skip
+                count = db.execute("SELECT COUNT(*) FROM votes WHERE sample_id = ?",
+                                   (vote.sample_id,)).fetchone()[0]  # fmt: skip
+                if cast is None and count >= self.votes_per_image:
+                    raise Full(f"image {vote.sample_id} has its {count} votes already")
+                db.execute(
+                    "INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sample_id, reviewer) "
+                    "DO UPDATE SET present = excluded.present, unsafe = excluded.unsafe, "
+                    "naturalness = excluded.naturalness, time = excluded.time",
+                    (vote.sample_id, vote.reviewer, vote.present, int(vote.unsafe),
+                     vote.naturalness, now),
+                )  # fmt: skip
+                db.execute(
+                    "UPDATE tasks SET created = ? WHERE reviewer = ? AND id IN "
+                    "(SELECT task FROM task_items WHERE sample_id = ?)",
+                    (now, vote.reviewer, vote.sample_id),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def undo(self, reviewer: str, sample_id: str) -> bool:
         with self._connect() as db:

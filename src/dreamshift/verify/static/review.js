@@ -77,15 +77,19 @@ async function send(id) {
 async function answer(present) {
   if (!task || task.items.length === 0) return;
   const id = task.items[at].sample_id;
+  const previous = task.votes[id] ? {...task.votes[id]} : null;  // what undo puts back
   try {
     task.votes[id] = {present, unsafe: !!flags[id], naturalness: rates[id] ?? null};
     await send(id);
-    history.push(id);
+    history.push({id, previous});
     say(`saved: ${present}`);
     const next = task.items.findIndex((it, i) => i > at && !(it.sample_id in task.votes));
     const any = task.items.findIndex((it) => !(it.sample_id in task.votes));
     at = next >= 0 ? next : any >= 0 ? any : at;
-  } catch (e) { delete task.votes[id]; say(String(e)); }
+  } catch (e) {
+    if (previous) task.votes[id] = previous; else delete task.votes[id];
+    say(String(e));
+  }
   render();
 }
 
@@ -96,13 +100,20 @@ async function update(id) {  // a flag or a rating changed on an answered image
 
 async function undo() {
   if (history.length === 0) return;
-  const id = history.pop();
+  const last = history.pop(), id = last.id;
   try {
-    await post("undo", {sample_id: id});
-    delete task.votes[id];
+    if (last.previous) {  // a changed answer: the earlier one comes back
+      task.votes[id] = last.previous;
+      flags[id] = last.previous.unsafe;
+      rates[id] = last.previous.naturalness;
+      await send(id);
+    } else {
+      await post("undo", {sample_id: id});
+      delete task.votes[id];
+    }
     at = task.items.findIndex((it) => it.sample_id === id);
     say("undone");
-  } catch (e) { history.push(id); say(String(e)); }
+  } catch (e) { history.push(last); say(String(e)); }
   render();
 }
 
