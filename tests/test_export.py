@@ -3,6 +3,7 @@ the torch Dataset."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -152,3 +153,20 @@ def test_shift_dataset_items_groups_and_verified_only(dreamed):
     }
     with_transform = ShiftDataset(dreamed, split="test", transform=lambda img: img.size)
     assert with_transform[0][0] == (64, 64)
+
+
+def test_hf_export_streams_images_a_row_group_at_a_time(dreamed, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from dreamshift.export import formats
+
+    monkeypatch.setattr(formats, "ROW_GROUP", 3)
+    out = tmp_path / "hf"
+    formats.export(dreamed, out, "hf")
+    train = pq.ParquetFile(out / "data" / "train-00000-of-00001.parquet")
+    assert train.metadata.num_row_groups == 3 and train.metadata.num_rows == 8
+    truth = expected(dreamed)
+    rows = train.read().to_pylist()
+    for r in rows:
+        pixels = np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB"))
+        assert np.array_equal(pixels, truth[r["sample_id"]]["pixels"])

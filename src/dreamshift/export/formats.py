@@ -37,6 +37,7 @@ from dreamshift.export.card import write_card
 FORMATS = ("hf", "webdataset", "imagefolder")
 PRIVATE = ("votes",)  # who voted what: reviewers' names stay with the dataset, not in exports
 SHARD_IMAGES = 10_000  # webdataset: images per tar shard
+ROW_GROUP = 1_000  # hf: images per Parquet row group, the most held in memory at once
 
 
 def export_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
@@ -96,18 +97,23 @@ def export_hf(root: Path, out: Path) -> dict[str, int]:
     # or `datasets` refuses to read the splits together
     types = {name: pa.array([r[name] for r in every]).type for name in every[0]}
     types.update(label=pa.int64(), background=pa.int64())
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("image", image_type), *types.items()])
+    features = _features(meta, schema)
+    schema = schema.with_metadata(
+        {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    )
     counts = {}
     for split, rows in splits.items():
-        images = [{"bytes": (root / r["path"]).read_bytes(), "path": Path(r["path"]).name}
-                  for r in rows]  # fmt: skip
-        columns: dict[str, Any] = {"image": images}
-        for name, kind in types.items():
-            columns[name] = pa.array([r[name] for r in rows], kind)
-        table = pa.table(columns)
-        features = _features(meta, table.schema)
-        hf_meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **hf_meta})
-        pq.write_table(table, out / "data" / f"{split}-00000-of-00001.parquet")
+        path = out / "data" / f"{split}-00000-of-00001.parquet"
+        with pq.ParquetWriter(path, schema) as writer:  # images read a row group at a time
+            for start in range(0, len(rows), ROW_GROUP):
+                part = rows[start : start + ROW_GROUP]
+                images = [{"bytes": (root / r["path"]).read_bytes(),
+                           "path": Path(r["path"]).name} for r in part]  # fmt: skip
+                columns = [pa.array(images, image_type)]
+                columns += [pa.array([r[n] for r in part], t) for n, t in types.items()]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
         counts[split] = len(rows)
     write_card(root, out, counts)
     return counts
