@@ -469,3 +469,28 @@ def test_the_source_is_never_the_output(tiny_sd, guides, capsys):
     assert main(dream_cmd(guides, guides, tiny_sd)) == 1
     assert "is the source dataset" in capsys.readouterr().err
     assert images_and_rows(guides) == before
+
+
+def test_backgrounds_are_dreamed_per_label_and_compose_takes_them(tmp_path, tiny_sd):
+    from dreamshift.dream.backgrounds import make_backgrounds, plan_path
+
+    out = tmp_path / "bgs"
+    result = make_backgrounds(out, ["grass", "snow"], 2, model=str(tiny_sd), steps=2,
+                              progress=False)  # fmt: skip
+    assert (result.num_samples, result.num_failed) == (4, 0)
+    rows = ds.read_manifest(out).to_pylist()
+    assert [r["bg_class"] for r in rows] == ["grass", "grass", "snow", "snow"]
+    assert [r["prompt"] for r in rows] == ["a photo of grass"] * 2 + ["a photo of snow"] * 2
+    assert all(r["pipeline"] == "txt2img" and r["fg_class"] is None for r in rows)
+    assert len({r["seed"] for r in rows}) == 4 and len({r["sha256"] for r in rows}) == 4
+    again = make_backgrounds(out, ["grass", "snow"], 2, model=str(tiny_sd), steps=2,
+                             progress=False)  # fmt: skip
+    assert again.shards_run == 0  # a rerun resumes: nothing to make
+    assert main(["compose", "--out", str(tmp_path / "paste"), "--backgrounds", str(out),
+                 "--classes", "cat,dog", "--train-size", "8", "--val-per-group", "0",
+                 "--test-per-group", "1", "--anti-per-group", "0"]) == 0  # fmt: skip
+    used = {r["bg_source"] for r in ds.read_manifest(tmp_path / "paste").to_pylist()}
+    assert used <= {r["path"] for r in rows} and len(used) > 1
+    cfg = DreamConfig(source=str(plan_path(out)), mode="img2img", model=str(tiny_sd))
+    with pytest.raises(DreamshiftError, match="label plan"):
+        dream(cfg, tmp_path / "no", progress=False)

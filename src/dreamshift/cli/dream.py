@@ -84,6 +84,7 @@ def add(sub: Any) -> None:
     regen.add_argument("--model", help="where the model is now (default: where the run found it)")
     regen.add_argument("--out", type=Path, help="also write the remade images to this folder")
     regen.set_defaults(func=regenerate)
+    add_backgrounds(sub)
 
 
 def config(args: argparse.Namespace) -> Any:
@@ -153,3 +154,46 @@ def regenerate(args: argparse.Namespace) -> int:
     same = sum(r.match is True for r in results)
     print(f"{same} of {len(results)} regenerated identically, {bad} differ")
     return 1 if bad else 0
+
+
+def add_backgrounds(sub: Any) -> None:
+    p = sub.add_parser(
+        "backgrounds",
+        help="background templates dreamed by txt2img ('a photo of grass', ...), for compose",
+        description="txt2img images per background label, a dataset directory like any other "
+        "(seeds, provenance, resume); `compose --backgrounds DIR` takes it as templates.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
+    p.add_argument("--labels", type=names, default=BACKGROUND_LABELS,
+                   help="background labels (default: D3S's ten)")  # fmt: skip
+    p.add_argument("--per-label", type=int, required=True, help="images per label")
+    p.add_argument("--model", default="tiny-dream")
+    p.add_argument("--template", default="a photo of ${background_name}",
+                   help="the prompt; ${background_name} is the label")  # fmt: skip
+    p.add_argument("--size", type=int, default=64, help="image side (64; 512 for SD 1.x)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    add_executor(p)
+    p.set_defaults(func=run_backgrounds)
+
+
+BACKGROUND_LABELS = ("grass", "road", "forest", "water", "sand", "indoors", "snow", "rain",
+                     "night", "cave")  # fmt: skip
+
+
+def run_backgrounds(args: argparse.Namespace) -> int:
+    from dreamshift.dream.backgrounds import make_backgrounds
+
+    executor = executor_of(args, use_gpus=True)
+    result = make_backgrounds(
+        args.out, args.labels, args.per_label, args.model, args.template, args.size,
+        args.steps, args.guidance_scale, args.seed, workers=args.workers or 1,
+        batch_size=args.batch_size, executor=executor, progress=not args.no_progress,
+        **({"threads": 1} if executor is not None else {}),
+    )  # fmt: skip
+    print(f"dreamed {result.num_samples} backgrounds ({result.num_failed} failed) in "
+          f"{result.seconds:.1f} s: {result.root} (for compose --backgrounds)")  # fmt: skip
+    return report_failed(result.num_failed, "run the same command again to retry them")

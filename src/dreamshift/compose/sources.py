@@ -2,7 +2,8 @@
 
 Foreground folder: ``DIR/<class>/<name>.png`` RGBA cut-outs, or any image with a mask beside
 it named ``<name>.mask.png`` (white = object); with ``paste="rect"`` any image, pasted whole as
-a centre-cropped square (D3S's code). Background folder: ``DIR/<label>/<image>``.
+a centre-cropped square (D3S's code). Background folder: ``DIR/<label>/<image>``, or a dataset
+directory (``dreamshift backgrounds``), its images by ``bg_class``.
 Source ids are recorded in the manifest: ``animal-mnist:<index>``, ``world:<bg>:<seed>``, or a
 path relative to the folder.
 """
@@ -256,10 +257,13 @@ class FolderBackgrounds:
 
     def __init__(self, root: Path):
         self.root = root
-        self.files = {
-            label: [f.relative_to(root).as_posix() for f in files]
-            for label, files in _label_folders(root, "background").items()
-        }
+        if (root / "dataset.json").is_file():  # a dataset directory (dreamshift backgrounds)
+            self.files = _dataset_backgrounds(root)
+        else:
+            self.files = {
+                label: [f.relative_to(root).as_posix() for f in files]
+                for label, files in _label_folders(root, "background").items()
+            }
         self.names = tuple(self.files)
 
     def choose(self, name: str, rng: np.random.Generator) -> str:
@@ -284,6 +288,19 @@ def foreground_source(
     if spec == "world":
         return WorldForegrounds()
     return FolderForegrounds(Path(spec), share_across_splits, paste, class_names, per_class)
+
+
+def _dataset_backgrounds(root: Path) -> dict[str, list[str]]:
+    """label -> image paths of a dataset directory's usable rows, by ``bg_class``."""
+    from dreamshift.data import dataset as ds
+
+    out: dict[str, list[str]] = {}
+    for r in ds.read_manifest(root).to_pylist():
+        if r["status"] == ds.OK and r["bg_class"] and r["path"]:
+            out.setdefault(r["bg_class"], []).append(r["path"])
+    if not out:
+        raise DreamshiftError(f"background dataset {root} has no usable images")
+    return {label: sorted(paths) for label, paths in out.items()}
 
 
 def background_source(spec: str) -> BackgroundSource:

@@ -42,6 +42,7 @@ PLACEHOLDERS = {
     "class_name": "the foreground class, underscores read as spaces (a wnid suffix dropped)",
     "definition": "the class's entry in the recipe's 'definitions'",
     "background": "the background label's phrase in the recipe's 'backgrounds'",
+    "background_name": "the background label, underscores read as spaces",
 }
 WNID_SUFFIX = re.compile(r"_n\d{8}$")  # ImageNet's twice-used lemmas: crane_n02012849
 _KEYS = {"name", "templates", "negative_prompt", "backgrounds", "definitions", "definitions_from"}
@@ -90,10 +91,11 @@ class Recipe:
                     "copy of the recipe and pass it with --prompts FILE"
                 )
 
-    def render(self, template_index: int, fg_class: str, bg_class: str | None) -> str:
+    def render(self, template_index: int, fg_class: str | None, bg_class: str | None) -> str:
         values = {
-            "class_name": WNID_SUFFIX.sub("", fg_class).replace("_", " "),
-            "definition": self.definitions.get(fg_class, ""),
+            "class_name": WNID_SUFFIX.sub("", fg_class or "").replace("_", " "),
+            "background_name": (bg_class or "").replace("_", " "),
+            "definition": self.definitions.get(fg_class or "", ""),
             "background": self.backgrounds.get(bg_class or "", ""),
         }
         return Template(self.templates[template_index]).substitute(values)

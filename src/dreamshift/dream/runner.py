@@ -141,7 +141,11 @@ def _source_rows(cfg: DreamConfig) -> tuple[dict[str, Any], list[dict[str, Any]]
             f"split 'spurious' of {cfg.source} shows backgrounds without an object: there is "
             "nothing to dream (the audit reads it from the source dataset)"
         )
-    rows = [r for r in rows if r["fg_class"] is not None]  # backgrounds alone are not dreamed
+    if meta.get("stage") == "plan":  # labels without images (dreamshift backgrounds)
+        if cfg.mode != "txt2img":
+            raise DreamshiftError(f"{cfg.source} is a label plan: it has no images to {cfg.mode}")
+    else:
+        rows = [r for r in rows if r["fg_class"] is not None]  # backgrounds alone: not dreamed
     present = list(dict.fromkeys(r["split"] for r in rows))
     unknown = [s for s in cfg.splits if s not in present]
     if unknown:
@@ -205,7 +209,7 @@ def plan_dream(
     if cfg.mode != "paste":
         recipe = load_recipe(cfg.prompts)
         recipe.check_labels(
-            sorted({r["fg_class"] for r in rows}), sorted({r["bg_class"] for r in rows})
+            sorted({r["fg_class"] for r in rows} - {None}), sorted({r["bg_class"] for r in rows})
         )
         ref = locate_model(cfg.model)
         scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
@@ -452,7 +456,11 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[st
                     row,
                     rel_path,
                     Request(
-                        spec.prompt, spec.negative_prompt, spec.seed, guide, spec.guide["fg_class"]
+                        spec.prompt,
+                        spec.negative_prompt,
+                        spec.seed,
+                        guide,
+                        spec.guide["fg_class"] or "",
                     ),
                 )
             )
@@ -638,7 +646,7 @@ def regenerate(
                     guide_image(plan.source, guide, size) if row["pipeline"] == "img2img" else None
                 )
                 req = Request(
-                    row["prompt"], row["negative_prompt"], row["seed"], img, row["fg_class"]
+                    row["prompt"], row["negative_prompt"], row["seed"], img, row["fg_class"] or ""
                 )
                 pixels = dreamer.generate(
                     [req], row["steps"], row["strength"] or 0.0, row["guidance_scale"], *size

@@ -24,21 +24,22 @@ def make_grid(root: str | Path, out: str | Path, split: str | None = None, cell:
     splits = sorted({r["split"] for r in rows})
     if split is not None and split not in splits:
         raise DreamshiftError(f"{root} has no split {split!r}: it has {', '.join(splits)}")
-    chosen: dict[tuple[str, str], str] = {}
+    chosen: dict[tuple[str | None, str], str] = {}
     for r in sorted(rows, key=lambda r: r["index"]):
         if r["status"] == ds.OK and (split is None or r["split"] == split):
             chosen.setdefault((r["fg_class"], r["bg_class"]), r["path"])
 
-    label_w, label_h, gap = 8 * max(len(c) for c in classes) + 8, 14, 2
+    names: list[str | None] = list(classes) or [None]  # no classes: backgrounds alone, one row
+    label_w, label_h, gap = 8 * max(len(c or "background") for c in names) + 8, 14, 2
     width = label_w + len(bgs) * (cell + gap)
-    height = label_h + len(classes) * (cell + gap)
+    height = label_h + len(names) * (cell + gap)
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for j, b in enumerate(bgs):
         draw.text((label_w + j * (cell + gap) + 2, 1), b[: max(1, cell // 6)], fill=(0, 0, 0))
-    for i, c in enumerate(classes):
+    for i, c in enumerate(names):
         y = label_h + i * (cell + gap)
-        draw.text((2, y + cell // 2 - 5), c, fill=(0, 0, 0))
+        draw.text((2, y + cell // 2 - 5), c or "background", fill=(0, 0, 0))
         for j, b in enumerate(bgs):
             x = label_w + j * (cell + gap)
             path = chosen.get((c, b))
