@@ -10,7 +10,7 @@ replaced whole (written beside it, then renamed), so a crash leaves the previous
 >>> update_columns(root, ["a", "b"], {"verified": [True, False]})
 >>> read_table(root).column("verified").to_pylist()
 [True, False]
->>> sorted(verified_ids(root, ["a", "b"]))
+>>> sorted(verified_ids(root))
 ['a']
 """
 
@@ -99,7 +99,7 @@ def pass_columns(table: pa.Table) -> list[str]:
     return [n for n in table.column_names if n.endswith("_pass")]
 
 
-def verified_ids(root: str | Path, sample_ids: Sequence[str] | None = None) -> set[str]:
+def verified_ids(root: str | Path) -> set[str]:
     """The samples of ``root`` whose ``verified`` is true. A dataset nobody reviewed is an error
     that says how to review it."""
     table = read_table(root)
@@ -110,8 +110,7 @@ def verified_ids(root: str | Path, sample_ids: Sequence[str] | None = None) -> s
         )
     flags = table.column(VERIFIED).to_pylist()
     ids = table.column("sample_id").to_pylist()
-    out = {s for s, v in zip(ids, flags, strict=True) if v}
-    return out if sample_ids is None else out & set(sample_ids)
+    return {s for s, v in zip(ids, flags, strict=True) if v}
 
 
 def only_verified(root: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from dreamshift.data import dataset as ds
+from dreamshift.studies.evaluate_dream import wrong_class
 from dreamshift.world.animals import CLASSES
 
 STRENGTHS = (0.5, 0.7, 0.9)
@@ -62,10 +63,6 @@ def _load(root: Path, split: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
     rows.sort(key=lambda r: r.get("guide_sample_id") or r["sample_id"])
     images = np.stack([np.asarray(Image.open(root / r["path"]).convert("RGB")) for r in rows])
     return images, rows
-
-
-def wrong_class(c: str) -> str:
-    return CLASSES[(CLASSES.index(c) + 1) % len(CLASSES)]
 
 
 def _verifiers(images: np.ndarray) -> dict[str, Any]:
