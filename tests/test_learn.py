@@ -173,13 +173,15 @@ def test_learn_runs_resume_skip_when_done_and_probe(world, tmp_path, capsys):
     probes = read_probes(whole)
     assert len(probes) == 2 and probes[0]["matrix"] == m and probes[0]["test_split"] == "test"
     # probed on the very data LEACE was fitted on: the erased label is read no better than by a
-    # constant, the other as well as from the raw block
+    # constant (the probe is then near-constant, and its ties put it within 3 of the 30
+    # training images of chance; unerased it reads 100 %), the other as well as from the raw
+    # block
     raw = probe(world, whole, test_split="train")
     erased = probe(world, whole, test_split="train", erase=True)
     assert list(erased) == ["fg, background erased", "bg, class erased", "chance"]
     chance = erased["chance"]
-    assert erased["fg, background erased"]["background"] <= chance["background"] + 0.05
-    assert erased["bg, class erased"]["class"] <= chance["class"] + 0.05
+    assert erased["fg, background erased"]["background"] <= chance["background"] + 0.1
+    assert erased["bg, class erased"]["class"] <= chance["class"] + 0.1
     assert erased["fg, background erased"]["class"] >= raw["fg"]["class"] - 0.05
     assert erased["bg, class erased"]["background"] >= raw["bg"]["background"] - 0.05
     erm = learn(world, tmp_path / "erm", replace(cfg, algorithm="erm"), log=lambda *_: None)

@@ -9,6 +9,7 @@ from typing import Any
 
 from dreamshift.cli.args import names
 from dreamshift.data import dataset as ds
+from dreamshift.errors import DreamshiftError
 
 
 def add(sub: Any) -> None:
@@ -17,7 +18,10 @@ def add(sub: Any) -> None:
         help="train ERM, GroupDRO, IRM, DANN or the D3S disentangled model on a dataset",
         description="Train on the dataset's train split and evaluate on val/test/anti. Each "
         "run gets a folder named by a hash of its config under --out (resumable; finished runs "
-        "are skipped); results are appended to OUT/results.jsonl.",
+        "are skipped); results are appended to OUT/results.jsonl. Images stream from the "
+        "dataset directory (memory does not grow with it). Several processes or GPUs: "
+        "`accelerate launch --multi_gpu --num_processes N -m dreamshift learn ...` (--batch-size "
+        "is per process; only the main process writes).",
     )
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", required=True, type=Path, help="folder of runs")
@@ -33,7 +37,9 @@ def add(sub: Any) -> None:
         default=(0,),
         help="comma-separated seeds (0)",
     )
-    p.add_argument("--arch", default="world-cnn", help="world-cnn or world-resnet18")
+    p.add_argument(
+        "--arch", default="world-cnn", help="world-cnn, world-cnn-gn (GroupNorm) or world-resnet18"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
@@ -87,6 +93,30 @@ def add(sub: Any) -> None:
         help="generated sources: train on the images that passed review only (`dreamshift "
         "review export`)",
     )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=2,
+        help="processes that decode, resize and augment images ahead of training, per training "
+        "process (2); the weights do not depend on it",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also checkpoint every STEPS steps within an epoch, for long epochs (0: after each "
+        "epoch only); a relaunch resumes from the last one",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16"],
+        default="no",
+        help="bf16 autocast (on GPUs; 10-30x slower on most CPUs) (no)",
+    )
+    p.add_argument(
+        "--cpu", action="store_true", help="train on the CPU even where a GPU is available"
+    )
     p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
     p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
     p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
@@ -137,6 +167,7 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 mix=args.mix,
                 real_weight=args.real_weight,
                 verified_only=args.verified_only,
+                mixed_precision=args.mixed_precision,
                 hparams=hp,
             )
             cfg.check()
@@ -146,9 +177,18 @@ def configs(args: argparse.Namespace) -> list[Any]:
 
 def learn(args: argparse.Namespace) -> int:
     from dreamshift.learn.run import learn
+    from dreamshift.train.distributed import processes
 
+    if args.loader_workers < 0 or args.checkpoint_every < 0:
+        raise DreamshiftError(
+            f"--loader-workers {args.loader_workers} and --checkpoint-every "
+            f"{args.checkpoint_every} must be >= 0"
+        )
     for cfg in configs(args):
-        folder = learn(args.dataset, args.out, cfg)
+        folder = learn(args.dataset, args.out, cfg, loader_workers=args.loader_workers,
+                       checkpoint_every=args.checkpoint_every, cpu=args.cpu)  # fmt: skip
+        if not processes(cpu=args.cpu).is_main:
+            continue
         scores = json.loads((folder / "done").read_text())
         print(
             f"{folder}: "

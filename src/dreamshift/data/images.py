@@ -48,6 +48,27 @@ def load_image(path: Path, mode: str | None = None) -> Image.Image:
     return out.convert(mode) if mode and out.mode != mode else out
 
 
+def read_checked(path: Path, sha256: str, remedy: str) -> np.ndarray:
+    """The RGB pixels (H, W, 3) uint8 of the file at ``path``, whose sha256 must be ``sha256``
+    (not checked when empty). A missing, changed or undecodable file raises
+    :class:`BadInputError` naming it, followed by ``remedy`` (what to do)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BadInputError(f"{path} is in the manifest but missing: {remedy}") from exc
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path} ({exc}): {remedy}") from exc
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise BadInputError(
+            f"{path} changed since the manifest was written (its sha256 differs): {remedy}"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.array(img if img.mode == "RGB" else img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInputError(f"{path} cannot be decoded ({exc}): {remedy}") from exc
+
+
 def _grey_to_8bit(img: Image.Image) -> Image.Image:
     """A 16-bit greyscale image as 8-bit "L", 0..65535 mapped onto 0..255 (PIL's own
     conversion clips everything above 255 to white)."""

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from dreamshift.data import dataset as ds
+from dreamshift.data.images import read_checked
 from dreamshift.data.verification import only_verified
 from dreamshift.errors import DreamshiftError
 
@@ -75,22 +76,10 @@ def load_split(
     root: Path, split: str, classes: list[str], backgrounds: list[str], verified_only: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images (N, H, W, 3) uint8, class index (N,), background index (N,)) of the usable rows
-    of one split, in memory; ``verified_only``: of those that passed review only."""
-    rows = usable_rows(ds.read_manifest(root).to_pylist(), split)
-    if verified_only:
-        rows = only_verified(root, rows)
-    if not rows:
-        empty = torch.zeros(0, dtype=torch.long)
-        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), empty, empty
-    images = []
-    for _, batch, bad in iter_batches(root, rows, 256):
-        if bad:
-            raise DreamshiftError(f"{bad[0][1]}: re-run the command that made {root}")
-        assert batch is not None
-        images.append(torch.from_numpy(batch))
-    labels = torch.tensor([classes.index(r["fg_class"]) for r in rows])
-    bg = torch.tensor([backgrounds.index(r["bg_class"]) for r in rows])
-    return torch.cat(images), labels, bg
+    of one split, in memory; ``verified_only``: of those that passed review only. For small
+    splits (probes, the eraser's fit); training and evaluation stream (:mod:`.torch_dataset`)."""
+    table = split_table(root, split, classes, backgrounds, verified_only)
+    return decode_table(table), table.y, table.bg
 
 
 MIXES = ("concat", "weighted")  # how several training sources are drawn from
@@ -152,8 +141,98 @@ def source_key(text: str, split: str) -> list[Any]:
 
 
 @dataclass(frozen=True)
+class ImageTable:
+    """The images of one or several (dataset directory, split)s, by reference: where each file
+    is, the sha256 the manifest records for it, its class and background index. Held as flat
+    arrays, not per-row Python objects, so loader workers forked from the training process share
+    its pages instead of copying them as reference counts change, and memory grows by ~100 bytes
+    per image, never by its pixels."""
+
+    roots: tuple[Path, ...]  # the dataset directories
+    made_by: tuple[str, ...]  # per root: the stage that wrote it (compose, dream, ...)
+    source: np.ndarray  # (N,) index into roots
+    paths: np.ndarray  # (N,) bytes: path relative to its root
+    sha256: np.ndarray  # (N,) bytes: the manifest's sha256 ('' when it records none)
+    y: torch.Tensor  # (N,) class index (-1: a background alone)
+    bg: torch.Tensor  # (N,) background index
+
+    @classmethod
+    def of_rows(
+        cls, root: Path, rows: Sequence[dict[str, Any]], classes: list[str], backgrounds: list[str]
+    ) -> ImageTable:
+        """The table of ``rows`` (manifest rows of dataset ``root``)."""
+        meta = ds.read_dataset_json(root)
+        class_index = {c: i for i, c in enumerate(classes)}
+        bg_index = {b: i for i, b in enumerate(backgrounds)}
+        return cls(
+            roots=(Path(root),),
+            made_by=(str(meta.get("stage") or "compose"),),
+            source=np.zeros(len(rows), np.int32),
+            paths=np.array([r["path"].encode() for r in rows], dtype=bytes),
+            sha256=np.array([(r.get("sha256") or "").encode() for r in rows], dtype=bytes),
+            y=torch.tensor([class_index.get(r["fg_class"], -1) for r in rows], dtype=torch.long),
+            bg=torch.tensor([bg_index[r["bg_class"]] for r in rows], dtype=torch.long),
+        )
+
+    @classmethod
+    def concat(cls, tables: Sequence[ImageTable]) -> ImageTable:
+        offsets = np.cumsum([0] + [len(t.roots) for t in tables[:-1]])
+        return cls(
+            roots=tuple(r for t in tables for r in t.roots),
+            made_by=tuple(m for t in tables for m in t.made_by),
+            source=np.concatenate([t.source + o for t, o in zip(tables, offsets, strict=True)]),
+            paths=np.concatenate([t.paths for t in tables]),
+            sha256=np.concatenate([t.sha256 for t in tables]),
+            y=torch.cat([t.y for t in tables]),
+            bg=torch.cat([t.bg for t in tables]),
+        )
+
+    def take(self, keep: torch.Tensor) -> ImageTable:
+        idx = keep.numpy()
+        return ImageTable(self.roots, self.made_by, self.source[idx], self.paths[idx],
+                          self.sha256[idx], self.y[keep], self.bg[keep])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def path(self, i: int) -> Path:
+        return self.roots[int(self.source[i])] / self.paths[i].decode()
+
+    def read(self, i: int) -> np.ndarray:
+        """Image ``i`` as (H, W, 3) uint8, checked against the manifest's sha256; a missing or
+        changed file raises :class:`BadInputError` naming it and the command that made it."""
+        root = self.roots[int(self.source[i])]
+        remedy = (f"restore it, or re-run the `dreamshift {self.made_by[int(self.source[i])]}` "
+                  f"command that made {root}")  # fmt: skip
+        return read_checked(self.path(i), self.sha256[i].decode(), remedy)
+
+
+def split_table(
+    root: Path,
+    split: str,
+    classes: list[str],
+    backgrounds: list[str],
+    verified_only: bool = False,
+) -> ImageTable:
+    """The usable rows of one split of ``root`` (``verified_only``: those that passed review)."""
+    rows = usable_rows(ds.read_manifest(root).to_pylist(), split)
+    if verified_only:
+        rows = only_verified(root, rows)
+    return ImageTable.of_rows(root, rows, classes, backgrounds)
+
+
+@dataclass(frozen=True)
+class TrainingSources:
+    """The training images of every source, by reference, and how each source counts."""
+
+    table: ImageTable
+    sources: list[dict[str, Any]]  # dataset, split, hash, stage, generated, weight, n
+    sampling_weights: torch.Tensor | None  # per image; None: each image once per epoch
+
+
+@dataclass(frozen=True)
 class TrainingData:
-    """The training images of every source, concatenated, and how each source counts."""
+    """The training images of every source, decoded and concatenated, and how each counts."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -174,8 +253,51 @@ def training_data(
     size: int = 0,
     verified_only: bool = False,
 ) -> TrainingData:
-    """Load the training sources ``train`` (``DIR[:SPLIT][@WEIGHT]``; none: ``root``'s
-    ``split``, which is also the split of a source that names none). Every
+    """:func:`training_sources`, decoded into memory (``train-classifier``); the sources must
+    have images of one size."""
+    found = training_sources(root, train, split, mix, real_weight, classes, backgrounds,
+                             kind, size, verified_only)  # fmt: skip
+    xs, start = [], 0
+    for s in found.sources:
+        part = found.table.take(torch.arange(start, start + s["n"]))
+        xs.append(decode_table(part))
+        start += s["n"]
+    sizes = {tuple(x.shape[1:]) for x in xs}
+    if len(sizes) > 1:
+        raise DreamshiftError(
+            f"the training sources have images of different sizes {sorted(sizes)}: compose or "
+            "dream them at one size"
+        )
+    t = found.table
+    return TrainingData(torch.cat(xs), t.y, t.bg, found.sources, found.sampling_weights)
+
+
+def decode_table(table: ImageTable) -> torch.Tensor:
+    """Every image of ``table`` in memory, (N, H, W, 3) uint8 (one size: the first's)."""
+    if not len(table):
+        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8)
+    images = [table.read(i) for i in range(len(table))]
+    h, w = images[0].shape[:2]
+    images = [a if a.shape[:2] == (h, w) else np.asarray(Image.fromarray(a).resize((w, h)))
+              for a in images]  # fmt: skip
+    return torch.from_numpy(np.stack(images))
+
+
+def training_sources(
+    root: Path,
+    train: Sequence[str],
+    split: str,
+    mix: str,
+    real_weight: float,
+    classes: list[str],
+    backgrounds: list[str],
+    kind: str = "all",
+    size: int = 0,
+    verified_only: bool = False,
+) -> TrainingSources:
+    """The training sources ``train`` (``DIR[:SPLIT][@WEIGHT]``; none: ``root``'s
+    ``split``, which is also the split of a source that names none), read from their manifests
+    (no image is decoded). Every
     source must have ``root``'s classes and backgrounds. A generated source is one made by
     ``dreamshift dream``; ``kind`` keeps the real or the generated sources only, and ``size``
     cuts each source to that many images (:func:`nested_subset`, seeded by its content);
@@ -186,7 +308,7 @@ def training_data(
     and generated ones the rest, each in proportion to its size: DataDream's
     λ·loss(real) + (1 − λ)·loss(generated) in expectation); else plain concatenation."""
     specs = [parse_source(t) for t in train] or [(str(root), split, None)]
-    xs, ys, bgs, sources = [], [], [], list[dict[str, Any]]()
+    tables, sources = list[ImageTable](), list[dict[str, Any]]()
     for path, named_split, weight in specs:
         src = Path(path)
         if not (src / ds.DATASET_JSON).exists():
@@ -204,43 +326,34 @@ def training_data(
         generated = meta.get("stage") == "dream"
         if kind != "all" and generated != (kind == "generated"):
             continue
-        x, y, bg = load_split(src, source_split, classes, backgrounds, verified_only and generated)
-        if len(x) == 0:
+        table = split_table(src, source_split, classes, backgrounds, verified_only and generated)
+        if len(table) == 0:
             splits = sorted(set(ds.read_manifest(src).column("split").to_pylist()))
             raise DreamshiftError(
                 f"{src} has no usable images in split {source_split!r} (it has {splits}): name "
                 f"one, --train {src}:SPLIT"
             )
         if size:
-            if size > len(x):
+            if size > len(table):
                 raise DreamshiftError(
                     f"--train {path}: {size} images asked for, but split {source_split!r} has "
-                    f"{len(x)}: choose smaller --train-sizes"
+                    f"{len(table)}: choose smaller --train-sizes"
                 )
             seed = int(
                 hashlib.sha256(str(meta.get("content_hash") or src).encode()).hexdigest()[:8], 16
             )
-            keep = nested_subset(y, size, seed)
-            x, y, bg = x[keep], y[keep], bg[keep]
-        xs.append(x)
-        ys.append(y)
-        bgs.append(bg)
+            table = table.take(nested_subset(table.y, size, seed))
+        tables.append(table)
         sources.append({
             "dataset": str(src.resolve()), "split": source_split,
             "dataset_hash": meta.get("content_hash"),
             "stage": meta.get("stage"), "generated": generated,
-            "weight": weight, "n": len(x), "verified_only": verified_only and generated,
+            "weight": weight, "n": len(table), "verified_only": verified_only and generated,
         })  # fmt: skip
-    if not xs:
+    if not tables:
         raise DreamshiftError(
             f"no {kind} training source among --train {' '.join(train)} (a generated one is made "
             "by `dreamshift dream`)"
-        )
-    sizes = {tuple(x.shape[1:]) for x in xs}
-    if len(sizes) > 1:
-        raise DreamshiftError(
-            f"the training sources have images of different sizes {sorted(sizes)}: compose or "
-            "dream them at one size"
         )
     weights = None
     if mix == "weighted":
@@ -261,4 +374,4 @@ def training_data(
         weights = torch.cat(
             [torch.full((s["n"],), s["weight"] / s["n"], dtype=torch.float64) for s in sources]
         )
-    return TrainingData(torch.cat(xs), torch.cat(ys), torch.cat(bgs), sources, weights)
+    return TrainingSources(ImageTable.concat(tables), sources, weights)

@@ -1,4 +1,21 @@
-"""``ShiftDataset``: a torch Dataset over one split of a dataset directory, WILDS style.
+"""The torch side of a dataset directory: the one place images are read for training and
+evaluation, and the samplers that decide what is read when.
+
+- :class:`StreamedImages`: images of an :class:`~dreamshift.data.loading.ImageTable`,
+  decoded, preprocessed and (for training) augmented inside DataLoader workers. A training
+  item is keyed by ``(epoch, draw, index)``: its augmentation is drawn from a generator seeded
+  by (seed, epoch, draw), so the weights of a run depend neither on the number of loader
+  workers nor on how the global batch is split between processes.
+- :class:`EpochBatches`: the batch sampler of a training epoch: one global order per epoch
+  (a permutation, or weighted draws with replacement for mixes), cut into global batches of
+  ``batch_size x processes``; each process takes its own slice, and a resumed epoch starts at
+  its step.
+- :func:`loader`: the DataLoader over both (workers, pinned memory on CUDA, prefetch); a
+  missing, changed or undecodable image comes back as :class:`BadImage` and stops the run
+  with one line naming the file.
+- :class:`ShiftDataset`: one split as a WILDS-style dataset for users' own training loops.
+
+``ShiftDataset``: a torch Dataset over one split of a dataset directory, WILDS style.
 
 Each item is ``(x, y, metadata)`` as in WILDS (Koh et al. 2021): ``x`` the image (by default a
 float tensor (3, H, W) in [0, 1]; ``transform`` receives the PIL image instead), ``y`` the
@@ -26,18 +43,159 @@ group-balanced samplers and worst-group accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from dreamshift.data import dataset as ds
-from dreamshift.data.loading import usable_rows
+from dreamshift.data.loading import ImageTable, usable_rows
+from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.data.verification import only_verified
-from dreamshift.errors import DreamshiftError
+from dreamshift.errors import BadInputError, DreamshiftError
+from dreamshift.seeding import derive_seed
+
+Key = tuple[int, int, int]  # (epoch, draw within the epoch, image index): a training draw
+
+
+class Images(NamedTuple):
+    """A batch: model inputs (B, 3, S, S), class (B,), background (B,), the images' places
+    in their table (B,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    bg: torch.Tensor
+    position: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """An image that could not be used, in place of a batch: the file and what to do."""
+
+    message: str
+
+
+class StreamedImages(torch.utils.data.Dataset):
+    """The images of ``table`` as model inputs, preprocessed by ``prep``. With ``seed``,
+    items are keyed by ``(epoch, draw, index)`` and augmented (flip + padded crop,
+    :func:`~dreamshift.data.transforms.augment`) from a generator seeded by
+    (seed, epoch, draw); without, keyed by the index and not augmented."""
+
+    def __init__(self, table: ImageTable, prep: Preprocessing, seed: int | None = None):
+        self.table, self.prep, self.seed = table, prep, seed
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, key: int | Key) -> tuple[torch.Tensor, int, int, int] | BadImage:
+        epoch, draw, i = key if isinstance(key, tuple) else (-1, -1, key)
+        try:
+            pixels = self.table.read(i)
+        except BadInputError as exc:
+            return BadImage(str(exc))
+        x = self.prep(pixels[None])  # (1, 3, S, S)
+        if self.seed is not None:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, draw))
+            x = augment(x, g)
+        return x[0], int(self.table.y[i]), int(self.table.bg[i]), i
+
+
+def collate(items: list[Any]) -> Images | BadImage:
+    """Stack items into :class:`Images`; the first :class:`BadImage` among them instead."""
+    for item in items:
+        if isinstance(item, BadImage):
+            return item
+    xs, ys, bgs, idx = zip(*items, strict=True)
+    return Images(torch.stack(xs), torch.tensor(ys), torch.tensor(bgs), torch.tensor(idx))
+
+
+class EpochBatches(torch.utils.data.Sampler[list[Key]]):
+    """This process's share of each global batch of an epoch, as lists of keys.
+
+    The order of epoch ``e`` comes from a generator seeded by (seed, "epoch", e): a permutation
+    of the ``n`` images, or with ``weights`` ``n`` draws with replacement in proportion to
+    them. Step ``s`` takes the global batch ``order[s*G:(s+1)*G]`` (G = ``batch_size`` x
+    ``processes``) and process ``rank`` its ``[rank*B:(rank+1)*B]``; the last partial batch is
+    dropped. So 2 processes x batch 16 see, together, the images and augmentations of
+    1 process x batch 32.
+
+    >>> batches = EpochBatches(10, batch_size=2, seed=0, rank=1, processes=2)
+    >>> len(batches), [len(b) for b in batches], batches[0][0][:2]
+    (2, [2, 2], (0, 2))
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        weights: torch.Tensor | None = None,
+        rank: int = 0,
+        processes: int = 1,
+    ):
+        self.n, self.batch_size, self.seed, self.weights = n, batch_size, seed, weights
+        self.rank, self.processes = rank, processes
+        self.steps = n // (batch_size * processes)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """The epoch to draw, from its step ``start_step`` on (a resumed epoch)."""
+        self.epoch, self.start = epoch, start_step
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+        if self.weights is None:
+            return torch.randperm(self.n, generator=g)
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+
+    def __getitem__(self, step: int) -> list[Key]:
+        return self._batch(self.order(self.epoch), self.start + step)
+
+    def _batch(self, order: torch.Tensor, step: int) -> list[Key]:
+        first = step * self.batch_size * self.processes + self.rank * self.batch_size
+        mine = order[first : first + self.batch_size].tolist()
+        return [(self.epoch, first + j, i) for j, i in enumerate(mine)]
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        order = self.order(self.epoch)
+        for step in range(self.start, self.steps):
+            yield self._batch(order, step)
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+
+def loader(
+    images: StreamedImages,
+    batches: torch.utils.data.Sampler[Any] | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> torch.utils.data.DataLoader:
+    """A DataLoader of :class:`Images` batches (or :class:`BadImage`) over ``images``, drawn
+    by the batch sampler ``batches`` (none: every image once, in order, ``batch_size`` at a
+    time). ``workers`` processes decode ahead (2 batches each); on CUDA the batches come in
+    pinned memory, for non-blocking copies. The loader leaves the global RNG alone, which the
+    training updates draw from."""
+    if batches is None:
+        batches = torch.utils.data.BatchSampler(
+            torch.utils.data.SequentialSampler(range(len(images))), batch_size, drop_last=False
+        )
+    return torch.utils.data.DataLoader(
+        images,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        generator=torch.Generator(),  # its workers' base seed: not drawn from the global RNG
+    )
+
 
 METADATA_FIELDS = ("background", "aligned", "group", "y")
 
@@ -64,6 +222,7 @@ class ShiftDataset(torch.utils.data.Dataset):
             splits = sorted(set(ds.read_manifest(self.root).column("split").to_pylist()))
             raise DreamshiftError(f"{self.root} has no usable rows in split {split!r} ({splits})")
         self.rows = rows
+        self.table = ImageTable.of_rows(self.root, rows, self.classes, self.backgrounds)
         self.split = split
         self.transform = transform
         self.metadata_fields = METADATA_FIELDS
@@ -85,12 +244,11 @@ class ShiftDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        with Image.open(self.root / self.rows[i]["path"]) as img:
-            image = img.convert("RGB")
+        pixels = self.table.read(i)  # (H, W, 3) uint8, checked against the manifest
         if self.transform is not None:
-            x = self.transform(image)
+            x = self.transform(Image.fromarray(pixels))
         else:
-            x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+            x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
         return x, self.y_array[i], self.metadata_array[i]
 
     def group_name(self, group: int) -> str:

@@ -109,6 +109,9 @@ class Algorithm(nn.Module):
         self.backbone.head = nn.Identity()
         self.classifier = nn.Linear(self.num_features, num_classes)
         self.register_buffer("step", torch.tensor(0))
+        # between backward and step: gradients averaged over the training processes
+        # (dreamshift.train.distributed); one process: nothing to do
+        self.average_gradients: Callable[[Any], None] = lambda parameters: None
 
     def _optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=self.hp.lr, weight_decay=self.hp.weight_decay)
@@ -141,6 +144,7 @@ class Algorithm(nn.Module):
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.average_gradients(self.main_parameters())
         self.optimizer.step()
         self.step += 1
 
@@ -216,7 +220,7 @@ class IRM(Algorithm):
 
     def update(self, batch: Batch) -> dict[str, float]:
         logits = self.predict(batch.x)
-        scale = torch.ones((), requires_grad=True)
+        scale = logits.new_ones((), requires_grad=True)
         nll, penalty = logits.new_zeros(()), logits.new_zeros(())
         envs = torch.unique(batch.bg)
         for e in envs:  # environments: backgrounds
@@ -304,6 +308,7 @@ class D3S(Algorithm):
             est_loss = est_loss + self.estimators["bg_fg"].critic_loss(bg.detach(), batch.y)
             self.estimator_optimizer.zero_grad(set_to_none=True)
             est_loss.backward()
+            self.average_gradients(self.estimators.parameters())
             self.estimator_optimizer.step()
         cls = F.cross_entropy(self.classifier(fg), batch.y)
         bg_loss = F.cross_entropy(self.bg_classifier(bg), batch.bg)

@@ -40,15 +40,18 @@ from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file, write_atomic
 from dreamshift.data.loading import (
     MIXES,
+    ImageTable,
     load_split,
     parse_source,
     source_key,
-    training_data,
+    split_table,
+    training_sources,
     usable_rows,
 )
-from dreamshift.data.transforms import Preprocessing, augment
+from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images, StreamedImages, loader
+from dreamshift.data.transforms import Preprocessing
 from dreamshift.engine.results import RESULTS, append_record
-from dreamshift.errors import DreamshiftError
+from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
 from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
@@ -56,10 +59,12 @@ from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import Classifier, preprocessing_of
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
-from dreamshift.train.loop import TrainState, fit
+from dreamshift.train.distributed import processes
+from dreamshift.train.loop import TrainState, fit_stream
 from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE, PROBES
 from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
+PRECISIONS = ("no", "bf16")  # mixed precision of the updates: none or bf16 autocast
 LEGACY_CHECKPOINT = "checkpoint.pt"  # earlier versions: read with weights_only=True only
 
 
@@ -80,6 +85,7 @@ class LearnConfig(Config):
     mix: str = "concat"  # or "weighted": real sources weigh real_weight, generated ones the rest
     real_weight: float = 0.8  # DataDream's lambda
     verified_only: bool = False  # generated sources: only images that passed review
+    mixed_precision: str = "no"  # or "bf16": autocast (on CUDA; 10-30x slower on most CPUs)
     hparams: Hparams = field(default_factory=Hparams)
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
@@ -87,6 +93,7 @@ class LearnConfig(Config):
         "arch": lambda: ARCHITECTURES.names(),
         "lr_schedule": lambda: LR_SCHEDULES,
         "mix": lambda: MIXES,
+        "mixed_precision": lambda: PRECISIONS,
     }
 
     def validate(self) -> None:
@@ -234,16 +241,33 @@ def _checkpoint_path(folder: Path) -> Path | None:
 
 
 @torch.no_grad()
+def predict_table(
+    algo: Algorithm, table: ImageTable, prep: Preprocessing, device: torch.device, workers: int
+) -> torch.Tensor:
+    """The class predicted for every image of ``table`` (N,), streamed through the loader."""
+    algo.eval()
+    preds = []
+    for batch in loader(StreamedImages(table, prep), batch_size=256, workers=workers,
+                        device=device):  # fmt: skip
+        if isinstance(batch, BadImage):
+            raise BadInputError(batch.message)
+        preds.append(algo.predict(batch.x.to(device, non_blocking=True)).argmax(1).cpu())
+    algo.train()
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
 def evaluate(
-    algo: Algorithm, images, y, bg, prep: Preprocessing, n_boot: int = 200
+    algo: Algorithm,
+    table: ImageTable,
+    prep: Preprocessing,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    n_boot: int = 200,
 ) -> dict[str, Any]:
     """Accuracy overall and per class x background group; worst group (WILDS naming)."""
-    algo.eval()
-    preds = [algo.predict(prep(images[i : i + 256])).argmax(1) for i in range(0, len(images), 256)]
-    correct = (torch.cat(preds) == y).numpy() if preds else np.zeros(0, bool)
-    keys = list(zip(y.tolist(), bg.tolist(), strict=True))
+    correct = (predict_table(algo, table, prep, torch.device(device), workers) == table.y).numpy()
+    keys = list(zip(table.y.tolist(), table.bg.tolist(), strict=True))
     worst = M.worst_group(M.group_stats(correct, keys, n_boot=1))
-    algo.train()
     return {
         "n": len(correct),
         "acc_avg": M.accuracy(correct),
@@ -263,13 +287,30 @@ def _rho(root: Path, meta: dict[str, Any]) -> float | None:
     return (config.get("recipe") or {}).get("rho")
 
 
-def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = print) -> Path:
-    """Train one run (or skip it when its folder is done); returns the run folder."""
+def learn(
+    dataset: str | Path,
+    out: str | Path,
+    cfg: LearnConfig,
+    log: Any = print,
+    loader_workers: int = 2,
+    checkpoint_every: int = 0,
+    cpu: bool = False,
+) -> Path:
+    """Train one run (or skip it when its folder is done); returns the run folder.
+
+    Images stream from the dataset directories: ``loader_workers`` processes decode, resize and
+    augment them (the weights do not depend on how many). Started by ``accelerate launch``
+    (or ``torchrun``), every process runs this with its share of each batch (``batch_size`` per
+    process) and only the main one writes. ``checkpoint_every``: also checkpoint every that
+    many steps within an epoch (long epochs); ``cpu``: train on the CPU even with a GPU."""
     cfg.check()
+    procs = processes(cpu=cpu)
+    log = log if procs.is_main else (lambda *_: None)
     root, out = Path(dataset), Path(out)
     meta = ds.read_dataset_json(root)
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
     folder = run_folder(out, cfg, meta.get("content_hash", str(root)))
+    procs.agree(folder.name, "run (a hash of the config and the datasets' content)")
     if (folder / DONE).exists():  # a finished run is skipped before any image is loaded
         log(f"{folder} is done: skipped")
         return folder
@@ -280,15 +321,16 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
             f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train on "
             "a dataset with that split, e.g. one made by `dreamshift compose --train-size N`"
         )
-    data = training_data(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
-                         backgrounds, verified_only=cfg.verified_only)  # fmt: skip
-    x, y, bg = data.x, data.y, data.bg
-    if len(x) < cfg.batch_size:
+    data = training_sources(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
+                            backgrounds, verified_only=cfg.verified_only)  # fmt: skip
+    table = data.table
+    if len(table) < cfg.batch_size * procs.size:
         raise DreamshiftError(
-            f"the training images of {root} ({len(x)} usable) are fewer than one batch "
-            f"({cfg.batch_size}): lower --batch-size or compose a larger split"
+            f"the training images of {root} ({len(table)} usable) are fewer than one batch "
+            f"({cfg.batch_size} x {procs.size} processes): lower --batch-size or compose a "
+            "larger split"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    prep = Preprocessing.world(cfg.input_size)
     record = {
         "config": asdict(cfg),
         "dataset": str(root.resolve()),
@@ -297,49 +339,63 @@ def learn(dataset: str | Path, out: str | Path, cfg: LearnConfig, log: Any = pri
         "rho": _rho(root, meta),
         "classes": classes,
         "backgrounds": backgrounds,
-        "preprocessing": Preprocessing.world(cfg.input_size).to_dict(),
+        "preprocessing": prep.to_dict(),
         "sources": data.sources,
+        "processes": procs.size,  # the global batch is batch_size x processes
     }
-    write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+    if procs.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
     resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
     algo = build(cfg, len(classes), len(backgrounds), fit_eraser=not resuming)
-    prep = Preprocessing.world(cfg.input_size)
-    steps = len(x) // cfg.batch_size
+    algo.to(procs.device)
+    algo.average_gradients = procs.average_gradients
+    batches = EpochBatches(len(table), cfg.batch_size, cfg.seed, data.sampling_weights,
+                           procs.rank, procs.size)  # fmt: skip
+    images = StreamedImages(table, prep, seed=cfg.seed)
+    total_steps = cfg.epochs * batches.steps
+    bf16 = cfg.mixed_precision == "bf16"
 
-    def update(step: int, idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
-        lr = cfg.hparams.lr * lr_factor(cfg.lr_schedule, step, cfg.epochs * steps)
+    def update(step: int, batch: Images) -> dict[str, float]:
+        lr = cfg.hparams.lr * lr_factor(cfg.lr_schedule, step, total_steps)
         for group in algo.optimizer.param_groups:
             group["lr"] = lr
-        return algo.update(Batch(augment(prep(x[idx]), g), y[idx], bg[idx]))
+        with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return algo.update(Batch(batch.x, batch.y, batch.bg))
 
-    def epoch_generator(epoch: int) -> torch.Generator:
-        torch.manual_seed(derive_seed(cfg.seed, "epoch-ops", epoch))  # shuffles inside update
-        return torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+    def start_epoch(epoch: int) -> None:  # what the updates draw from the global RNG
+        torch.manual_seed(derive_seed(cfg.seed, "epoch-ops", epoch))
 
     algo.train()
-    history = fit(
-        cfg.algorithm, len(x), cfg.batch_size, cfg.epochs, update, epoch_generator,
-        _train_state(algo), folder / CHECKPOINT, log=log, sampling_weights=data.sampling_weights,
+    history = fit_stream(
+        cfg.algorithm, cfg.epochs, batches,
+        loader(images, batches, workers=loader_workers, device=procs.device),
+        update, start_epoch, _train_state(algo), procs, folder / CHECKPOINT, checkpoint_every,
+        log=log,
     )  # fmt: skip
+    if not procs.is_main:
+        procs.barrier()  # the main process evaluates and writes the results
+        return folder
 
     split_metrics: dict[str, dict[str, Any]] = {}
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
     present = set(ds.read_manifest(root).column("split").to_pylist())
     for split in cfg.eval_splits:
         if split in present:
-            images, labels, bgs = load_split(root, split, classes, backgrounds)
-            split_metrics[split] = evaluate(algo, images, labels, bgs, prep)
+            held_out = split_table(root, split, classes, backgrounds)
+            split_metrics[split] = evaluate(algo, held_out, prep, procs.device, loader_workers)
     if len(data.sources) > 1:  # each source's own training accuracy
         start = 0
         for source in data.sources:
-            part = slice(start, start + source["n"])
-            source["train_acc"] = evaluate(algo, x[part], y[part], bg[part], prep, n_boot=1)[
-                "acc_avg"
-            ]
+            part = table.take(torch.arange(start, start + source["n"]))
+            source["train_acc"] = evaluate(
+                algo, part, prep, procs.device, loader_workers, n_boot=1
+            )["acc_avg"]
             start += source["n"]
     append_record(out / RESULTS, results)
     (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
+    procs.barrier()
     return folder
 
 

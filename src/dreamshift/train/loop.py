@@ -1,5 +1,7 @@
-"""The resumable training loops: :func:`fit` by epochs (``train-classifier``, ``learn``, the
-oracles) and :func:`fit_steps` by steps (tiny-dream's VAE, decoder and UNet stages).
+"""The resumable training loops: :func:`fit_stream` by epochs over a streaming loader, on one
+or several processes (``learn``); :func:`fit` by epochs over tensors in memory
+(``train-classifier``, the oracles) and :func:`fit_steps` by steps (tiny-dream's VAE, decoder
+and UNet stages).
 
 Each epoch draws its data order from a ``torch.Generator`` that the caller seeds per epoch
 (``derive_seed(seed, "epoch", e)``), runs ``update(step, batch_indices, generator)`` on every
@@ -32,8 +34,11 @@ from typing import Any
 
 import torch
 
+from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images
+from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state, save_state
+from dreamshift.train.distributed import Processes
 
 Update = Callable[[int, torch.Tensor, torch.Generator], dict[str, float]]
 
@@ -142,6 +147,95 @@ def fit(
             f"{name} epoch {epoch + 1}/{epochs}: "
             + ", ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch")
         )
+    return history
+
+
+def fit_stream(
+    name: str,
+    epochs: int,
+    batches: EpochBatches,
+    data: torch.utils.data.DataLoader,
+    update: Callable[[int, Images], dict[str, float]],
+    start_epoch: Callable[[int], None],
+    state: TrainState,
+    procs: Processes,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
+    log: Callable[[str], Any] = print,
+) -> list[dict[str, Any]]:
+    """Train for ``epochs`` epochs of ``batches.steps`` steps: ``update(global step, batch)``
+    on every batch ``data`` yields (a DataLoader drawing from ``batches``, whose epoch this
+    loop sets), on every process of ``procs``. ``start_epoch(e)`` seeds what the update draws
+    from the global RNG. Returns the per-epoch history: the mean over steps and processes of
+    what ``update`` returns, and the images/s of all processes together.
+
+    With ``checkpoint``, the main process writes the state, the history and where it stands
+    after every epoch (and every ``checkpoint_every`` steps); every process resumes from it,
+    mid-epoch included (the global RNG state is in the checkpoint), so a relaunched run ends
+    with the weights of an uninterrupted one with the same number of processes. A missing or
+    changed image stops the run with one line naming it."""
+    history: list[dict[str, Any]] = []
+    epoch, step, sums = 0, 0, dict[str, float]()
+    if checkpoint is not None and checkpoint.is_file():
+        saved = load_state(checkpoint)
+        if saved.get("processes", 1) != procs.size:
+            raise DreamshiftError(
+                f"{checkpoint} was written by a run on {saved.get('processes', 1)} processes; "
+                f"this one has {procs.size}, which changes the batches and the weights: relaunch "
+                f"it on {saved.get('processes', 1)}, or delete the checkpoint to start again"
+            )
+        state.load_state_dict(saved["state"])
+        history = list(saved["history"])
+        epoch, step, sums = len(history), int(saved.get("step", 0)), dict(saved.get("sums", {}))
+        if step:
+            torch.set_rng_state(saved["rng"])
+        if procs.is_main:
+            log(f"resuming {checkpoint.parent} at epoch {epoch + 1}, step {step}")
+    procs.agree(f"epoch {epoch} step {step}", "checkpoint (resume point)")
+
+    def save(step_done: int) -> None:
+        """The state after ``step_done`` steps of the current epoch (0: the epoch is done)."""
+        if isinstance(state.parts.get("model"), torch.nn.Module):
+            procs.average_buffers(state.parts["model"])
+        if procs.is_main and checkpoint is not None:
+            save_state(checkpoint, {
+                "state": state.state_dict(), "history": history, "processes": procs.size,
+                "step": step_done, "sums": sums, "rng": torch.get_rng_state(),
+            })  # fmt: skip
+
+    for e in range(epoch, epochs):
+        if step == 0:
+            start_epoch(e)
+            sums = {}
+        batches.set_epoch(e, step)
+        start = time.perf_counter()
+        done_before = step
+        for batch in data:
+            if isinstance(batch, BadImage):
+                raise BadInputError(batch.message)
+            batch = Images(*(t.to(procs.device, non_blocking=True) for t in batch))
+            for k, v in update(e * batches.steps + step, batch).items():
+                sums[k] = sums.get(k, 0.0) + v
+            step += 1
+            if checkpoint_every and step % checkpoint_every == 0 and step < batches.steps:
+                save(step)
+        seconds = time.perf_counter() - start
+        totals = procs.sum(sums)
+        images = (step - done_before) * batches.batch_size * procs.size
+        entry: dict[str, Any] = {
+            "epoch": e + 1,
+            **{k: round(v / (batches.steps * procs.size), 5) for k, v in totals.items()},
+            "train_images_per_s": round(images / seconds, 1),
+        }
+        history.append(entry)
+        step, sums = 0, {}
+        save(0)
+        if procs.is_main:
+            log(
+                f"{name} epoch {e + 1}/{epochs}: "
+                + ", ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch")
+            )
+    procs.barrier()
     return history
 
 
