@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-ray bench-tune evaluate-dream clean
+.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-learn-memory bench-ray bench-tune evaluate-dream clean
 
 setup: $(STAMP)
 
@@ -74,6 +74,9 @@ bench-ray: $(STAMP)
 
 bench-learn: $(STAMP)
 	$(PY) bench/learn.py
+
+bench-learn-memory: $(STAMP)
+	$(PY) bench/learn_memory.py
 
 bench-tune: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/tune.py

@@ -1,18 +1,23 @@
-"""Benchmark: training images/s of `dreamshift learn` (ERM) against a bare PyTorch loop.
+"""Benchmark: training images/s of `dreamshift learn` (ERM) against two baselines.
 
-Both train the same network (world-cnn, or --arch) with the same optimiser (AdamW), batch size
+All train the same network (world-cnn, or --arch) with the same optimiser (AdamW), batch size
 and images. The bare loop gets the training images already decoded and preprocessed into one
-float tensor and runs only forward, cross-entropy, backward and the optimiser step. `learn`
-does everything a run does: reads the manifest, decodes the PNG files, converts and augments
-each batch (flip + crop), takes the step, checkpoints after every epoch and evaluates its
-splits at the end. Printed: images/s of each, counted over the training images only, and their
-ratio (aim >= 0.9), best of interleaved repeats; for `learn` both its training loop alone (the
-per-epoch figure a run records) and the whole call (fixed costs weigh heavily on a run this
-short). The same for a run on two training sources (the dataset and its paste-mode "dream",
-a generated source) drawn by DataDream's weighted mix (``--train A --train B --mix weighted``):
-the mixed loader must keep the loop's ratio. Also printed: the same bare loop under bfloat16
-autocast, to show whether it helps on this CPU. Run: `make bench-learn` or
-`.venv/bin/python bench/learn.py`.
+float tensor (channels-last in memory, as ``permute`` leaves it, the layout `learn`'s loader
+also delivers) and runs only forward, cross-entropy, backward and the optimiser step. The
+hand-written loader is what a user writes without dreamshift: a torch Dataset over the same
+PNG files (PIL decode, [-1, 1], random flip and 4-pixel padded crop per image) and a
+DataLoader with 2 worker processes, shuffled. `learn` does everything a run does: reads the
+manifest, streams the PNG files through its loader (2 workers, sha256 checked), takes the
+step, checkpoints after every epoch and evaluates its splits at the end.
+
+Printed: images/s of each, counted over the training images only, and the ratios (aims: >= 0.9
+of the bare loop, >= 1.0 of the hand-written loader), best of interleaved repeats; for `learn`
+both its training loop alone (the per-epoch figure a run records) and the whole call (fixed
+costs weigh heavily on a run this short). The same for a run on two training sources (the
+dataset and its paste-mode "dream", a generated source) drawn by DataDream's weighted mix
+(``--train A --train B --mix weighted``): the mixed loader must keep the loop's ratio. Also
+printed: the same bare loop under bfloat16 autocast, to show whether it helps on this CPU.
+Run: `make bench-learn` or `.venv/bin/python bench/learn.py`.
 """
 
 from __future__ import annotations
@@ -61,6 +66,49 @@ def bare_loop(
     return time.perf_counter() - start
 
 
+class PngImages(torch.utils.data.Dataset):
+    """What a user writes by hand: decode, scale to [-1, 1], flip and padded crop per image."""
+
+    def __init__(self, paths: list[Path], labels: list[int]):
+        self.paths, self.labels = paths, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[i]) as img:
+            x = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float()
+        x = x / 127.5 - 1
+        if torch.rand(()) < 0.5:
+            x = x.flip(2)
+        dy, dx = torch.randint(0, 9, (2,)).tolist()
+        h, w = x.shape[1:]
+        return F.pad(x, (4, 4, 4, 4))[:, dy : dy + h, dx : dx + w], self.labels[i]
+
+
+def handwritten_loop(
+    arch: str, paths: list[Path], labels: list[int], batch: int, epochs: int
+) -> float:
+    """The bare loop fed by :class:`PngImages` through a DataLoader with 2 workers. Seconds."""
+    torch.manual_seed(0)
+    net = ARCHITECTURES.get(arch)(10)
+    hp = Hparams()
+    opt = torch.optim.AdamW(net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    images = PngImages(paths, labels)
+    data = torch.utils.data.DataLoader(
+        images, batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
+        persistent_workers=True,
+    )  # fmt: skip
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for x, y in data:
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
 def learn_run(
     root: Path, out: Path, arch: str, batch: int, epochs: int, train: tuple[str, ...] = ()
 ) -> tuple[float, float]:
@@ -92,6 +140,8 @@ def main() -> None:
         compose(ComposeConfig(recipe=recipe), root, workers=2, progress=False)
         rows = [r for r in ds.read_manifest(root).to_pylist() if r["split"] == "train"]
         classes = ds.read_dataset_json(root)["classes"]
+        paths = [root / r["path"] for r in rows]
+        labels = [classes.index(r["fg_class"]) for r in rows]
         images = np.stack([np.asarray(Image.open(root / r["path"]).convert("RGB")) for r in rows])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
         y = torch.tensor([classes.index(r["fg_class"]) for r in rows])
@@ -104,9 +154,10 @@ def main() -> None:
         dream(DreamConfig(source=str(root), mode="paste", splits=("train",)), generated,
               progress=False)  # fmt: skip
         sources = (f"{root}:train", f"{generated}:train")
-        bare, ours, loops, mixed = [], [], [], []
+        bare, hand, ours, loops, mixed = [], [], [], [], []
         for k in range(args.repeats):
             bare.append(bare_loop(args.arch, x, y, args.batch, args.epochs))
+            hand.append(handwritten_loop(args.arch, paths, labels, args.batch, args.epochs))
             seconds, loop = learn_run(
                 root, Path(tmp) / f"runs{k}", args.arch, args.batch, args.epochs
             )
@@ -114,12 +165,14 @@ def main() -> None:
             loops.append(loop)
             mixed.append(learn_run(root, Path(tmp) / f"mixed{k}", args.arch, args.batch,
                                    args.epochs, sources)[1])  # fmt: skip
-        b, o, lo, mi = n / min(bare), n / min(ours), max(loops), max(mixed)
+        b, h, o, lo, mi = n / min(bare), n / min(hand), n / min(ours), max(loops), max(mixed)
         few = x[: 4 * args.batch]  # bf16 can be far slower on CPUs without AMX: 4 steps
         bf16 = len(few) / bare_loop(args.arch, few, y, args.batch, 1, bf16=True)
         print(f"bare loop          {b:7.1f} img/s")
         print(f"bare loop, bf16    {bf16:7.1f} img/s   ratio to fp32 {bf16 / b:.2f}")
-        print(f"dreamshift learn, training loop   {lo:7.1f} img/s   ratio {lo / b:.2f}")
+        print(f"hand-written DataLoader, 2 workers {h:7.1f} img/s   ratio {h / b:.2f}")
+        print(f"dreamshift learn, training loop   {lo:7.1f} img/s   ratio {lo / b:.2f}   "
+              f"to the hand-written loader {lo / h:.2f}")  # fmt: skip
         print(f"dreamshift learn, end to end      {o:7.1f} img/s   ratio {o / b:.2f}")
         print(f"learn, 2 sources weighted, loop   {mi:7.1f} img/s   ratio {mi / b:.2f}")
 

@@ -283,7 +283,7 @@ def test_an_unreadable_image_is_recorded_and_the_audit_goes_on(world, cnn, tmp_p
     (copy / victim["path"]).write_bytes(b"not a png")
     (record,) = audit(AuditConfig(models=(str(cnn),), bootstrap=50), copy, log=lambda *_: None)
     assert record["n_unreadable"] == 1 and record["unreadable"][0][0] == victim["sample_id"]
-    assert "cannot read" in record["unreadable"][0][1] and record["n"] == 17
+    assert "changed since the manifest" in record["unreadable"][0][1] and record["n"] == 17
 
 
 def test_report_renders_every_plot(world, cnn, tmp_path):

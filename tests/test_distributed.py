@@ -61,11 +61,9 @@ def launch(tmp_path: Path, args: list[str], processes: int = 2, **env: str):
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
-    from dreamshift.train.checkpoint import load_state
-
+    """The weights of the one run folder under ``out``."""
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
-    state: dict[str, torch.Tensor] = load_state(folder / "checkpoint.safetensors")["state"]["model"]
-    return state
+    return weights_of(folder)
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +190,26 @@ def test_a_dying_loader_worker_stops_the_run_with_its_cause(world, tmp_path, mon
     stopped = r"DataLoader worker \(pid.*(is killed by signal|exited unexpectedly)"
     with pytest.raises(RuntimeError, match=stopped):  # torch's own words, either way
         learn(world, tmp_path / "runs", cfg, log=lambda *_: None, loader_workers=2)
+
+
+def test_bf16_autocast_trains_and_is_named_apart(world, tmp_path):
+    import json
+
+    from dreamshift.learn.run import LearnConfig, learn
+
+    cfg = LearnConfig(epochs=1, batch_size=16, eval_splits=("test",))
+    fp32 = learn(world, tmp_path, cfg, log=lambda *_: None, loader_workers=0)
+    bf16 = learn(world, tmp_path, replace(cfg, mixed_precision="bf16"), log=lambda *_: None,
+                 loader_workers=0)  # fmt: skip
+    assert bf16 != fp32  # another config, another run folder
+    assert json.loads((bf16 / "config.json").read_text())["config"]["mixed_precision"] == "bf16"
+    a, b = weights_of(fp32), weights_of(bf16)
+    assert all(torch.isfinite(b[k]).all() for k in b)
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def weights_of(folder: Path) -> dict[str, torch.Tensor]:
+    from dreamshift.train.checkpoint import load_state
+
+    state: dict[str, torch.Tensor] = load_state(folder / "checkpoint.safetensors")["state"]["model"]
+    return state

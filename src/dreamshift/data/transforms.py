@@ -113,3 +113,20 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     x = padded.gather(2, rows)
     cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, 3, h, w)
     return x.gather(3, cols)
+
+
+def augment_image(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """:func:`augment` of one image ``x`` (3, H, W), with slices instead of gathers (a third
+    of the time): the same draws, the same pixels as ``augment(x[None], g)[0]``.
+
+    >>> x = torch.randn(3, 8, 8)
+    >>> a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    >>> torch.equal(augment_image(x, a), augment(x[None], b)[0])
+    True
+    """
+    flip = bool(torch.rand(1, generator=g) < 0.5)
+    dy = int(torch.randint(0, 9, (1,), generator=g))
+    dx = int(torch.randint(0, 9, (1,), generator=g))
+    h, w = x.shape[-2:]
+    padded = nn.functional.pad(x.flip(-1) if flip else x, (4, 4, 4, 4))
+    return padded[:, dy : dy + h, dx : dx + w]

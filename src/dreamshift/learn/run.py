@@ -46,7 +46,6 @@ from dreamshift.data.loading import (
     source_key,
     split_table,
     training_sources,
-    usable_rows,
 )
 from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images, StreamedImages, loader
 from dreamshift.data.transforms import Preprocessing
@@ -315,7 +314,7 @@ def learn(
         log(f"{folder} is done: skipped")
         return folder
     # one source: checked with the message it always had
-    if not cfg.train and not usable_rows(ds.read_manifest(root).to_pylist(), cfg.split):
+    if not cfg.train and not len(split_table(root, cfg.split, classes, backgrounds)):
         splits = sorted(set(ds.read_manifest(root).column("split").to_pylist()))
         raise DreamshiftError(
             f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train on "
@@ -380,7 +379,7 @@ def learn(
 
     split_metrics: dict[str, dict[str, Any]] = {}
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
-    present = set(ds.read_manifest(root).column("split").to_pylist())
+    present = set(ds.read_manifest(root).column("split").unique().to_pylist())
     for split in cfg.eval_splits:
         if split in present:
             held_out = split_table(root, split, classes, backgrounds)

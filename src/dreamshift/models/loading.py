@@ -51,7 +51,8 @@ def _import_folder_kinds() -> None:
 
 
 def shipped_classifiers() -> list[str]:
-    return ARCHITECTURES.names("world-*")
+    """The world architectures whose trained weights ship in the package."""
+    return [n for n in ARCHITECTURES.names("world-*") if (shipped("classifiers") / n).is_dir()]
 
 
 def classifier_fingerprint(spec: str) -> str:

@@ -197,10 +197,11 @@ def fit_stream(
         """The state after ``step_done`` steps of the current epoch (0: the epoch is done)."""
         if isinstance(state.parts.get("model"), torch.nn.Module):
             procs.average_buffers(state.parts["model"])
+        shared = {k: v / procs.size for k, v in procs.sum(sums).items()}  # each resumes it
         if procs.is_main and checkpoint is not None:
             save_state(checkpoint, {
                 "state": state.state_dict(), "history": history, "processes": procs.size,
-                "step": step_done, "sums": sums, "rng": torch.get_rng_state(),
+                "step": step_done, "sums": shared, "rng": torch.get_rng_state(),
             })  # fmt: skip
 
     for e in range(epoch, epochs):
