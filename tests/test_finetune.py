@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import SMALL_CLASSES, small_config, tree_digest
-from dreamshift.audit.finetune import Finetune, assemble, initial_head
+from dreamshift.models.finetune import Finetune, assemble, initial_head
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe
@@ -203,3 +203,33 @@ def test_a_torchvision_model_is_tuned_from_its_label_map_rows_and_audited(
                  "--results", str(results)]) == 0  # fmt: skip
     with pytest.raises(DreamshiftError, match="features call no Conv2d or Linear"):
         assemble(base, list(SMALL_CLASSES), Finetune("lora", spec))
+
+
+@pytest.mark.parametrize("method", ["linear", "lora", "full"])
+@pytest.mark.parametrize("algorithm", ["erm", "groupdro", "irm", "dann", "d3s"])
+def test_learn_finetunes_a_pretrained_model_under_every_algorithm_and_audit_reloads_it(
+    world, tmp_path, algorithm, method
+):
+    """learn --finetune METHOD --model world-resnet18: the run's own test accuracy is what
+    `audit --model RUN` measures on the reloaded run (same predictions), the base weights stay
+    as shipped unless `full` trains them, and the class head starts as the base model's."""
+    from dreamshift.audit.evaluate import AuditConfig, audit
+    from dreamshift.learn.run import LearnConfig, learn
+    from dreamshift.train.checkpoint import load_state
+
+    cfg = LearnConfig(algorithm=algorithm, finetune=method, model="world-resnet18", rank=4,
+                      alpha=8, epochs=1, batch_size=16, eval_splits=("test",))  # fmt: skip
+    run = learn(world, tmp_path / "runs", cfg, loader_workers=0, **QUIET)
+    ours = json.loads((run / "done").read_text())["test"]
+    (record,) = audit(AuditConfig(models=(str(run),), split="test", bootstrap=10), world, **QUIET)
+    assert record["acc_avg"] == pytest.approx(ours["acc_avg"]) and record["n"] == ours["n"]
+
+    weights = load_state(run / "checkpoint.safetensors")["state"]["model"]
+    shipped = load_classifier("world-resnet18").net.state_dict()
+    base = {k.removeprefix("backbone.backbone."): v for k, v in weights.items()
+            if k.startswith("backbone.backbone.") and "lora_" not in k}  # fmt: skip
+    base = {k.replace(".base_layer", ""): v for k, v in base.items()}
+    unchanged = [torch.equal(base[k], shipped[k]) for k in base if shipped[k].is_floating_point()]
+    assert len(unchanged) > 10
+    assert all(unchanged) == (method != "full")
+    assert any("lora_" in k for k in weights) == (method == "lora")

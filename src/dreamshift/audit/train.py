@@ -34,15 +34,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dreamshift.audit.finetune import (
-    METHODS,
-    Finetune,
-    FineTunedNet,
-    TrainedTensors,
-    assemble,
-    finetune_record,
-    saved_state,
-)
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import write_atomic
@@ -51,6 +42,15 @@ from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import save_checkpoint
+from dreamshift.models.finetune import (
+    METHODS,
+    Finetune,
+    FineTunedNet,
+    TrainedTensors,
+    assemble,
+    finetune_record,
+    saved_state,
+)
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, descend, fit

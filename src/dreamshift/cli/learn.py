@@ -93,6 +93,33 @@ def add(sub: Any) -> None:
         help="generated sources: train on the images that passed review only (`dreamshift "
         "review export`)",
     )
+    tune = p.add_argument_group("fine-tuning a pretrained model (instead of --arch from scratch)")
+    tune.add_argument(
+        "--finetune",
+        choices=["linear", "lora", "full"],
+        help="linear: the head only; lora: low-rank adapters (peft) and the head; full: all",
+    )
+    tune.add_argument(
+        "--model",
+        help="the model whose features every algorithm then trains on: any --model of "
+        "`dreamshift audit` (world-resnet18, a classifier folder, timm:NAME, torchvision:NAME, "
+        "efficientnet_lite:NAME, open_clip:ARCH/PRETRAINED); inputs are fed as it was trained",
+    )
+    tune.add_argument("--rank", type=int, default=16, help="LoRA rank (16)")
+    tune.add_argument("--alpha", type=int, default=32, help="LoRA alpha (32)")
+    tune.add_argument(
+        "--targets",
+        type=names,
+        default=(),
+        help="comma-separated modules for LoRA, matched by name suffix (default: every Conv2d "
+        "and Linear the features pass through)",
+    )
+    tune.add_argument(
+        "--label-map",
+        default="",
+        help="YAML {class: [model label names or indices]}: which rows of an ImageNet model's "
+        "head start each class's row",
+    )
     p.add_argument(
         "--loader-workers",
         type=int,
@@ -168,6 +195,12 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 real_weight=args.real_weight,
                 verified_only=args.verified_only,
                 mixed_precision=args.mixed_precision,
+                finetune=args.finetune or "",
+                model=args.model or "",
+                rank=args.rank,
+                alpha=args.alpha,
+                targets=tuple(args.targets),
+                label_map=args.label_map,
                 hparams=hp,
             )
             cfg.check()

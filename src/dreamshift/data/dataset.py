@@ -200,18 +200,21 @@ def read_dataset_json(root: str | Path) -> dict[str, Any]:
     return meta
 
 
-def read_manifest(root: str | Path) -> pa.Table:
-    """All rows of a dataset: ``manifest.parquet``, or the done shards of an unfinished run."""
+def read_manifest(root: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """All rows of a dataset: ``manifest.parquet``, or the done shards of an unfinished run;
+    ``columns``: only those (a training run reads 7 of the ~40, not the prompts and JSON)."""
     layout = DatasetLayout(root)
     meta = read_dataset_json(root)
+    names = list(columns) if columns is not None else None
     if layout.manifest_path.exists():
-        return pq.read_table(layout.manifest_path, schema=MANIFEST_SCHEMA)
+        return pq.read_table(layout.manifest_path, schema=MANIFEST_SCHEMA, columns=names)
     parts = [
-        pq.read_table(layout.shard_rows(k), schema=MANIFEST_SCHEMA)
+        pq.read_table(layout.shard_rows(k), schema=MANIFEST_SCHEMA, columns=names)
         for k in range(int(meta["num_shards"]))
         if shard_is_done(layout, k)
     ]
-    return pa.concat_tables(parts) if parts else MANIFEST_SCHEMA.empty_table()
+    empty = MANIFEST_SCHEMA.empty_table()
+    return pa.concat_tables(parts) if parts else empty.select(names) if names else empty
 
 
 def consolidate_manifest(layout: DatasetLayout, num_shards: int) -> pa.Table:

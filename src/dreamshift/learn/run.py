@@ -56,6 +56,8 @@ from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import Classifier, preprocessing_of
+from dreamshift.models.finetune import METHODS, Finetune, assemble
+from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
 from dreamshift.train.distributed import processes
@@ -85,6 +87,12 @@ class LearnConfig(Config):
     real_weight: float = 0.8  # DataDream's lambda
     verified_only: bool = False  # generated sources: only images that passed review
     mixed_precision: str = "no"  # or "bf16": autocast (on CUDA; 10-30x slower on most CPUs)
+    finetune: str = ""  # linear | lora | full: the backbone is `model`'s features, so tuned
+    model: str = ""  # the pretrained model to fine-tune: any spec the audit loads
+    rank: int = 16  # LoRA (finetune lora)
+    alpha: int = 32
+    targets: tuple[str, ...] = ()  # LoRA's modules (peft suffix match); empty: every conv/linear
+    label_map: str = ""  # YAML {class: [labels]}: the initial head of an ImageNet model
     hparams: Hparams = field(default_factory=Hparams)
 
     CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
@@ -93,6 +101,7 @@ class LearnConfig(Config):
         "lr_schedule": lambda: LR_SCHEDULES,
         "mix": lambda: MIXES,
         "mixed_precision": lambda: PRECISIONS,
+        "finetune": lambda: ("", *METHODS),
     }
 
     def validate(self) -> None:
@@ -120,14 +129,34 @@ class LearnConfig(Config):
             raise DreamshiftError(
                 f"--erase {self.erase!r}: choose {' or '.join(ERASABLE)}, with --features-from"
             )
+        if self.finetune:
+            self.tuning().check()
+            if self.features_from:
+                raise DreamshiftError(
+                    "--finetune tunes a pretrained model's features, --features-from trains a "
+                    "head on a learn run's: choose one"
+                )
+        elif self.model:
+            raise DreamshiftError(
+                f"--model {self.model}: say how to tune it with --finetune {'|'.join(METHODS)}"
+            )
         if self.features_from:
             source = json.loads((Path(self.features_from) / CONFIG).read_text())
+            if source["config"].get("finetune"):
+                raise DreamshiftError(
+                    f"--features-from {self.features_from}: a fine-tuned run; heads on the "
+                    "features of world-architecture runs only"
+                )
             size = source["config"]["input_size"]
             if size != self.input_size:
                 raise DreamshiftError(
                     f"--features-from {self.features_from} was trained at input size {size}, "
                     f"this run at {self.input_size}: pass --input-size {size}"
                 )
+
+    def tuning(self) -> Finetune:
+        return Finetune(self.finetune, self.model, self.rank, self.alpha, self.targets,
+                        self.label_map)  # fmt: skip
 
 
 ERASABLE = ("background", "class")
@@ -156,6 +185,8 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
     payload: dict[str, Any] = {"config": config, "dataset": dataset_hash}
     if cfg.train:
         payload["sources"] = [source_key(t, cfg.split) for t in cfg.train]
+    if cfg.finetune:  # the base model by its weights, not by its name
+        payload["base_model"] = classifier_fingerprint(cfg.model)
     text = json.dumps(payload, sort_keys=True)
     return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -173,14 +204,26 @@ def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def build(
-    cfg: LearnConfig, num_classes: int, num_backgrounds: int, fit_eraser: bool = True
-) -> Algorithm:
-    """The algorithm of ``cfg``, seeded; with ``features_from``, on that run's frozen features
+    cfg: LearnConfig, classes: Sequence[str], num_backgrounds: int, fit_eraser: bool = True
+) -> tuple[Algorithm, Preprocessing]:
+    """The algorithm of ``cfg``, seeded, and the preprocessing of its inputs. With
+    ``finetune``, its backbone is the features of the pretrained ``model`` (frozen for
+    ``linear``, with LoRA adapters for ``lora``, all trained for ``full``;
+    :mod:`dreamshift.models.finetune`), fed as that model was trained, and a class head over
+    the features starts as the model's own head mapped onto ``classes``. With
+    ``features_from``, on that run's frozen features
     (its "fg" block if it has one, else all of them). With ``erase``, a LEACE eraser of that
     label is fitted on the source run's own training split (balanced data for D3S, where class
     and background are independent, so erasing one keeps the other); ``fit_eraser=False``
     leaves it to a checkpoint to fill in."""
-    backbone = None
+    backbone: torch.nn.Module | None = None
+    prep = Preprocessing.world(cfg.input_size)
+    head: torch.nn.Linear | None = None
+    if cfg.finetune:
+        base = load_classifier(cfg.model, classes)
+        torch.manual_seed(derive_seed(cfg.seed, "init", cfg.finetune, cfg.model))
+        tuned, _ = assemble(base, classes, cfg.tuning(), cfg.targets)
+        backbone, head, prep = tuned, tuned.head, base.preprocessing
     if cfg.features_from:
         source, record = load_run(cfg.features_from)
         with torch.no_grad():
@@ -210,16 +253,21 @@ def build(
                     "fit the source run on balanced data",
                     stacklevel=2,
                 )
-            feats = _blocks(source, x, cfg.input_size)[block]
+            feats = _blocks(source, x, Preprocessing.world(cfg.input_size))[block]
             if cfg.erase == "background":
                 eraser.fit(feats, bg.numpy(), len(record["backgrounds"]))
             else:
                 eraser.fit(feats, y.numpy(), len(record["classes"]))
         backbone = FrozenFeatures(source, block, dims[block], eraser)
     torch.manual_seed(derive_seed(cfg.seed, "init", cfg.algorithm))
-    return ALGORITHMS.get(cfg.algorithm)(
-        cfg.arch, num_classes, num_backgrounds, hp=cfg.hparams, backbone=backbone
+    algo = ALGORITHMS.get(cfg.algorithm)(
+        cfg.arch, len(classes), num_backgrounds, hp=cfg.hparams, backbone=backbone
     )
+    if head is not None and algo.classifier.weight.shape == head.weight.shape:
+        with torch.no_grad():  # the base model's own head (not d3s's, on the fg block alone)
+            algo.classifier.weight.copy_(head.weight)
+            algo.classifier.bias.copy_(head.bias)
+    return algo, prep
 
 
 def _train_state(algo: Algorithm) -> TrainState:
@@ -315,7 +363,7 @@ def learn(
         return folder
     # one source: checked with the message it always had
     if not cfg.train and not len(split_table(root, cfg.split, classes, backgrounds)):
-        splits = sorted(set(ds.read_manifest(root).column("split").to_pylist()))
+        splits = sorted(ds.read_manifest(root, ["split"]).column("split").unique().to_pylist())
         raise DreamshiftError(
             f"{root} has no usable images in split {cfg.split!r} (it has {splits}): train on "
             "a dataset with that split, e.g. one made by `dreamshift compose --train-size N`"
@@ -329,7 +377,8 @@ def learn(
             f"({cfg.batch_size} x {procs.size} processes): lower --batch-size or compose a "
             "larger split"
         )
-    prep = Preprocessing.world(cfg.input_size)
+    resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
+    algo, prep = build(cfg, classes, len(backgrounds), fit_eraser=not resuming)
     record = {
         "config": asdict(cfg),
         "dataset": str(root.resolve()),
@@ -346,8 +395,6 @@ def learn(
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
-    resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
-    algo = build(cfg, len(classes), len(backgrounds), fit_eraser=not resuming)
     algo.to(procs.device)
     algo.average_gradients = procs.average_gradients
     batches = EpochBatches(len(table), cfg.batch_size, cfg.seed, data.sampling_weights,
@@ -379,7 +426,7 @@ def learn(
 
     split_metrics: dict[str, dict[str, Any]] = {}
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
-    present = set(ds.read_manifest(root).column("split").unique().to_pylist())
+    present = set(ds.read_manifest(root, ["split"]).column("split").unique().to_pylist())
     for split in cfg.eval_splits:
         if split in present:
             held_out = split_table(root, split, classes, backgrounds)
@@ -406,12 +453,12 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     record = json.loads((folder / CONFIG).read_text())
     c = dict(record["config"])
     c["hparams"] = Hparams(**c["hparams"])
-    for key in ("eval_splits", "train"):  # tuples, read back from JSON lists
+    for key in ("eval_splits", "train", "targets"):  # tuples, read back from JSON lists
         if key in c:
             c[key] = tuple(c[key])
     cfg = LearnConfig(**c)
     cfg.check()
-    algo = build(cfg, len(record["classes"]), len(record["backgrounds"]), fit_eraser=False)
+    algo, _ = build(cfg, record["classes"], len(record["backgrounds"]), fit_eraser=False)
     path = _checkpoint_path(folder)
     if path is None:
         raise DreamshiftError(f"{folder} has a done marker but no {CHECKPOINT}: train it again")
@@ -446,24 +493,28 @@ def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
     ones. Inputs are preprocessed as in training (the world's, resized to its input size)."""
     folder = Path(folder)
     algo, record = load_run(folder)
-    cfg = record["config"]
     name = f"{folder.parent.name}/{folder.name}" if folder.parent.name else folder.name
     return Classifier(
         name=name,
         net=_RunNet(algo).to(device),
         classes=tuple(record["classes"]),
-        preprocessing=preprocessing_of(record, str(folder / CONFIG))
-        if "preprocessing" in record
-        else Preprocessing.world(int(cfg["input_size"])),  # runs of earlier versions
+        preprocessing=_run_preprocessing(folder, record),
         weights_sha256=sha256_file(_checkpoint_path(folder) or folder / CHECKPOINT),
         device=device,
     )
 
 
+def _run_preprocessing(folder: str | Path, record: dict[str, Any]) -> Preprocessing:
+    """How a run's inputs were fed: its record's, or the world's at its input size (runs of
+    earlier versions)."""
+    if "preprocessing" in record:
+        return preprocessing_of(record, str(Path(folder) / CONFIG))
+    return Preprocessing.world(int(record["config"]["input_size"]))
+
+
 @torch.no_grad()
-def _blocks(algo: Algorithm, images: torch.Tensor, size: int) -> dict[str, np.ndarray]:
+def _blocks(algo: Algorithm, images: torch.Tensor, prep: Preprocessing) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
-    prep = Preprocessing.world(size)
     for i in range(0, len(images), 256):
         for k, v in algo.features(prep(images[i : i + 256])).items():
             parts.setdefault(k, []).append(v.numpy())
@@ -488,7 +539,8 @@ def probe(
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
     if classes != record["classes"] or backgrounds != record["backgrounds"]:
         raise DreamshiftError(f"{root} has other classes or backgrounds than the run {folder}")
-    size = record["config"]["input_size"]
+    prep = _run_preprocessing(folder, record)
+    size = prep.input_size
     if erase:  # checked before the splits are read and encoded
         with torch.no_grad():
             names = sorted(algo.features(torch.zeros(2, 3, size, size)))
@@ -501,7 +553,7 @@ def probe(
         x, y, bg = load_split(root, split, classes, backgrounds)
         if not len(x):
             raise DreamshiftError(f"{root} has no usable images in split {split!r}")
-        data[split] = (_blocks(algo, x, size), {"class": y.numpy(), "background": bg.numpy()})
+        data[split] = (_blocks(algo, x, prep), {"class": y.numpy(), "background": bg.numpy()})
     num_labels = {"class": len(classes), "background": len(backgrounds)}
     if erase:
         for block, label in (("fg", "background"), ("bg", "class")):

@@ -302,6 +302,7 @@ def _torchvision_model(tv: Any, name: str, weights: Any, path: Path, spec: str) 
     file elsewhere is linked under the expected name in a temporary hub folder."""
     expected = Path(urlparse(weights.url).path).name
     hub = Path(torch.hub.get_dir())
+    previous = torch.hub._hub_dir  # None: TORCH_HOME decides, at every lookup
     with tempfile.TemporaryDirectory() as tmp:
         if path.resolve() != (hub / "checkpoints" / expected).resolve():
             (Path(tmp) / "checkpoints").mkdir()
@@ -313,8 +314,8 @@ def _torchvision_model(tv: Any, name: str, weights: Any, path: Path, spec: str) 
             raise DreamshiftError(
                 f"--model {spec}: {path} does not hold {name}'s {weights.name} weights ({exc})"
             ) from exc
-        finally:
-            torch.hub.set_dir(str(hub))
+        finally:  # as it was: set_dir(get_dir()) would pin TORCH_HOME for the process
+            torch.hub._hub_dir = previous
 
 
 def _first(size: Any) -> int:

@@ -1,5 +1,6 @@
-"""Fine-tuning a pretrained classifier on a dataset: ``dreamshift train-classifier DATASET
---finetune linear|lora|full --model SPEC`` for any model the audit loads (the shipped world
+"""Fine-tuning a pretrained classifier on a dataset (``dreamshift learn DATASET --finetune
+linear|lora|full --model SPEC``, under any learning algorithm, and ``dreamshift
+train-classifier`` with the same flags) for any model the audit loads (the shipped world
 classifiers, a classifier folder, ``timm:``, ``torchvision:``, ``efficientnet_lite:``,
 ``open_clip:``).
 
@@ -71,6 +72,7 @@ class FineTunedNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.num_features = head.in_features
         self.train_backbone = train_backbone
 
     def train(self, mode: bool = True) -> FineTunedNet:
