@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import SMALL_CLASSES, small_config, tree_digest
-from dreamshift.models.finetune import Finetune, assemble, initial_head
 from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe
@@ -23,6 +22,7 @@ from dreamshift.data.loading import load_split
 from dreamshift.data.transforms import Preprocessing
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
+from dreamshift.models.finetune import Finetune, assemble, initial_head
 from dreamshift.models.labels import LabelMap
 from dreamshift.models.loading import load_classifier
 from dreamshift.models.zoo import IMAGENET_1K, _ClipZeroShot, imagenet_classes
