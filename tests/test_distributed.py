@@ -4,6 +4,7 @@ loader workers change nothing, and bad files or dying workers stop the run clean
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from dreamshift.train import loop
 save = loop.save_state
 def save_then_die(path, state):
     save(path, state)
-    if os.environ.get("DIE_AT") == f"{len(state['history'])},{state['step']}":
+    if os.environ.get("DIE_AT") == f"{len(state.get('history', []))},{state['step']}":
         os.kill(os.getpid(), signal.SIGKILL)
 loop.save_state = save_then_die
 if os.environ.get("RANK") == "1" and os.environ.get("RANK1_ARGS"):
@@ -213,3 +214,30 @@ def weights_of(folder: Path) -> dict[str, torch.Tensor]:
 
     state: dict[str, torch.Tensor] = load_state(folder / "checkpoint.safetensors")["state"]["model"]
     return state
+
+
+def test_tune_on_two_processes_of_batch_1_takes_the_steps_of_one_process_of_batch_2(
+    tmp_path, tiny_sd, guides
+):
+    """LoRA on tiny-dream: each process computes its rows of the global batch (drawn alike on
+    both), gradients are averaged before clipping; only the main process writes."""
+    from safetensors.torch import load_file
+
+    from dreamshift.models.diffusion import LORA_FILE
+    from dreamshift.tune.config import TuneConfig
+    from dreamshift.tune.run import tune
+
+    cfg = TuneConfig(model=str(tiny_sd), steps=3, batch_size=2, rank=4, lr=1e-3, device="cpu")
+    one = tune(guides, tmp_path / "one", cfg, progress=False, log=lambda *_: None)
+    result = launch(tmp_path, ["tune", str(guides), "--out", str(tmp_path / "two"), "--model",
+                               str(tiny_sd), "--steps", "3", "--batch-size", "1", "--rank", "4",
+                               "--lr", "1e-3", "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("tuned ") == 1  # the main process reports, the other is quiet
+    (two,) = [p for p in (tmp_path / "two").iterdir() if p.is_dir()]
+    records = (tmp_path / "two" / "results.jsonl").read_text().splitlines()
+    assert len(records) == 1 and json.loads(records[0])["processes"] == 2
+    a, b = load_file(one / LORA_FILE), load_file(two / LORA_FILE)
+    assert a.keys() == b.keys()
+    moved = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert float(moved.max()) < 1e-4 and float(moved.median()) < 1e-7

@@ -61,7 +61,12 @@ def add(sub: Any) -> None:
     )
     p.add_argument("--kappa", type=float, help="weight of the SFSL (needs --sfsl)")
     p.add_argument("--steps", type=int, help="optimizer steps (400)")
-    p.add_argument("--batch-size", type=int, help="instances per step (4; as many prior images)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="instances per step and process (4; as many "
+        "prior images); under `accelerate launch` the global batch is N x processes",
+    )
     p.add_argument("--lr", type=float, help="learning rate (1e-4)")
     p.add_argument("--lr-schedule", help="constant (default) or cosine (5 %% warm-up)")
     p.add_argument("--snr-gamma", type=float, help="Min-SNR weighting gamma (0: off; 5 usual)")
@@ -90,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from dreamshift.tune.run import tune
 
     cfg = TuneConfig.from_yaml(args.config).replace(**{k: getattr(args, k) for k in FLAGS})
+    from dreamshift.train.distributed import processes
+
     folder = tune(args.source, args.out, cfg, progress=not args.no_progress)
-    print(folder)
+    if processes(cpu=cfg.device == "cpu").is_main:
+        print(folder)
     return 0

@@ -251,6 +251,7 @@ def fit_steps(
     progress: bool = True,
     stop_after: int | None = None,
     metric: str = "loss",
+    procs: Processes | None = None,
 ) -> tuple[int, list[float]]:
     """Run ``step_fn(step, generator)`` (it returns the value to log) up to ``total`` steps, or
     ``stop_after``. Step ``s`` draws from a generator seeded by ``(seed, name, s)``, so a
@@ -264,14 +265,17 @@ def fit_steps(
         saved = load_state(checkpoint)
         state.load_state_dict(saved["state"])
         step, values = saved["step"], list(saved["values"])
-    bar = tqdm(total=total, initial=step, desc=name, disable=not progress, unit="step")
+    main = procs is None or procs.is_main
+    if procs is not None:
+        procs.agree(f"step {step}", "checkpoint (resume point)")
+    bar = tqdm(total=total, initial=step, desc=name, disable=not (progress and main), unit="step")
     while step < total and (stop_after is None or step < stop_after):
         g = torch.Generator().manual_seed(derive_seed(seed, name, step))
         values.append(step_fn(step, g))
         step += 1
         bar.update(1)
         bar.set_postfix({metric: f"{sum(values[-50:]) / len(values[-50:]):.4f}"})
-        if step % every == 0 or step == total:
+        if main and (step % every == 0 or step == total):
             save_state(checkpoint, {"state": state.state_dict(), "step": step, "values": values})
     bar.close()
     return step, values

@@ -51,6 +51,7 @@ from dreamshift.models.diffusion import (
 )
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
+from dreamshift.train.distributed import Processes, processes
 from dreamshift.train.loop import TrainState, fit_steps
 from dreamshift.train.run_folder import CHECKPOINT, CONFIG
 from dreamshift.train.schedules import lr_factor
@@ -385,16 +386,19 @@ def _train(
     folder: Path,
     name: str,
     progress: bool,
+    procs: Processes,
     spurious: SpuriousFeatures | None = None,
 ) -> dict[str, Any]:
-    """Run the steps of one model or adapter; returns the loss summary."""
+    """Run the steps of one model or adapter on every process of ``procs`` (each
+    ``cfg.batch_size`` of the global batch); returns the loss summary."""
     params = [p for p in model.unet.parameters() if p.requires_grad]
     if cfg.train_text_encoder:
         params += [p for p in model.text_encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     device, sched = model.device, model.scheduler
-    autocast = cfg.precision == "bf16" or (device == "cuda" and cfg.precision == "auto")
-    if autocast and not torch.amp.is_autocast_available(device):
+    kind = torch.device(device).type  # cuda:1 -> cuda
+    autocast = cfg.precision == "bf16" or (kind == "cuda" and cfg.precision == "auto")
+    if autocast and not torch.amp.is_autocast_available(kind):
         raise DreamshiftError(
             f"--precision bf16: torch has no autocast on {device}; use --precision no"
         )
@@ -406,26 +410,33 @@ def _train(
         )
     num_t = sched.config.num_train_timesteps
 
+    n, size = cfg.batch_size, procs.size  # per process; the global batch is n x size
+
     def step(s: int, g: torch.Generator) -> float:
+        """One step of the global batch: every process draws all of it from ``g`` (the same
+        on all) and computes its own rows; gradients are averaged over the processes."""
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, s, cfg.steps)
-        idx = torch.randint(len(instances), (cfg.batch_size,), generator=g)
+        idx = torch.randint(len(instances), (n * size,), generator=g)
         latents, text = instances.draw(idx, g)
         if prior is not None:
-            pidx = torch.randint(len(prior), (cfg.batch_size,), generator=g)
+            pidx = torch.randint(len(prior), (n * size,), generator=g)
             p_latents, p_text = prior.draw(pidx, g)
             latents, text = torch.cat([latents, p_latents]), torch.cat([text, p_text])
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, num_t, (len(latents),), generator=g)
-        latents, noise, t, text = (v.to(device) for v in (latents, noise, t, text))
+        mine = torch.arange(procs.rank * n, (procs.rank + 1) * n)  # this process's rows
+        if prior is not None:
+            mine = torch.cat([mine, mine + n * size])  # and their prior images
+        idx = idx[mine[:n]]
+        latents, noise, t, text = (v[mine].to(device) for v in (latents, noise, t, text))
         noisy = sched.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
-        with torch.autocast(device, torch.bfloat16) if autocast else contextlib.nullcontext():
+        with torch.autocast(kind, torch.bfloat16) if autocast else contextlib.nullcontext():
             if instances.embeds is None:
                 text = model.text_encoder(text)[0]
             pred = model.unet(noisy, t, text).sample
         err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-        n = cfg.batch_size
         weights = torch.ones(n, device=device)
         if cfg.snr_gamma:
             snr = _snr(sched, t[:n].cpu()).clamp(min=1e-8).to(device)  # 0 at zero terminal SNR
@@ -448,9 +459,10 @@ def _train(
             loss = loss + cfg.kappa * spurious_similarity_loss(ref, spurious.features(decoded), w)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        procs.average_gradients(params)  # then clipped alike on every process
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
-        return float(loss.item())
+        return procs.sum({"loss": float(loss.item())})["loss"] / size
 
     state = (
         TrainState(weights=params, optimizer=optimizer)
@@ -464,7 +476,7 @@ def _train(
     start = time.perf_counter()
     done, losses = fit_steps(
         name, cfg.steps, step, cfg.seed, state, folder / CHECKPOINT, cfg.checkpoint_every,
-        progress=progress,
+        progress=progress, procs=procs,
     )  # fmt: skip
     window = max(1, min(50, len(losses) // 4))
     return {
@@ -491,8 +503,13 @@ def run_folder(out: Path, cfg: TuneConfig, model_sha: str, data: list[str]) -> P
 
 def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = True,
          log: Any = print) -> Path:  # fmt: skip
-    """Train one run (or skip it when its folder is done); returns the run folder."""
+    """Train one run (or skip it when its folder is done); returns the run folder. Started by
+    ``accelerate launch`` (or ``torchrun``), every process takes ``batch_size`` of each global
+    batch and only the main one writes."""
     cfg.check()
+    procs = processes(cpu=cfg.device == "cpu")
+    log = log if procs.is_main else (lambda *_: None)
+    progress = progress and procs.is_main
     source, out = Path(source), Path(out)
     rows = select_instances(source, cfg)
     prior_root = Path(cfg.prior) if cfg.prior else None
@@ -513,11 +530,12 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
     model_sha = hash_model(ref.path)
     data = [r["sha256"] for r in rows] + [f"prior:{r['sha256']}" for r in prior_rows]
     folder = run_folder(out, cfg, model_sha, data)
+    procs.agree(folder.name, "run (a hash of the config, the model and the images)")
     if (folder / TUNE_DONE).exists():
         log(f"{folder} is done: skipped")
         return folder
 
-    device = resolve_runtime(cfg.device)["device"]
+    device = str(procs.device) if procs.size > 1 else resolve_runtime(cfg.device)["device"]
     instance_t, class_t = cfg.prompts()
     model = _Model(ref.path, device)
     model.check_identifier(cfg.identifier, (instance_t, class_t))
@@ -538,9 +556,11 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
             for r in rows
         ],
         "prior_instances": [r["sample_id"] for r in prior_rows],
+        "processes": procs.size,  # the global batch is batch_size x processes
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+    if procs.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
     classes = sorted({r["fg_class"] for r in rows})
     spurious = SpuriousFeatures(cfg.sfsl, classes, device) if cfg.sfsl else None
@@ -585,18 +605,25 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
         model.text_encoder.train(cfg.train_text_encoder)  # checkpointing acts in train mode only
         summary = _train(
             model, cfg, batches(group, source, instance_t, spurious), prior, where,
-            f"tune-{name}" if name else "tune", progress, spurious,
+            f"tune-{name}" if name else "tune", progress, procs, spurious,
         )  # fmt: skip
         model.unet.eval()
+        if not procs.is_main:
+            summaries[name or "all"] = summary
+            continue
         if cfg.method == "lora":
             _save_lora(model, where, unet_cfg, text_cfg)
         else:
             _save_model(model, ref.path, folder / MODEL_DIR, cfg.train_text_encoder)
         write_atomic(where / SUMMARY, (json.dumps(summary) + "\n").encode())
         summaries[name or "all"] = summary
+    if not procs.is_main:
+        procs.barrier()  # the main process writes the results
+        return folder
     results = {"run": folder.name, **record, "losses": summaries}
     append_record(out / RESULTS, results)
     (folder / TUNE_DONE).write_text(json.dumps(summaries, indent=2) + "\n")
     log(f"tuned {folder}: " + ", ".join(f"{k or 'all'} loss {v['loss_first']} -> {v['loss_last']}"
                                           for k, v in summaries.items()))  # fmt: skip
+    procs.barrier()
     return folder
