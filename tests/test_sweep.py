@@ -1,5 +1,5 @@
-"""train-classifier --train-sizes --mixes: ImageNet-G's family of classifiers in one call, and
-audit's effective robustness measured from the real-only family's line."""
+"""train-classifier and learn --train-sizes --mixes: ImageNet-G's family of classifiers in one
+call, and audit's effective robustness measured from the real-only family's line."""
 
 from __future__ import annotations
 
@@ -75,3 +75,45 @@ def test_a_sweep_trains_every_mix_and_size_and_audit_measures_er_from_the_real_l
         assert r["effective_robustness"]["logit"]["this_model"] == pytest.approx(
             r["acc_avg"] - line, abs=1e-9
         )
+
+
+def test_learn_sweeps_any_algorithm_and_audit_reads_the_family(sources, tmp_path, capsys):
+    """learn --train-sizes --mixes: the same family, for GroupDRO here, in learn's run folders;
+    audit expands the sweep and fits the real line."""
+    real, gen = sources
+    out = tmp_path / "sweep"
+    argv = ["learn", str(real), "--out", str(out), "--algorithm", "groupdro", "--epochs", "3",
+            "--batch-size", "4", "--lr", "5e-3", "--loader-workers", "0",
+            "--train", f"{real}:train", "--train", f"{gen}:train",
+            "--train-sizes", "6,12,24", "--mixes", "real,generated,real+generated"]  # fmt: skip
+    assert main(argv) == 0
+    members = json.loads((out / "sweep.json").read_text())["members"]
+    assert [(m["mix"], m["train_size"]) for m in members] == [
+        (mix, n) for mix in ("real", "generated", "real+generated") for n in (6, 12, 24)
+    ]
+    assert all(m["folder"].startswith("groupdro-") for m in members)
+
+    def sources_of(member: dict) -> list[tuple[bool, int]]:
+        record = json.loads((out / member["folder"] / "config.json").read_text())
+        return [(s["generated"], s["n"]) for s in record["sources"]]
+
+    assert sources_of(members[0]) == [(False, 6)]
+    assert sources_of(members[4]) == [(True, 12)]
+    assert sources_of(members[8]) == [(False, 24), (True, 24)]  # 1:1
+    assert main(argv) == 0  # relaunched: every run is done, the list stays as it was
+    assert json.loads((out / "sweep.json").read_text())["members"] == members
+    capsys.readouterr()
+    assert main([*argv[:2], "--out", str(out), "--mixes", "real"]) == 1
+    assert "--mixes goes with --train-sizes" in capsys.readouterr().err
+
+    results = tmp_path / "results.jsonl"
+    assert main(["audit", str(real), "--split", "anti", "--model", str(out),
+                 "--in-distribution", f"{real}:test", "--results", str(results),
+                 "--bootstrap", "10"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["family"], r["train_size"]) for r in records] == [
+        (m["mix"], m["train_size"]) for m in members
+    ]
+    real_ones = [r["acc_id"] for r in records if r["family"] == "real"]
+    assert len(set(real_ones)) >= 2  # the family spans accuracies: a line to fit
+    assert records[-1]["effective_robustness"]["fit_on"] == "real"

@@ -39,7 +39,6 @@ import pyarrow as pa
 
 import dreamshift
 from dreamshift import metrics as M
-from dreamshift.audit.train import sweep_members
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import iter_batches, usable_rows
@@ -50,6 +49,7 @@ from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
 from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.models.loading import load_classifier
+from dreamshift.train.run_folder import sweep_members
 
 
 @dataclass(frozen=True)
@@ -318,8 +318,8 @@ def _write_predictions(
 
 
 def expand_models(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Each model spec with what its record says of its family: a sweep folder of
-    ``train-classifier --train-sizes`` stands for its classifiers, each with its sweep, mix
+    """Each model spec with what its record says of its family: a sweep folder (``learn`` or
+    ``train-classifier`` with ``--train-sizes``) stands for its runs, each with its sweep, mix
     (``family``) and training size."""
     out: list[tuple[str, dict[str, Any]]] = []
     for spec in specs:

@@ -54,7 +54,7 @@ from dreamshift.models.finetune import (
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, descend, fit
-from dreamshift.train.run_folder import CHECKPOINT
+from dreamshift.train.run_folder import CHECKPOINT, SWEEP
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,6 @@ def train_classifier(
     return record
 
 
-SWEEP = "sweep.json"
 SWEEP_MIXES = {"real": "real", "generated": "generated", "real+generated": "all"}  # -> use
 
 
@@ -248,12 +247,3 @@ def train_sweep(
             write_atomic(out / SWEEP, (json.dumps({"members": done}, indent=2) + "\n").encode())
         m["val_acc"] = record["history"][-1].get("val_acc")
     return members
-
-
-def sweep_members(folder: Path) -> list[dict[str, Any]] | None:
-    """The classifiers of a sweep folder (``folder``, ``mix``, ``train_size``), or None."""
-    path = folder / SWEEP
-    if not path.is_file():
-        return None
-    members = json.loads(path.read_text())["members"]
-    return [{**m, "folder": str(folder / m["folder"])} for m in members]

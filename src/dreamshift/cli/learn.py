@@ -93,6 +93,34 @@ def add(sub: Any) -> None:
         help="generated sources: train on the images that passed review only (`dreamshift "
         "review export`)",
     )
+    p.add_argument(
+        "--use",
+        choices=["all", "real", "generated"],
+        default="all",
+        help="which --train sources: all (default), real ones or generated ones only",
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=0,
+        help="images kept of each source (default all), class-balanced, nested across sizes",
+    )
+    sweep = p.add_argument_group(
+        "a sweep: one run per mix and size under --out (ImageNet-G's study); `audit --model OUT` "
+        "audits them all and fits effective robustness on the real family"
+    )
+    sweep.add_argument(
+        "--train-sizes",
+        type=lambda text: tuple(int(v) for v in names(text)),
+        metavar="N,N,...",
+        help="training sizes: each source is cut to N images (smaller sets inside larger ones)",
+    )
+    sweep.add_argument(
+        "--mixes",
+        type=names,
+        metavar="MIX,...",
+        help="real, generated, real+generated (each source cut to N: 1:1) (default: all three)",
+    )
     tune = p.add_argument_group("fine-tuning a pretrained model (instead of --arch from scratch)")
     tune.add_argument(
         "--finetune",
@@ -194,6 +222,8 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 mix=args.mix,
                 real_weight=args.real_weight,
                 verified_only=args.verified_only,
+                use=args.use,
+                train_size=args.train_size,
                 mixed_precision=args.mixed_precision,
                 finetune=args.finetune or "",
                 model=args.model or "",
@@ -209,7 +239,7 @@ def configs(args: argparse.Namespace) -> list[Any]:
 
 
 def learn(args: argparse.Namespace) -> int:
-    from dreamshift.learn.run import learn
+    from dreamshift.learn.run import learn, learn_sweep
     from dreamshift.train.distributed import processes
 
     if args.loader_workers < 0 or args.checkpoint_every < 0:
@@ -217,11 +247,20 @@ def learn(args: argparse.Namespace) -> int:
             f"--loader-workers {args.loader_workers} and --checkpoint-every "
             f"{args.checkpoint_every} must be >= 0"
         )
+    runtime = {"loader_workers": args.loader_workers, "checkpoint_every": args.checkpoint_every,
+               "cpu": args.cpu}  # fmt: skip
+    if args.mixes and not args.train_sizes:
+        raise DreamshiftError("--mixes goes with --train-sizes N,N,...: the sizes to sweep")
+    folders = []
     for cfg in configs(args):
-        folder = learn(args.dataset, args.out, cfg, loader_workers=args.loader_workers,
-                       checkpoint_every=args.checkpoint_every, cpu=args.cpu)  # fmt: skip
-        if not processes(cpu=args.cpu).is_main:
-            continue
+        if args.train_sizes:
+            mixes = args.mixes or ("real", "generated", "real+generated")
+            folders += learn_sweep(args.dataset, args.out, cfg, args.train_sizes, mixes, **runtime)
+        else:
+            folders.append(learn(args.dataset, args.out, cfg, **runtime))
+    if not processes(cpu=args.cpu).is_main:
+        return 0
+    for folder in folders:
         scores = json.loads((folder / "done").read_text())
         print(
             f"{folder}: "

@@ -245,7 +245,7 @@ def split_table(
         roots=(Path(root),),
         made_by=(str(meta.get("stage") or "compose"),),
         source=np.zeros(len(table), np.int32),
-        paths=np.array(table["path"].to_pylist(), dtype=bytes),
+        paths=np.array([path.encode() for path in table["path"].to_pylist()], dtype=bytes),
         sha256=np.array([h or "" for h in table["sha256"].to_pylist()], dtype=bytes),
         y=torch.from_numpy(y.to_numpy(zero_copy_only=False).astype(np.int64)),
         bg=torch.from_numpy(bg.to_numpy(zero_copy_only=False).astype(np.int64)),
@@ -363,6 +363,11 @@ def training_sources(
             raise DreamshiftError(
                 f"{src} has no usable images in split {source_split!r} (it has {splits}): name "
                 f"one, --train {src}:SPLIT"
+            )
+        if bool((table.y < 0).any()):
+            raise DreamshiftError(
+                f"--train {path}: split {source_split!r} has images of backgrounds alone (no "
+                "class among the dataset's): train on a split whose images have classes"
             )
         if size:
             if size > len(table):

@@ -39,6 +39,7 @@ from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file, write_atomic
 from dreamshift.data.loading import (
+    KINDS,
     MIXES,
     ImageTable,
     load_split,
@@ -60,9 +61,9 @@ from dreamshift.models.finetune import METHODS, Finetune, assemble
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
-from dreamshift.train.distributed import processes
+from dreamshift.train.distributed import Processes, processes
 from dreamshift.train.loop import TrainState, fit_stream
-from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE, PROBES
+from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE, PROBES, add_sweep_members
 from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
 PRECISIONS = ("no", "bf16")  # mixed precision of the updates: none or bf16 autocast
@@ -86,6 +87,8 @@ class LearnConfig(Config):
     mix: str = "concat"  # or "weighted": real sources weigh real_weight, generated ones the rest
     real_weight: float = 0.8  # DataDream's lambda
     verified_only: bool = False  # generated sources: only images that passed review
+    use: str = "all"  # which training sources: all, real (not made by dream) or generated
+    train_size: int = 0  # images kept of each source (0: all), nested across sizes
     mixed_precision: str = "no"  # or "bf16": autocast (on CUDA; 10-30x slower on most CPUs)
     finetune: str = ""  # linear | lora | full: the backbone is `model`'s features, so tuned
     model: str = ""  # the pretrained model to fine-tune: any spec the audit loads
@@ -100,6 +103,7 @@ class LearnConfig(Config):
         "arch": lambda: ARCHITECTURES.names(),
         "lr_schedule": lambda: LR_SCHEDULES,
         "mix": lambda: MIXES,
+        "use": lambda: KINDS,
         "mixed_precision": lambda: PRECISIONS,
         "finetune": lambda: ("", *METHODS),
     }
@@ -119,6 +123,8 @@ class LearnConfig(Config):
             )
         if not 0.0 < self.real_weight < 1.0:
             raise DreamshiftError(f"--real-weight {self.real_weight} must lie in (0, 1)")
+        if self.train_size < 0:
+            raise DreamshiftError(f"--train-size {self.train_size} must be >= 0 (0: all)")
         sources = [parse_source(t) for t in self.train]
         if self.mix == "weighted" and any(w is not None for _, _, w in sources):
             raise DreamshiftError(
@@ -175,11 +181,12 @@ def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, An
     return out
 
 
-def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
+def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str, processes: int = 1) -> Path:
     """``OUT/<algorithm>-<hash of config and dataset>``. Only fields that differ from their
     defaults are hashed, so a field added later leaves the names of earlier runs alone; the
     training sources count by their content hash, split and weight (read from their
-    ``dataset.json``, no image loaded), not by their paths."""
+    ``dataset.json``, no image loaded), not by their paths. More than one process counts too:
+    the global batch is ``batch_size`` x ``processes``."""
     config = _non_default(asdict(cfg), asdict(LearnConfig()))
     config.pop("train", None)
     payload: dict[str, Any] = {"config": config, "dataset": dataset_hash}
@@ -187,6 +194,8 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str) -> Path:
         payload["sources"] = [source_key(t, cfg.split) for t in cfg.train]
     if cfg.finetune:  # the base model by its weights, not by its name
         payload["base_model"] = classifier_fingerprint(cfg.model)
+    if processes > 1:
+        payload["processes"] = processes
     text = json.dumps(payload, sort_keys=True)
     return out / f"{cfg.algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -289,18 +298,32 @@ def _checkpoint_path(folder: Path) -> Path | None:
 
 @torch.no_grad()
 def predict_table(
-    algo: Algorithm, table: ImageTable, prep: Preprocessing, device: torch.device, workers: int
+    algo: Algorithm,
+    table: ImageTable,
+    prep: Preprocessing,
+    device: torch.device,
+    workers: int,
+    procs: Processes | None = None,
 ) -> torch.Tensor:
-    """The class predicted for every image of ``table`` (N,), streamed through the loader."""
+    """The class predicted for every image of ``table`` (N,), streamed through the loader;
+    with several ``procs``, each predicts every size-th image and all get every prediction."""
+    rank, size = (procs.rank, procs.size) if procs is not None else (0, 1)
+    mine = torch.arange(rank, len(table), size)
     algo.eval()
     preds = []
-    for batch in loader(StreamedImages(table, prep), batch_size=256, workers=workers,
+    for batch in loader(StreamedImages(table.take(mine), prep), batch_size=256, workers=workers,
                         device=device):  # fmt: skip
         if isinstance(batch, BadImage):
             raise BadInputError(batch.message)
         preds.append(algo.predict(batch.x.to(device, non_blocking=True)).argmax(1).cpu())
     algo.train()
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    ours = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    if procs is None or size == 1:
+        return ours
+    out = torch.empty(len(table), dtype=torch.long)
+    for r, part in enumerate(procs.gather(ours)):
+        out[r::size] = part
+    return out
 
 
 def evaluate(
@@ -310,9 +333,11 @@ def evaluate(
     device: torch.device | str = "cpu",
     workers: int = 0,
     n_boot: int = 200,
+    procs: Processes | None = None,
 ) -> dict[str, Any]:
     """Accuracy overall and per class x background group; worst group (WILDS naming)."""
-    correct = (predict_table(algo, table, prep, torch.device(device), workers) == table.y).numpy()
+    predicted = predict_table(algo, table, prep, torch.device(device), workers, procs)
+    correct = (predicted == table.y).numpy()
     keys = list(zip(table.y.tolist(), table.bg.tolist(), strict=True))
     worst = M.worst_group(M.group_stats(correct, keys, n_boot=1))
     return {
@@ -356,7 +381,7 @@ def learn(
     root, out = Path(dataset), Path(out)
     meta = ds.read_dataset_json(root)
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
-    folder = run_folder(out, cfg, meta.get("content_hash", str(root)))
+    folder = run_folder(out, cfg, meta.get("content_hash", str(root)), procs.size)
     procs.agree(folder.name, "run (a hash of the config and the datasets' content)")
     if (folder / DONE).exists():  # a finished run is skipped before any image is loaded
         log(f"{folder} is done: skipped")
@@ -369,7 +394,7 @@ def learn(
             "a dataset with that split, e.g. one made by `dreamshift compose --train-size N`"
         )
     data = training_sources(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
-                            backgrounds, verified_only=cfg.verified_only)  # fmt: skip
+                            backgrounds, cfg.use, cfg.train_size, cfg.verified_only)  # fmt: skip
     table = data.table
     if len(table) < cfg.batch_size * procs.size:
         raise DreamshiftError(
@@ -408,7 +433,9 @@ def learn(
         for group in algo.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return algo.update(Batch(batch.x, batch.y, batch.bg))
+            losses = algo.update(Batch(batch.x, batch.y, batch.bg))
+        procs.broadcast_buffers(algo)  # one state on every process, as DDP keeps it
+        return losses
 
     def start_epoch(epoch: int) -> None:  # what the updates draw from the global RNG
         torch.manual_seed(derive_seed(cfg.seed, "epoch-ops", epoch))
@@ -420,29 +447,63 @@ def learn(
         update, start_epoch, _train_state(algo), procs, folder / CHECKPOINT, checkpoint_every,
         log=log,
     )  # fmt: skip
-    if not procs.is_main:
-        procs.barrier()  # the main process evaluates and writes the results
-        return folder
-
+    # every process evaluates its share; the main one writes
     split_metrics: dict[str, dict[str, Any]] = {}
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
     present = set(ds.read_manifest(root, ["split"]).column("split").unique().to_pylist())
     for split in cfg.eval_splits:
         if split in present:
             held_out = split_table(root, split, classes, backgrounds)
-            split_metrics[split] = evaluate(algo, held_out, prep, procs.device, loader_workers)
+            split_metrics[split] = evaluate(algo, held_out, prep, procs.device, loader_workers,
+                                            procs=procs)  # fmt: skip
     if len(data.sources) > 1:  # each source's own training accuracy
         start = 0
         for source in data.sources:
             part = table.take(torch.arange(start, start + source["n"]))
             source["train_acc"] = evaluate(
-                algo, part, prep, procs.device, loader_workers, n_boot=1
+                algo, part, prep, procs.device, loader_workers, n_boot=1, procs=procs
             )["acc_avg"]
             start += source["n"]
-    append_record(out / RESULTS, results)
-    (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
-    procs.barrier()
+    if procs.is_main:
+        append_record(out / RESULTS, results)
+        (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
+    procs.barrier()  # the others return once the run is done
     return folder
+
+
+SWEEP_MIXES = {"real": "real", "generated": "generated", "real+generated": "all"}  # -> use
+
+
+def learn_sweep(
+    dataset: str | Path,
+    out: str | Path,
+    cfg: LearnConfig,
+    sizes: Sequence[int],
+    mixes: Sequence[str],
+    log: Any = print,
+    **runtime: Any,
+) -> list[Path]:
+    """One run per mix and training size, as ImageNet-G's study (Bansal & Grover 2023):
+    ``real`` (the real ``train`` sources, each cut to the size), ``generated`` (those made by
+    ``dreamshift dream``) and ``real+generated`` (both, each cut to the size: their 1:1
+    concatenation, or ``cfg.mix``). Smaller subsets lie inside larger ones. Each run is listed
+    in ``OUT/sweep.json`` once trained: ``dreamshift audit --model OUT`` audits them all and
+    fits effective robustness on the ``real`` family. ``runtime``: :func:`learn`'s options."""
+    unknown = [m for m in mixes if m not in SWEEP_MIXES]
+    if unknown or not mixes or not sizes or min(sizes) < 1:
+        raise DreamshiftError(
+            f"--mixes {','.join(mixes)} --train-sizes {','.join(map(str, sizes))}: mixes are "
+            f"{', '.join(SWEEP_MIXES)}; sizes positive integers"
+        )
+    folders = []
+    for mix in mixes:
+        for n in sorted(set(sizes)):
+            member = cfg.replace(use=SWEEP_MIXES[mix], train_size=n)
+            folder = learn(dataset, out, member, log, **runtime)
+            if processes(cpu=runtime.get("cpu", False)).is_main:
+                add_sweep_members(Path(out), [{"folder": folder.name, "mix": mix, "train_size": n}])
+            folders.append(folder)
+    return folders
 
 
 def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:

@@ -11,8 +11,8 @@ The learning algorithms take several backward passes per update (D3S's estimator
 penalty gradient), which DDP's forward-hook reducer does not follow; so gradients are averaged
 explicitly, one flattened all-reduce per optimiser step (what DDP's buckets do), and the
 weights stay identical on every process: same initialisation (seeded), same averaged
-gradients, same optimiser. Batch norm statistics are averaged over processes when a
-checkpoint is written.
+gradients, same optimiser. After every update the processes take the main process's buffers
+(batch norm statistics; what GroupDRO and MINE keep), as DDP broadcasts them.
 
 >>> one = processes()
 >>> one.size, one.rank, one.is_main
@@ -71,14 +71,29 @@ class Processes:
             if count == 0:
                 p.grad = None
 
-    def average_buffers(self, module: torch.nn.Module) -> None:
-        """Batch norm running statistics (floating buffers) averaged over the processes."""
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Every process takes the main process's floating buffers (batch norm statistics,
+        GroupDRO's group weights, MINE's moving average), as DDP does before each forward:
+        the processes then hold one state, whatever is checkpointed when."""
         if self.size == 1:
             return
-        for buffer in module.buffers():
-            if buffer.is_floating_point():
-                torch.distributed.all_reduce(buffer)
-                buffer.div_(self.size)
+        buffers = [b for b in module.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([b.reshape(-1).to(buffers[0].dtype) for b in buffers])
+        torch.distributed.broadcast(flat, src=0)
+        start = 0
+        for b in buffers:
+            b.copy_(flat[start : start + b.numel()].view_as(b))
+            start += b.numel()
+
+    def gather(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """``values`` of every process (each may have another length), in rank order."""
+        if self.size == 1:
+            return [values]
+        out: list[torch.Tensor | None] = [None] * self.size
+        torch.distributed.all_gather_object(out, values.cpu())
+        return [t for t in out if t is not None]
 
     def sum(self, values: dict[str, float]) -> dict[str, float]:
         """Each value summed over the processes (the same keys on every process)."""

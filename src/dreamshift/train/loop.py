@@ -172,8 +172,9 @@ def fit_stream(
     With ``checkpoint``, the main process writes the state, the history and where it stands
     after every epoch (and every ``checkpoint_every`` steps); every process resumes from it,
     mid-epoch included (the global RNG state is in the checkpoint), so a relaunched run ends
-    with the weights of an uninterrupted one with the same number of processes. A missing or
-    changed image stops the run with one line naming it."""
+    with the weights of an uninterrupted one with the same number of processes (``update``
+    keeps the processes' buffers alike: what the main process saves is every process's
+    state). A missing or changed image stops the run with one line naming it."""
     history: list[dict[str, Any]] = []
     epoch, step, sums = 0, 0, dict[str, float]()
     if checkpoint is not None and checkpoint.is_file():
@@ -187,21 +188,22 @@ def fit_stream(
         state.load_state_dict(saved["state"])
         history = list(saved["history"])
         epoch, step, sums = len(history), int(saved.get("step", 0)), dict(saved.get("sums", {}))
-        if step:
+        if step:  # mid-epoch: the random state the updates had reached (the same on all)
             torch.set_rng_state(saved["rng"])
+            if saved.get("cuda_rng") is not None and procs.device.type == "cuda":
+                torch.cuda.set_rng_state(saved["cuda_rng"], procs.device)
         if procs.is_main:
             log(f"resuming {checkpoint.parent} at epoch {epoch + 1}, step {step}")
     procs.agree(f"epoch {epoch} step {step}", "checkpoint (resume point)")
 
     def save(step_done: int) -> None:
         """The state after ``step_done`` steps of the current epoch (0: the epoch is done)."""
-        if isinstance(state.parts.get("model"), torch.nn.Module):
-            procs.average_buffers(state.parts["model"])
         shared = {k: v / procs.size for k, v in procs.sum(sums).items()}  # each resumes it
         if procs.is_main and checkpoint is not None:
             save_state(checkpoint, {
                 "state": state.state_dict(), "history": history, "processes": procs.size,
                 "step": step_done, "sums": shared, "rng": torch.get_rng_state(),
+                "cuda_rng": _cuda_rng(procs.device),
             })  # fmt: skip
 
     for e in range(epoch, epochs):
@@ -240,6 +242,11 @@ def fit_stream(
     return history
 
 
+def _cuda_rng(device: torch.device) -> torch.Tensor | None:
+    """The CUDA generator's state of ``device`` (dropout and drop-path masks), or None."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
 def fit_steps(
     name: str,
     total: int,
@@ -261,8 +268,15 @@ def fit_steps(
     from tqdm import tqdm
 
     step, values = 0, []
+    size = procs.size if procs is not None else 1
     if checkpoint.is_file():
         saved = load_state(checkpoint)
+        if saved.get("processes", 1) != size:
+            raise DreamshiftError(
+                f"{checkpoint} was written by a run on {saved.get('processes', 1)} processes; "
+                f"this one has {size}, which changes the batches and the weights: relaunch it "
+                f"on {saved.get('processes', 1)}, or delete the checkpoint to start again"
+            )
         state.load_state_dict(saved["state"])
         step, values = saved["step"], list(saved["values"])
     main = procs is None or procs.is_main
@@ -276,6 +290,7 @@ def fit_steps(
         bar.update(1)
         bar.set_postfix({metric: f"{sum(values[-50:]) / len(values[-50:]):.4f}"})
         if main and (step % every == 0 or step == total):
-            save_state(checkpoint, {"state": state.state_dict(), "step": step, "values": values})
+            save_state(checkpoint, {"state": state.state_dict(), "step": step, "values": values,
+                                    "processes": size})  # fmt: skip
     bar.close()
     return step, values

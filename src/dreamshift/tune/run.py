@@ -491,13 +491,19 @@ def _train(
 UNHASHED = ("checkpoint_every", "gradient_checkpointing")
 
 
-def run_folder(out: Path, cfg: TuneConfig, model_sha: str, data: list[str]) -> Path:
+def run_folder(
+    out: Path, cfg: TuneConfig, model_sha: str, data: list[str], processes: int = 1
+) -> Path:
     """``OUT/<method>-<hash of the non-default config, the model and the images>``; the SFSL
-    classifier counts by its weights (:func:`classifier_fingerprint`), not by its name."""
+    classifier counts by its weights (:func:`classifier_fingerprint`), not by its name; more
+    than one process counts (the global batch is ``batch_size`` x ``processes``)."""
     config = {k: v for k, v in _non_default(cfg).items() if k not in UNHASHED}
     if cfg.sfsl:
         config["sfsl"] = classifier_fingerprint(cfg.sfsl)
-    text = json.dumps({"config": config, "model": model_sha, "data": data}, sort_keys=True)
+    payload: dict[str, Any] = {"config": config, "model": model_sha, "data": data}
+    if processes > 1:
+        payload["processes"] = processes
+    text = json.dumps(payload, sort_keys=True)
     return out / f"{cfg.method}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -529,7 +535,7 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
     ref = locate_model(cfg.model)
     model_sha = hash_model(ref.path)
     data = [r["sha256"] for r in rows] + [f"prior:{r['sha256']}" for r in prior_rows]
-    folder = run_folder(out, cfg, model_sha, data)
+    folder = run_folder(out, cfg, model_sha, data, procs.size)
     procs.agree(folder.name, "run (a hash of the config, the model and the images)")
     if (folder / TUNE_DONE).exists():
         log(f"{folder} is done: skipped")
