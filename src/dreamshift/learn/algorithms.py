@@ -92,6 +92,7 @@ class Algorithm(nn.Module):
 
     backbone: Any  # an ARCHITECTURES module: forward_features, num_features
     step: torch.Tensor
+    base_weights_sha256: str = ""  # a fine-tuned backbone: its base model's weights hash
 
     def __init__(
         self,

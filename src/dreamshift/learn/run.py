@@ -57,7 +57,7 @@ from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import Classifier, preprocessing_of
-from dreamshift.models.finetune import METHODS, Finetune, assemble
+from dreamshift.models.finetune import METHODS, Finetune, FineTunedNet, assemble
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
@@ -228,11 +228,13 @@ def build(
     backbone: torch.nn.Module | None = None
     prep = Preprocessing.world(cfg.input_size)
     head: torch.nn.Linear | None = None
+    base_sha256 = ""
     if cfg.finetune:
         base = load_classifier(cfg.model, classes)
         torch.manual_seed(derive_seed(cfg.seed, "init", cfg.finetune, cfg.model))
         tuned, _ = assemble(base, classes, cfg.tuning(), cfg.targets)
         backbone, head, prep = tuned, tuned.head, base.preprocessing
+        base_sha256 = base.weights_sha256
     if cfg.features_from:
         source, record = load_run(cfg.features_from)
         with torch.no_grad():
@@ -276,14 +278,47 @@ def build(
         with torch.no_grad():  # the base model's own head (not d3s's, on the fg block alone)
             algo.classifier.weight.copy_(head.weight)
             algo.classifier.bias.copy_(head.bias)
+    algo.base_weights_sha256 = base_sha256  # what a fine-tune started from ("": none)
     return algo, prep
 
 
+class _Trained:
+    """The tensors of an algorithm that training changes: all of them, but for the frozen base
+    model of a ``linear`` or ``lora`` fine-tune, whose weights come back from the base model
+    itself (checked by their hash), so that a LoRA run's checkpoint holds its adapters and
+    heads, not a copy of the model."""
+
+    def __init__(self, algo: Algorithm):
+        self.algo = algo
+
+    def frozen(self) -> set[str]:
+        tuned = self.algo.backbone
+        if not isinstance(tuned, FineTunedNet) or tuned.train_backbone:
+            return set()
+        base = tuned.backbone
+        names = {n for n, p in base.named_parameters() if not p.requires_grad}
+        names |= {n for n, _ in base.named_buffers()}  # batch norm stays in eval mode
+        return {f"backbone.backbone.{n}" for n in names}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        frozen = self.frozen()
+        return {k: v for k, v in self.algo.state_dict().items() if k not in frozen}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.algo.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - self.frozen():
+            raise DreamshiftError(
+                f"a checkpoint that does not fit this run's model (missing "
+                f"{sorted(set(missing) - self.frozen())[:3]}, unexpected {unexpected[:3]}): "
+                "was it written by another dreamshift version?"
+            )
+
+
 def _train_state(algo: Algorithm) -> TrainState:
-    """What a learn checkpoint holds: the algorithm's weights and buffers, its optimizer and,
-    for d3s, the MI estimator's optimizer."""
+    """What a learn checkpoint holds: the algorithm's trained weights and buffers
+    (:class:`_Trained`), its optimizer and, for d3s, the MI estimator's optimizer."""
     return TrainState(  # looked up when saved: an anneal restarts the optimizer (IRM, d3s)
-        model=algo,
+        model=_Trained(algo),
         optimizer=lambda: algo.optimizer,
         estimator_optimizer=lambda: getattr(algo, "estimator_optimizer", None),
     )
@@ -415,6 +450,7 @@ def learn(
         "preprocessing": prep.to_dict(),
         "sources": data.sources,
         "processes": procs.size,  # the global batch is batch_size x processes
+        "base_weights_sha256": algo.base_weights_sha256 or None,  # --finetune: the base model's
     }
     if procs.is_main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -520,6 +556,13 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     cfg = LearnConfig(**c)
     cfg.check()
     algo, _ = build(cfg, record["classes"], len(record["backgrounds"]), fit_eraser=False)
+    expected = record.get("base_weights_sha256")
+    if expected and cfg.finetune != "full" and algo.base_weights_sha256 != expected:
+        raise DreamshiftError(
+            f"{folder} was tuned from {cfg.model} with weights sha256 {expected[:12]}…, but "
+            f"{cfg.model} now loads weights {algo.base_weights_sha256[:12]}…: give the same base "
+            "weights (SPEC@FILE)"
+        )
     path = _checkpoint_path(folder)
     if path is None:
         raise DreamshiftError(f"{folder} has a done marker but no {CHECKPOINT}: train it again")
