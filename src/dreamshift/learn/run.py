@@ -42,6 +42,7 @@ from dreamshift.data.loading import (
     KINDS,
     MIXES,
     ImageTable,
+    TrainingSources,
     load_split,
     parse_source,
     source_key,
@@ -483,28 +484,44 @@ def learn(
         update, start_epoch, _train_state(algo), procs, folder / CHECKPOINT, checkpoint_every,
         log=log,
     )  # fmt: skip
-    # every process evaluates its share; the main one writes
-    split_metrics: dict[str, dict[str, Any]] = {}
+    split_metrics = _evaluate_run(algo, root, cfg, data, prep, procs, loader_workers)
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
-    present = set(ds.read_manifest(root, ["split"]).column("split").unique().to_pylist())
-    for split in cfg.eval_splits:
-        if split in present:
-            held_out = split_table(root, split, classes, backgrounds)
-            split_metrics[split] = evaluate(algo, held_out, prep, procs.device, loader_workers,
-                                            procs=procs)  # fmt: skip
-    if len(data.sources) > 1:  # each source's own training accuracy
-        start = 0
-        for source in data.sources:
-            part = table.take(torch.arange(start, start + source["n"]))
-            source["train_acc"] = evaluate(
-                algo, part, prep, procs.device, loader_workers, n_boot=1, procs=procs
-            )["acc_avg"]
-            start += source["n"]
     if procs.is_main:
         append_record(out / RESULTS, results)
         (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
     procs.barrier()  # the others return once the run is done
     return folder
+
+
+def _evaluate_run(
+    algo: Algorithm,
+    root: Path,
+    cfg: LearnConfig,
+    data: TrainingSources,
+    prep: Preprocessing,
+    procs: Processes,
+    workers: int,
+) -> dict[str, dict[str, Any]]:
+    """The metrics of every evaluated split of ``root`` present in it; with several training
+    sources, each one's own training accuracy goes into its entry of ``data.sources``. Every
+    process evaluates its share."""
+    meta = ds.read_dataset_json(root)
+    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    present = set(ds.read_manifest(root, ["split"]).column("split").unique().to_pylist())
+    metrics = {}
+    for split in cfg.eval_splits:
+        if split in present:
+            held_out = split_table(root, split, classes, backgrounds)
+            metrics[split] = evaluate(algo, held_out, prep, procs.device, workers, procs=procs)
+    if len(data.sources) > 1:
+        start = 0
+        for source in data.sources:
+            part = data.table.take(torch.arange(start, start + source["n"]))
+            source["train_acc"] = evaluate(
+                algo, part, prep, procs.device, workers, n_boot=1, procs=procs
+            )["acc_avg"]
+            start += source["n"]
+    return metrics
 
 
 SWEEP_MIXES = {"real": "real", "generated": "generated", "real+generated": "all"}  # -> use
