@@ -244,3 +244,21 @@ def test_tune_on_two_processes_of_batch_1_takes_the_steps_of_one_process_of_batc
     assert a.keys() == b.keys()
     moved = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     assert float(moved.max()) < 1e-4 and float(moved.median()) < 1e-7
+
+
+def test_a_changed_png_stops_every_process_with_its_name(world, tmp_path):
+    """Only one process draws the damaged image; every one stops with its one line."""
+    import shutil
+
+    from dreamshift.data import dataset as ds
+
+    copy = tmp_path / "ds"
+    shutil.copytree(world, copy)
+    row = next(r for r in ds.read_manifest(copy).to_pylist() if r["split"] == "train")
+    target = copy / row["path"]
+    target.write_bytes(target.read_bytes() + b"\0")
+    result = launch(tmp_path, ["learn", str(copy), "--out", str(tmp_path / "runs"), "--epochs",
+                               "1", "--batch-size", "8"])  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "dreamshift: error:" in line]
+    assert len(errors) == 2 and all(str(target) in line for line in errors)

@@ -346,13 +346,18 @@ def predict_table(
     rank, size = (procs.rank, procs.size) if procs is not None else (0, 1)
     mine = torch.arange(rank, len(table), size)
     algo.eval()
-    preds = []
+    preds, error = [], ""
     for batch in loader(StreamedImages(table.take(mine), prep), batch_size=256, workers=workers,
                         device=device):  # fmt: skip
         if isinstance(batch, BadImage):
-            raise BadInputError(batch.message)
+            error = batch.message
+            break
         preds.append(algo.predict(batch.x.to(device, non_blocking=True)).argmax(1).cpu())
     algo.train()
+    if procs is not None:  # once per call: the processes' shares have unequal batch counts
+        error = procs.first_error(error)
+    if error:
+        raise BadInputError(error)
     ours = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     if procs is None or size == 1:
         return ours

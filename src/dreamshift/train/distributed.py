@@ -104,6 +104,16 @@ class Processes:
         torch.distributed.all_reduce(t)
         return dict(zip(keys, t.tolist(), strict=True))
 
+    def first_error(self, message: str) -> str:
+        """The first non-empty ``message`` of the processes, in rank order ('' when none has
+        one): a bad input met by one process stops every process with its words, instead of
+        leaving the others waiting in the next collective."""
+        if self.size == 1 or not self.sum({"errors": float(bool(message))})["errors"]:
+            return message
+        messages: list[str | None] = [None] * self.size
+        torch.distributed.all_gather_object(messages, message)
+        return next(m for m in messages if m)
+
     def agree(self, value: str, what: str) -> None:
         """Raise on every process unless all of them hold the same ``value`` (a hash of their
         dataset, their config, their checkpoint)."""

@@ -214,8 +214,9 @@ def fit_stream(
         start = time.perf_counter()
         done_before = step
         for batch in data:
-            if isinstance(batch, BadImage):
-                raise BadInputError(batch.message)
+            error = procs.first_error(batch.message if isinstance(batch, BadImage) else "")
+            if error:
+                raise BadInputError(error)
             batch = Images(*(t.to(procs.device, non_blocking=True) for t in batch))
             for k, v in update(e * batches.steps + step, batch).items():
                 sums[k] = sums.get(k, 0.0) + v
