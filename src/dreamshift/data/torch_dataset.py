@@ -82,7 +82,7 @@ class BadImage:
 class StreamedImages(torch.utils.data.Dataset):
     """The images of ``table`` as model inputs, preprocessed by ``prep``. With ``seed``,
     items are keyed by ``(epoch, draw, index)`` and augmented (flip + padded crop,
-    :func:`~dreamshift.data.transforms.augment`) from a generator seeded by
+    :func:`~dreamshift.data.transforms.augment_image`) from a generator seeded by
     (seed, epoch, draw); without, keyed by the index and not augmented."""
 
     def __init__(self, table: ImageTable, prep: Preprocessing, seed: int | None = None):

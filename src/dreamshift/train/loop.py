@@ -178,13 +178,7 @@ def fit_stream(
     history: list[dict[str, Any]] = []
     epoch, step, sums = 0, 0, dict[str, float]()
     if checkpoint is not None and checkpoint.is_file():
-        saved = load_state(checkpoint)
-        if saved.get("processes", 1) != procs.size:
-            raise DreamshiftError(
-                f"{checkpoint} was written by a run on {saved.get('processes', 1)} processes; "
-                f"this one has {procs.size}, which changes the batches and the weights: relaunch "
-                f"it on {saved.get('processes', 1)}, or delete the checkpoint to start again"
-            )
+        saved = _load_for(checkpoint, procs.size)
         state.load_state_dict(saved["state"])
         history = list(saved["history"])
         epoch, step, sums = len(history), int(saved.get("step", 0)), dict(saved.get("sums", {}))
@@ -243,6 +237,20 @@ def fit_stream(
     return history
 
 
+def _load_for(checkpoint: Path, processes: int) -> dict[str, Any]:
+    """A checkpoint to resume on ``processes`` processes: one written on another number is
+    refused, since the global batch, and so the weights, would change."""
+    saved = load_state(checkpoint)
+    written_by = saved.get("processes", 1)  # checkpoints of earlier versions: one process
+    if written_by != processes:
+        raise DreamshiftError(
+            f"{checkpoint} was written by a run on {written_by} processes; this one has "
+            f"{processes}, which changes the batches and the weights: relaunch it on "
+            f"{written_by}, or delete the checkpoint to start again"
+        )
+    return saved
+
+
 def _cuda_rng(device: torch.device) -> torch.Tensor | None:
     """The CUDA generator's state of ``device`` (dropout and drop-path masks), or None."""
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -271,13 +279,7 @@ def fit_steps(
     step, values = 0, []
     size = procs.size if procs is not None else 1
     if checkpoint.is_file():
-        saved = load_state(checkpoint)
-        if saved.get("processes", 1) != size:
-            raise DreamshiftError(
-                f"{checkpoint} was written by a run on {saved.get('processes', 1)} processes; "
-                f"this one has {size}, which changes the batches and the weights: relaunch it "
-                f"on {saved.get('processes', 1)}, or delete the checkpoint to start again"
-            )
+        saved = _load_for(checkpoint, size)
         state.load_state_dict(saved["state"])
         step, values = saved["step"], list(saved["values"])
     main = procs is None or procs.is_main
