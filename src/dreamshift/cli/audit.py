@@ -16,7 +16,10 @@ def add(sub: Any) -> None:
         help="train a world classifier (ERM) on a dataset's training split",
         description="Empirical risk minimisation of a world classifier on a dataset's train "
         "split (the background-correlated one); val accuracy per epoch; resumable (run the "
-        "same command again). The folder it writes is a --model for `dreamshift audit`.",
+        "same command again). The folder it writes is a --model for `dreamshift audit`. It "
+        "holds the data in memory and runs in one process: for large datasets, several GPUs "
+        "or another algorithm, `dreamshift learn` does the same (--finetune, --train, "
+        "--train-sizes, --mixes), streamed.",
     )
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", required=True, type=Path, help="classifier folder to write")
