@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-learn-memory bench-ray bench-tune evaluate-dream clean
+.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-learn-memory bench-learn-device bench-ray bench-tune evaluate-dream clean
 
 setup: $(STAMP)
 
@@ -77,6 +77,10 @@ bench-learn: $(STAMP)
 
 bench-learn-memory: $(STAMP)
 	$(PY) bench/learn_memory.py
+
+# on a GPU machine: learn vs a bare loop on the device, fp32 and bf16, with GPU utilisation
+bench-learn-device: $(STAMP)
+	$(PY) bench/learn_device.py
 
 bench-tune: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/tune.py
