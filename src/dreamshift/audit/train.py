@@ -36,7 +36,6 @@ from torch import nn
 
 from dreamshift.config import Config
 from dreamshift.data import dataset as ds
-from dreamshift.data.images import write_atomic
 from dreamshift.data.loading import KINDS, MIXES, load_split, source_key, training_data
 from dreamshift.data.transforms import Preprocessing, augment
 from dreamshift.errors import DreamshiftError
@@ -54,7 +53,7 @@ from dreamshift.models.finetune import (
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
 from dreamshift.seeding import derive_seed
 from dreamshift.train.loop import TrainState, descend, fit
-from dreamshift.train.run_folder import CHECKPOINT, SWEEP
+from dreamshift.train.run_folder import CHECKPOINT, SWEEP_MIXES, add_sweep_members, check_sweep
 
 
 @dataclass(frozen=True)
@@ -210,9 +209,6 @@ def train_classifier(
     return record
 
 
-SWEEP_MIXES = {"real": "real", "generated": "generated", "real+generated": "all"}  # -> use
-
-
 def train_sweep(
     dataset: str | Path,
     out: str | Path,
@@ -228,22 +224,14 @@ def train_sweep(
     ``OUT/<mix>-n<size>`` and ``OUT/sweep.json`` lists those trained so far: ``dreamshift
     audit --model OUT`` audits them all, fitting effective robustness on the ``real`` family.
     Resumable."""
-    unknown = [m for m in mixes if m not in SWEEP_MIXES]
-    if unknown or not mixes or not sizes or min(sizes) < 1:
-        raise DreamshiftError(
-            f"--mixes {','.join(mixes)} --train-sizes {','.join(map(str, sizes))}: mixes are "
-            f"{', '.join(SWEEP_MIXES)}; sizes positive integers"
-        )
+    check_sweep(sizes, mixes)
     out = Path(out)
     members: list[dict[str, Any]] = [{"folder": f"{mix}-n{n}", "mix": mix, "train_size": n}
                                      for mix in mixes for n in sorted(set(sizes))]  # fmt: skip
-    done = json.loads((out / SWEEP).read_text())["members"] if (out / SWEEP).is_file() else []
     for i, m in enumerate(members):
         log(f"sweep {i + 1}/{len(members)}: {m['folder']}")
         member_cfg = cfg.replace(use=SWEEP_MIXES[m["mix"]], train_size=m["train_size"])
         record = train_classifier(dataset, out / m["folder"], member_cfg, log)
-        if m not in done:  # listed once trained: a failed sweep leaves the list as it was
-            done.append(dict(m))
-            write_atomic(out / SWEEP, (json.dumps({"members": done}, indent=2) + "\n").encode())
+        add_sweep_members(out, [dict(m)])  # listed once trained
         m["val_acc"] = record["history"][-1].get("val_acc")
     return members

@@ -64,7 +64,15 @@ from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
 from dreamshift.train.distributed import Processes, processes
 from dreamshift.train.loop import TrainState, fit_stream
-from dreamshift.train.run_folder import CHECKPOINT, CONFIG, DONE, PROBES, add_sweep_members
+from dreamshift.train.run_folder import (
+    CHECKPOINT,
+    CONFIG,
+    DONE,
+    PROBES,
+    SWEEP_MIXES,
+    add_sweep_members,
+    check_sweep,
+)
 from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
 
 PRECISIONS = ("no", "bf16")  # mixed precision of the updates: none or bf16 autocast
@@ -529,9 +537,6 @@ def _evaluate_run(
     return metrics
 
 
-SWEEP_MIXES = {"real": "real", "generated": "generated", "real+generated": "all"}  # -> use
-
-
 def learn_sweep(
     dataset: str | Path,
     out: str | Path,
@@ -547,12 +552,7 @@ def learn_sweep(
     concatenation, or ``cfg.mix``). Smaller subsets lie inside larger ones. Each run is listed
     in ``OUT/sweep.json`` once trained: ``dreamshift audit --model OUT`` audits them all and
     fits effective robustness on the ``real`` family. ``runtime``: :func:`learn`'s options."""
-    unknown = [m for m in mixes if m not in SWEEP_MIXES]
-    if unknown or not mixes or not sizes or min(sizes) < 1:
-        raise DreamshiftError(
-            f"--mixes {','.join(mixes)} --train-sizes {','.join(map(str, sizes))}: mixes are "
-            f"{', '.join(SWEEP_MIXES)}; sizes positive integers"
-        )
+    check_sweep(sizes, mixes)
     folders = []
     for mix in mixes:
         for n in sorted(set(sizes)):

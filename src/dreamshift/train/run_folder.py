@@ -13,14 +13,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from dreamshift.errors import DreamshiftError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"  # :mod:`dreamshift.train.checkpoint`, one per epoch
 DONE = "done"  # written last: the run is finished
 PROBES = "probes.jsonl"  # a learn run: one record per `dreamshift probe`
 SWEEP = "sweep.json"  # a folder of runs trained as one family: {"members": [...]}
+# a sweep's mixes (ImageNet-G) -> which training sources each uses (data.loading.KINDS)
+SWEEP_MIXES = {"real": "real", "generated": "generated", "real+generated": "all"}
+
+
+def check_sweep(sizes: Sequence[int], mixes: Sequence[str]) -> None:
+    """Refuse a sweep of unknown mixes or sizes that are not positive."""
+    unknown = [m for m in mixes if m not in SWEEP_MIXES]
+    if unknown or not mixes or not sizes or min(sizes) < 1:
+        raise DreamshiftError(
+            f"--mixes {','.join(mixes)} --train-sizes {','.join(map(str, sizes))}: mixes are "
+            f"{', '.join(SWEEP_MIXES)}; sizes positive integers"
+        )
 
 
 def sweep_members(folder: Path) -> list[dict[str, Any]] | None:
