@@ -118,7 +118,7 @@ def main() -> None:
             with Utilisation() as bare_use:
                 bare = n / bare_loop(args.arch, x, y, args.batch, args.epochs, bf16, device)
             cfg = LearnConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch,
-                              input_size=args.side, eval_splits=(),
+                              input_size=args.side, eval_splits=(), val_split="",
                               mixed_precision="bf16" if bf16 else "no")  # fmt: skip
             with Utilisation() as ours_use:
                 folder = learn(root, Path(tmp) / f"runs-{bf16}", cfg, log=lambda *_: None,

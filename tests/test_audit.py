@@ -1,5 +1,5 @@
-"""Classifier adapters, train-classifier, `dreamshift audit` and `dreamshift report` end to end
-on a small world dataset."""
+"""Classifier adapters, `dreamshift audit` and `dreamshift report` end to end on a small world
+dataset; classifier folders of the earlier train-classifier still audit."""
 
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config, tree_digest
+from conftest import SMALL_BACKGROUNDS, SMALL_CLASSES, small_config
 from dreamshift.audit import evaluate
 from dreamshift.audit.evaluate import AuditConfig, Evaluated, audit, predict
-from dreamshift.audit.train import TrainConfig, train_classifier
 from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file
 from dreamshift.errors import DreamshiftError
+from dreamshift.learn.run import LearnConfig, learn
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import load_checkpoint
 from dreamshift.models.labels import LabelMap
-from dreamshift.models.loading import load_classifier, shipped_classifiers
+from dreamshift.models.loading import load_classifier, shipped, shipped_classifiers
 from dreamshift.models.zoo import imagenet_classes
 from dreamshift.report.tables import format_table
 from dreamshift.world.animals import CLASSES
@@ -56,9 +56,10 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cnn(world, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cnn") / "cnn"
-    train_classifier(world, out, TrainConfig(epochs=2, batch_size=16), log=lambda *_: None)
-    return out
+    """A world-cnn trained by ERM on the world's train split: a learn run folder."""
+    out = tmp_path_factory.mktemp("cnn")
+    return learn(world, out, LearnConfig(epochs=2, batch_size=16, eval_splits=()),
+                 log=lambda *_: None, loader_workers=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
@@ -149,41 +150,69 @@ def test_unknown_model_and_missing_extra_say_what_to_do():
             load_classifier("timm:resnet18")
 
 
-def test_a_checkpoint_of_the_wrong_shape_is_refused(cnn, tmp_path):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in cnn.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
+def test_a_checkpoint_of_the_wrong_shape_is_refused(tmp_path):
+    broken = shutil.copytree(shipped("classifiers") / "world-cnn", tmp_path / "broken")
     meta = json.loads((broken / "classifier.json").read_text())
-    meta["classes"] = list(CLASSES)  # trained on 3 classes, claims 10
+    meta["classes"] = list(SMALL_CLASSES)  # trained on 10 classes, claims 3
     (broken / "classifier.json").write_text(json.dumps(meta))
-    with pytest.raises(
-        DreamshiftError, match=r"model.safetensors does not fit a world-cnn with 10"
-    ):
+    with pytest.raises(DreamshiftError, match=r"model.safetensors does not fit a world-cnn with 3"):
         load_checkpoint(broken)
     meta["architecture"] = "world-resnet18"
-    meta["classes"] = list(SMALL_CLASSES)
+    meta["classes"] = list(CLASSES)
     (broken / "classifier.json").write_text(json.dumps(meta))
     with pytest.raises(DreamshiftError, match="does not fit a world-resnet18"):
         load_checkpoint(broken)
 
 
-def test_training_resumes_to_the_same_weights(world, tmp_path):
-    cfg = TrainConfig(epochs=2, batch_size=16)
-    train_classifier(world, tmp_path / "whole", cfg, log=lambda *_: None)
+def test_folders_of_the_earlier_train_classifier_still_audit(world, tmp_path, capsys):
+    """The shipped world-cnn is such a folder (classifier.json, model.safetensors); a LoRA
+    fine-tune one (tests/fixtures, written by the last version that had train-classifier)
+    rebuilds its base and gives the logits it gave then; a sweep of them audits as a family."""
+    legacy = Path(__file__).parent / "fixtures" / "train-classifier-lora"
+    tuned = load_classifier(str(legacy))
+    expected = json.loads((legacy / "expected-logits.json").read_text())
+    x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), np.uint8)
+    np.testing.assert_allclose(tuned.logits(x), expected["logits"], atol=1e-4)
 
-    def stop_after_first_epoch(message: str) -> None:
-        if "epoch 1/2" in message:
-            raise KeyboardInterrupt
+    sweep = tmp_path / "sweep"  # as train-classifier --train-sizes wrote it
+    shutil.copytree(shipped("classifiers") / "world-cnn", sweep / "real-n6")
+    shutil.copytree(legacy, sweep / "real-n12")
+    members = [{"folder": "real-n6", "mix": "real", "train_size": 6},
+               {"folder": "real-n12", "mix": "real", "train_size": 12}]  # fmt: skip
+    (sweep / "sweep.json").write_text(json.dumps({"members": members}))
+    results = tmp_path / "r.jsonl"
+    assert main(["audit", str(world), "--model", str(sweep), "--model", str(legacy),
+                 "--results", str(results), "--bootstrap", "10"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r.get("family"), r.get("train_size")) for r in records] == [
+        ("real", 6), ("real", 12), (None, None)]  # fmt: skip
+    assert records[2]["acc_avg"] == records[1]["acc_avg"]  # the same folder, twice
 
-    with pytest.raises(KeyboardInterrupt):
-        train_classifier(world, tmp_path / "resumed", cfg, log=stop_after_first_epoch)
-    assert not (tmp_path / "resumed" / "model.safetensors").exists()
-    train_classifier(world, tmp_path / "resumed", cfg, log=lambda *_: None)
-    whole, resumed = tree_digest(tmp_path / "whole"), tree_digest(tmp_path / "resumed")
-    assert whole["model.safetensors"] == resumed["model.safetensors"]
-    with pytest.raises(DreamshiftError, match="another config"):
-        train_classifier(world, tmp_path / "whole", TrainConfig(epochs=3), log=lambda *_: None)
+
+def test_train_classifier_prints_the_learn_command_that_replaces_it(world, tmp_path, capsys):
+    import shlex
+
+    out = tmp_path / "clf"
+    argv = ["train-classifier", str(world), "--out", str(out), "--epochs", "1", "--batch-size",
+            "8", "--lr", "1e-3", "--seed", "3", "--half-weights",
+            "--train", f"{world}:train@2", "--train", f"{world}:test@1"]  # fmt: skip
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert "--half-weights has no counterpart" in printed.err and not out.exists()
+    command = shlex.split(printed.out)
+    assert command[:3] == ["dreamshift", "learn", str(world)]
+    assert "--lr-schedule onecycle" in printed.out and "--seeds 3" in printed.out
+    assert main([*command[1:], "--loader-workers", "0"]) == 0  # it runs as printed
+    (run,) = out.glob("erm-*")
+    record = json.loads((run / "config.json").read_text())
+    assert [(s["split"], s["weight"]) for s in record["sources"]] == [
+        ("train", pytest.approx(2 / 3)), ("test", pytest.approx(1 / 3)),
+    ]  # fmt: skip
+    cfg = record["config"]
+    assert (cfg["epochs"], cfg["batch_size"], cfg["seed"], cfg["hparams"]["lr"]) == (1, 8, 3, 1e-3)
+    assert cfg["lr_schedule"] == "onecycle" and cfg["algorithm"] == "erm"
+    (result,) = [json.loads(line) for line in (out / "results.jsonl").open()]
+    assert 0.0 <= result["history"][0]["val_acc"] <= 1.0  # scored after every epoch, as it was
 
 
 def test_audit_cli_end_to_end_matches_hand_computed_accuracies(world, cnn, tmp_path, capsys):
@@ -711,19 +740,3 @@ def test_a_real_imagenet_checkpoint_audits_a_folder_dataset_of_real_photographs(
     spurious = pq.read_table(restricted["predictions_spurious"]).to_pylist()
     assert len(spurious) == 4 and all(len(r["top5_outputs"]) == 5 for r in spurious)
     assert restricted["n_spurious"] == 4
-
-
-def test_train_classifier_takes_several_weighted_sources(world, tmp_path, capsys):
-    out = tmp_path / "clf"
-    argv = ["train-classifier", str(world), "--out", str(out), "--epochs", "1", "--batch-size",
-            "8", "--train", f"{world}:train@2", "--train", f"{world}:test@1"]  # fmt: skip
-    assert main(argv) == 0
-    record = json.loads((out / "classifier.json").read_text())
-    sources = record["trained_on"]["sources"]
-    assert [(s["split"], s["weight"]) for s in sources] == [
-        ("train", pytest.approx(2 / 3)), ("test", pytest.approx(1 / 3)),
-    ]  # fmt: skip
-    assert main(argv) == 0  # a relaunch is the same run
-    capsys.readouterr()
-    assert main([*argv[:-1], f"{world}:test@3"]) == 1  # other weights, same --out: refused
-    assert "another config or dataset" in capsys.readouterr().err

@@ -1,5 +1,5 @@
-"""train-classifier --finetune linear|lora|full: a pretrained classifier tuned on a dataset, its
-head started from the base model's, the result a folder that audit loads."""
+"""learn --finetune linear|lora|full: a pretrained classifier tuned on a dataset, its head
+started from the base model's, the result a run folder that audit loads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from conftest import SMALL_CLASSES, small_config, tree_digest
-from dreamshift.audit.train import TrainConfig, train_classifier
+from conftest import SMALL_CLASSES, small_config
 from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
@@ -21,11 +19,14 @@ from dreamshift.data.images import sha256_file
 from dreamshift.data.loading import load_split
 from dreamshift.data.transforms import Preprocessing
 from dreamshift.errors import DreamshiftError
+from dreamshift.learn.algorithms import Hparams
+from dreamshift.learn.run import LearnConfig, learn, load_run
 from dreamshift.models.classifier import Classifier
 from dreamshift.models.finetune import Finetune, assemble, initial_head
 from dreamshift.models.labels import LabelMap
 from dreamshift.models.loading import load_classifier
 from dreamshift.models.zoo import IMAGENET_1K, _ClipZeroShot, imagenet_classes
+from dreamshift.train.checkpoint import load_state
 
 QUIET = {"log": lambda *_: None}
 
@@ -39,61 +40,52 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
-def _lora(**kw) -> TrainConfig:
-    return TrainConfig(finetune="lora", model="world-resnet18", rank=4, alpha=8, epochs=2,
-                       batch_size=16, lr=1e-3, **kw)  # fmt: skip
+def _lora(**kw) -> LearnConfig:
+    return LearnConfig(finetune="lora", model="world-resnet18", rank=4, alpha=8, epochs=2,
+                       batch_size=16, eval_splits=("val",), hparams=Hparams(lr=1e-3),
+                       **kw)  # fmt: skip
 
 
-def test_lora_finetune_resumes_stores_only_what_it_trained_and_audit_loads_it(
-    world, tmp_path, capsys
-):
-    whole = tmp_path / "whole"
-    record = train_classifier(world, whole, _lora(), **QUIET)
+def test_lora_finetune_resumes_stores_only_what_it_trained_and_audit_loads_it(world, tmp_path):
+    whole = learn(world, tmp_path / "whole", _lora(), loader_workers=0, **QUIET)
 
     def stop_after_first_epoch(message: str) -> None:
         if "epoch 1/2" in message:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(world, tmp_path / "resumed", _lora(), log=stop_after_first_epoch)
-    train_classifier(world, tmp_path / "resumed", _lora(), **QUIET)
-    assert (tree_digest(whole)["model.safetensors"]
-            == tree_digest(tmp_path / "resumed")["model.safetensors"])  # fmt: skip
+        learn(world, tmp_path / "resumed", _lora(), log=stop_after_first_epoch, loader_workers=0)
+    resumed = learn(world, tmp_path / "resumed", _lora(), loader_workers=0, **QUIET)
+    saved = load_state(whole / "checkpoint.safetensors")["state"]["model"]
+    again = load_state(resumed / "checkpoint.safetensors")["state"]["model"]
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
 
-    saved = load_file(str(whole / "model.safetensors"))
-    assert {"head.weight", "head.bias"} <= set(saved)
-    assert all(k.startswith("head.") or "lora_" in k for k in saved)
-    assert sum(v.numel() for v in saved.values()) == record["trained_parameters"]
-    assert record["trained_parameters"] < record["parameters"] / 5
-    assert record["finetuned_from"] == "world-resnet18"
-    assert record["base_weights_sha256"] == load_classifier("world-resnet18").weights_sha256
+    # the LoRA adapters and the heads, not the frozen base (it comes back from world-resnet18)
+    assert {"classifier.weight", "classifier.bias"} <= set(saved)
+    assert all(k.startswith(("classifier.", "backbone.head.")) or "lora_" in k
+               for k in saved if k != "step")  # fmt: skip
+    base = load_classifier("world-resnet18")
+    base_size = sum(p.numel() for p in base.net.parameters())
+    assert sum(v.numel() for v in saved.values()) < base_size / 5
+    record = json.loads((whole / "config.json").read_text())
+    assert record["config"]["model"] == "world-resnet18"
+    assert record["base_weights_sha256"] == base.weights_sha256
 
-    tuned, base = load_classifier(str(whole)), load_classifier("world-resnet18")
+    tuned = load_classifier(str(whole))
     # the base weights are untouched: the stem convolution (LoRA-wrapped) keeps its base layer
-    stem = dict(tuned.net.named_parameters())["backbone.features.0.base_layer.weight"]
+    stem = dict(load_run(whole)[0].named_parameters())[
+        "backbone.backbone.features.0.base_layer.weight"]  # fmt: skip
     assert torch.equal(stem, base.net.features[0].weight)
+    # the accuracy scored after the last epoch is that of the reloaded run
     x, y, _ = load_split(world, "val", list(SMALL_CLASSES), ["grass", "water", "snow"])
     acc = float((tuned.logits(x.numpy()).argmax(1) == y.numpy()).mean())
-    assert acc == pytest.approx(record["history"][-1]["val_acc"], abs=1e-4)
+    (result,) = [json.loads(line) for line in (tmp_path / "whole" / "results.jsonl").open()]
+    assert acc == pytest.approx(result["history"][-1]["val_acc"], abs=1e-4)
 
     results = tmp_path / "results.jsonl"
     assert main(["audit", str(world), "--model", str(whole), "--results", str(results)]) == 0
     (audited,) = [json.loads(line) for line in results.read_text().splitlines()]
-    assert audited["weights_sha256"] == sha256_file(whole / "model.safetensors")
-
-
-def test_linear_and_full_finetunes_train_what_they_say(world, tmp_path):
-    linear = train_classifier(world, tmp_path / "linear",
-                              _lora().replace(finetune="linear", epochs=1), **QUIET)  # fmt: skip
-    assert set(load_file(str(tmp_path / "linear" / "model.safetensors"))) == {
-        "head.weight", "head.bias"}  # fmt: skip
-    assert linear["trained_parameters"] == 512 * 3 + 3
-    full = train_classifier(world, tmp_path / "full",
-                            _lora().replace(finetune="full", epochs=1), **QUIET)  # fmt: skip
-    assert full["trained_parameters"] == full["parameters"]
-    tuned = load_classifier(str(tmp_path / "full"))
-    base = load_classifier("world-resnet18")
-    assert not torch.equal(tuned.net.backbone.features[0].weight, base.net.features[0].weight)
+    assert audited["weights_sha256"] == sha256_file(whole / "checkpoint.safetensors")
 
 
 def test_the_head_starts_as_the_base_models_head():
@@ -150,7 +142,8 @@ def test_the_head_starts_as_the_base_models_head():
 
 
 def test_finetune_settings_and_base_weights_are_checked(world, tmp_path, capsys):
-    argv = ["train-classifier", str(world), "--out", str(tmp_path / "x"), "--epochs", "1"]
+    argv = ["learn", str(world), "--out", str(tmp_path / "x"), "--epochs", "1",
+            "--batch-size", "16", "--loader-workers", "0"]  # fmt: skip
     assert main([*argv, "--model", "world-resnet18"]) == 1
     assert "--finetune linear|lora|full" in capsys.readouterr().err
     assert main([*argv, "--finetune", "lora"]) == 1
@@ -159,13 +152,14 @@ def test_finetune_settings_and_base_weights_are_checked(world, tmp_path, capsys)
                  "--targets", "no_such_layer"]) == 1  # fmt: skip
     assert "peft cannot put LoRA there" in capsys.readouterr().err
 
-    tuned = tmp_path / "tuned"
+    out = tmp_path / "tuned"
     tune = ["--batch-size", "16", "--finetune", "linear", "--model", "world-cnn"]
-    assert main(["train-classifier", str(world), "--out", str(tuned), "--epochs", "1", *tune]) == 0
-    assert "(771 trained)" in capsys.readouterr().out  # world-cnn: a 256 x 3 head + 3 biases
-    meta = json.loads((tuned / "classifier.json").read_text())
+    assert main(["learn", str(world), "--out", str(out), "--epochs", "1", *tune]) == 0
+    assert "(linear): 771 trained parameters" in capsys.readouterr().out  # a 256 x 3 head
+    (tuned,) = out.glob("erm-*")
+    meta = json.loads((tuned / "config.json").read_text())
     meta["base_weights_sha256"] = "0" * 64
-    (tuned / "classifier.json").write_text(json.dumps(meta))
+    (tuned / "config.json").write_text(json.dumps(meta))
     with pytest.raises(DreamshiftError, match="was tuned from world-cnn with weights sha256 000"):
         load_classifier(str(tuned))
 
@@ -192,15 +186,20 @@ def test_a_torchvision_model_is_tuned_from_its_label_map_rows_and_audited(
         start = head(base.forward_features(base.preprocess(x))).argmax(1)
     assert start.tolist() == [SMALL_CLASSES.index("bear")] * 4
 
-    record = train_classifier(world, tmp_path / "tuned", TrainConfig(
-        finetune="linear", model=spec, epochs=1, batch_size=16, lr=1e-2), **QUIET)  # fmt: skip
-    assert record["finetuned_from"] == spec and record["trained_parameters"] == 3 * 3 + 3
+    cfg = LearnConfig(finetune="linear", model=spec, epochs=1, batch_size=16,
+                      hparams=Hparams(lr=1e-2))  # fmt: skip
+    run = learn(world, tmp_path / "tuned", cfg, loader_workers=0, **QUIET)
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["model"] == spec
     assert record["preprocessing"]["input_size"] == 32  # the base model's own transforms
-    tuned = load_classifier(str(tmp_path / "tuned"))
+    trained = load_state(run / "checkpoint.safetensors")["state"]["model"]
+    # the head and the step counter, not the frozen base
+    assert {k for k in trained if not k.startswith("backbone.head.")} == {
+        "classifier.weight", "classifier.bias", "step"}  # fmt: skip
+    tuned = load_classifier(str(run))
     assert tuned.classes == SMALL_CLASSES and tuned.preprocessing.resize_size == 40
     results = tmp_path / "r.jsonl"
-    assert main(["audit", str(world), "--model", str(tmp_path / "tuned"),
-                 "--results", str(results)]) == 0  # fmt: skip
+    assert main(["audit", str(world), "--model", str(run), "--results", str(results)]) == 0
     with pytest.raises(DreamshiftError, match="features call no Conv2d or Linear"):
         assemble(base, list(SMALL_CLASSES), Finetune("lora", spec))
 
@@ -214,8 +213,6 @@ def test_learn_finetunes_a_pretrained_model_under_every_algorithm_and_audit_relo
     `audit --model RUN` measures on the reloaded run (same predictions), the base weights stay
     as shipped unless `full` trains them, and the class head starts as the base model's."""
     from dreamshift.audit.evaluate import AuditConfig, audit
-    from dreamshift.learn.run import LearnConfig, learn, load_run
-    from dreamshift.train.checkpoint import load_state
 
     cfg = LearnConfig(algorithm=algorithm, finetune=method, model="world-resnet18", rank=4,
                       alpha=8, epochs=1, batch_size=16, eval_splits=("test",))  # fmt: skip

@@ -10,7 +10,6 @@ import torch
 
 from conftest import small_config
 from dreamshift.audit.evaluate import AuditConfig
-from dreamshift.audit.train import TrainConfig
 from dreamshift.cli import main
 from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
 from dreamshift.compose.runner import compose
@@ -25,7 +24,7 @@ from dreamshift.studies.tiny_dream import TrainDreamConfig
 from dreamshift.train.checkpoint import load_state, save_state
 from dreamshift.train.loop import TrainState, fit
 
-CONFIGS = [ComposeConfig, Placement, ShiftRecipe, DreamConfig, TrainConfig, AuditConfig,
+CONFIGS = [ComposeConfig, Placement, ShiftRecipe, DreamConfig, AuditConfig,
            LearnConfig, Hparams, OracleConfig, TrainDreamConfig]  # fmt: skip
 
 

@@ -223,6 +223,15 @@ def test_lr_schedules():
     assert cosine[0] == pytest.approx(0.2) and cosine[4] == 1.0  # 5 warm-up steps
     assert cosine[52] == pytest.approx(0.5, abs=0.02) and cosine[-1] < 0.01
     assert all(a >= b for a, b in itertools.pairwise(cosine[4:]))
+    for total in (7, 100):  # onecycle: torch's OneCycleLR, step by step
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=total)
+        for step in range(total):
+            assert 2e-3 * lr_factor("onecycle", step, total) == pytest.approx(
+                opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15
+            )
+            opt.step()
+            sched.step()
 
 
 def test_a_head_on_frozen_features_leaves_the_source_untouched(world, tmp_path):
@@ -367,7 +376,7 @@ def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path
 
     from conftest import small_config
     from dreamshift.compose.runner import compose
-    from dreamshift.data.loading import training_data as load_sources
+    from dreamshift.data.loading import training_sources
     from dreamshift.dream.config import DreamConfig
     from dreamshift.dream.runner import dream
     from dreamshift.errors import DreamshiftError
@@ -375,8 +384,8 @@ def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path
     from dreamshift.train.checkpoint import load_state
 
     def training_data(root, cfg, classes, backgrounds):
-        return load_sources(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
-                            backgrounds)  # fmt: skip
+        return training_sources(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
+                                backgrounds)  # fmt: skip
 
     generated = tmp_path / "generated"  # made by `dreamshift dream` (paste mode: no model)
     dream(DreamConfig(source=str(world), mode="paste", splits=("train", "test")), generated,
@@ -387,7 +396,7 @@ def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path
     cfg = LearnConfig(epochs=2, batch_size=8, eval_splits=("test",), train=both)
     data = training_data(world, cfg, classes, backgrounds)
     assert [s["generated"] for s in data.sources] == [False, True] and data.sampling_weights is None
-    assert len(data.x) == 2 * data.sources[0]["n"]
+    assert len(data.table) == 2 * data.sources[0]["n"]
 
     weighted = replace(cfg, mix="weighted", real_weight=0.8)
     w = training_data(world, weighted, classes, backgrounds).sampling_weights

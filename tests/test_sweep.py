@@ -1,5 +1,5 @@
-"""train-classifier and learn --train-sizes --mixes: ImageNet-G's family of classifiers in one
-call, and audit's effective robustness measured from the real-only family's line."""
+"""learn --train-sizes --mixes: ImageNet-G's family of classifiers in one call, and audit's
+effective robustness measured from the real-only family's line."""
 
 from __future__ import annotations
 
@@ -35,22 +35,23 @@ def test_a_sweep_trains_every_mix_and_size_and_audit_measures_er_from_the_real_l
 ):
     real, gen = sources
     out = tmp_path / "sweep"
-    argv = ["train-classifier", str(real), "--out", str(out), "--epochs", "2", "--batch-size",
-            "4", "--train", f"{real}:train", "--train", f"{gen}:train", "--train-sizes", "6,12,24",
+    argv = ["learn", str(real), "--out", str(out), "--epochs", "2", "--batch-size", "4",
+            "--lr-schedule", "onecycle", "--loader-workers", "0", "--train", f"{real}:train",
+            "--train", f"{gen}:train", "--train-sizes", "6,12,24",
             "--mixes", "real,generated,real+generated"]  # fmt: skip
     assert main(argv) == 0
     members = json.loads((out / "sweep.json").read_text())["members"]
-    assert [m["folder"] for m in members] == [
-        f"{mix}-n{n}" for mix in ("real", "generated", "real+generated") for n in (6, 12, 24)
+    assert [(m["mix"], m["train_size"]) for m in members] == [
+        (mix, n) for mix in ("real", "generated", "real+generated") for n in (6, 12, 24)
     ]
 
-    def sources_of(folder: str) -> list[tuple[bool, int]]:
-        record = json.loads((out / folder / "classifier.json").read_text())
-        return [(s["generated"], s["n"]) for s in record["trained_on"]["sources"]]
+    def sources_of(member: dict) -> list[tuple[bool, int]]:
+        record = json.loads((out / member["folder"] / "config.json").read_text())
+        return [(s["generated"], s["n"]) for s in record["sources"]]
 
-    assert sources_of("real-n6") == [(False, 6)]
-    assert sources_of("generated-n12") == [(True, 12)]
-    assert sources_of("real+generated-n24") == [(False, 24), (True, 24)]  # 1:1
+    assert sources_of(members[0]) == [(False, 6)]
+    assert sources_of(members[4]) == [(True, 12)]
+    assert sources_of(members[8]) == [(False, 24), (True, 24)]  # 1:1
     capsys.readouterr()
     assert main([*argv[:-4], "--train-sizes", "100"]) == 1  # more than a source holds
     assert "100 images asked for, but split 'train' has 36" in capsys.readouterr().err

@@ -318,9 +318,9 @@ def _write_predictions(
 
 
 def expand_models(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Each model spec with what its record says of its family: a sweep folder (``learn`` or
-    ``train-classifier`` with ``--train-sizes``) stands for its runs, each with its sweep, mix
-    (``family``) and training size."""
+    """Each model spec with what its record says of its family: a sweep folder (``learn``, or
+    the earlier ``train-classifier``, with ``--train-sizes``) stands for its runs, each with
+    its sweep, mix (``family``) and training size."""
     out: list[tuple[str, dict[str, Any]]] = []
     for spec in specs:
         members = sweep_members(Path(spec)) if Path(spec).is_dir() else None

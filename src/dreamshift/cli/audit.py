@@ -1,4 +1,5 @@
-"""``dreamshift train-classifier``, ``dreamshift audit`` and ``dreamshift report``."""
+"""``dreamshift audit`` and ``dreamshift report``; ``dreamshift train-classifier``, folded into
+``dreamshift learn``, prints the learn command that replaces it."""
 
 from __future__ import annotations
 
@@ -13,101 +14,26 @@ from dreamshift.errors import DreamshiftError
 def add(sub: Any) -> None:
     p = sub.add_parser(
         "train-classifier",
-        help="train a world classifier (ERM) on a dataset's training split",
-        description="Empirical risk minimisation of a world classifier on a dataset's train "
-        "split (the background-correlated one); val accuracy per epoch; resumable (run the "
-        "same command again). The folder it writes is a --model for `dreamshift audit`. It "
-        "holds the data in memory and runs in one process: for large datasets, several GPUs "
-        "or another algorithm, `dreamshift learn` does the same (--finetune, --train, "
-        "--train-sizes, --mixes), streamed.",
+        help="removed: prints the `dreamshift learn` command that replaces it",
+        description="Classifiers are trained by `dreamshift learn` (streamed data, several "
+        "processes or GPUs, every algorithm, --finetune, --train, sweeps). This takes the "
+        "command line of the earlier train-classifier and prints the learn command that does "
+        "the same; folders written by train-classifier still load in `dreamshift audit`.",
     )
     p.add_argument("dataset", type=Path)
-    p.add_argument("--out", required=True, type=Path, help="classifier folder to write")
-    p.add_argument("--arch", help="architecture: world-cnn (default) or world-resnet18")
-    p.add_argument("--split", help="training split (train)")
-    p.add_argument("--val-split", help="split for the per-epoch accuracy (val)")
-    p.add_argument("--epochs", type=int, help="epochs (10)")
-    p.add_argument("--batch-size", type=int, help="batch size (128)")
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (2e-3)")
-    p.add_argument("--seed", type=int, help="seed (0)")
-    p.add_argument(
-        "--bf16",
-        action="store_true",
-        default=None,
-        help="bfloat16 autocast: only for CPUs/GPUs with native bf16 (10-30x slower without)",
-    )
-    p.add_argument(
-        "--half-weights",
-        action="store_true",
-        default=None,
-        help="store float16 weights (half the file size)",
-    )
-    p.add_argument(
-        "--train",
-        action="append",
-        default=[],
-        metavar="DIR[:SPLIT][@WEIGHT]",
-        help="repeatable: training sources instead of DATASET's split (same classes and "
-        "backgrounds; DATASET's val split still scores each epoch); WEIGHT: the source's share "
-        "of the draws",
-    )
-    p.add_argument(
-        "--mix",
-        choices=["concat", "weighted"],
-        help="concat (default) or weighted: real sources share --real-weight of the draws, "
-        "generated ones (made by `dreamshift dream`) the rest",
-    )
-    p.add_argument("--real-weight", type=float, help="--mix weighted: the real share (0.8)")
-    p.add_argument(
-        "--use",
-        choices=["all", "real", "generated"],
-        help="which --train sources: all (default), real ones or generated ones only",
-    )
-    p.add_argument(
-        "--train-size", type=int, help="images kept of each source (default all), class-balanced"
-    )
-    sweep = p.add_argument_group(
-        "a sweep: one classifier per mix and size under --out (ImageNet-G's study); "
-        "`audit --model OUT` audits them all and fits effective robustness on the real family"
-    )
-    sweep.add_argument(
-        "--train-sizes",
-        type=lambda text: tuple(int(v) for v in names(text)),
-        metavar="N,N,...",
-        help="training sizes: each source is cut to N images (smaller sets inside larger ones)",
-    )
-    sweep.add_argument(
-        "--mixes",
-        type=names,
-        metavar="MIX,...",
-        help="real, generated, real+generated (each source cut to N: 1:1) (default: all three)",
-    )
-    tune = p.add_argument_group(
-        "fine-tuning a pretrained model (instead of training --arch from scratch)"
-    )
-    tune.add_argument(
-        "--finetune",
-        choices=["linear", "lora", "full"],
-        help="linear: the head only; lora: low-rank adapters (peft) and the head; full: all",
-    )
-    tune.add_argument(
-        "--model",
-        help="the model to tune: any --model of `dreamshift audit` (world-resnet18, a classifier "
-        "folder, timm:NAME, torchvision:NAME, efficientnet_lite:NAME, open_clip:ARCH/PRETRAINED)",
-    )
-    tune.add_argument("--rank", type=int, help="LoRA rank (16)")
-    tune.add_argument("--alpha", type=int, help="LoRA alpha (32)")
-    tune.add_argument(
-        "--targets",
-        type=names,
-        help="comma-separated modules for LoRA, matched by name suffix (default: every Conv2d "
-        "and Linear the features pass through; e.g. attn for open_clip's attention)",
-    )
-    tune.add_argument(
-        "--label-map",
-        help="YAML {class: [model label names or indices]}: which rows of an ImageNet model's "
-        "head start each class's row (extends the shipped map)",
-    )
+    p.add_argument("--out", required=True, type=Path)
+    for flag in ("--arch", "--split", "--val-split", "--use", "--mix", "--finetune", "--model",
+                 "--label-map"):  # fmt: skip
+        p.add_argument(flag)
+    for flag in ("--epochs", "--batch-size", "--seed", "--train-size", "--rank", "--alpha"):
+        p.add_argument(flag, type=int)
+    for flag in ("--lr", "--real-weight"):
+        p.add_argument(flag, type=float)
+    for flag in ("--bf16", "--half-weights"):
+        p.add_argument(flag, action="store_true")
+    for flag in ("--train-sizes", "--mixes", "--targets"):
+        p.add_argument(flag)
+    p.add_argument("--train", action="append", default=[])
     p.set_defaults(func=train_classifier)
     _add_audit(sub)
     _add_report(sub)
@@ -200,52 +126,41 @@ def _add_report(sub: Any) -> None:
     p.set_defaults(func=report)
 
 
-def train_classifier(args: argparse.Namespace) -> int:
-    from dreamshift.audit.train import TrainConfig, train_classifier, train_sweep
+def learn_command(args: argparse.Namespace) -> list[str]:
+    """The ``dreamshift learn`` command line that trains what an earlier ``train-classifier``
+    command line did: ERM with its one-cycle schedule (its other defaults are learn's)."""
+    argv = ["dreamshift", "learn", str(args.dataset), "--out", str(args.out)]
+    argv += ["--algorithm", "erm", "--lr-schedule", "onecycle"]
+    renamed = {"seed": "--seeds"}
+    for key in ("arch", "split", "val_split", "epochs", "batch_size", "lr", "seed", "mix",
+                "real_weight", "use", "train_size", "train_sizes", "mixes", "finetune", "model",
+                "rank", "alpha", "targets", "label_map"):  # fmt: skip
+        value = getattr(args, key)
+        if value is not None:
+            argv += [renamed.get(key, "--" + key.replace("_", "-")), str(value)]
+    for source in args.train:
+        argv += ["--train", source]
+    if args.bf16:
+        argv += ["--mixed-precision", "bf16"]
+    return argv
 
-    cfg = TrainConfig().replace(
-        **{
-            k: getattr(args, k)
-            for k in (
-                "arch",
-                "split",
-                "val_split",
-                "epochs",
-                "batch_size",
-                "lr",
-                "seed",
-                "bf16",
-                "half_weights",
-                "mix",
-                "real_weight",
-                "use",
-                "train_size",
-                "finetune",
-                "model",
-                "rank",
-                "alpha",
-                "targets",
-                "label_map",
-            )
-        },
-        train=tuple(args.train),
-    )
+
+def train_classifier(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    command = shlex.join(learn_command(args))
+    print(command)
     if args.train_sizes or args.mixes:
-        if not args.train_sizes:
-            raise DreamshiftError("--mixes goes with --train-sizes N,N,...: the sizes to sweep")
-        mixes = args.mixes or ("real", "generated", "real+generated")
-        members = train_sweep(args.dataset, args.out, cfg, args.train_sizes, mixes)
-        for m in members:
-            print(f"{m['folder']}: val acc {m['val_acc']}")
-        print(f"wrote {args.out}: {len(members)} classifiers (audit them with --model {args.out})")
-        return 0
-    record = train_classifier(args.dataset, args.out, cfg)
-    last = record["history"][-1]
-    print(
-        f"wrote {args.out}: {record['architecture']}, {record['parameters']} parameters "
-        f"({record['trained_parameters']} trained), val acc {last['val_acc']}"
-    )
-    return 0
+        where = "its classifiers under --out, listed in OUT/sweep.json; `audit --model OUT`"
+    else:
+        where = "the classifier to OUT/erm-<hash of its config>/; `audit --model` that folder"
+    note = "train-classifier was folded into `dreamshift learn`: run the command above. "
+    note += f"It writes {where} loads them. Folders written by train-classifier still audit."
+    if args.half_weights:
+        note += " --half-weights has no counterpart: a run keeps float32 weights to resume."
+    print(note, file=sys.stderr)
+    return 2
 
 
 def audit(args: argparse.Namespace) -> int:

@@ -48,11 +48,19 @@ def add(sub: Any) -> None:
         default=64,
         help="side the images are resized to (64); a head on --features-from must use its source's",
     )
-    p.add_argument("--lr", type=float, help="learning rate (2e-3)")
+    p.add_argument("--lr", type=float, help="peak learning rate (2e-3)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (5e-4)")
     p.add_argument(
         "--lr-schedule",
         default="constant",
-        help="constant (DomainBed's) or cosine (5 %% warm-up, cosine decay to 0)",
+        help="constant (DomainBed's), cosine (5 %% warm-up, cosine decay to 0) or onecycle "
+        "(torch's OneCycleLR: up to --lr over 30 %% of the steps, then down)",
+    )
+    p.add_argument("--split", default=ds.TRAIN, help="DATASET's training split (train)")
+    p.add_argument(
+        "--val-split",
+        default=ds.VAL,
+        help="split scored after every epoch, where DATASET has it (val; '' for none)",
     )
     p.add_argument(
         "--features-from",
@@ -202,7 +210,15 @@ def configs(args: argparse.Namespace) -> list[Any]:
     hp = Hparams().replace(
         **{
             k: getattr(args, k)
-            for k in ("mi_estimator", "mi_weight", "mi_steps", "mi_anneal_steps", "mi_lr", "lr")
+            for k in (
+                "mi_estimator",
+                "mi_weight",
+                "mi_steps",
+                "mi_anneal_steps",
+                "mi_lr",
+                "lr",
+                "weight_decay",
+            )
         }
     )
     out = []
@@ -214,6 +230,8 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 seed=seed,
+                split=args.split,
+                val_split=args.val_split,
                 input_size=args.input_size,
                 lr_schedule=args.lr_schedule,
                 features_from=str(args.features_from.resolve()) if args.features_from else "",

@@ -261,48 +261,6 @@ class TrainingSources:
     sampling_weights: torch.Tensor | None  # per image; None: each image once per epoch
 
 
-@dataclass(frozen=True)
-class TrainingData:
-    """The training images of every source, decoded and concatenated, and how each counts."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    bg: torch.Tensor
-    sources: list[dict[str, Any]]  # dataset, split, hash, stage, generated, weight, n
-    sampling_weights: torch.Tensor | None  # per image; None: each image once per epoch
-
-
-def training_data(
-    root: Path,
-    train: Sequence[str],
-    split: str,
-    mix: str,
-    real_weight: float,
-    classes: list[str],
-    backgrounds: list[str],
-    kind: str = "all",
-    size: int = 0,
-    verified_only: bool = False,
-) -> TrainingData:
-    """:func:`training_sources`, decoded into memory (``train-classifier``); the sources must
-    have images of one size."""
-    found = training_sources(root, train, split, mix, real_weight, classes, backgrounds,
-                             kind, size, verified_only)  # fmt: skip
-    xs, start = [], 0
-    for s in found.sources:
-        part = found.table.take(torch.arange(start, start + s["n"]))
-        xs.append(decode_table(part))
-        start += s["n"]
-    sizes = {tuple(x.shape[1:]) for x in xs}
-    if len(sizes) > 1:
-        raise DreamshiftError(
-            f"the training sources have images of different sizes {sorted(sizes)}: compose or "
-            "dream them at one size"
-        )
-    t = found.table
-    return TrainingData(torch.cat(xs), t.y, t.bg, found.sources, found.sampling_weights)
-
-
 def decode_table(table: ImageTable) -> torch.Tensor:
     """Every image of ``table`` in memory, (N, H, W, 3) uint8 (one size: the first's)."""
     if not len(table):

@@ -88,6 +88,7 @@ class LearnConfig(Config):
     seed: int = 0
     split: str = ds.TRAIN
     eval_splits: tuple[str, ...] = (ds.VAL, ds.TEST, ds.ANTI)
+    val_split: str = ds.VAL  # scored after every epoch (history's val_acc) where present; "": none
     input_size: int = 64
     lr_schedule: str = "constant"  # or "cosine": 5 % linear warm-up, then cosine decay to 0
     features_from: str = ""  # a finished run: train on its frozen features ("fg" block of d3s)
@@ -453,6 +454,9 @@ def learn(
         )
     resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
     algo, prep = build(cfg, classes, len(backgrounds), fit_eraser=not resuming)
+    if cfg.finetune:
+        trained = sum(p.numel() for p in algo.parameters() if p.requires_grad)
+        log(f"fine-tuning {cfg.model} ({cfg.finetune}): {trained} trained parameters")
     record = {
         "config": asdict(cfg),
         "dataset": str(root.resolve()),
@@ -477,6 +481,7 @@ def learn(
     images = StreamedImages(table, prep, seed=cfg.seed)
     total_steps = cfg.epochs * batches.steps
     bf16 = cfg.mixed_precision == "bf16"
+    end_epoch = _per_epoch_validation(algo, root, cfg, prep, procs, loader_workers, log)
 
     def update(step: int, batch: Images) -> dict[str, float]:
         lr = cfg.hparams.lr * lr_factor(cfg.lr_schedule, step, total_steps)
@@ -495,7 +500,7 @@ def learn(
         cfg.algorithm, cfg.epochs, batches,
         loader(images, batches, workers=loader_workers, device=procs.device),
         update, start_epoch, _train_state(algo), procs, folder / CHECKPOINT, checkpoint_every,
-        log=log,
+        log=log, end_epoch=end_epoch,
     )  # fmt: skip
     split_metrics = _evaluate_run(algo, root, cfg, data, prep, procs, loader_workers)
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
@@ -504,6 +509,32 @@ def learn(
         (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
     procs.barrier()  # the others return once the run is done
     return folder
+
+
+def _per_epoch_validation(
+    algo: Algorithm,
+    root: Path,
+    cfg: LearnConfig,
+    prep: Preprocessing,
+    procs: Processes,
+    workers: int,
+    log: Any,
+) -> Callable[[int], dict[str, Any]] | None:
+    """What scores ``cfg.val_split`` after every epoch (accuracy and worst-group accuracy, for
+    model selection and learning curves), or None where the dataset has no such split."""
+    if not cfg.val_split:
+        return None
+    meta = ds.read_dataset_json(root)
+    table = split_table(root, cfg.val_split, list(meta["classes"]), list(meta["backgrounds"]))
+    if not len(table):
+        log(f"{root} has no split {cfg.val_split!r}: no validation after each epoch")
+        return None
+
+    def validate(epoch: int) -> dict[str, Any]:
+        scores = evaluate(algo, table, prep, procs.device, workers, n_boot=1, procs=procs)
+        return {"val_acc": round(scores["acc_avg"], 5), "val_acc_wg": round(scores["acc_wg"], 5)}
+
+    return validate
 
 
 def _evaluate_run(

@@ -3,8 +3,9 @@
 Like timm's models (Wightman 2019), a classifier exposes ``forward_features(x) -> (B, D)`` and
 ``forward_head(features) -> (B, K)`` next to its preprocessing (stored with its weights) and
 its label space (``classes``, one name per output). Linear probes and the audit fall out of
-that. Folders written by ``dreamshift train-classifier`` hold ``classifier.json`` and
-``model.safetensors`` (:func:`save_checkpoint`, :func:`load_checkpoint`).
+that. The shipped world classifiers, and folders written by the earlier ``dreamshift
+train-classifier`` (now ``dreamshift learn``), hold ``classifier.json`` and
+``model.safetensors`` (:func:`load_checkpoint`).
 
 >>> from dreamshift.models.loading import load_classifier
 >>> import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dreamshift.data.images import sha256_file, write_atomic
+from dreamshift.data.images import sha256_file
 from dreamshift.data.transforms import Preprocessing
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.architectures import ARCHITECTURES
@@ -71,29 +72,6 @@ class Classifier:
         return self.forward_head(self.forward_features(x)).float().cpu().numpy()
 
 
-def save_checkpoint(
-    folder: Path,
-    net: nn.Module,
-    meta: dict[str, Any],
-    half: bool = False,
-    state: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """``folder/model.safetensors`` (``net``'s state, or ``state``; float16 when ``half``: half
-    the size) and ``folder/classifier.json`` (architecture, classes, preprocessing, training
-    record)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous()
-        for k, v in (net.state_dict() if state is None else state).items()
-    }
-    tmp = folder / (CHECKPOINT_WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(folder / CHECKPOINT_WEIGHTS)
-    write_atomic(folder / CHECKPOINT_JSON, (json.dumps(meta, indent=2) + "\n").encode())
-
-
 def preprocessing_of(meta: dict[str, Any], where: str) -> Preprocessing:
     """A record's preprocessing: its ``preprocessing`` entry, or (records written before it
     existed) ``input_size``, ``mean`` and ``std`` at the top level."""
@@ -103,7 +81,8 @@ def preprocessing_of(meta: dict[str, Any], where: str) -> Preprocessing:
 
 
 def load_checkpoint(folder: str | Path, device: str = "cpu") -> Classifier:
-    """A classifier folder written by ``dreamshift train-classifier``."""
+    """A classifier folder of ``classifier.json`` and ``model.safetensors``: a shipped world
+    classifier, or one written by the earlier ``dreamshift train-classifier``."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -119,9 +98,8 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Classifier:
             )
         raise DreamshiftError(
             f"{folder} is not a classifier checkpoint (it needs {CHECKPOINT_JSON} and "
-            f"{CHECKPOINT_WEIGHTS}) nor a learn run: train one with `dreamshift "
-            "train-classifier` or `dreamshift learn`, or give a run folder inside a learn --out "
-            "folder"
+            f"{CHECKPOINT_WEIGHTS}) nor a learn run: train one with `dreamshift learn`, and give "
+            "the run folder it prints (inside its --out folder)"
         )
     try:
         meta = json.loads(meta_path.read_text())

@@ -1,8 +1,7 @@
 """Fine-tuning a pretrained classifier on a dataset (``dreamshift learn DATASET --finetune
-linear|lora|full --model SPEC``, under any learning algorithm, and ``dreamshift
-train-classifier`` with the same flags) for any model the audit loads (the shipped world
-classifiers, a classifier folder, ``timm:``, ``torchvision:``, ``efficientnet_lite:``,
-``open_clip:``).
+linear|lora|full --model SPEC``, under any learning algorithm) for any model the audit loads
+(the shipped world classifiers, a classifier folder, ``timm:``, ``torchvision:``,
+``efficientnet_lite:``, ``open_clip:``).
 
 - ``linear``: a linear probe: the head alone is trained, the features are frozen;
 - ``lora``: low-rank adapters (Hu et al. 2022) through peft on the backbone's layers, and the
@@ -30,7 +29,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -190,38 +188,14 @@ def saved_state(net: FineTunedNet) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
 
 
-class TrainedTensors:
-    """The tensors of a :class:`FineTunedNet` that training changes, for the per-epoch
-    checkpoint (:class:`dreamshift.train.loop.TrainState`): the frozen base is not copied."""
-
-    def __init__(self, net: FineTunedNet):
-        self.net = net
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return saved_state(self.net)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.net.load_state_dict(state, strict=self.net.train_backbone)
-
-
-def finetune_record(base: Classifier, ft: Finetune, targets: Sequence[str]) -> dict[str, Any]:
-    """The part of ``classifier.json`` that rebuilds the net from its base model."""
-    return {
-        "finetuned_from": ft.model,
-        "base_weights_sha256": base.weights_sha256,
-        "finetune": {"method": ft.method, "rank": ft.rank, "alpha": ft.alpha,
-                     "targets": list(targets), "label_map": ft.label_map},
-    }  # fmt: skip
-
-
 def is_finetuned(folder: Path) -> bool:
     meta = folder / CHECKPOINT_JSON
     return meta.is_file() and "finetuned_from" in json.loads(meta.read_text())
 
 
 def load_finetuned(folder: Path, device: str = "cpu") -> Classifier:
-    """A folder written by ``train-classifier --finetune``: its base model rebuilt, then the
-    trained tensors loaded."""
+    """A folder written by the earlier ``train-classifier --finetune`` (now ``learn
+    --finetune``): its base model rebuilt, then the trained tensors loaded."""
     from safetensors.torch import load_file
 
     meta = json.loads((folder / CHECKPOINT_JSON).read_text())

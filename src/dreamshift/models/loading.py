@@ -1,11 +1,12 @@
 """``load_classifier(spec)``: the one place a model spec becomes a :class:`Classifier`.
 
 - ``world-cnn``, ``world-resnet18``: the world's ERM classifiers shipped in the package;
-- a folder: any kind registered in :data:`FOLDER_KINDS`, else a folder written by
-  ``dreamshift train-classifier``. A stage that writes classifier folders registers its reader
-  when it is imported, and names itself in the ``dreamshift.classifier_folders`` entry-point
-  group (``pyproject.toml``) so that it is imported when a folder is looked up: learn run
-  folders load without this layer knowing of learn;
+- a folder: any kind registered in :data:`FOLDER_KINDS`, else a classifier folder (the
+  shipped ones, or one written by the earlier ``dreamshift train-classifier``). A stage that
+  writes classifier folders registers its reader when it is imported, and names itself in
+  the ``dreamshift.classifier_folders`` entry-point group (``pyproject.toml``) so that it is
+  imported when a folder is looked up: learn run folders load without this layer knowing of
+  learn;
 - ``timm:NAME[.TAG][@FILE]``, ``torchvision:NAME[:WEIGHTS][@FILE]``,
   ``open_clip:ARCH/PRETRAINED`` (:mod:`dreamshift.models.zoo`, which says where weights are
   looked up).
@@ -105,7 +106,7 @@ def load_classifier(
         if not folder.is_dir():
             raise DreamshiftError(
                 f"the shipped {spec} checkpoint is missing from {folder}: reinstall dreamshift "
-                f"or train one with `dreamshift train-classifier DATASET --arch {spec}`"
+                f"or train one with `dreamshift learn DATASET --arch {spec} --out DIR`"
             )
         return load_checkpoint(folder, device)
     prefix, sep, rest = spec.partition(":")

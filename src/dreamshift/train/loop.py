@@ -1,6 +1,6 @@
 """The resumable training loops: :func:`fit_stream` by epochs over a streaming loader, on one
 or several processes (``learn``); :func:`fit` by epochs over tensors in memory
-(``train-classifier``, the oracles) and :func:`fit_steps` by steps (tiny-dream's VAE, decoder
+(the oracles) and :func:`fit_steps` by steps (tiny-dream's VAE, decoder
 and UNet stages).
 
 Each epoch draws its data order from a ``torch.Generator`` that the caller seeds per epoch
@@ -162,12 +162,15 @@ def fit_stream(
     checkpoint: Path | None = None,
     checkpoint_every: int = 0,
     log: Callable[[str], Any] = print,
+    end_epoch: Callable[[int], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train for ``epochs`` epochs of ``batches.steps`` steps: ``update(global step, batch)``
     on every batch ``data`` yields (a DataLoader drawing from ``batches``, whose epoch this
     loop sets), on every process of ``procs``. ``start_epoch(e)`` seeds what the update draws
     from the global RNG. Returns the per-epoch history: the mean over steps and processes of
-    what ``update`` returns, and the images/s of all processes together.
+    what ``update`` returns, the images/s of all processes together and what
+    ``end_epoch(e)`` returns (validation accuracy; called on every process, before the
+    checkpoint).
 
     With ``checkpoint``, the main process writes the state, the history and where it stands
     after every epoch (and every ``checkpoint_every`` steps); every process resumes from it,
@@ -224,6 +227,7 @@ def fit_stream(
             "epoch": e + 1,
             **{k: round(v / (batches.steps * procs.size), 5) for k, v in totals.items()},
             "train_images_per_s": round(images / seconds, 1),
+            **(end_epoch(e) if end_epoch is not None else {}),
         }
         history.append(entry)
         step, sums = 0, {}

@@ -1,6 +1,6 @@
 """The names of the files in a training run's folder, written by the stage that trains it
-(``train-classifier``, ``learn``) and read by others (audit, report) through these names, and
-the sweep file that lists a family of runs (ImageNet-G's study).
+(``learn``; earlier also ``train-classifier``) and read by others (audit, report) through
+these names, and the sweep file that lists a family of runs (ImageNet-G's study).
 
 >>> import tempfile
 >>> out = Path(tempfile.mkdtemp())
