@@ -434,3 +434,56 @@ def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path
     with pytest.raises(DreamshiftError, match="drop the @WEIGHT"):
         replace(weighted, train=(f"{world}:train@2",)).check()
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("algorithm", ["erm", "dann"])
+def test_gradient_accumulation_takes_the_steps_of_the_whole_batch(world, tmp_path, algorithm):
+    """--grad-accumulation 4: each batch of 16 backpropagated as 4 micro-batches of 4 ends
+    with the weights of whole batches (a network without batch norm, whose statistics would
+    otherwise differ): equal to float rounding, which AdamW's normalised steps amplify."""
+    from dreamshift.learn.run import LearnConfig, learn
+    from dreamshift.train.checkpoint import load_state
+
+    def weights(k: int) -> dict[str, torch.Tensor]:
+        cfg = LearnConfig(algorithm=algorithm, arch="world-cnn-gn", epochs=2, batch_size=16,
+                          input_size=32, eval_splits=(), val_split="",
+                          grad_accumulation=k)  # fmt: skip
+        run = learn(world, tmp_path / str(k), cfg, log=lambda *_: None, loader_workers=0)
+        return load_state(run / "checkpoint.safetensors")
+
+    whole, parts = weights(1), weights(4)
+    a, b = whole["state"]["model"], parts["state"]["model"]
+    moved = torch.cat([(a[k] - b[k]).abs().flatten() for k in a if k != "step"])
+    assert float(moved.max()) < 1e-4 and float(moved.median()) < 1e-7
+    assert int(a["step"]) == int(b["step"]) == 2 * (30 // 16)
+    for h, g in zip(whole["history"], parts["history"], strict=True):  # the batches' mean loss
+        assert g["loss"] == pytest.approx(h["loss"], rel=1e-4)
+
+    # one step of plain SGD (lr 1: the step is the gradient, unnormalised, unlike AdamW's):
+    # the micro-batches' gradients add up to the batch's
+    from dreamshift.learn.algorithms import ALGORITHMS, Batch
+
+    torch.manual_seed(0)
+    one = ALGORITHMS.get(algorithm)("world-cnn-gn", 3, 3)
+    four = ALGORITHMS.get(algorithm)("world-cnn-gn", 3, 3)
+    four.load_state_dict(one.state_dict())
+    four.micro_batches = 4
+    for algo in (one, four):
+        algo.optimizer = torch.optim.SGD(algo.main_parameters(), lr=1.0)
+    batch = Batch(torch.randn(10, 3, 32, 32), torch.arange(10) % 3, torch.arange(10) // 4)
+    start = {k: v.clone() for k, v in one.state_dict().items()}
+    assert one.update(batch)["loss"] == pytest.approx(four.update(batch)["loss"], rel=1e-5)
+    for k, v in one.state_dict().items():
+        if v.is_floating_point():
+            step_one, step_four = start[k] - v, start[k] - four.state_dict()[k]
+            assert torch.allclose(step_one, step_four, rtol=1e-4, atol=1e-6), k
+
+
+def test_gradient_accumulation_is_refused_where_the_loss_spans_the_batch():
+    from dreamshift.errors import DreamshiftError
+    from dreamshift.learn.run import LearnConfig
+
+    with pytest.raises(DreamshiftError, match="groupdro's loss is computed over the whole batch"):
+        LearnConfig(algorithm="groupdro", grad_accumulation=2).check()
+    with pytest.raises(DreamshiftError, match="must lie in"):
+        LearnConfig(batch_size=8, grad_accumulation=9).check()

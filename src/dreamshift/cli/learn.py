@@ -178,6 +178,15 @@ def add(sub: Any) -> None:
         help="bf16 autocast (on GPUs; 10-30x slower on most CPUs) (no)",
     )
     p.add_argument(
+        "--grad-accumulation",
+        type=int,
+        default=1,
+        metavar="K",
+        help="split each batch into K micro-batches, backpropagated one at a time: the same "
+        "update with the activation memory of batch/K (erm and dann; batch norm then sees "
+        "batch/K images) (1)",
+    )
+    p.add_argument(
         "--cpu", action="store_true", help="train on the CPU even where a GPU is available"
     )
     p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
@@ -243,6 +252,7 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 use=args.use,
                 train_size=args.train_size,
                 mixed_precision=args.mixed_precision,
+                grad_accumulation=args.grad_accumulation,
                 finetune=args.finetune or "",
                 model=args.model or "",
                 rank=args.rank,

@@ -93,6 +93,10 @@ class Algorithm(nn.Module):
     backbone: Any  # an ARCHITECTURES module: forward_features, num_features
     step: torch.Tensor
     base_weights_sha256: str = ""  # a fine-tuned backbone: its base model's weights hash
+    # gradient accumulation: whether the loss is a mean over images, so that the gradients of
+    # micro-batches sum to the batch's (not for losses over groups or environments of a batch)
+    ACCUMULATES: ClassVar[bool] = False
+    micro_batches: int = 1  # parts of each batch, backpropagated one at a time
 
     def __init__(
         self,
@@ -149,6 +153,28 @@ class Algorithm(nn.Module):
         self.optimizer.step()
         self.step += 1
 
+    def _accumulated_step(
+        self, batch: Batch, losses_of: Callable[[Batch], dict[str, torch.Tensor]]
+    ) -> dict[str, float]:
+        """One update on ``batch`` in ``micro_batches`` parts: each part's losses (means over
+        its images), weighted by its share of the batch, are backpropagated on their own, so
+        the gradients add up to the whole batch's while one part's activations are held at a
+        time; then one optimiser step. Returns the batch's losses."""
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        tensors = (batch.x, batch.y, batch.bg)
+        parts = zip(*(t.tensor_split(self.micro_batches) for t in tensors), strict=True)
+        for x, y, bg in parts:
+            share = len(y) / len(batch.y)
+            losses = losses_of(Batch(x, y, bg))
+            (sum(losses.values()) * share).backward()  # type: ignore[union-attr]
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + v.item() * share
+        self.average_gradients(self.main_parameters())
+        self.optimizer.step()
+        self.step += 1
+        return totals
+
     def update(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
 
@@ -185,10 +211,12 @@ class ERM(Algorithm):
         super().__init__(*args, **kwargs)
         self.finish_init()
 
+    ACCUMULATES = True
+
     def update(self, batch: Batch) -> dict[str, float]:
-        loss = F.cross_entropy(self.predict(batch.x), batch.y)
-        self._step(loss)
-        return {"loss": loss.item()}
+        return self._accumulated_step(
+            batch, lambda b: {"loss": F.cross_entropy(self.predict(b.x), b.y)}
+        )
 
 
 @ALGORITHMS.register("groupdro")
@@ -261,13 +289,16 @@ class DANN(Algorithm):
         )
         self.finish_init()
 
+    ACCUMULATES = True
+
     def update(self, batch: Batch) -> dict[str, float]:
-        f = self.backbone.forward_features(batch.x)
-        cls = F.cross_entropy(self.classifier(f), batch.y)
-        reversed_f = _ReverseGradient.apply(f, self.hp.dann_lambda)
-        dom = F.cross_entropy(self.domain(reversed_f), batch.bg)
-        self._step(cls + dom)
-        return {"loss": cls.item(), "domain_loss": dom.item()}
+        def losses_of(b: Batch) -> dict[str, torch.Tensor]:
+            f = self.backbone.forward_features(b.x)
+            cls = F.cross_entropy(self.classifier(f), b.y)
+            reversed_f = _ReverseGradient.apply(f, self.hp.dann_lambda)
+            return {"loss": cls, "domain_loss": F.cross_entropy(self.domain(reversed_f), b.bg)}
+
+        return self._accumulated_step(batch, losses_of)
 
 
 @ALGORITHMS.register("d3s")

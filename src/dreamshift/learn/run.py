@@ -100,6 +100,7 @@ class LearnConfig(Config):
     use: str = "all"  # which training sources: all, real (not made by dream) or generated
     train_size: int = 0  # images kept of each source (0: all), nested across sizes
     mixed_precision: str = "no"  # or "bf16": autocast (on CUDA; 10-30x slower on most CPUs)
+    grad_accumulation: int = 1  # micro-batches per batch (erm, dann): the memory of batch/K
     finetune: str = ""  # linear | lora | full: the backbone is `model`'s features, so tuned
     model: str = ""  # the pretrained model to fine-tune: any spec the audit loads
     rank: int = 16  # LoRA (finetune lora)
@@ -121,6 +122,19 @@ class LearnConfig(Config):
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise DreamshiftError(f"epochs {self.epochs} must be >= 1, batch size >= 2")
+        if not 1 <= self.grad_accumulation <= self.batch_size:
+            raise DreamshiftError(
+                f"--grad-accumulation {self.grad_accumulation} must lie in [1, --batch-size "
+                f"{self.batch_size}]: the micro-batches each batch is split into"
+            )
+        if self.grad_accumulation > 1 and not ALGORITHMS.get(self.algorithm).ACCUMULATES:
+            takes = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).ACCUMULATES]
+            raise DreamshiftError(
+                f"--grad-accumulation splits a batch into micro-batches whose gradients add up "
+                f"to the batch's; {self.algorithm}'s loss is computed over the whole batch (its "
+                f"groups or environments), so it cannot: use it with {', '.join(takes)}, or "
+                "grow the batch with more processes"
+            )
         if self.input_size < 8 or self.hparams.mi_anneal_steps < 0:
             raise DreamshiftError(
                 f"--input-size {self.input_size} must be >= 8 and --mi-anneal-steps "
@@ -289,6 +303,7 @@ def build(
             algo.classifier.weight.copy_(head.weight)
             algo.classifier.bias.copy_(head.bias)
     algo.base_weights_sha256 = base_sha256  # what a fine-tune started from ("": none)
+    algo.micro_batches = cfg.grad_accumulation
     return algo, prep
 
 
