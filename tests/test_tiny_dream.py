@@ -210,10 +210,16 @@ def test_box_weights_mark_the_latent_cells_a_paste_box_touches():
 
 @pytest.mark.slow
 def test_full_training_reproduces_the_shipped_weights_byte_for_byte(tmp_path):
-    """About 90 minutes on two CPU cores (torch 2.13.0 CPU, 2 threads, as the record says)."""
+    """About 90 minutes on two CPU cores (torch 2.13.0 CPU, 2 threads, as the record says).
+    Float rounding depends on the torch build: under torch 2.14.1 (the CUDA build `make setup`
+    installs, on the CPU) a 30-step training already gives other bytes, so this runs only in
+    an environment with the record's torch (`pip install torch==2.13.0`)."""
     import torch
 
     expected = json.loads(shipped("tiny-dream-record.json").read_text())
+    if not torch.__version__.startswith("2.13.0"):
+        pytest.skip(f"the shipped weights were trained under torch 2.13.0 CPU, not "
+                    f"{torch.__version__}, whose float rounding differs")  # fmt: skip
     assert torch.get_num_threads() == expected["threads"], "float rounding depends on threads"
     pipeline = train_tiny_dream(tmp_path / "train", progress=False)
     assert pipeline is not None

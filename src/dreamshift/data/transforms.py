@@ -5,9 +5,11 @@ size in a model's pretrained config), never restated by the code that calls it:
 
 - the **world** family (every classifier trained here, learn runs, the oracles): pixels mapped
   to [-1, 1] (``x / 127.5 - 1``, i.e. mean = std = 0.5), then resized to the input side;
-- ImageNet-trained zoo models: ``(x / 255 - mean) / std`` with their own mean and std, and
-  their weights' own resizing: the shorter side to ``resize_size``, then a centre crop of the
-  input side (torchvision's ``weights.transforms()``, timm's ``crop_pct``).
+- ImageNet-trained zoo models: their weights' own resizing, as torchvision's
+  ``weights.transforms()`` and timm's eval transform do it on a PIL image (the shorter side to
+  ``resize_size`` by PIL's antialiased filter, in uint8, then the centre crop of the input
+  side), then ``(x / 255 - mean) / std`` with their own mean and std: the same pixels the
+  libraries feed their models.
 
 >>> import numpy as np
 >>> prep = Preprocessing.world(32)
@@ -52,6 +54,9 @@ class Preprocessing:
         return cls(input_size, WORLD_MEAN, WORLD_STD, resize)
 
     def __call__(self, images: np.ndarray | torch.Tensor, device: str = "cpu") -> torch.Tensor:
+        cropped = bool(self.resize_size) and self.resize != "area"
+        if cropped:  # a zoo model's resizing, as its library does it
+            images = self.resize_and_crop(images)
         x = (
             images
             if isinstance(images, torch.Tensor)
@@ -65,6 +70,8 @@ class Preprocessing:
             std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
             x.div_(255.0).sub_(mean).div_(std)
         size = self.input_size
+        if cropped:
+            return x
         if self.resize_size:
             h, w = x.shape[-2:]
             scale = self.resize_size / min(h, w)
@@ -72,6 +79,32 @@ class Preprocessing:
             top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
             return x[..., top : top + size, left : left + size]
         return self._resize(x, (size, size))
+
+    def resize_and_crop(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> uint8 (N, S, S, 3) as torchvision's ``Resize(resize_size)``
+        and ``CenterCrop(input_size)`` do it on PIL images: the shorter side to
+        ``resize_size`` (the longer one truncated, as torchvision computes it) with PIL's
+        filter, the crop's corner rounded."""
+        from PIL import Image
+
+        arrays = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
+        filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+        size, out = self.input_size, []
+        for a in np.asarray(arrays, dtype=np.uint8):
+            h, w = a.shape[:2]
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+            nh, nw = (new_long, new_short) if w <= h else (new_short, new_long)
+            if (nh, nw) != (h, w):
+                a = np.asarray(Image.fromarray(a).resize((nw, nh), filters[self.resize]))
+            if nh < size or nw < size:
+                raise DreamshiftError(
+                    f"resize_size {self.resize_size} leaves a {nh}x{nw} image, smaller than "
+                    f"the {size}x{size} crop"
+                )
+            top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
+            out.append(a[top : top + size, left : left + size])
+        return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
     def _resize(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         if tuple(x.shape[-2:]) == hw:

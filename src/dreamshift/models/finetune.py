@@ -5,7 +5,8 @@ linear|lora|full --model SPEC``, under any learning algorithm) for any model the
 
 - ``linear``: a linear probe: the head alone is trained, the features are frozen;
 - ``lora``: low-rank adapters (Hu et al. 2022) through peft on the backbone's layers, and the
-  head. By default every ``Conv2d`` and ``Linear`` the features pass through; ``--targets``
+  head. By default every ``Conv2d`` (but grouped, depthwise ones) and ``Linear`` the features
+  pass through; ``--targets``
   names others (peft's suffix match, e.g. ``attn`` for open_clip's attention, DataDream's
   q/v adapters of rank 16, alpha 32; Kim et al. 2024);
 - ``full``: every parameter.
@@ -139,16 +140,29 @@ def initial_head(base: Classifier, classes: Sequence[str], dim: int, label_map: 
     return head
 
 
+def _lora_by_default(module: nn.Module) -> bool:
+    """Whether LoRA goes on a layer the features pass through when ``--targets`` names none:
+    a Linear, or an ungrouped Conv2d of torch's own class. Not grouped (depthwise)
+    convolutions: peft adapts one only where the rank is a multiple of its groups, and they
+    hold few weights (9 per channel); not Conv2d subclasses: peft builds the adapter's
+    convolutions as the layer's class, which one with constructor arguments or padding of its
+    own (TensorFlow's "same") breaks."""
+    if isinstance(module, nn.Linear):
+        return True
+    return type(module) is nn.Conv2d and module.groups == 1
+
+
 def _inject_lora(backbone: nn.Module, targets: Sequence[str], rank: int, alpha: int) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
+    names = [n for n, _ in backbone.named_modules() if n][:8]  # before peft rewrites any
     try:
         inject_adapter_in_model(
             LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0),
             backbone,
         )
-    except ValueError as exc:  # peft: a target that matches no module, or one it cannot adapt
-        names = [n for n, _ in backbone.named_modules() if n][:8]
+    except (ValueError, TypeError, AssertionError) as exc:  # peft: a target that matches no
+        # module, or one it cannot adapt (its class rebuilt with other arguments fails)
         raise DreamshiftError(
             f"--targets {','.join(targets)}: peft cannot put LoRA there ({exc}); the model's "
             f"modules are named like {', '.join(names)}, ..."
@@ -169,7 +183,9 @@ def assemble(
         p.requires_grad_(ft.method == "full")
     used: list[str] = []
     if ft.method == "lora":
-        used = list(targets or ft.targets or layers)
+        modules = dict(backbone.named_modules())
+        adaptable = [n for n in layers if _lora_by_default(modules[n])]
+        used = list(targets or ft.targets or adaptable)
         if not used:
             raise DreamshiftError(
                 f"{base.name}: its features call no Conv2d or Linear module: name the modules "

@@ -70,6 +70,17 @@ def classifier_fingerprint(spec: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def absolute_spec(spec: str) -> str:
+    """``spec`` with the paths in it made absolute (a folder, the FILE of ``SOURCE:NAME@FILE``),
+    for records that load it again later from another working directory (a fine-tune's base)."""
+    if not spec or Path(spec).exists():
+        return str(Path(spec).resolve()) if spec else spec
+    head, sep, file = spec.partition("@")
+    if sep and ":" in head and file:
+        return f"{head}@{Path(file).expanduser().resolve()}"
+    return spec
+
+
 def parameters_sha256(net: torch.nn.Module) -> str:
     """sha256 of a network's state (names, dtypes, shapes and values, in name order): what
     identifies weights that came from no file of ours."""
@@ -84,10 +95,14 @@ def parameters_sha256(net: torch.nn.Module) -> str:
 
 
 def load_classifier(
-    spec: str, dataset_classes: Sequence[str] = (), device: str = "cpu"
+    spec: str,
+    dataset_classes: Sequence[str] = (),
+    device: str = "cpu",
+    allow_random_weights: bool = False,
 ) -> Classifier:
     """The classifier a spec names (see the module docstring). ``dataset_classes`` are used by
-    zero-shot models to write their prompts."""
+    zero-shot models to write their prompts; ``allow_random_weights`` lets a spec that names
+    no weights (``open_clip:ARCH``) build a seeded random initialisation instead of failing."""
     folder = Path(spec)
     if folder.is_file():
         raise DreamshiftError(
@@ -111,7 +126,7 @@ def load_classifier(
         return load_checkpoint(folder, device)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in SOURCES:
-        clf = SOURCES.get(prefix)(rest, dataset_classes, device)
+        clf = SOURCES.get(prefix)(rest, dataset_classes, device, allow_random_weights)
         if not clf.weights_sha256:  # no file to hash: the parameters themselves
             clf.weights_sha256 = parameters_sha256(clf.net)
         return clf

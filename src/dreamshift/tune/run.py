@@ -230,12 +230,14 @@ class _Model:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        f32 = torch.float32  # whatever the files store (fp16 folders are common): transformers
+        # loads a checkpoint's own dtype and diffusers float32, and the two must meet
         try:
             self.tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
             text_encoder: Any = CLIPTextModel.from_pretrained(path / "text_encoder")
-            self.text_encoder = text_encoder.to(device)
-            self.vae = AutoencoderKL.from_pretrained(path / "vae").to(device)
-            self.unet = UNet2DConditionModel.from_pretrained(path / "unet").to(device)
+            self.text_encoder = text_encoder.to(device, f32)
+            self.vae = AutoencoderKL.from_pretrained(path / "vae").to(device, f32)
+            self.unet = UNet2DConditionModel.from_pretrained(path / "unet").to(device, f32)
             self.scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
         except (OSError, ValueError) as exc:
             raise DreamshiftError(f"cannot load the model in {path}: {exc}") from exc
