@@ -54,8 +54,8 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# Stable Diffusion 1.5 and 2.1 at full size with random weights through dream and tune (slow:
-# about 2 min and 5 GB of temporary files; CI runs it)
+# Stable Diffusion 1.5, 2.1 and XL at full size with random weights through dream and tune
+# (slow: about 4 min, 14 GB of memory for SDXL and up to 7 GB of temporary files; CI runs it)
 test-shapes: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests/test_sd_shapes.py
 

@@ -1,7 +1,9 @@
-"""Stable Diffusion at its real shapes, offline: SD 1.5 and SD 2.1 (v-prediction) written as
-diffusers folders with random weights at full size (dreamshift.models.sd_shapes), run through
-`dream` (img2img and txt2img), `tune --method lora` and `dream --adapter`, one step each at a
-small resolution. Slow: each model is 2-3 GB in float16 and loads in float32 on the CPU."""
+"""Stable Diffusion at its real shapes, offline: SD 1.5, SD 2.1 (v-prediction) and SDXL (two
+text encoders, added conditions) written as diffusers folders with random weights at full size
+(dreamshift.models.sd_shapes), run through `dream` (img2img and txt2img), `tune --method
+lora` (SD 2.1's v-prediction target, SDXL's added conditions) and `dream --adapter`, one step
+each at a small resolution. Slow: the models are 2-7 GB in float16 and load in float32 on the
+CPU (SDXL: 14 GB)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from dreamshift.cli import main
 from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
-from dreamshift.models.sd_shapes import SHAPES, write_random_pipeline
+from dreamshift.models.sd_shapes import write_random_pipeline
 
 pytestmark = pytest.mark.slow
+SIZE = ["--width", "64", "--height", "64"]
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +40,27 @@ def _images(folder: Path) -> list[np.ndarray]:
     return [np.asarray(Image.open(folder / r["path"])) for r in rows]
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_published_shapes_dream_tune_and_dream_with_the_adapter(guides, tmp_path, shape):
-    model = write_random_pipeline(shape, tmp_path / shape)
-    unet = json.loads((model / "unet" / "config.json").read_text())
-    assert unet["block_out_channels"] == [320, 640, 1280, 1280]
-    size = ["--width", "64", "--height", "64"]
+def _dream_both_modes(guides: Path, model: Path, tmp_path: Path) -> None:
     for mode in ("img2img", "txt2img"):
         out = tmp_path / mode
         assert main(["dream", str(guides), "--out", str(out), "--model", str(model), "--mode",
                      mode, "--steps", "1", "--strength", "1.0", "--splits", "anti",
-                     "--no-progress", *size]) == 0  # fmt: skip
+                     "--no-progress", *SIZE]) == 0  # fmt: skip
         images = _images(out)
         assert len(images) == 2 and all(i.shape == (64, 64, 3) for i in images)
+
+
+@pytest.mark.parametrize("shape", ["sd15", "sd21", "sdxl"])
+def test_published_shapes_dream_tune_and_dream_with_the_adapter(guides, tmp_path, shape, capsys):
+    model = write_random_pipeline(shape, tmp_path / shape)
+    unet = json.loads((model / "unet" / "config.json").read_text())
+    assert unet["block_out_channels"][:3] == [320, 640, 1280]
+    assert (shape == "sdxl") == (model / "text_encoder_2").is_dir()
+    _dream_both_modes(guides, model, tmp_path)
+    if shape == "sdxl":
+        assert main(["tune", str(guides), "--out", str(tmp_path / "x"), "--model", str(model),
+                     "--train-text-encoder", "--no-progress"]) == 1  # fmt: skip
+        assert "tune trains SDXL's UNet only" in capsys.readouterr().err
 
     runs = tmp_path / "runs"
     assert main(["tune", str(guides), "--out", str(runs), "--model", str(model), "--method",
@@ -60,7 +71,7 @@ def test_published_shapes_dream_tune_and_dream_with_the_adapter(guides, tmp_path
     assert main(["dream", str(guides), "--out", str(adapted), "--model", str(model),
                  "--adapter", str(run), "--steps", "1", "--strength", "1.0", "--splits", "anti",
                  "--no-progress",
-                 *size]) == 0  # fmt: skip
+                 *SIZE]) == 0  # fmt: skip
     applied = json.loads(ds.read_manifest(adapted).to_pylist()[0]["adapters"])
     assert applied[0]["path"] == str(run)
-    shutil.rmtree(model)  # 2-3 GB
+    shutil.rmtree(model)  # 2-7 GB

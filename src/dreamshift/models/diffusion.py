@@ -1,7 +1,8 @@
 """Stable Diffusion through diffusers: finding a model offline, hashing it, and generating
 images that depend only on their own seed.
 
-Any Stable Diffusion 1.x/2.x checkpoint in diffusers format works, by local folder or hub id.
+Any Stable Diffusion 1.x/2.x or XL checkpoint in diffusers format works, by local folder or hub
+id (``tune`` trains 1.x/2.x ones).
 Models are never fetched silently when they cannot be: a hub id is looked up in the local
 cache first, a download is tried only when ``HF_HUB_OFFLINE`` is unset, and either failure
 ends within seconds with a message saying what was looked for and how to provide it.
@@ -77,6 +78,16 @@ class ModelRef:
     revision: str | None  # the hub commit of a cached snapshot
 
 
+def is_sdxl(path: Path) -> bool:
+    """Whether a diffusers folder holds Stable Diffusion XL (two text encoders, the UNet's added
+    conditions; Podell et al. 2023), by its ``model_index.json``."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return str(index.get("_class_name", "")).startswith("StableDiffusionXL")
+
+
 def check_model_folder(path: Path) -> None:
     """Fail with the missing file's name unless ``path`` looks like a diffusers SD folder."""
     if not (path / "model_index.json").is_file():
@@ -85,7 +96,7 @@ def check_model_folder(path: Path) -> None:
             "checkpoint file with StableDiffusionPipeline.from_single_file(FILE)"
             ".save_pretrained(FOLDER) and pass --model FOLDER"
         )
-    for comp in _COMPONENTS:
+    for comp in _COMPONENTS + (("text_encoder_2", "tokenizer_2") if is_sdxl(path) else ()):
         folder = path / comp
         if not folder.is_dir():
             raise DreamshiftError(f"model folder {path} lacks its {comp}/ folder")
@@ -333,6 +344,8 @@ class _PerSample:
         per = n // b
 
         def take(x: Any, idx: list[int]) -> Any:
+            if isinstance(x, dict):  # SDXL's added_cond_kwargs: text_embeds, time_ids
+                return {k: take(v, idx) for k, v in x.items()}
             return x[idx] if torch.is_tensor(x) and x.ndim and x.shape[0] == n else x
 
         outs = []
@@ -396,28 +409,39 @@ class Dreamer:
         if self.device == "cuda" and batch_invariant:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        cls = (
-            diffusers.StableDiffusionImg2ImgPipeline
-            if mode == "img2img"
-            else diffusers.StableDiffusionPipeline
-        )
+        self.xl = is_sdxl(path)
+        cls: Any
+        if self.xl:
+            cls = (
+                diffusers.StableDiffusionXLImg2ImgPipeline
+                if mode == "img2img"
+                else diffusers.StableDiffusionXLPipeline
+            )
+        else:
+            cls = (
+                diffusers.StableDiffusionImg2ImgPipeline
+                if mode == "img2img"
+                else diffusers.StableDiffusionPipeline
+            )
+        extra = {} if self.xl else {"safety_checker": None, "requires_safety_checker": False}
         try:
             with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = cls.from_pretrained(
                     path,
                     torch_dtype=getattr(torch, runtime["dtype"]),
-                    safety_checker=None,
-                    requires_safety_checker=False,
                     local_files_only=True,
+                    **extra,
                 )
         except (OSError, ValueError, RuntimeError) as exc:
             raise DreamshiftError(f"cannot load the model in {path}: {exc}") from exc
-        if len(pipe.tokenizer) <= 2:  # transformers' stand-in for missing tokenizer files
-            raise DreamshiftError(
-                f"the tokenizer in {path / 'tokenizer'} has {len(pipe.tokenizer)} tokens: its "
-                "vocabulary files are missing or unreadable"
-            )
+        for name in ("tokenizer", "tokenizer_2") if self.xl else ("tokenizer",):
+            tokens = len(getattr(pipe, name))
+            if tokens <= 2:  # transformers' stand-in for missing tokenizer files
+                raise DreamshiftError(
+                    f"the tokenizer in {path / name} has {tokens} tokens: its vocabulary files "
+                    "are missing or unreadable"
+                )
         pipe.scheduler = getattr(diffusers, scheduler).from_config(scheduler_config)
         pipe.set_progress_bar_config(disable=True)
         self._adapters = self._load_adapters(pipe, adapters or [])
@@ -436,7 +460,7 @@ class Dreamer:
         pipe.unet.forward = unet_forward
         self.pipe = pipe
         self.batch_invariant = batch_invariant
-        self._embeds: dict[tuple[str, str, bool, tuple[str, ...]], tuple[Any, Any]] = {}
+        self._embeds: dict[tuple[str, str, bool, tuple[str, ...]], tuple[Any, ...]] = {}
         self._active: tuple[str, ...] = self._activate("")
 
     @staticmethod
@@ -470,7 +494,7 @@ class Dreamer:
             self.pipe.disable_lora()
         return tuple(n for n, _ in active)
 
-    def _encode(self, prompt: str, negative: str, cfg: bool) -> tuple[Any, Any]:
+    def _encode(self, prompt: str, negative: str, cfg: bool) -> tuple[Any, ...]:
         key = (prompt, negative, cfg, self._active)  # a text-encoder LoRA changes the embedding
         if key not in self._embeds:
             if len(self._embeds) > 4096:
@@ -478,8 +502,15 @@ class Dreamer:
             import torch
 
             with torch.inference_mode():  # no autograd graph kept alive in the cache
-                self._embeds[key] = self.pipe.encode_prompt(
-                    prompt, self.device, 1, cfg, negative_prompt=negative or None
+                # SD: (prompt, negative); SDXL also the pooled embeddings of its second encoder
+                self._embeds[key] = tuple(
+                    self.pipe.encode_prompt(
+                        prompt=prompt,
+                        device=self.device,
+                        num_images_per_prompt=1,
+                        do_classifier_free_guidance=cfg,
+                        negative_prompt=negative or None,
+                    )
                 )
         return self._embeds[key]
 
@@ -512,6 +543,10 @@ class Dreamer:
             kwargs: dict[str, Any] = {"prompt_embeds": torch.cat([e[0] for e in embeds])}
             if cfg:
                 kwargs["negative_prompt_embeds"] = torch.cat([e[1] for e in embeds])
+            if self.xl:
+                kwargs["pooled_prompt_embeds"] = torch.cat([e[2] for e in embeds])
+                if cfg:
+                    kwargs["negative_pooled_prompt_embeds"] = torch.cat([e[3] for e in embeds])
         else:
             kwargs = {
                 "prompt": [r.prompt for r in requests],

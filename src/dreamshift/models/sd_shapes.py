@@ -1,11 +1,13 @@
 """The published Stable Diffusion architectures at full size with random weights, written as
 diffusers folders: the shapes every path meets with a real checkpoint (SD 1.5's 860 M-parameter
 UNet and CLIP ViT-L/14 text encoder; SD 2.1's OpenCLIP ViT-H text encoder, linear attention
-projections and v-prediction), without the hub. For tests and benchmarks: the images are noise.
+projections and v-prediction; SDXL's 2.6 B-parameter UNet, second text encoder and added
+conditions), without the hub. For tests and benchmarks: the images are noise.
 
 The configs are those of the published ``model_index.json`` folders (Rombach et al. 2022;
-``stable-diffusion-v1-5`` and ``stable-diffusion-2-1``); the tokenizer is CLIP's byte-level
-BPE (Radford et al. 2021), built from the vocabulary open_clip ships.
+``stable-diffusion-v1-5``, ``stable-diffusion-2-1`` and ``stable-diffusion-xl-base-1.0``;
+Podell et al. 2023); the tokenizer is CLIP's byte-level BPE (Radford et al. 2021), built from
+the vocabulary open_clip ships.
 """
 
 from __future__ import annotations
@@ -92,6 +94,47 @@ SHAPES: dict[str, dict[str, Any]] = {
             "prediction_type": "v_prediction",
         },
     },
+    "sdxl": {  # 1024 x 1024; a second, larger text encoder and the UNet's added conditions
+        "unet": {
+            **UNET,
+            "sample_size": 128,
+            "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2,
+            "up_block_types": ["CrossAttnUpBlock2D"] * 2 + ["UpBlock2D"],
+            "block_out_channels": [320, 640, 1280],
+            "attention_head_dim": [5, 10, 20],
+            "transformer_layers_per_block": [1, 2, 10],
+            "cross_attention_dim": 2048,
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 2816,
+        },
+        "vae": {**VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+        "text_encoder": {
+            **TEXT,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+            "projection_dim": 768,
+            "hidden_act": "quick_gelu",
+        },
+        "text_encoder_2": {  # OpenCLIP ViT-bigG/14's text tower
+            **TEXT,
+            "hidden_size": 1280,
+            "intermediate_size": 5120,
+            "num_attention_heads": 20,
+            "num_hidden_layers": 32,
+            "projection_dim": 1280,
+            "hidden_act": "gelu",
+        },
+        "scheduler": {
+            **SCHEDULER,
+            "_class_name": "EulerDiscreteScheduler",
+            "timestep_spacing": "leading",
+            "interpolation_type": "linear",
+        },
+    },
 }
 
 
@@ -122,11 +165,17 @@ def clip_tokenizer(folder: Path) -> None:
 
 
 def write_random_pipeline(shape: str, folder: str | Path, seed: int = 0) -> Path:
-    """A diffusers folder of ``shape`` (``sd15`` or ``sd21``) with random weights (seeded),
-    stored in float16 (half the disk: 2 GB for SD 1.5)."""
+    """A diffusers folder of ``shape`` (``sd15``, ``sd21`` or ``sdxl``) with random weights
+    (seeded), stored in float16 (half the disk: 2 GB for SD 1.5, 7 GB for SDXL)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     if shape not in SHAPES:
         raise DreamshiftError(f"unknown shape {shape!r}: choose one of {', '.join(SHAPES)}")
@@ -135,27 +184,39 @@ def write_random_pipeline(shape: str, folder: str | Path, seed: int = 0) -> Path
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**cfg["unet"])
         vae = AutoencoderKL(**cfg["vae"])
-        text = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-    parts: dict[str, Any] = {"unet": unet, "vae": vae, "text_encoder": text}
+        parts: dict[str, Any] = {"unet": unet, "vae": vae}
+        parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+        if "text_encoder_2" in cfg:
+            config = CLIPTextConfig(**cfg["text_encoder_2"])
+            parts["text_encoder_2"] = CLIPTextModelWithProjection(config)
     for name, module in parts.items():
         module.to(torch.float16).save_pretrained(str(folder / name))
+        parts[name] = None  # freed before the next part is cast (SDXL's UNet: 10 GB in float32)
     scheduler_cfg = {k: v for k, v in cfg["scheduler"].items() if k != "_class_name"}
-    schedulers: dict[str, Any] = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler}
+    schedulers: dict[str, Any] = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler,
+                                  "EulerDiscreteScheduler": EulerDiscreteScheduler}  # fmt: skip
     # from_config, as from a published scheduler_config.json: keys of another class are kept
     scheduler = schedulers[cfg["scheduler"]["_class_name"]].from_config(scheduler_cfg)
     scheduler.save_pretrained(str(folder / "scheduler"))
     clip_tokenizer(folder / "tokenizer")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
+    xl = "text_encoder_2" in cfg
+    if xl:
+        clip_tokenizer(folder / "tokenizer_2")
+    index: dict[str, Any] = {
+        "_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline",
         "_diffusers_version": "0.30.0",
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", cfg["scheduler"]["_class_name"]],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
     }
+    if xl:
+        index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+        index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
+        index["force_zeros_for_empty_prompt"] = True
+    else:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None],
+                     requires_safety_checker=False)  # fmt: skip
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return folder

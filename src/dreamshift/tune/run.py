@@ -45,6 +45,7 @@ from dreamshift.models.diffusion import (
     TUNE_DONE,
     TUNED_MODEL,
     hash_model,
+    is_sdxl,
     locate_model,
     quiet_libraries,
     resolve_runtime,
@@ -223,13 +224,17 @@ def _prompt(template: str, identifier: str, row: dict[str, Any]) -> str:
 
 
 class _Model:
-    """The frozen and trainable parts of a Stable Diffusion model, as diffusers loads them."""
+    """The frozen and trainable parts of a Stable Diffusion model, as diffusers loads them; for
+    SDXL (Podell et al. 2023) also its second tokenizer and text encoder."""
 
     def __init__(self, path: Path, device: str):
         quiet_libraries()
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+        self.xl = is_sdxl(path)
+        self.tokenizer_2: Any = None
+        self.text_encoder_2: Any = None
         f32 = torch.float32  # whatever the files store (fp16 folders are common): transformers
         # loads a checkpoint's own dtype and diffusers float32, and the two must meet
         try:
@@ -239,10 +244,15 @@ class _Model:
             self.vae = AutoencoderKL.from_pretrained(path / "vae").to(device, f32)
             self.unet = UNet2DConditionModel.from_pretrained(path / "unet").to(device, f32)
             self.scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+            if self.xl:
+                self.tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2")
+                second: Any = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2")
+                self.text_encoder_2 = second.to(device, f32).requires_grad_(False)
         except (OSError, ValueError) as exc:
             raise DreamshiftError(f"cannot load the model in {path}: {exc}") from exc
-        if len(self.tokenizer) <= 2:  # transformers' stand-in for missing tokenizer files
-            raise DreamshiftError(f"the tokenizer in {path / 'tokenizer'} has no vocabulary")
+        for name in ("tokenizer", "tokenizer_2") if self.xl else ("tokenizer",):
+            if len(getattr(self, name)) <= 2:  # transformers' stand-in for missing files
+                raise DreamshiftError(f"the tokenizer in {path / name} has no vocabulary")
         for part in (self.vae, self.text_encoder, self.unet):
             part.requires_grad_(False)
         self.device = device
@@ -262,10 +272,36 @@ class _Model:
             )
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(
-            prompts, padding="max_length", truncation=True,
-            max_length=self.tokenizer.model_max_length, return_tensors="pt",
-        ).input_ids  # fmt: skip
+        """(N, L) token ids; SDXL: (N, 2, L), those of each of its tokenizers."""
+        tokenizers = (self.tokenizer, self.tokenizer_2) if self.xl else (self.tokenizer,)
+        ids = [
+            tok(prompts, padding="max_length", truncation=True,
+                max_length=tok.model_max_length, return_tensors="pt").input_ids
+            for tok in tokenizers
+        ]  # fmt: skip
+        return torch.stack(ids, dim=1) if self.xl else ids[0]
+
+    @torch.no_grad()
+    def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings of token ids, and the pooled embedding SDXL's UNet also takes
+        ((N, 0) for 1.x/2.x). SDXL: both encoders' penultimate hidden states side by side,
+        the pooled one from the second, as diffusers' SDXL pipelines encode prompts."""
+        ids = ids.to(self.device)
+        if not self.xl:
+            return self.text_encoder(ids)[0], torch.zeros(len(ids), 0, device=self.device)
+        first = self.text_encoder(ids[:, 0], output_hidden_states=True)
+        second = self.text_encoder_2(ids[:, 1], output_hidden_states=True)
+        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        return hidden, second.text_embeds
+
+    def added_conditions(self, pooled: torch.Tensor, side: int) -> dict[str, Any]:
+        """SDXL's added UNet conditions: the pooled prompt embedding and the size and crop
+        conditions (original size = target size = ``side``, no crop); none for 1.x/2.x."""
+        if not self.xl:
+            return {}
+        sizes = torch.tensor([side, side, 0, 0, side, side], dtype=pooled.dtype)
+        time_ids = sizes.to(pooled.device).repeat(len(pooled), 1)
+        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
     @torch.no_grad()
     def latent_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +339,7 @@ def _add_lora(model: _Model, cfg: TuneConfig) -> tuple[Any, Any]:
 
 
 def _save_lora(model: _Model, folder: Path, unet_cfg: Any, text_cfg: Any) -> None:
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -314,7 +350,8 @@ def _save_lora(model: _Model, folder: Path, unet_cfg: Any, text_cfg: Any) -> Non
         else None
     )
     folder.mkdir(parents=True, exist_ok=True)
-    StableDiffusionLoraLoaderMixin.save_lora_weights(  # with alpha: reloads at the right scale
+    loader: Any = StableDiffusionXLLoraLoaderMixin if model.xl else StableDiffusionLoraLoaderMixin
+    loader.save_lora_weights(  # with alpha: reloads at the right scale
         folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers,
         unet_lora_adapter_metadata=unet_cfg.to_dict(),
         text_encoder_lora_adapter_metadata=text_cfg.to_dict() if text_cfg is not None else None,
@@ -322,14 +359,18 @@ def _save_lora(model: _Model, folder: Path, unet_cfg: Any, text_cfg: Any) -> Non
 
 
 def _save_model(model: _Model, base: Path, folder: Path, text_trained: bool) -> None:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     parts: dict[str, Any] = {"unet": model.unet}
     if text_trained:
         parts["text_encoder"] = model.text_encoder
-    pipe = StableDiffusionPipeline.from_pretrained(
-        base, safety_checker=None, requires_safety_checker=False, local_files_only=True, **parts
-    )
+    if model.xl:
+        pipe: Any = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True, **parts)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            base, safety_checker=None, requires_safety_checker=False, local_files_only=True,
+            **parts,
+        )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
@@ -360,19 +401,21 @@ class _Batches:
                 )  # fmt: skip
         self.ids = model.token_ids(prompts)
         self.embeds = None
+        self.pooled = torch.zeros(len(self.ids), 0)  # SDXL's pooled prompt embeddings
         if not train_text:
-            with torch.no_grad():
-                unique, inverse = torch.unique(self.ids, dim=0, return_inverse=True)
-                enc = model.text_encoder(unique.to(model.device))[0].cpu()
-            self.embeds = enc[inverse]
+            unique, inverse = torch.unique(self.ids, dim=0, return_inverse=True)
+            enc, pooled = model.encode(unique)
+            self.embeds, self.pooled = enc.cpu()[inverse], pooled.cpu()[inverse]
 
     def __len__(self) -> int:
         return len(self.mean)
 
-    def draw(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        self, idx: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         latents = self.mean[idx] + self.std[idx] * torch.randn(self.mean[idx].shape, generator=g)
         text = self.ids[idx] if self.embeds is None else self.embeds[idx]
-        return latents, text
+        return latents, text, self.pooled[idx]
 
 
 def _snr(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
@@ -420,24 +463,28 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, s, cfg.steps)
         idx = torch.randint(len(instances), (n * size,), generator=g)
-        latents, text = instances.draw(idx, g)
+        latents, text, pooled = instances.draw(idx, g)
         if prior is not None:
             pidx = torch.randint(len(prior), (n * size,), generator=g)
-            p_latents, p_text = prior.draw(pidx, g)
+            p_latents, p_text, p_pooled = prior.draw(pidx, g)
             latents, text = torch.cat([latents, p_latents]), torch.cat([text, p_text])
+            pooled = torch.cat([pooled, p_pooled])
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, num_t, (len(latents),), generator=g)
         mine = torch.arange(procs.rank * n, (procs.rank + 1) * n)  # this process's rows
         if prior is not None:
             mine = torch.cat([mine, mine + n * size])  # and their prior images
         idx = idx[mine[:n]]
-        latents, noise, t, text = (v[mine].to(device) for v in (latents, noise, t, text))
+        latents, noise, t, text, pooled = (
+            v[mine].to(device) for v in (latents, noise, t, text, pooled)
+        )
+        side = latents.shape[-1] * 2 ** (len(model.vae.config.block_out_channels) - 1)
         noisy = sched.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
         with torch.autocast(kind, torch.bfloat16) if autocast else contextlib.nullcontext():
             if instances.embeds is None:
                 text = model.text_encoder(text)[0]
-            pred = model.unet(noisy, t, text).sample
+            pred = model.unet(noisy, t, text, **model.added_conditions(pooled, side)).sample
         err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
         weights = torch.ones(n, device=device)
         if cfg.snr_gamma:
@@ -545,6 +592,11 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
 
     device = str(procs.device) if procs.size > 1 else resolve_runtime(cfg.device)["device"]
     instance_t, class_t = cfg.prompts()
+    if cfg.train_text_encoder and is_sdxl(ref.path):
+        raise DreamshiftError(
+            "--train-text-encoder: tune trains SDXL's UNet only (its two text encoders stay "
+            "frozen); drop the flag"
+        )
     model = _Model(ref.path, device)
     model.check_identifier(cfg.identifier, (instance_t, class_t))
     size = cfg.resolution or _image_size(source, rows)
