@@ -150,7 +150,9 @@ def test_finetune_settings_and_base_weights_are_checked(world, tmp_path, capsys)
     assert "needs --model" in capsys.readouterr().err
     assert main([*argv, "--finetune", "lora", "--model", "world-resnet18",
                  "--targets", "no_such_layer"]) == 1  # fmt: skip
-    assert "peft cannot put LoRA there" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "peft cannot put LoRA there" in err and "features.0" in err
+    assert "base_layer" not in err and "lora_" not in err  # the names before peft rewrote any
 
     out = tmp_path / "tuned"
     tune = ["--batch-size", "16", "--finetune", "linear", "--model", "world-cnn"]

@@ -166,6 +166,14 @@ def test_torchvision_specs_files_and_folders_are_checked(world, tmp_path, monkey
     shutil.copy(file, tmp_path / file.name)
     with pytest.raises(DreamshiftError, match=r"holds weights files \(junk.pth, mobilenet_v2"):
         load_classifier(str(tmp_path))
+    # a depthwise convolution named by hand, after one peft adapts: the hint lists the model's
+    # own module names, not those of the half-adapted model
+    capsys.readouterr()
+    assert main(["learn", str(world), "--out", str(tmp_path / "runs"), "--batch-size", "8",
+                 "--finetune", "lora", "--model", f"torchvision:mobilenet_v2@{file}",
+                 "--rank", "4", "--targets", "features.0.0,features.1.conv.0.0"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "groups=32" in err and "body.features" in err and "base_layer" not in err
 
 
 @pytest.mark.parametrize("method", ["linear", "lora", "full"])
