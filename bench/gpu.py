@@ -30,6 +30,7 @@ from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.models.diffusion import Dreamer, Request, quiet_libraries, resolve_scheduler
 from dreamshift.models.sd_shapes import write_random_pipeline
+from dreamshift.world.animals import CLASSES
 
 
 def _timed(fn, *args) -> tuple[float, float]:
@@ -131,8 +132,8 @@ def learn_rows(root: Path, epochs: int, batch: int) -> list[tuple]:
     pixels = np.stack([np.asarray(Image.open(root / r["path"]).convert("RGB")) for r in rows])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).cuda()
     x = torch.nn.functional.interpolate(x, size=224, mode="bilinear", antialias=True)
-    y = torch.randint(0, 10, (len(x),), device="cuda")
-    net = torchvision.models.resnet50(num_classes=10).cuda().to(memory_format=torch.channels_last)
+    y = torch.randint(0, 9, (len(x),), device="cuda")
+    net = torchvision.models.resnet50(num_classes=9).cuda().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     steps = len(x) // batch
 
@@ -175,7 +176,9 @@ def main() -> int:
         root = Path(tmp) / "world"
         recipe = ShiftRecipe(train_size=args.learn_images, val_per_group=0, test_per_group=0,
                              anti_per_group=0)  # fmt: skip
-        compose(ComposeConfig(size=256, recipe=recipe), root, workers=8, progress=False)
+        classes = tuple(c for c in CLASSES if c != "giraffe")  # ImageNet-1k has no giraffe
+        compose(ComposeConfig(size=256, classes=classes, recipe=recipe), root, workers=8,
+                progress=False)  # fmt: skip
         rows = dream_rows(model, batch=8, steps=args.dream_steps, side=512)
         rows += tune_rows(model, root, steps=args.tune_steps, batch=4, side=512)
         rows += learn_rows(root, epochs=2, batch=128)
