@@ -494,3 +494,28 @@ def test_backgrounds_are_dreamed_per_label_and_compose_takes_them(tmp_path, tiny
     cfg = DreamConfig(source=str(plan_path(out)), mode="img2img", model=str(tiny_sd))
     with pytest.raises(DreamshiftError, match="label plan"):
         dream(cfg, tmp_path / "no", progress=False)
+
+
+def test_diffusers_puts_the_unconditional_rows_first_as_the_per_sample_hook_assumes():
+    """Batch invariance (models/diffusion.py ``_PerSample``) relies on diffusers' classifier-free
+    guidance layout: the UNet's batch is cat([negative_1..B, positive_1..B]). A diffusers
+    release that changes it fails here, not silently in the pixels."""
+    import torch
+
+    from dreamshift.models.diffusion import locate_model, resolve_scheduler
+
+    path = locate_model("tiny-dream").path
+    name, config = resolve_scheduler(path, "ddim")
+    dreamer = Dreamer(path, "txt2img", name, config, resolve_runtime("cpu", "float32"))
+    seen: list[torch.Tensor] = []
+    hook = dreamer.pipe.unet.forward
+
+    def spy(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
+        seen.append(encoder_hidden_states.detach().clone())
+        return hook(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    dreamer.pipe.unet.forward = spy
+    requests = [Request("a photo of a zebra, snow", "", 0), Request("a photo of a cat", "dark", 1)]
+    dreamer.generate(requests, 1, 1.0, 7.5, 64, 64)
+    embeds = [dreamer._encode(r.prompt, r.negative_prompt, True) for r in requests]
+    assert torch.equal(seen[0], torch.cat([e[1] for e in embeds] + [e[0] for e in embeds]))

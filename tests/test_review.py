@@ -6,6 +6,8 @@ import hashlib
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -461,3 +463,49 @@ def test_an_image_with_its_k_votes_refuses_another_and_leaves_later_tasks(datase
         assert huge.status_code == 413
     assert len([v for v in store.votes() if v.sample_id == target]) == 2
     assert {v.sample_id for v in store.votes("r")} == set()
+
+
+REVIEW_EXTRA = ("starlette", "uvicorn", "crowdkit", "krippendorff")
+
+
+def test_the_review_extra_is_named_where_it_is_missing(monkeypatch):
+    from dreamshift.errors import DreamshiftError
+    from dreamshift.verify import aggregate
+    from dreamshift.verify.app import create_app
+
+    for module in REVIEW_EXTRA:
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    extra = r"pip install 'dreamshift\[review\]'"
+    with pytest.raises(DreamshiftError, match=rf"the review app needs starlette.*{extra}"):
+        create_app(None, [])
+    with pytest.raises(DreamshiftError, match=rf"Dawid-Skene .* needs crowdkit.*{extra}"):
+        aggregate.dawid_skene([])
+    with pytest.raises(DreamshiftError, match=rf"needs krippendorff.*{extra}"):
+        aggregate.krippendorff_alpha([])
+
+
+def test_the_stages_run_without_the_review_extra(tmp_path):
+    """The core install: the review app's libraries blocked from import, a dataset is composed,
+    dreamed (paste), verified by the oracles, audited and learned on."""
+    script = f"""
+import sys
+sys.modules.update(dict.fromkeys({REVIEW_EXTRA!r}))
+from dreamshift.cli import main
+root = {str(tmp_path)!r}
+steps = [
+    ["compose", "--out", root + "/ds", "--classes", "cat,dog", "--background-names", "grass,snow",
+     "--train-size", "8", "--val-per-group", "0", "--test-per-group", "1",
+     "--anti-per-group", "0", "--spurious-per-class", "0", "--no-progress"],
+    ["dream", root + "/ds", "--out", root + "/copy", "--mode", "paste", "--no-progress"],
+    ["verify", root + "/copy", "--oracle", "world"],
+    ["audit", root + "/ds", "--model", "world-cnn", "--results", root + "/r.jsonl"],
+    ["learn", root + "/ds", "--out", root + "/runs", "--epochs", "1", "--batch-size", "4",
+     "--loader-workers", "0"],
+]
+for argv in steps:
+    assert main(argv) == 0, argv
+assert not any(sys.modules.get(m) for m in {REVIEW_EXTRA!r})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -24,7 +24,7 @@ from torch import nn
 
 from dreamshift.data.images import sha256_file
 from dreamshift.data.transforms import Preprocessing
-from dreamshift.errors import DreamshiftError
+from dreamshift.errors import DreamshiftError, need_extra
 from dreamshift.models.classifier import Classifier
 from dreamshift.registry import Registry
 
@@ -34,15 +34,7 @@ SOURCES: Registry[Callable[[str, Sequence[str], str, bool], Classifier]] = Regis
 
 
 def _need(module: str, extra: str, spec: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DreamshiftError(
-            f"model {spec!r} needs {module}, which is not installed: "
-            f"pip install 'dreamshift[{extra}]'"
-        ) from exc
+    return need_extra(module, extra, f"model {spec!r}")
 
 
 class _TorchvisionAdapter(nn.Module):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dreamshift.errors import DreamshiftError
+from dreamshift.errors import DreamshiftError, need_extra
 from dreamshift.verify.store import ANSWERS, Vote
 
 RULES = ("d3s", "majority", "dawid-skene")
@@ -40,7 +40,8 @@ def _flagged_by_half(vs: Sequence[Vote]) -> bool:
 
 def dawid_skene(votes: Sequence[Vote], seed: int = 0) -> dict[str, str]:
     """The most likely answer per image under Dawid & Skene's model (crowd-kit)."""
-    import pandas as pd
+    need_extra("crowdkit", "review", "Dawid-Skene aggregation of review votes")
+    import pandas as pd  # crowd-kit's own dependency
     from crowdkit.aggregation import DawidSkene
 
     if not votes:
@@ -75,7 +76,7 @@ def decide(votes: Sequence[Vote], rule: str, votes_per_image: int) -> dict[str, 
 def krippendorff_alpha(votes: Sequence[Vote]) -> float | None:
     """Krippendorff's α (nominal) of the yes/no/unsure answers; None when no image has two
     votes (α is undefined)."""
-    import krippendorff
+    krippendorff = need_extra("krippendorff", "review", "Krippendorff's alpha of review votes")
 
     reviewers = sorted({v.reviewer for v in votes})
     images = sorted({v.sample_id for v in votes})

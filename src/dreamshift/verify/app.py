@@ -29,7 +29,7 @@ import yaml
 
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import usable_rows
-from dreamshift.errors import DreamshiftError
+from dreamshift.errors import DreamshiftError, need_extra
 from dreamshift.verify.store import Full, Reviewer, ReviewStore, Vote
 
 # what each of the world's classes is, for the task page (a dataset of other classes gives
@@ -195,6 +195,7 @@ def static(name: str) -> str:
 
 def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
     """The Starlette app of ``site``; ``allowed_hosts``: the Host names it answers."""
+    need_extra("starlette", "review", "the review app")
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.middleware import Middleware

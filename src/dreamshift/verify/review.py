@@ -16,7 +16,7 @@ import numpy as np
 
 from dreamshift.data import dataset as ds
 from dreamshift.data import verification as vt
-from dreamshift.errors import DreamshiftError
+from dreamshift.errors import DreamshiftError, need_extra
 from dreamshift.verify.aggregate import RULES, by_image, decide, krippendorff_alpha
 from dreamshift.verify.store import ReviewStore, db_path, votes_json
 
@@ -57,7 +57,7 @@ def build_app(
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8765, log: Any = print,
           **options: Any) -> None:  # fmt: skip
-    import uvicorn
+    uvicorn = need_extra("uvicorn", "review", "dreamshift review serve")
 
     app = build_app(root, host, **options)
     store = open_store(root)
