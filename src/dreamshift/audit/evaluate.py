@@ -339,18 +339,31 @@ def _family_key(r: dict[str, Any]) -> tuple:
     return r["dataset_hash"], r["split"], ref.get("dataset_hash"), ref.get("split")
 
 
-def audit(
-    cfg: AuditConfig,
-    dataset: str | Path,
-    results: str | Path | None = None,
-    log: Any = print,
-    executor: Executor | None = None,
-) -> list[dict[str, Any]]:
-    """Evaluate every model of ``cfg`` on ``dataset``; append one record per model to
-    ``results`` (default ``DATASET/audit/results.jsonl``) and return the records. ``executor``
-    evaluates the models elsewhere (one task per model; default: here, one after another)."""
-    cfg.check()
-    root = Path(dataset)
+@dataclass(frozen=True)
+class AuditJob:
+    """Everything one model's evaluation needs, read and checked once (shipped whole to an
+    executor's workers): the dataset and its rows, the groups to expect, the spurious,
+    cue-conflict and in-distribution rows, and where records and predictions go."""
+
+    cfg: AuditConfig
+    root: Path
+    meta: dict[str, Any]
+    classes: list[str]
+    split: str
+    rows: list[dict[str, Any]]
+    expected: list[tuple]
+    usual_bg: dict[str, str]
+    spurious_root: Path
+    spurious_rows: list[dict[str, Any]]
+    conflict_rows: list[dict[str, Any]]
+    in_distribution: tuple[Path, str, list[dict[str, Any]], dict[str, Any]] | None
+    mapping: dict[str, Any] | None
+    results_path: Path
+
+
+def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> AuditJob:
+    """Read the dataset once and refuse what cannot be audited (no usable rows, a planned group
+    left empty, an in-distribution dataset without the split)."""
     meta = ds.read_dataset_json(root)
     classes = list(meta["classes"])
     _check_group_fields(root, cfg.group_by)
@@ -375,134 +388,179 @@ def audit(
             "made the dataset to retry failed samples (`dreamshift info --failed` lists them), "
             "or pass --allow-empty-groups"
         )
-    usual_bg = dict(meta.get("assignment") or {})
     spurious_root, spurious_rows = root, usable_rows(manifest, ds.SPURIOUS)
     source = (meta.get("config") or {}).get("source")
     if not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
         spurious_root = Path(source)  # a dreamed dataset: its guides' backgrounds alone
         spurious_rows = usable_rows(ds.read_manifest(spurious_root).to_pylist(), ds.SPURIOUS)
-    id_root, id_split, id_rows, id_meta = None, "", [], {}
-    if cfg.in_distribution:
-        text = cfg.in_distribution
-        id_root = Path(text)
-        if not id_root.exists() and ":" in text:
-            path, _, id_split = text.rpartition(":")
-            id_root = Path(path)
-        id_meta = ds.read_dataset_json(id_root)
-        id_manifest = ds.read_manifest(id_root).to_pylist()
-        id_split = id_split or _default_split(id_manifest)
-        if not id_split:
-            raise DreamshiftError(
-                f"{id_root} has no test split: name the in-distribution split, "
-                f"--in-distribution {id_root}:SPLIT"
-            )
-        id_rows = usable_rows(id_manifest, id_split)
-        if not id_rows:
-            raise DreamshiftError(f"{id_root} has no usable rows in split {id_split or '(any)'}")
-    conflict_rows = [r for r in usable_rows(manifest, ds.CONFLICT) if is_cue_conflict(r, classes)]
-    mapping = read_label_map(cfg.label_map) if cfg.label_map else None
-    results_path = Path(results) if results else root / "audit" / RESULTS
+    return AuditJob(
+        cfg, root, meta, classes, split, rows, expected, dict(meta.get("assignment") or {}),
+        spurious_root, spurious_rows,
+        [r for r in usable_rows(manifest, ds.CONFLICT) if is_cue_conflict(r, classes)],
+        _in_distribution(cfg.in_distribution) if cfg.in_distribution else None,
+        read_label_map(cfg.label_map) if cfg.label_map else None,
+        Path(results) if results else root / "audit" / RESULTS,
+    )  # fmt: skip
 
-    def evaluate(
-        _: None, item: tuple[int, tuple[str, dict[str, Any]]]
-    ) -> tuple[int, Any, list[str]]:
-        """One model's record (and what to tell the user), wherever the executor runs it."""
-        index, (spec, lineage) = item
-        notes: list[str] = []
-        clf = load_classifier(spec, classes, cfg.device, cfg.allow_random_weights)
-        labels = LabelMap.build(clf.classes, classes, mapping, spec, clf.label_space)
-        side = int(meta.get("config", {}).get("size") or 0)
-        if side and clf.input_size > 2 * side:
-            notes.append(
-                f"note: {spec} takes {clf.input_size} px inputs; the {side} px images of "
-                f"{root} are upsampled (compose --size {clf.input_size} makes them at its size)"
-            )
-        restrict = cfg.restrict_labels or labels.identity
-        start = time.perf_counter()
-        ev = predict(clf, labels, root, rows, cfg.batch_size, restrict)
-        seconds = time.perf_counter() - start
-        record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "dreamshift_version": dreamshift.__version__,
-            "model": spec,
-            "model_name": clf.name,
-            **lineage,
-            "weights_sha256": clf.weights_sha256,
-            "weights_file": clf.weights_file,
-            "preprocessing": clf.preprocessing.to_dict(),
-            "label_space": clf.label_space or f"{len(clf.classes)} outputs",
-            "label_map": labels.describe(),
-            "headline": "restricted to the dataset's classes" if restrict else "full label space",
-            **label_space_accuracy(ev, labels, len(clf.classes)),
-            "dataset": str(root),
-            "dataset_hash": meta.get("content_hash", ""),
-            "stage": meta.get("stage", ""),
-            "split": split,
-            "verified_only": cfg.verified_only,
-            "group_by": list(cfg.group_by),
-            "n_unreadable": len(ev.unreadable),
-            "unreadable": [list(u) for u in ev.unreadable],
-            **measure(
-                ev,
-                classes,
-                meta["backgrounds"],
-                cfg.group_by,
-                expected,
-                usual_bg,
-                cfg.bootstrap,
-                cfg.seed,
-            ),
-            "images_per_s": round(len(rows) / seconds, 1),
-        }
-        if spurious_rows:
-            ev_spurious = predict(clf, labels, spurious_root, spurious_rows, cfg.batch_size,
-                                  restrict)  # fmt: skip
-            record.update(_spurious_metrics(ev, ev_spurious, classes, usual_bg))
-            record["spurious_from"] = str(spurious_root)
-        if conflict_rows:
-            ev_conflict = predict(clf, labels, root, conflict_rows, cfg.batch_size, restrict)
-            record.update(shape_bias(ev_conflict.rows, ev_conflict.predicted))
-        if id_root is not None:
-            ev_id = predict(clf, labels, id_root, id_rows, cfg.batch_size, restrict)
-            acc_id = M.accuracy(
-                np.array(
-                    [p == r["fg_class"] for p, r in zip(ev_id.predicted, ev_id.rows, strict=True)]
-                )
-            )
-            record["in_distribution"] = {
-                "dataset": str(id_root),
-                "split": id_split,
-                "dataset_hash": id_meta.get("content_hash", ""),
-            }
-            record["acc_id"] = acc_id
-            acc = record["acc_avg"]
-            if acc_id is not None and acc is not None:
-                record["drop"], record["relative_drop"] = acc_id - acc, M.relative_drop(acc_id, acc)
-            else:
-                record["drop"] = record["relative_drop"] = None
-        # one file per model, weights, dataset and split: a later audit never overwrites the
-        # predictions an earlier record points to unless they are the same
-        name = (
-            f"{_slug(spec.partition('@')[0])}-{clf.weights_sha256[:12] or 'noweights'}-"
-            f"{record['dataset_hash'] or _slug(root.name)}-{split or 'all'}"
-            f"{'' if restrict else '-full'}.parquet"
-        )
-        pred_path = results_path.parent / "predictions" / name
-        _write_predictions(pred_path, ev, classes, clf.classes)
-        record["predictions"] = str(pred_path)
-        if spurious_rows:  # the background-only images, for the spurious accuracy and AUC
-            spurious_path = pred_path.with_name(pred_path.stem + "-spurious.parquet")
-            _write_predictions(spurious_path, ev_spurious, classes, clf.classes)
-            record["predictions_spurious"] = str(spurious_path)
-        done = (
-            f"audited {spec} on {root} ({split or 'all splits'}): {len(rows)} images in "
-            f"{seconds:.1f} s"
-        )
-        return index, record, [*notes, done]
 
+def _in_distribution(text: str) -> tuple[Path, str, list[dict[str, Any]], dict[str, Any]]:
+    """``DIR[:SPLIT]``: the dataset, its split (test by default), usable rows and metadata."""
+    root, split = Path(text), ""
+    if not root.exists() and ":" in text:
+        path, _, split = text.rpartition(":")
+        root = Path(path)
+    meta = ds.read_dataset_json(root)
+    manifest = ds.read_manifest(root).to_pylist()
+    split = split or _default_split(manifest)
+    if not split:
+        raise DreamshiftError(
+            f"{root} has no test split: name the in-distribution split, "
+            f"--in-distribution {root}:SPLIT"
+        )
+    rows = usable_rows(manifest, split)
+    if not rows:
+        raise DreamshiftError(f"{root} has no usable rows in split {split or '(any)'}")
+    return root, split, rows, meta
+
+
+def evaluate_model(
+    job: AuditJob, item: tuple[int, tuple[str, dict[str, Any]]]
+) -> tuple[int, dict[str, Any], list[str]]:
+    """One model's record (and what to tell the user), wherever the executor runs it."""
+    index, (spec, lineage) = item
+    cfg, root, notes = job.cfg, job.root, []
+    clf = load_classifier(spec, job.classes, cfg.device, cfg.allow_random_weights)
+    labels = LabelMap.build(clf.classes, job.classes, job.mapping, spec, clf.label_space)
+    side = int(job.meta.get("config", {}).get("size") or 0)
+    if side and clf.input_size > 2 * side:
+        notes.append(
+            f"note: {spec} takes {clf.input_size} px inputs; the {side} px images of "
+            f"{root} are upsampled (compose --size {clf.input_size} makes them at its size)"
+        )
+    restrict = cfg.restrict_labels or labels.identity
+    start = time.perf_counter()
+    ev = predict(clf, labels, root, job.rows, cfg.batch_size, restrict)
+    seconds = time.perf_counter() - start
+    record: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "dreamshift_version": dreamshift.__version__,
+        "model": spec,
+        "model_name": clf.name,
+        **lineage,
+        "weights_sha256": clf.weights_sha256,
+        "weights_file": clf.weights_file,
+        "preprocessing": clf.preprocessing.to_dict(),
+        "label_space": clf.label_space or f"{len(clf.classes)} outputs",
+        "label_map": labels.describe(),
+        "headline": "restricted to the dataset's classes" if restrict else "full label space",
+        **label_space_accuracy(ev, labels, len(clf.classes)),
+        "dataset": str(root),
+        "dataset_hash": job.meta.get("content_hash", ""),
+        "stage": job.meta.get("stage", ""),
+        "split": job.split,
+        "verified_only": cfg.verified_only,
+        "group_by": list(cfg.group_by),
+        "n_unreadable": len(ev.unreadable),
+        "unreadable": [list(u) for u in ev.unreadable],
+        **measure(
+            ev,
+            job.classes,
+            job.meta["backgrounds"],
+            cfg.group_by,
+            job.expected,
+            job.usual_bg,
+            cfg.bootstrap,
+            cfg.seed,
+        ),
+        "images_per_s": round(len(job.rows) / seconds, 1),
+    }
+    ev_spurious = None
+    if job.spurious_rows:
+        ev_spurious = predict(clf, labels, job.spurious_root, job.spurious_rows, cfg.batch_size,
+                              restrict)  # fmt: skip
+        record.update(_spurious_metrics(ev, ev_spurious, job.classes, job.usual_bg))
+        record["spurious_from"] = str(job.spurious_root)
+    if job.conflict_rows:
+        ev_conflict = predict(clf, labels, root, job.conflict_rows, cfg.batch_size, restrict)
+        record.update(shape_bias(ev_conflict.rows, ev_conflict.predicted))
+    if job.in_distribution is not None:
+        record.update(_drop(job, clf, labels, restrict, record["acc_avg"]))
+    record.update(_prediction_files(job, spec, clf, restrict, record, ev, ev_spurious))
+    done = (
+        f"audited {spec} on {root} ({job.split or 'all splits'}): {len(job.rows)} images in "
+        f"{seconds:.1f} s"
+    )
+    return index, record, [*notes, done]
+
+
+def _drop(
+    job: AuditJob, clf: Classifier, labels: LabelMap, restrict: bool, acc: float | None
+) -> dict[str, Any]:
+    """Accuracy on the in-distribution dataset and the drop from it (Recht et al. 2019)."""
+    assert job.in_distribution is not None
+    id_root, id_split, id_rows, id_meta = job.in_distribution
+    ev_id = predict(clf, labels, id_root, id_rows, job.cfg.batch_size, restrict)
+    acc_id = M.accuracy(
+        np.array([p == r["fg_class"] for p, r in zip(ev_id.predicted, ev_id.rows, strict=True)])
+    )
+    out: dict[str, Any] = {
+        "in_distribution": {
+            "dataset": str(id_root),
+            "split": id_split,
+            "dataset_hash": id_meta.get("content_hash", ""),
+        },
+        "acc_id": acc_id,
+        "drop": None,
+        "relative_drop": None,
+    }
+    if acc_id is not None and acc is not None:
+        out["drop"], out["relative_drop"] = acc_id - acc, M.relative_drop(acc_id, acc)
+    return out
+
+
+def _prediction_files(
+    job: AuditJob,
+    spec: str,
+    clf: Classifier,
+    restrict: bool,
+    record: dict[str, Any],
+    ev: Evaluated,
+    ev_spurious: Evaluated | None,
+) -> dict[str, str]:
+    """The per-image predictions, one file per model, weights, dataset and split (a later
+    audit never overwrites the predictions an earlier record points to unless they are the
+    same), and the spurious split's beside it."""
+    name = (
+        f"{_slug(spec.partition('@')[0])}-{clf.weights_sha256[:12] or 'noweights'}-"
+        f"{record['dataset_hash'] or _slug(job.root.name)}-{job.split or 'all'}"
+        f"{'' if restrict else '-full'}.parquet"
+    )
+    pred_path = job.results_path.parent / "predictions" / name
+    _write_predictions(pred_path, ev, job.classes, clf.classes)
+    out = {"predictions": str(pred_path)}
+    if ev_spurious is not None:  # the background-only images, for the spurious accuracy and AUC
+        spurious_path = pred_path.with_name(pred_path.stem + "-spurious.parquet")
+        _write_predictions(spurious_path, ev_spurious, job.classes, clf.classes)
+        out["predictions_spurious"] = str(spurious_path)
+    return out
+
+
+def audit(
+    cfg: AuditConfig,
+    dataset: str | Path,
+    results: str | Path | None = None,
+    log: Any = print,
+    executor: Executor | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate every model of ``cfg`` on ``dataset``; append one record per model to
+    ``results`` (default ``DATASET/audit/results.jsonl``) and return the records. ``executor``
+    evaluates the models elsewhere (one task per model; default: here, one after another)."""
+    cfg.check()
+    job = plan_audit(cfg, Path(dataset), results)
+    results_path = job.results_path
     models = list(enumerate(expand_models(cfg.models)))
     by_index = {}
-    for index, record, notes in (executor or InProcess()).map(lambda: None, evaluate, models):
+    for index, record, notes in (executor or InProcess()).map(lambda: job, evaluate_model, models):
         for line in notes:
             log(line)
         by_index[index] = record
