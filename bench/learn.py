@@ -37,7 +37,7 @@ from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.runner import dream
-from dreamshift.learn.algorithms import Hparams
+from dreamshift.learn.hparams import Hparams
 from dreamshift.learn.run import LearnConfig, learn
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.train.checkpoint import load_state

@@ -32,7 +32,7 @@ from PIL import Image
 from dreamshift.compose.config import ComposeConfig, ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
-from dreamshift.learn.algorithms import Hparams
+from dreamshift.learn.hparams import Hparams
 from dreamshift.learn.run import LearnConfig, learn
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.train.checkpoint import load_state

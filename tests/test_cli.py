@@ -170,3 +170,124 @@ def test_a_closed_stdout_ends_quietly(cli_dataset):
     proc.stdout.close()  # the reader goes away before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err, err
+
+
+def _config_fields(cls, path=""):
+    """(dest path, field, its config class) of every field of ``cls`` that has a flag."""
+    import dataclasses
+    import typing
+
+    from dreamshift.config import Config
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, type) and issubclass(hint, Config):
+            yield from _config_fields(hint, f"{path}{f.name}.")
+        elif "help" in f.metadata:
+            yield f"{path}{f.name}", f, cls
+
+
+def _flag_configs():
+    from dreamshift.audit.config import AuditConfig
+    from dreamshift.compose.config import ComposeConfig
+    from dreamshift.dream.config import DreamConfig
+    from dreamshift.learn.config import LearnConfig
+    from dreamshift.tune.config import TuneConfig
+
+    return [(["compose", "--out", "o"], ComposeConfig, {}),
+            (["dream", "src", "--out", "o"], DreamConfig, {"source": "src"}),
+            (["tune", "src", "--out", "o"], TuneConfig, {}),
+            (["learn", "ds", "--out", "o"], LearnConfig, {}),
+            (["audit", "ds", "--model", "m"], AuditConfig, {"models": ("m",)})]  # fmt: skip
+
+
+def _flag_help(help_text: str, flag: str) -> str:
+    """The help of ``flag`` in an argparse ``--help`` page, on one line."""
+    import re
+
+    lines = help_text.splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if re.match(rf"  {re.escape(flag)}(?=[\s,]|$)", line)
+    )
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if re.match(r"  -", line) or not line.startswith(" "):
+            break
+        block.append(line)
+    return " ".join(" ".join(block).split())
+
+
+@pytest.mark.parametrize("command", range(5), ids=["compose", "dream", "tune", "learn", "audit"])
+def test_every_config_field_has_a_flag_whose_help_shows_the_configs_default(command, capsys):
+    """The flags are generated from the config dataclasses: each flag's help ends with the
+    default the config really has, and each flag sets its field (nested ones included)."""
+    import dataclasses
+
+    from dreamshift.cli import build_parser
+    from dreamshift.cli.args import config_from_args
+
+    argv, cls, required = _flag_configs()[command]
+    with pytest.raises(SystemExit):
+        main([argv[0], "--help"])
+    page = capsys.readouterr().out
+    default_cfg = cls(**required)
+    checked = 0
+    for path, f, owner in _config_fields(cls):
+        default = default_cfg
+        for part in path.split("."):
+            default = getattr(default, part)
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        text = _flag_help(page, flag)
+        if isinstance(default, bool):
+            assert f"--no-{flag[2:]}" in text and text.endswith(
+                f"(default: {'yes' if default else 'no'})"
+            ), text
+            value, given = not default, [f"--no-{flag[2:]}" if default else flag]
+        else:
+            shown = f.metadata["shown"] or (
+                ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+            )
+            if shown and default not in (None, ""):
+                assert text.endswith(f"(default: {shown})"), (flag, text)
+            elif f.metadata["shown"]:
+                assert text.endswith(f"(default: {f.metadata['shown']})"), (flag, text)
+            value, given = _other_value(f, default, owner)
+        args = build_parser().parse_args([*argv, *given])
+        cfg = config_from_args(cls, args, **required)
+        got = cfg
+        for part in path.split("."):
+            got = getattr(got, part)
+        assert got == value, (flag, given, got)
+        assert dataclasses.replace(cfg) != default_cfg
+        checked += 1
+    assert checked >= 10
+
+
+def _other_value(f, default, owner):
+    """A value of the field other than its default, and the flag arguments that give it."""
+    import typing
+
+    from dreamshift.config import choices_of
+
+    flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+    valid = owner.CHOICES.get(f.name)
+    if valid is not None:
+        other = next(c for c in choices_of(valid) if c and c != default)
+        return other, [flag, other]
+    hint = typing.get_type_hints(owner)[f.name]
+    if f.name == "assignment":
+        return (("cat", "grass"),), [flag, "cat=grass"]
+    if f.name == "scale":
+        return (0.3, 0.5), [flag, "0.3,0.5"]
+    if typing.get_origin(hint) is tuple:
+        if f.metadata["repeat"]:
+            return ("a", "b"), [flag, "a", flag, "b"]
+        if typing.get_args(hint)[0] is int:
+            return (7, 8), [flag, "7,8"]
+        return ("a", "b"), [flag, "a,b"]
+    if isinstance(default, float):
+        return default + 0.25, [flag, str(default + 0.25)]
+    if isinstance(default, int) or "int" in str(hint):
+        return (default or 0) + 3, [flag, str((default or 0) + 3)]
+    return "x", [flag, "x"]

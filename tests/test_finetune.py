@@ -19,7 +19,7 @@ from dreamshift.data.images import sha256_file
 from dreamshift.data.loading import load_split
 from dreamshift.data.transforms import Preprocessing
 from dreamshift.errors import DreamshiftError
-from dreamshift.learn.algorithms import Hparams
+from dreamshift.learn.hparams import Hparams
 from dreamshift.learn.run import LearnConfig, learn, load_run
 from dreamshift.models.classifier import Classifier
 from dreamshift.models.finetune import Finetune, assemble, initial_head

@@ -16,7 +16,7 @@ from dreamshift.compose.runner import compose
 from dreamshift.config import Config
 from dreamshift.dream.config import DreamConfig
 from dreamshift.errors import DreamshiftError
-from dreamshift.learn.algorithms import Hparams
+from dreamshift.learn.hparams import Hparams
 from dreamshift.learn.run import LearnConfig, learn, load_run
 from dreamshift.models.loading import load_classifier
 from dreamshift.studies.oracles import OracleConfig
@@ -96,7 +96,7 @@ def test_learn_on_a_dataset_without_its_split_names_it_and_writes_nothing(world,
 
 
 def test_a_learn_run_loads_as_a_classifier_in_a_fresh_interpreter(world, tmp_path):
-    """No `import dreamshift.learn` needed: the entry point imports it on lookup."""
+    """No `import dreamshift.learn.run` needed: the entry point imports it on lookup."""
     import subprocess
     import sys
 
@@ -105,7 +105,7 @@ def test_a_learn_run_loads_as_a_classifier_in_a_fresh_interpreter(world, tmp_pat
     code = (
         "import sys; from dreamshift.models.loading import load_classifier; "
         f"clf = load_classifier({str(folder)!r}); "
-        "print(clf.input_size, len(clf.classes), 'dreamshift.learn' in sys.modules)"
+        "print(clf.input_size, len(clf.classes), 'dreamshift.learn.run' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["32", "3", "True"], out.stderr

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dreamshift.data import dataset as ds
-from dreamshift.learn.algorithms import ALGORITHMS, Batch, Hparams
+from dreamshift.learn.algorithms import ALGORITHMS, Batch
+from dreamshift.learn.hparams import Hparams
 from dreamshift.learn.mine import ESTIMATORS, MINE, estimate_mi
 
 

@@ -39,7 +39,7 @@ import pyarrow as pa
 
 import dreamshift
 from dreamshift import metrics as M
-from dreamshift.config import Config
+from dreamshift.audit.config import AuditConfig
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import iter_batches, usable_rows
 from dreamshift.data.verification import only_verified
@@ -50,35 +50,6 @@ from dreamshift.models.classifier import Classifier
 from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.models.loading import load_classifier
 from dreamshift.train.run_folder import sweep_members
-
-
-@dataclass(frozen=True)
-class AuditConfig(Config):
-    """What ``dreamshift audit`` runs. ``split``: empty = ``test`` when the dataset has one,
-    else every split but ``spurious``. ``in_distribution``: a dataset directory (optionally
-    ``DIR:SPLIT``) to measure the drop against."""
-
-    models: tuple[str, ...]
-    split: str = ""
-    group_by: tuple[str, ...] = ("fg_class", "bg_class")
-    in_distribution: str = ""
-    label_map: str = ""
-    batch_size: int = 128
-    bootstrap: int = 1000
-    seed: int = 0
-    device: str = "cpu"
-    allow_empty_groups: bool = False
-    restrict_labels: bool = True  # headline: argmax over the dataset's classes (else top-1 of all)
-    verified_only: bool = False  # only the images that passed review (`review export`)
-    allow_random_weights: bool = False  # open_clip:ARCH without weights: a seeded random CLIP
-
-    def validate(self) -> None:
-        if not self.models:
-            raise DreamshiftError("give at least one --model")
-        if self.bootstrap < 1 or self.batch_size < 1:
-            raise DreamshiftError(
-                f"bootstrap = {self.bootstrap} and batch_size = {self.batch_size} must be >= 1"
-            )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dreamshift.cli.args import add_executor, executor_of, names
+from dreamshift.audit.config import AuditConfig
+from dreamshift.cli.args import add_config_flags, add_executor, config_from_args, executor_of
 from dreamshift.errors import DreamshiftError
 
 
@@ -74,52 +75,12 @@ def _add_audit(sub: Any) -> None:
         metavar="FILE",
         help="the weights file of the one zoo --model (the same as --model SPEC@FILE)",
     )
-    p.add_argument("--split", help="split to audit (default: test if present, else all)")
-    p.add_argument(
-        "--group-by",
-        type=names,
-        default=("fg_class", "bg_class"),
-        help="comma-separated manifest columns forming groups (fg_class,bg_class)",
-    )
-    p.add_argument(
-        "--in-distribution",
-        metavar="DATASET[:SPLIT]",
-        help="reference dataset for the drop and effective robustness",
-    )
-    p.add_argument(
-        "--label-map",
-        help="YAML {class: [model label names or output indices]}; extends the shipped map",
-    )
-    p.add_argument(
-        "--restrict-labels",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="headline accuracy among the dataset's classes only (default), or with "
-        "--no-restrict-labels the model's top-1 over its whole label space; records hold both",
-    )
+    p.add_argument("--config", type=Path, help="YAML file of AuditConfig fields (flags win)")
+    add_config_flags(p, AuditConfig)
     p.add_argument(
         "--results",
         type=Path,
-        help="results file to append to (default DATASET/audit/results.jsonl)",
-    )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (1000)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--allow-empty-groups",
-        action="store_true",
-        help="audit even when a planned group has no usable images",
-    )
-    p.add_argument(
-        "--verified-only",
-        action="store_true",
-        help="only the images that passed review (`dreamshift review export DATASET`)",
-    )
-    p.add_argument(
-        "--allow-random-weights",
-        action="store_true",
-        help="let open_clip:ARCH without /TAG or @FILE audit a randomly initialised CLIP (a "
-        "baseline; seeded, so the same weights every run); refused otherwise",
+        help="results file to append to (default: DATASET/audit/results.jsonl)",
     )
     add_executor(p)  # one task per model
     p.set_defaults(func=audit)
@@ -172,7 +133,7 @@ def train_classifier(args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> int:
-    from dreamshift.audit.evaluate import AuditConfig, audit
+    from dreamshift.audit.evaluate import audit
     from dreamshift.report.tables import format_table
 
     models = list(args.model)
@@ -183,21 +144,8 @@ def audit(args: argparse.Namespace) -> int:
                 "write each as --model SPEC@FILE"
             )
         models = [f"{models[0]}@{args.weights}"]
-    cfg = AuditConfig(
-        models=tuple(models),
-        split=args.split or "",
-        group_by=args.group_by,
-        in_distribution=args.in_distribution or "",
-        label_map=args.label_map or "",
-        batch_size=args.batch_size,
-        bootstrap=args.bootstrap,
-        device=args.device,
-        allow_empty_groups=args.allow_empty_groups,
-        restrict_labels=args.restrict_labels,
-        verified_only=args.verified_only,
-        allow_random_weights=args.allow_random_weights,
-    )
-    executor = executor_of(args, use_gpus=args.device.startswith("cuda"))
+    cfg = config_from_args(AuditConfig, args, models=tuple(models))
+    executor = executor_of(args, use_gpus=cfg.device.startswith("cuda"))
     records = audit(cfg, args.dataset, args.results, executor=executor)
     print(format_table(records))
     return 0

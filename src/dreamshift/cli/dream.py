@@ -7,8 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dreamshift.cli.args import add_executor, executor_of, names, report_failed
+from dreamshift.cli.args import (
+    add_config_flags,
+    add_executor,
+    config_from_args,
+    executor_of,
+    names,
+    report_failed,
+)
 from dreamshift.dream.config import PRESETS as DREAM_PRESETS
+from dreamshift.dream.config import DreamConfig
 from dreamshift.errors import DreamshiftError
 
 
@@ -27,50 +35,9 @@ def add(sub: Any) -> None:
     p.add_argument("--preset", choices=sorted(DREAM_PRESETS), help="a published recipe's "
                    "settings, under --config and flags: d3s = Stable Diffusion v1.4, DDIM 50 "
                    "steps, guidance 5.0, strength 0.9, 512x512, the d3s prompts")  # fmt: skip
-    p.add_argument("--mode", choices=["img2img", "txt2img", "paste"], help="(img2img)")
-    p.add_argument(
-        "--model",
-        help="tiny-dream (default: shipped, trained on the world), a diffusers "
-        "Stable Diffusion folder, or a hub id",
-    )
-    p.add_argument(
-        "--adapter",
-        dest="adapters",
-        action="append",
-        metavar="RUN[:SCALE]",
-        help="a LoRA to apply (repeatable): a `dreamshift tune` run folder or a diffusers LoRA "
-        ".safetensors file, at SCALE (1); a per-class run applies each class's adapter to "
-        "that class's samples",
-    )
-    p.add_argument("--prompts", help="recipe: d3s (default), imagenet-g, or a YAML file")
-    p.add_argument("--negative-prompt", help="overrides the recipe's negative prompt")
-    p.add_argument("--scheduler", help="model (default), ddim, euler, euler-a, dpm++, lcm")
-    p.add_argument("--steps", type=int, help="denoising steps (30)")
-    p.add_argument("--strength", type=float, help="img2img noise strength in (0, 1] (0.8)")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (7.5)")
-    p.add_argument("--width", type=int, help="output width (default: the guides')")
-    p.add_argument("--height", type=int, help="output height (default: the guides')")
-    p.add_argument(
-        "--splits",
-        type=names,
-        help="comma-separated splits to dream (all but 'conflict', whose coats the prompt's "
-        "class tends to repaint: name it to dream it)",
-    )
-    p.add_argument("--seed", type=int, help="run seed (0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="(auto)")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="(auto: float16 on CUDA, else float32)")  # fmt: skip
-    p.add_argument("--threads", type=int, help="torch threads per worker on a CPU "
-                   "(default cores / workers). Pixels are identical for any --workers and "
-                   "--batch-size at a fixed --threads; left unset, --workers alone may move "
-                   "pixels by one level. Recorded; a resumed run keeps it")  # fmt: skip
-    p.add_argument("--no-batch-invariant", action="store_true",
-                   help="let the networks see whole batches: faster on a GPU, but pixels "
-                   "then depend on the batch (to within float rounding)")  # fmt: skip
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    add_config_flags(p, DreamConfig)
     p.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (1)")
     add_executor(p)
-    p.add_argument("--shard-size", type=int, help="images per shard folder (64)")
     p.add_argument("--retry-failed", action="store_true", help="redo the failed samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -87,27 +54,10 @@ def add(sub: Any) -> None:
     add_backgrounds(sub)
 
 
-def config(args: argparse.Namespace) -> Any:
-    """The YAML file's DreamConfig with the source and the given flags on top."""
-    from dreamshift.dream.config import DreamConfig
-
-    given = {k: getattr(args, k) for k in CONFIG_FLAGS}
-    if args.adapters:
-        given["adapters"] = tuple(args.adapters)
-    cfg = DreamConfig.from_yaml(args.config, DREAM_PRESETS.get(args.preset or ""),
-                                source=args.source)  # fmt: skip
-    return cfg.replace(
-        **given,
-        batch_invariant=False if args.no_batch_invariant else None,
-        compile=True if args.compile else None,
-    )
-
-
-CONFIG_FLAGS = (
-    "mode", "model", "prompts", "negative_prompt", "scheduler", "steps", "strength",
-    "guidance_scale", "width", "height", "splits", "seed", "device", "dtype", "threads",
-    "shard_size",
-)  # fmt: skip
+def config(args: argparse.Namespace) -> DreamConfig:
+    """The preset, the YAML file's DreamConfig, the source and the given flags on top."""
+    return config_from_args(DreamConfig, args, DREAM_PRESETS.get(args.preset or ""),
+                            source=args.source)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dreamshift.cli.args import names
+from dreamshift.cli.args import add_config_flags, config_from_args, ints, names
 from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
+from dreamshift.learn.config import LearnConfig
 
 
 def add(sub: Any) -> None:
@@ -25,101 +26,20 @@ def add(sub: Any) -> None:
     )
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", required=True, type=Path, help="folder of runs")
-    p.add_argument(
-        "--algorithm",
-        type=names,
-        default=("erm",),
-        help="comma-separated: erm, groupdro, irm, dann, d3s (erm)",
-    )
-    p.add_argument(
-        "--seeds",
-        type=lambda t: tuple(int(v) for v in names(t)),
-        default=(0,),
-        help="comma-separated seeds (0)",
-    )
-    p.add_argument(
-        "--arch", default="world-cnn", help="world-cnn, world-cnn-gn (GroupNorm) or world-resnet18"
-    )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument(
-        "--input-size",
-        type=int,
-        default=64,
-        help="side the images are resized to (64); a head on --features-from must use its source's",
-    )
-    p.add_argument("--lr", type=float, help="peak learning rate (2e-3)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (5e-4)")
-    p.add_argument(
-        "--lr-schedule",
-        default="constant",
-        help="constant (DomainBed's), cosine (5 %% warm-up, cosine decay to 0) or onecycle "
-        "(torch's OneCycleLR: up to --lr over 30 %% of the steps, then down)",
-    )
-    p.add_argument("--split", default=ds.TRAIN, help="DATASET's training split (train)")
-    p.add_argument(
-        "--val-split",
-        default=ds.VAL,
-        help="split scored after every epoch, where DATASET has it (val; '' for none)",
-    )
-    p.add_argument(
-        "--features-from",
-        type=Path,
-        help="a finished run folder: train only a head on its frozen features (the fg block of "
-        "a d3s run: D3S's classifier on invariant foreground features)",
-    )
-    p.add_argument(
-        "--erase",
-        help="with --features-from: background or class, removed from the frozen features by "
-        "LEACE (Belrose et al. 2023) fitted on the source run's training split",
-    )
-    p.add_argument(
-        "--train",
-        action="append",
-        default=[],
-        metavar="DIR[:SPLIT][@WEIGHT]",
-        help="repeatable: training sources (default: DATASET's train split), with the same "
-        "classes and backgrounds as DATASET, on which every run is evaluated; WEIGHT: the "
-        "source's share of the draws (normalised)",
-    )
-    p.add_argument(
-        "--mix",
-        choices=["concat", "weighted"],
-        default="concat",
-        help="concat (each image once per epoch, or by @WEIGHT) or weighted: real sources "
-        "share --real-weight of the draws, generated ones (made by `dreamshift dream`) the rest",
-    )
-    p.add_argument(
-        "--real-weight",
-        type=float,
-        default=0.8,
-        help="--mix weighted: the real sources' share, DataDream's lambda (0.8)",
-    )
-    p.add_argument(
-        "--verified-only",
-        action="store_true",
-        help="generated sources: train on the images that passed review only (`dreamshift "
-        "review export`)",
-    )
-    p.add_argument(
-        "--use",
-        choices=["all", "real", "generated"],
-        default="all",
-        help="which --train sources: all (default), real ones or generated ones only",
-    )
-    p.add_argument(
-        "--train-size",
-        type=int,
-        default=0,
-        help="images kept of each source (default all), class-balanced, nested across sizes",
-    )
+    p.add_argument("--config", type=Path, help="YAML file of LearnConfig fields (flags win)")
+    p.add_argument("--algorithm", type=names, metavar="ALGORITHM,...",
+                   help="comma-separated: erm, groupdro, irm, dann, d3s (default: erm); one run "
+                   "each")  # fmt: skip
+    p.add_argument("--seeds", type=ints, metavar="SEED,...",
+                   help="comma-separated seeds (default: 0); one run each")  # fmt: skip
+    add_config_flags(p, LearnConfig)
     sweep = p.add_argument_group(
         "a sweep: one run per mix and size under --out (ImageNet-G's study); `audit --model OUT` "
         "audits them all and fits effective robustness on the real family"
     )
     sweep.add_argument(
         "--train-sizes",
-        type=lambda text: tuple(int(v) for v in names(text)),
+        type=ints,
         metavar="N,N,...",
         help="training sizes: each source is cut to N images (smaller sets inside larger ones)",
     )
@@ -129,72 +49,23 @@ def add(sub: Any) -> None:
         metavar="MIX,...",
         help="real, generated, real+generated (each source cut to N: 1:1) (default: all three)",
     )
-    tune = p.add_argument_group("fine-tuning a pretrained model (instead of --arch from scratch)")
-    tune.add_argument(
-        "--finetune",
-        choices=["linear", "lora", "full"],
-        help="linear: the head only; lora: low-rank adapters (peft) and the head; full: all",
-    )
-    tune.add_argument(
-        "--model",
-        help="the model whose features every algorithm then trains on: any --model of "
-        "`dreamshift audit` (world-resnet18, a classifier folder, timm:NAME, torchvision:NAME, "
-        "efficientnet_lite:NAME, open_clip:ARCH/PRETRAINED); inputs are fed as it was trained",
-    )
-    tune.add_argument("--rank", type=int, default=16, help="LoRA rank (16)")
-    tune.add_argument("--alpha", type=int, default=32, help="LoRA alpha (32)")
-    tune.add_argument(
-        "--targets",
-        type=names,
-        default=(),
-        help="comma-separated modules for LoRA, matched by name suffix (default: every Conv2d "
-        "and Linear the features pass through)",
-    )
-    tune.add_argument(
-        "--label-map",
-        default="",
-        help="YAML {class: [model label names or indices]}: which rows of an ImageNet model's "
-        "head start each class's row",
-    )
     p.add_argument(
         "--loader-workers",
         type=int,
         default=2,
         help="processes that decode, resize and augment images ahead of training, per training "
-        "process (2); the weights do not depend on it",
+        "process; the weights do not depend on it (default: 2)",
     )
     p.add_argument(
         "--checkpoint-every",
         type=int,
         default=0,
         metavar="STEPS",
-        help="also checkpoint every STEPS steps within an epoch, for long epochs (0: after each "
-        "epoch only); a relaunch resumes from the last one",
-    )
-    p.add_argument(
-        "--mixed-precision",
-        choices=["no", "bf16"],
-        default="no",
-        help="bf16 autocast (on GPUs; 10-30x slower on most CPUs) (no)",
-    )
-    p.add_argument(
-        "--grad-accumulation",
-        type=int,
-        default=1,
-        metavar="K",
-        help="split each batch into K micro-batches, backpropagated one at a time: the same "
-        "update with the activation memory of batch/K (erm and dann; batch norm then sees "
-        "batch/K images) (1)",
+        help="also checkpoint every STEPS steps within an epoch, for long epochs; a relaunch "
+        "resumes from the last one (default: 0, after each epoch only)",
     )
     p.add_argument(
         "--cpu", action="store_true", help="train on the CPU even where a GPU is available"
-    )
-    p.add_argument("--mi-estimator", help="d3s: mine (default), critic or classifier")
-    p.add_argument("--mi-weight", type=float, help="d3s: weight of the MI penalty (1.0)")
-    p.add_argument("--mi-steps", type=int, help="d3s: estimator steps per update (1)")
-    p.add_argument("--mi-lr", type=float, help="d3s: estimator learning rate (1e-3)")
-    p.add_argument(
-        "--mi-anneal-steps", type=int, help="d3s: updates before the MI penalty starts (0)"
     )
     p.set_defaults(func=learn)
     q = sub.add_parser("probe", help="linear probes on a learn run's frozen feature blocks")
@@ -211,57 +82,21 @@ def add(sub: Any) -> None:
     q.set_defaults(func=probe)
 
 
-def configs(args: argparse.Namespace) -> list[Any]:
-    """One LearnConfig per algorithm x seed, every one checked before the first run starts."""
-    from dreamshift.learn.algorithms import Hparams
-    from dreamshift.learn.run import LearnConfig
+def configs(args: argparse.Namespace) -> list[LearnConfig]:
+    """One LearnConfig per algorithm x seed, every one checked before the first run starts;
+    the paths in it made absolute (a run folder is audited from anywhere)."""
     from dreamshift.models.loading import absolute_spec
 
-    hp = Hparams().replace(
-        **{
-            k: getattr(args, k)
-            for k in (
-                "mi_estimator",
-                "mi_weight",
-                "mi_steps",
-                "mi_anneal_steps",
-                "mi_lr",
-                "lr",
-                "weight_decay",
-            )
-        }
+    base = config_from_args(LearnConfig, args)
+    base = base.replace(
+        features_from=str(Path(base.features_from).resolve()) if base.features_from else None,
+        model=absolute_spec(base.model) or None,
+        label_map=str(Path(base.label_map).resolve()) if base.label_map else None,
     )
     out = []
-    for algorithm in args.algorithm:
-        for seed in args.seeds:
-            cfg = LearnConfig(
-                algorithm=algorithm,
-                arch=args.arch,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                seed=seed,
-                split=args.split,
-                val_split=args.val_split,
-                input_size=args.input_size,
-                lr_schedule=args.lr_schedule,
-                features_from=str(args.features_from.resolve()) if args.features_from else "",
-                erase=args.erase or "",
-                train=tuple(args.train),
-                mix=args.mix,
-                real_weight=args.real_weight,
-                verified_only=args.verified_only,
-                use=args.use,
-                train_size=args.train_size,
-                mixed_precision=args.mixed_precision,
-                grad_accumulation=args.grad_accumulation,
-                finetune=args.finetune or "",
-                model=absolute_spec(args.model or ""),  # the base loads from anywhere
-                rank=args.rank,
-                alpha=args.alpha,
-                targets=tuple(args.targets),
-                label_map=str(Path(args.label_map).resolve()) if args.label_map else "",
-                hparams=hp,
-            )
+    for algorithm in args.algorithm or (base.algorithm,):
+        for seed in args.seeds or (base.seed,):
+            cfg = base.replace(algorithm=algorithm, seed=seed)
             cfg.check()
             out.append(cfg)
     return out

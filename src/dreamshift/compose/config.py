@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from dreamshift.config import Config
+from dreamshift.config import Choices, Config, option
 from dreamshift.errors import DreamshiftError
 
 POSITIONS = ("random", "center")
@@ -32,13 +31,15 @@ class Placement(Config):
     (D3S pastes at 0.4). ``feather``: Gaussian blur radius of the mask edge, in output pixels.
     """
 
-    scale: tuple[float, float] = (0.4, 0.4)
-    position: str = "random"
-    feather: float = 0.0
-    flip: bool = True
-    max_rotation: float = 10.0
+    scale: tuple[float, float] = option(
+        (0.4, 0.4), "cut-out side / image side: S or MIN,MAX", shown="0.4", metavar="SCALE"
+    )
+    position: str = option("random", "paste position")
+    feather: float = option(0.0, "mask edge blur radius in pixels")
+    flip: bool = option(True, "random horizontal flips")
+    max_rotation: float = option(10.0, "random rotation range in degrees")
 
-    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {"position": lambda: POSITIONS}
+    CHOICES: ClassVar[dict[str, Choices]] = {"position": POSITIONS}
 
     @classmethod
     def normalise(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -71,14 +72,28 @@ class ShiftRecipe(Config):
     cue conflict; world foregrounds only).
     """
 
-    rho: float = 0.95
-    train_size: int = 2000
-    val_per_group: int = 2
-    test_per_group: int = 5
-    anti_per_group: int = 2
-    spurious_per_class: int = 0
-    conflict_per_group: int = 0
-    assignment: tuple[tuple[str, str], ...] = ()
+    rho: float = option(0.95, "confounder strength of the train split")
+    train_size: int = option(2000, "train images in all")
+    val_per_group: int = option(2, "val images per class x background")
+    test_per_group: int = option(5, "test images per class x background")
+    anti_per_group: int = option(2, "anti-correlated images per group")
+    spurious_per_class: int = option(
+        0,
+        "images of each class's assigned background without the animal: split 'spurious', "
+        "for the audit's spurious accuracy",
+    )
+    conflict_per_group: int = option(
+        0,
+        "images per class x background of one class's shape in another class's coat: split "
+        "'conflict', for the audit's shape bias (world, --coat typical)",
+    )
+    assignment: tuple[tuple[str, str], ...] = option(
+        (),
+        "CLASS=BACKGROUND,... spurious pairs to use",
+        flag="--assign",
+        metavar="PAIRS",
+        shown="class i on background i mod backgrounds",
+    )
 
     @classmethod
     def normalise(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -133,26 +148,46 @@ class ComposeConfig(Config):
     ``render``: ``paste`` (guides) or ``photo`` (the world's real images).
     """
 
-    foregrounds: str = "world"
-    backgrounds: str = "world"
-    classes: tuple[str, ...] = ()
-    background_names: tuple[str, ...] = ()
-    size: int = 64
-    seed: int = 0
-    coat: str = "typical"
-    render: str = "paste"
+    foregrounds: str = option("world", "'world' or a folder: one sub-folder per class")
+    backgrounds: str = option("world", "'world' or a folder: one sub-folder per label")
+    classes: tuple[str, ...] = option((), "comma-separated subset of classes", shown="all")
+    background_names: tuple[str, ...] = option(
+        (), "comma-separated subset of backgrounds", shown="all"
+    )
+    size: int = option(64, "output side in pixels")
+    seed: int = option(0, "run seed")
+    coat: str = option(
+        "typical", "world animals' coats: class-typical or random (the shape-only world)"
+    )
+    render: str = option(
+        "paste",
+        "paste: a naive cut-out, the guides; photo: the animal lit "
+        "by its scene, with shadow and occlusion, the world's real images",
+    )
     placement: Placement = field(default_factory=Placement)
     recipe: ShiftRecipe = field(default_factory=ShiftRecipe)
-    share_foregrounds: bool = False
-    shard_size: int = 256
-    paste: str = "mask"
-    class_names: str = ""  # folders named by wnid: "imagenet-1k" (timm's table) or a TSV file
-    per_class: int = 0  # foreground files sampled per class folder (0: all)
+    share_foregrounds: bool = option(
+        False, "use every foreground file in every split (folders with < 3 files per class)"
+    )
+    shard_size: int = option(256, "images per shard folder")
+    paste: str = option(
+        "mask",
+        "mask (the cut-out) or rect (the whole foreground image as a "
+        "centre-cropped square, as D3S)",
+    )
+    class_names: str = option(
+        "",
+        "foreground folders named by wnid (ImageNet's train/<wnid>/): imagenet-1k (names "
+        "from timm's data files) or a TSV file of wnid<TAB>name<TAB>definition",
+    )
+    per_class: int = option(
+        0, "foreground files sampled per class folder, read entry by entry (0: all)"
+    )
 
-    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
-        "coat": lambda: COATS,
-        "render": lambda: RENDERS,
-        "paste": lambda: PASTES,
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "coat": COATS,
+        "render": RENDERS,
+        "paste": PASTES,
     }
 
     def validate(self) -> None:

@@ -10,11 +10,10 @@ dreamshift.errors.DreamshiftError: mode = 'inpaint': choose one of img2img, txt2
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dreamshift.config import Config
+from dreamshift.config import Choices, Config, option
 from dreamshift.errors import DreamshiftError
 
 DREAM_MODES = ("img2img", "txt2img", "paste")
@@ -56,30 +55,64 @@ class DreamConfig(Config):
     """
 
     source: str
-    mode: str = "img2img"
-    model: str = "tiny-dream"
-    adapters: tuple[str, ...] = ()  # LoRA PATH[:SCALE]s (``dreamshift tune`` runs)
-    prompts: str = "d3s"
-    negative_prompt: str | None = None
-    scheduler: str = "model"
-    steps: int = 30
-    strength: float = 0.8
-    guidance_scale: float = 7.5
-    width: int | None = None
-    height: int | None = None
-    splits: tuple[str, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int | None = None
-    batch_invariant: bool = True
-    compile: bool = False
-    shard_size: int = 64
+    mode: str = option(
+        "img2img",
+        "img2img (D3S: guide + prompt), txt2img (ImageNet-G: prompt "
+        "only) or paste (the guides copied, the no-diffusion baseline)",
+    )
+    model: str = option(
+        "tiny-dream",
+        "tiny-dream (shipped, trained on the world), a diffusers "
+        "Stable Diffusion folder, or a hub id",
+    )
+    adapters: tuple[str, ...] = option(
+        (),
+        "a LoRA to apply (repeatable): a `dreamshift tune` run folder or a diffusers LoRA "
+        ".safetensors file, at SCALE (1); a per-class run applies each class's adapter to that "
+        "class's samples",
+        flag="--adapter",
+        metavar="RUN[:SCALE]",
+        repeat=True,
+    )
+    prompts: str = option("d3s", "recipe: d3s, imagenet-g, or a YAML file")
+    negative_prompt: str | None = option(None, "overrides the recipe's negative prompt")
+    scheduler: str = option(
+        "model", "model (the checkpoint's own), ddim, euler, euler-a, dpm++ or lcm"
+    )
+    steps: int = option(30, "denoising steps")
+    strength: float = option(0.8, "img2img noise strength in (0, 1]")
+    guidance_scale: float = option(7.5, "classifier-free guidance")
+    width: int | None = option(None, "output width", shown="the guides'")
+    height: int | None = option(None, "output height", shown="the guides'")
+    splits: tuple[str, ...] = option(
+        (),
+        "comma-separated splits to dream",
+        shown="all but 'conflict', whose coats the "
+        "prompt's class tends to repaint: name it to dream it",
+    )
+    seed: int = option(0, "run seed")
+    device: str = option("auto", "where the model runs")
+    dtype: str = option("auto", "the model's dtype", shown="auto: float16 on CUDA, else float32")
+    threads: int | None = option(
+        None,
+        "torch threads per worker on a CPU. Pixels are identical for any --workers and "
+        "--batch-size at a fixed --threads; left unset, --workers alone may move pixels by one "
+        "level. Recorded; a resumed run keeps it",
+        shown="cores / workers",
+    )
+    batch_invariant: bool = option(
+        True,
+        "run the networks one sample at a time inside a batch, so that pixels do not "
+        "depend on the batch size; --no-batch-invariant: faster on a GPU, pixels then depend "
+        "on the batch to within float rounding",
+    )
+    compile: bool = option(False, "torch.compile the UNet")
+    shard_size: int = option(64, "images per shard folder")
 
-    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
-        "mode": lambda: DREAM_MODES,
-        "device": lambda: DEVICES,
-        "dtype": lambda: DTYPES,
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "mode": DREAM_MODES,
+        "device": DEVICES,
+        "dtype": DTYPES,
     }
 
     def validate(self) -> None:

@@ -31,7 +31,7 @@ torch.Size([4, 2])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,8 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dreamshift.config import Config
-from dreamshift.errors import DreamshiftError
+from dreamshift.learn.hparams import Hparams
 from dreamshift.learn.mine import ESTIMATORS
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.registry import Registry
@@ -53,38 +52,6 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     bg: torch.Tensor
-
-
-@dataclass(frozen=True)
-class Hparams(Config):
-    """Hyper-parameters of every algorithm (typed fields, not a string-keyed dict)."""
-
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    groupdro_eta: float = 0.01
-    irm_lambda: float = 100.0
-    irm_anneal_steps: int = 200
-    dann_lambda: float = 1.0
-    fg_fraction: float = 0.5  # share of the feature vector that is the foreground block (d3s)
-    mi_weight: float = 1.0  # weight of the mutual-information penalty (d3s)
-    mi_estimator: str = "mine"  # "mine" | "critic" | "classifier"
-    mi_lr: float = 1e-3
-    mi_steps: int = 1  # estimator steps per update
-    mi_anneal_steps: int = 0  # d3s: the MI penalty is off for this many updates (IRM's anneal)
-
-    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
-        "mi_estimator": lambda: tuple(ESTIMATORS)
-    }
-
-    def validate(self) -> None:
-        for name in ("lr", "mi_lr"):
-            if getattr(self, name) <= 0:
-                raise DreamshiftError(f"{name} = {getattr(self, name)} must be > 0")
-        for name in ("mi_steps", "irm_anneal_steps", "mi_anneal_steps"):
-            if getattr(self, name) < 0:
-                raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
-        if not 0 < self.fg_fraction < 1:
-            raise DreamshiftError(f"fg_fraction = {self.fg_fraction} must lie in (0, 1)")
 
 
 class Algorithm(nn.Module):

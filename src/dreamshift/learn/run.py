@@ -27,24 +27,20 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from dreamshift import metrics as M
-from dreamshift.config import Config
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file, write_atomic
 from dreamshift.data.loading import (
-    KINDS,
-    MIXES,
     ImageTable,
     TrainingSources,
     load_split,
-    parse_source,
     source_key,
     split_table,
     training_sources,
@@ -53,13 +49,18 @@ from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images, Stream
 from dreamshift.data.transforms import Preprocessing
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import BadInputError, DreamshiftError
-from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures, Hparams
+from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures
+from dreamshift.learn.config import Hparams, LearnConfig
 from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
-from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import Classifier, preprocessing_of
-from dreamshift.models.finetune import METHODS, Finetune, FineTunedNet, assemble
-from dreamshift.models.loading import classifier_fingerprint, load_classifier
+from dreamshift.models.finetune import FineTunedNet, assemble
+from dreamshift.models.loading import (
+    FOLDER_KINDS,
+    FolderKind,
+    classifier_fingerprint,
+    load_classifier,
+)
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import load_state
 from dreamshift.train.distributed import Processes, processes
@@ -73,123 +74,9 @@ from dreamshift.train.run_folder import (
     add_sweep_members,
     check_sweep,
 )
-from dreamshift.train.schedules import LR_SCHEDULES, lr_factor
+from dreamshift.train.schedules import lr_factor
 
-PRECISIONS = ("no", "bf16")  # mixed precision of the updates: none or bf16 autocast
 LEGACY_CHECKPOINT = "checkpoint.pt"  # earlier versions: read with weights_only=True only
-
-
-@dataclass(frozen=True)
-class LearnConfig(Config):
-    algorithm: str = "erm"
-    arch: str = "world-cnn"
-    epochs: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    split: str = ds.TRAIN
-    eval_splits: tuple[str, ...] = (ds.VAL, ds.TEST, ds.ANTI)
-    val_split: str = ds.VAL  # scored after every epoch (history's val_acc) where present; "": none
-    input_size: int = 64
-    lr_schedule: str = "constant"  # or "cosine": 5 % linear warm-up, then cosine decay to 0
-    features_from: str = ""  # a finished run: train on its frozen features ("fg" block of d3s)
-    erase: str = ""  # with features_from: "background" or "class", LEACE-erased from them
-    train: tuple[str, ...] = ()  # training sources DIR[:SPLIT][@WEIGHT]; empty: the dataset's split
-    mix: str = "concat"  # or "weighted": real sources weigh real_weight, generated ones the rest
-    real_weight: float = 0.8  # DataDream's lambda
-    verified_only: bool = False  # generated sources: only images that passed review
-    use: str = "all"  # which training sources: all, real (not made by dream) or generated
-    train_size: int = 0  # images kept of each source (0: all), nested across sizes
-    mixed_precision: str = "no"  # or "bf16": autocast (on CUDA; 10-30x slower on most CPUs)
-    grad_accumulation: int = 1  # micro-batches per batch (erm, dann): the memory of batch/K
-    finetune: str = ""  # linear | lora | full: the backbone is `model`'s features, so tuned
-    model: str = ""  # the pretrained model to fine-tune: any spec the audit loads
-    rank: int = 16  # LoRA (finetune lora)
-    alpha: int = 32
-    targets: tuple[str, ...] = ()  # LoRA's modules (peft suffix match); empty: every conv/linear
-    label_map: str = ""  # YAML {class: [labels]}: the initial head of an ImageNet model
-    hparams: Hparams = field(default_factory=Hparams)
-
-    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
-        "algorithm": lambda: ALGORITHMS.names(),
-        "arch": lambda: ARCHITECTURES.names(),
-        "lr_schedule": lambda: LR_SCHEDULES,
-        "mix": lambda: MIXES,
-        "use": lambda: KINDS,
-        "mixed_precision": lambda: PRECISIONS,
-        "finetune": lambda: ("", *METHODS),
-    }
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise DreamshiftError(f"epochs {self.epochs} must be >= 1, batch size >= 2")
-        if not 1 <= self.grad_accumulation <= self.batch_size:
-            raise DreamshiftError(
-                f"--grad-accumulation {self.grad_accumulation} must lie in [1, --batch-size "
-                f"{self.batch_size}]: the micro-batches each batch is split into"
-            )
-        if self.grad_accumulation > 1 and not ALGORITHMS.get(self.algorithm).ACCUMULATES:
-            takes = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).ACCUMULATES]
-            raise DreamshiftError(
-                f"--grad-accumulation splits a batch into micro-batches whose gradients add up "
-                f"to the batch's; {self.algorithm}'s loss is computed over the whole batch (its "
-                f"groups or environments), so it cannot: use it with {', '.join(takes)}, or "
-                "grow the batch with more processes"
-            )
-        if self.input_size < 8 or self.hparams.mi_anneal_steps < 0:
-            raise DreamshiftError(
-                f"--input-size {self.input_size} must be >= 8 and --mi-anneal-steps "
-                f"{self.hparams.mi_anneal_steps} >= 0"
-            )
-        if self.features_from and not (Path(self.features_from) / DONE).exists():
-            raise DreamshiftError(
-                f"--features-from {self.features_from} is not a finished learn run (no {DONE} "
-                "marker): train it first with `dreamshift learn`"
-            )
-        if not 0.0 < self.real_weight < 1.0:
-            raise DreamshiftError(f"--real-weight {self.real_weight} must lie in (0, 1)")
-        if self.train_size < 0:
-            raise DreamshiftError(f"--train-size {self.train_size} must be >= 0 (0: all)")
-        sources = [parse_source(t) for t in self.train]
-        if self.mix == "weighted" and any(w is not None for _, _, w in sources):
-            raise DreamshiftError(
-                "--mix weighted sets each source's weight from --real-weight: drop the @WEIGHT "
-                "of --train, or use --mix concat"
-            )
-        if self.erase and (self.erase not in ERASABLE or not self.features_from):
-            raise DreamshiftError(
-                f"--erase {self.erase!r}: choose {' or '.join(ERASABLE)}, with --features-from"
-            )
-        if self.finetune:
-            self.tuning().check()
-            if self.features_from:
-                raise DreamshiftError(
-                    "--finetune tunes a pretrained model's features, --features-from trains a "
-                    "head on a learn run's: choose one"
-                )
-        elif self.model:
-            raise DreamshiftError(
-                f"--model {self.model}: say how to tune it with --finetune {'|'.join(METHODS)}"
-            )
-        if self.features_from:
-            source = json.loads((Path(self.features_from) / CONFIG).read_text())
-            if source["config"].get("finetune"):
-                raise DreamshiftError(
-                    f"--features-from {self.features_from}: a fine-tuned run; heads on the "
-                    "features of world-architecture runs only"
-                )
-            size = source["config"]["input_size"]
-            if size != self.input_size:
-                raise DreamshiftError(
-                    f"--features-from {self.features_from} was trained at input size {size}, "
-                    f"this run at {self.input_size}: pass --input-size {size}"
-                )
-
-    def tuning(self) -> Finetune:
-        return Finetune(self.finetune, self.model, self.rank, self.alpha, self.targets,
-                        self.label_map)  # fmt: skip
-
-
-ERASABLE = ("background", "class")
 
 
 def _non_default(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
@@ -674,6 +561,9 @@ def run_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
         weights_sha256=sha256_file(_checkpoint_path(folder) or folder / CHECKPOINT),
         device=device,
     )
+
+
+FOLDER_KINDS.register("learn-run")(FolderKind(is_run, run_classifier))
 
 
 def _run_preprocessing(folder: str | Path, record: dict[str, Any]) -> Preprocessing:

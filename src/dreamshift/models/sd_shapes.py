@@ -180,18 +180,18 @@ def write_random_pipeline(shape: str, folder: str | Path, seed: int = 0) -> Path
     if shape not in SHAPES:
         raise DreamshiftError(f"unknown shape {shape!r}: choose one of {', '.join(SHAPES)}")
     cfg, folder = SHAPES[shape], Path(folder)
+    builders: dict[str, Any] = {
+        "unet": lambda: UNet2DConditionModel(**cfg["unet"]),
+        "vae": lambda: AutoencoderKL(**cfg["vae"]),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])),
+    }
+    if "text_encoder_2" in cfg:
+        config_2 = CLIPTextConfig(**cfg["text_encoder_2"])
+        builders["text_encoder_2"] = lambda: CLIPTextModelWithProjection(config_2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**cfg["unet"])
-        vae = AutoencoderKL(**cfg["vae"])
-        parts: dict[str, Any] = {"unet": unet, "vae": vae}
-        parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-        if "text_encoder_2" in cfg:
-            config = CLIPTextConfig(**cfg["text_encoder_2"])
-            parts["text_encoder_2"] = CLIPTextModelWithProjection(config)
-    for name, module in parts.items():
-        module.to(torch.float16).save_pretrained(str(folder / name))
-        parts[name] = None  # freed before the next part is cast (SDXL's UNet: 10 GB in float32)
+        for name, build in builders.items():  # one at a time: SDXL's UNet is 10 GB in float32
+            build().to(torch.float16).save_pretrained(str(folder / name))
     scheduler_cfg = {k: v for k, v in cfg["scheduler"].items() if k != "_class_name"}
     schedulers: dict[str, Any] = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler,
                                   "EulerDiscreteScheduler": EulerDiscreteScheduler}  # fmt: skip

@@ -10,12 +10,11 @@ dreamshift.errors.DreamshiftError: method = 'textual': choose one of lora, dream
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from string import Template
 from typing import ClassVar
 
-from dreamshift.config import Config
+from dreamshift.config import Choices, Config, option
 from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
 from dreamshift.train.schedules import LR_SCHEDULES
@@ -53,46 +52,75 @@ class TuneConfig(Config):
     than float32); ``no`` is float32.
     """
 
-    method: str = "lora"
-    model: str = "tiny-dream"
-    split: str = ds.TRAIN
-    classes: tuple[str, ...] = ()
-    backgrounds: tuple[str, ...] = ()
-    shots: int = 0
-    sample_ids: tuple[str, ...] = ()
-    called_by: tuple[str, ...] = ()  # classifiers that must all call an instance its class
-    identifier: str = "sks"
-    instance_prompt: str = ""
-    class_prompt: str = "a photo of a ${class_name}"
-    prior: str = ""
-    prior_images: int = 0
-    prior_weight: float = 1.0
-    train_text_encoder: bool = False
-    rank: int = 16
-    alpha: int = 0  # 0: equal to the rank (scale 1), as diffusers' example
-    targets: tuple[str, ...] = UNET_TARGETS
-    text_targets: tuple[str, ...] = TEXT_TARGETS
-    per_class: bool = False
-    sfsl: str = ""  # a classifier (any audit --model): the spurious feature similarity loss
-    kappa: float = 0.0  # its weight
-    steps: int = 400
-    batch_size: int = 4
-    lr: float = 1e-4
-    lr_schedule: str = "constant"
-    max_grad_norm: float = 1.0
-    snr_gamma: float = 0.0
-    resolution: int = 0  # 0: the images' own size
-    seed: int = 0
-    checkpoint_every: int = 100
-    device: str = "auto"
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
+    method: str = option("lora", "lora (DataDream) or dreambooth (the whole UNet)")
+    model: str = option("tiny-dream", "base model: tiny-dream, a diffusers folder or hub id")
+    split: str = option(ds.TRAIN, "split of a dataset directory to take instances from")
+    classes: tuple[str, ...] = option((), "comma-separated classes", shown="all")
+    backgrounds: tuple[str, ...] = option((), "comma-separated backgrounds", shown="all")
+    shots: int = option(0, "instances per class, drawn with --seed (0: all)")
+    sample_ids: tuple[str, ...] = option((), "comma-separated sample ids instead")
+    called_by: tuple[str, ...] = option(
+        (),
+        "comma-separated classifiers (any `audit --model`): keep the images all of them "
+        "call their class (spurious images, with --split spurious)",
+        metavar="MODELS",
+    )
+    identifier: str = option("sks", "DreamBooth's rare token ('q' for tiny-dream)")
+    instance_prompt: str = option(
+        "",
+        "template over ${identifier}, ${class_name}, ${background}",
+        shown="lora: 'a photo of a ${class_name}'; dreambooth: 'a photo of ${identifier} "
+        "${class_name}'",
+    )
+    class_prompt: str = option("a photo of a ${class_name}", "prior images' template")
+    prior: str = option(
+        "",
+        "dataset directory of class images made by the base model "
+        "(`dreamshift dream GUIDES --mode txt2img`): prior preservation",
+    )
+    prior_images: int = option(0, "prior images per class (0: all)")
+    prior_weight: float = option(1.0, "weight of the prior loss")
+    train_text_encoder: bool = option(
+        False, "also train the text encoder (LoRA on its attention, or all of it)"
+    )
+    rank: int = option(16, "LoRA rank (DataDream's)")
+    alpha: int = option(0, "LoRA alpha (0: the rank, scale 1, as diffusers' example)")
+    targets: tuple[str, ...] = option(UNET_TARGETS, "UNet modules to adapt")
+    text_targets: tuple[str, ...] = option(
+        TEXT_TARGETS, "text encoder modules to adapt (with --train-text-encoder)"
+    )
+    per_class: bool = option(False, "one LoRA per class (DataDream) instead of one for all")
+    sfsl: str = option(
+        "",
+        "spurious feature similarity loss of this classifier (any `audit --model`): pull "
+        "the UNet's one-step image toward the instance's class-k spurious feature",
+        metavar="MODEL",
+    )
+    kappa: float = option(0.0, "weight of the SFSL (needs --sfsl)")
+    steps: int = option(400, "optimizer steps")
+    batch_size: int = option(
+        4,
+        "instances per step and process (as many prior images); under `accelerate launch` "
+        "the global batch is N x processes",
+    )
+    lr: float = option(1e-4, "learning rate")
+    lr_schedule: str = option("constant", "constant or cosine (5 % warm-up)")
+    max_grad_norm: float = option(1.0, "gradients are clipped to this norm")
+    snr_gamma: float = option(0.0, "Min-SNR weighting gamma (0: off; 5 usual)")
+    resolution: int = option(0, "training side (0: the images')")
+    seed: int = option(0, "seed of the instance draw, the noise and the adapters' init")
+    checkpoint_every: int = option(100, "steps between checkpoints")
+    device: str = option("auto", "where the model trains")
+    precision: str = option("auto", "auto: bf16 autocast on CUDA, float32 elsewhere")
+    gradient_checkpointing: bool = option(
+        False, "recompute the UNet's activations in the backward pass: less memory, slower"
+    )
 
-    CHOICES: ClassVar[dict[str, Callable[[], Sequence[str]]]] = {
-        "method": lambda: METHODS,
-        "lr_schedule": lambda: LR_SCHEDULES,
-        "device": lambda: ("auto", "cpu", "cuda", "mps"),
-        "precision": lambda: PRECISIONS,
+    CHOICES: ClassVar[dict[str, Choices]] = {
+        "method": METHODS,
+        "lr_schedule": LR_SCHEDULES,
+        "device": ("auto", "cpu", "cuda", "mps"),
+        "precision": PRECISIONS,
     }
 
     def prompts(self) -> tuple[str, str]:
