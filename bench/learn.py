@@ -139,7 +139,7 @@ def main() -> None:
         )
         compose(ComposeConfig(recipe=recipe), root, workers=2, progress=False)
         rows = [r for r in ds.read_manifest(root).to_pylist() if r["split"] == "train"]
-        classes = ds.read_dataset_json(root)["classes"]
+        classes = ds.DatasetMeta.read(root).to_dict()["classes"]
         paths = [root / r["path"] for r in rows]
         labels = [classes.index(r["fg_class"]) for r in rows]
         images = np.stack([np.asarray(Image.open(root / r["path"]).convert("RGB")) for r in rows])

@@ -107,7 +107,7 @@ def main() -> None:
                              anti_per_group=0)  # fmt: skip
         compose(ComposeConfig(size=args.side, recipe=recipe), root, workers=8, progress=False)
         rows = [r for r in ds.read_manifest(root).to_pylist() if r["split"] == "train"]
-        classes = ds.read_dataset_json(root)["classes"]
+        classes = ds.DatasetMeta.read(root).to_dict()["classes"]
         pixels = np.stack([np.asarray(Image.open(root / r["path"]).convert("RGB")) for r in rows])
         x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1).to(device)
         y = torch.tensor([classes.index(r["fg_class"]) for r in rows], device=device)

@@ -89,7 +89,7 @@ def test_spurious_split_shows_backgrounds_alone_and_keeps_old_hashes(world):
     rows = [r for r in ds.read_manifest(world).to_pylist() if r["split"] == "spurious"]
     assert len(rows) == 2 * len(SMALL_CLASSES)
     assert all(r["fg_class"] is None and r["fg_source"] is None for r in rows)
-    assigned = ds.read_dataset_json(world)["assignment"]
+    assigned = ds.DatasetMeta.read(world).to_dict()["assignment"]
     assert sorted(r["bg_class"] for r in rows) == sorted(2 * list(assigned.values()))
     # a config without the split keeps the content hash (and so the sample ids) it had before
     assert (
@@ -256,7 +256,7 @@ def test_audit_cli_end_to_end_matches_hand_computed_accuracies(world, cnn, tmp_p
             )
         assert len(by_group) == 9
         assert r["acc_wg"] == pytest.approx(min(np.mean(v) for v in by_group.values()))
-        assigned = ds.read_dataset_json(world)["assignment"]
+        assigned = ds.DatasetMeta.read(world).to_dict()["assignment"]
         usual = [ok for (c, b), v in by_group.items() if assigned[c] == b for ok in v]
         other = [ok for (c, b), v in by_group.items() if assigned[c] != b for ok in v]
         assert r["acc_usual_bg"] == pytest.approx(np.mean(usual))

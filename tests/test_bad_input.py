@@ -125,7 +125,7 @@ def test_batch_run_records_bad_samples_and_makes_the_rest(folders, tmp_path, cap
         assert (r["status"] == "failed") == bad
     assert len(ok) > len(failed) > 0
     assert all((out / r["path"]).is_file() for r in ok)
-    meta = ds.read_dataset_json(out)
+    meta = ds.DatasetMeta.read(out).to_dict()
     assert meta["complete"] and meta["num_failed"] == len(failed)
     capsys.readouterr()
     assert main(["info", str(out), "--failed"]) == 0

@@ -46,7 +46,7 @@ def cli_dataset(tmp_path_factory):
 
 
 def test_compose_flags_reach_the_config(cli_dataset):
-    cfg = ds.read_dataset_json(cli_dataset)["config"]
+    cfg = ds.DatasetMeta.read(cli_dataset).to_dict()["config"]
     assert cfg["recipe"]["rho"] == 0.9 and cfg["recipe"]["train_size"] == 60
     assert cfg["placement"]["scale"] == [0.3, 0.5] and cfg["placement"]["feather"] == 1.0
     assert cfg["classes"] == list(SMALL_CLASSES)
@@ -61,7 +61,7 @@ def test_config_file_with_flag_override(tmp_path):
     out = tmp_path / "ds"
     argv = ["compose", "--config", str(tmp_path / "run.yaml"), "--out", str(out)]
     assert main([*argv, "--train-size", "4", "--no-progress"]) == 0
-    cfg = ds.read_dataset_json(out)["config"]
+    cfg = ds.DatasetMeta.read(out).to_dict()["config"]
     assert cfg["recipe"]["train_size"] == 4 and cfg["recipe"]["rho"] == 1.0
     assert cfg["placement"]["position"] == "center" and cfg["placement"]["scale"] == [0.25, 0.25]
     bad_configs = (
@@ -85,7 +85,7 @@ def test_config_file_assignment_as_a_mapping(tmp_path):
     )
     out = tmp_path / "ds"
     assert main(["compose", "--config", str(tmp_path / "run.yaml"), "--out", str(out)]) == 0
-    assert ds.read_dataset_json(out)["assignment"] == {"bear": "water", "cat": "water"}
+    assert ds.DatasetMeta.read(out).to_dict()["assignment"] == {"bear": "water", "cat": "water"}
 
 
 def test_info_counts_per_split_and_group(cli_dataset, capsys):
@@ -112,7 +112,7 @@ def test_info_counts_the_spurious_split_under_no_animal(tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(root), "--json"]) == 0
     groups = json.loads(capsys.readouterr().out)["splits"]["spurious"]["groups"]
-    usual = ds.read_dataset_json(root)["assignment"]
+    usual = ds.DatasetMeta.read(root).to_dict()["assignment"]
     per_background = {b: 3 * list(usual.values()).count(b) for b in ("grass", "snow")}
     assert groups["(no animal)"] == per_background
     assert all(n == 0 for c in ("cat", "dog") for n in groups[c].values())

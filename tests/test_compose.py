@@ -51,7 +51,7 @@ def test_a_different_seed_changes_the_pixels(small_dataset, tmp_path):
 
 def test_group_counts_follow_rho_and_balance(small_dataset):
     rows = ds.read_manifest(small_dataset).to_pylist()
-    meta = ds.read_dataset_json(small_dataset)
+    meta = ds.DatasetMeta.read(small_dataset).to_dict()
     assigned = meta["assignment"]
     assert assigned == {"bear": "grass", "cat": "water", "dog": "snow"}
     train = [r for r in rows if r["split"] == "train"]
@@ -224,7 +224,7 @@ def test_conflict_split_puts_each_shape_in_another_class_coat(conflict_dataset):
         assert json.loads(r["appearance"])["coat"] == r["coat_class"]
     test = [r for r in rows if r["split"] == ds.TEST]
     assert len(test) == 9 and all(r["coat_class"] == r["fg_class"] for r in test)
-    meta = ds.read_dataset_json(conflict_dataset)
+    meta = ds.DatasetMeta.read(conflict_dataset).to_dict()
     assert meta["splits"]["conflict"]["num_samples"] == 9
     assert meta["config"]["recipe"]["conflict_per_group"] == 1
 
@@ -393,7 +393,7 @@ def test_rect_paste_puts_the_whole_foreground_photo_as_a_square(tmp_path):
         outside = np.ones(img.shape[:2], bool)
         outside[y : y + 32, x : x + 32] = False
         assert (img[outside] == (0, 255, 0)).all()
-    assert ds.read_dataset_json(out)["config"]["paste"] == "rect"
+    assert ds.DatasetMeta.read(out).to_dict()["config"]["paste"] == "rect"
     assert main(["compose", "--out", str(tmp_path / "w"), "--paste", "rect"]) == 1  # world
 
 

@@ -50,7 +50,7 @@ def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path)
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "hf"
     assert main(["export", str(dreamed), "--format", "hf", "--out", str(out)]) == 0
-    meta = ds.read_dataset_json(dreamed)
+    meta = ds.DatasetMeta.read(dreamed).to_dict()
     truth = expected(dreamed)
     # the card's configs name the splits (a cache of its own: `datasets` keys its cache by the
     # folder's name, and a stale one from an earlier run would hide new columns)
@@ -81,7 +81,7 @@ def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path)
     run = DreamConfig.from_yaml(out / "dreamshift-config.yaml")
     assert run.to_dict() == {k: v for k, v in meta["config"].items() if k != "resolved"}
     source = ComposeConfig.from_yaml(out / "dreamshift-source-config.yaml")
-    assert source.to_dict() == ds.read_dataset_json(meta["config"]["source"])["config"]
+    assert source.to_dict() == ds.DatasetMeta.read(meta["config"]["source"]).to_dict()["config"]
 
 
 def test_webdataset_export_reads_back_with_webdataset(dreamed, tmp_path):
@@ -96,7 +96,7 @@ def test_webdataset_export_reads_back_with_webdataset(dreamed, tmp_path):
             want = truth[row["sample_id"]]
             assert np.array_equal(sample["png"], want["pixels"])
             assert row["fg_class"] == want["row"]["fg_class"]
-            assert row["label"] == ds.read_dataset_json(dreamed)["classes"].index(row["fg_class"])
+            assert row["label"] == ds.DatasetMeta.read(dreamed).classes.index(row["fg_class"])
             assert tar.name.startswith(row["split"])
             seen += 1
     assert seen == len(truth)
@@ -132,7 +132,7 @@ def test_shift_dataset_items_groups_and_verified_only(dreamed):
     import torch
 
     data = ShiftDataset(dreamed, split="train")
-    meta = ds.read_dataset_json(dreamed)
+    meta = ds.DatasetMeta.read(dreamed).to_dict()
     truth = expected(dreamed)
     n_bg = len(meta["backgrounds"])
     assert data.metadata_fields == METADATA_FIELDS and data.n_groups == 2 * n_bg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from dreamshift.cli import main
 from dreamshift.compose.config import ComposeConfig, Placement, ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.config import Config
+from dreamshift.data import dataset as ds
 from dreamshift.dream.config import DreamConfig
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.hparams import Hparams
@@ -189,3 +191,44 @@ def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_pa
         torch.equal(a, b)
         for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True)
     )
+
+
+SCHEMA_2 = Path(__file__).parent / "fixtures" / "schema-2-datasets"  # written before DatasetMeta
+
+
+@pytest.mark.parametrize("name", ["guides", "paste"])
+def test_a_dataset_written_before_the_typed_metadata_reads_writes_back_and_audits(name, tmp_path):
+    """dataset.json of a composed and a dreamed (paste) dataset of schema 2, made by the
+    version before DatasetMeta: read typed, written back key for key, audited end to end."""
+    import json
+    import shutil
+
+    from dreamshift.audit.evaluate import audit
+
+    root = tmp_path / name
+    shutil.copytree(SCHEMA_2 / name, root)
+    raw = json.loads((root / ds.DATASET_JSON).read_text())
+    meta = ds.DatasetMeta.read(root)
+    assert meta.to_dict() == raw
+    assert meta.classes == ("cat", "zebra") and meta.backgrounds == ("grass", "snow")
+    assert meta.stage == ("compose" if name == "guides" else "dream")
+    assert meta.confounder_strength == 0.95 and meta.splits["test"].num_samples == 4
+    assert (meta.runtime is None) and (meta.source != "") == (name == "paste")
+    (record,) = audit(AuditConfig(models=("world-cnn",), bootstrap=10), root)
+    assert record["n"] == 4 and record["dataset_hash"] == raw["content_hash"]
+
+
+def test_a_misspelt_key_is_refused_by_name_in_dataset_json_and_in_manifest_rows(tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "guides"
+    shutil.copytree(SCHEMA_2 / "guides", root)
+    raw = json.loads((root / ds.DATASET_JSON).read_text())
+    raw["clases"] = raw.pop("classes")
+    (root / ds.DATASET_JSON).write_text(json.dumps(raw))
+    with pytest.raises(DreamshiftError, match=r"dataset.json: unknown key\(s\) \['clases'\]"):
+        ds.DatasetMeta.read(root)
+    row = {"sample_id": "a-0", "split": "train", "fg_clas": "cat"}
+    with pytest.raises(ValueError, match=r"row 'a-0' has unknown column\(s\) \['fg_clas'\]"):
+        ds.table_from_rows([row])

@@ -83,7 +83,7 @@ def test_an_imagenet_tree_composes_by_class_name_with_rect_pastes(timm_files, tr
             "--train-size", "12", "--val-per-group", "0", "--test-per-group", "1",
             "--anti-per-group", "0"]  # fmt: skip
     assert main(["compose", "--out", str(out), *args]) == 0
-    meta = ds.read_dataset_json(out)
+    meta = ds.DatasetMeta.read(out).to_dict()
     assert meta["classes"] == ["tench", "crane_n02012849", "crane_n03126707"]
     rows = ds.read_manifest(out).to_pylist()
     wnid_of = {s.name: w for w, s in synset_table().items()}
@@ -104,7 +104,7 @@ def test_a_tsv_names_the_classes_and_feeds_a_recipes_definitions(tree):
             "--test-per-group", "0", "--anti-per-group", "0", "--share-foregrounds",
             "--paste", "rect"]  # fmt: skip
     assert main(["compose", "--out", str(out), *args]) == 0
-    assert ds.read_dataset_json(out)["classes"] == ["class0", "class1", "class2"]
+    assert ds.DatasetMeta.read(out).to_dict()["classes"] == ["class0", "class1", "class2"]
     recipe_file = tree / "mine.yaml"
     recipe_file.write_text(
         "templates: ['${class_name}: ${definition}']\n"

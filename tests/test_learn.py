@@ -391,7 +391,7 @@ def test_several_training_sources_are_mixed_recorded_and_resumed(world, tmp_path
     generated = tmp_path / "generated"  # made by `dreamshift dream` (paste mode: no model)
     dream(DreamConfig(source=str(world), mode="paste", splits=("train", "test")), generated,
           progress=False)  # fmt: skip
-    meta = ds.read_dataset_json(world)
+    meta = ds.DatasetMeta.read(world).to_dict()
     classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
     both = (f"{world}:train", f"{generated}:train")
     cfg = LearnConfig(epochs=2, batch_size=8, eval_splits=("test",), train=both)

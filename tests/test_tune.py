@@ -283,7 +283,7 @@ def test_spurious_images_take_the_class_whose_usual_background_they_show(tmp_pat
                          anti_per_group=0, spurious_per_class=2)  # fmt: skip
     cfg = ComposeConfig(classes=("cat", "dog"), background_names=("grass", "snow"), recipe=recipe)
     compose(cfg, tmp_path / "ds", progress=False)
-    usual = ds.read_dataset_json(tmp_path / "ds")["assignment"]
+    usual = ds.DatasetMeta.read(tmp_path / "ds").to_dict()["assignment"]
     rows = select_instances(tmp_path / "ds", TuneConfig(split="spurious", classes=("dog",)))
     assert len(rows) == 2 and all(r["bg_class"] == usual["dog"] for r in rows)
     assert {r["fg_class"] for r in rows} == {"dog"}
@@ -411,7 +411,7 @@ def test_the_spurious_feature_study_scores_equal_their_hand_computed_values(tmp_
     recipe = ShiftRecipe(rho=1.0, train_size=4, val_per_group=0, test_per_group=0,
                          anti_per_group=0, spurious_per_class=6)  # fmt: skip
     compose(ComposeConfig(recipe=recipe, seed=31), tmp_path / "ds", progress=False)
-    usual = ds.read_dataset_json(tmp_path / "ds")["assignment"]
+    usual = ds.DatasetMeta.read(tmp_path / "ds").to_dict()["assignment"]
     rows = select_instances(tmp_path / "ds", TuneConfig(split="spurious"))
     images = {
         c: np.stack([np.asarray(Image.open(tmp_path / "ds" / r["path"]))

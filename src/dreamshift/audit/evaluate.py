@@ -147,11 +147,11 @@ def _check_group_fields(root: Path, group_by: Sequence[str]) -> None:
         )
 
 
-def expected_groups(meta: dict[str, Any], split: str, group_by: Sequence[str]) -> list[tuple]:
+def expected_groups(meta: ds.DatasetMeta, split: str, group_by: Sequence[str]) -> list[tuple]:
     """The (class, background) groups ``dataset.json`` says the split was planned to hold."""
     if tuple(group_by) not in (("fg_class", "bg_class"), ("bg_class", "fg_class")):
         return []
-    planned = meta.get("splits", {}).get(split, {}).get("groups", {})
+    planned = meta.splits[split].groups if split in meta.splits else {}
     pairs = [(c, b) for c, by_bg in planned.items() for b, n in by_bg.items() if n > 0]
     return pairs if group_by[0] == "fg_class" else [(b, c) for c, b in pairs]
 
@@ -318,7 +318,7 @@ class AuditJob:
 
     cfg: AuditConfig
     root: Path
-    meta: dict[str, Any]
+    meta: ds.DatasetMeta
     classes: list[str]
     split: str
     rows: list[dict[str, Any]]
@@ -327,7 +327,7 @@ class AuditJob:
     spurious_root: Path
     spurious_rows: list[dict[str, Any]]
     conflict_rows: list[dict[str, Any]]
-    in_distribution: tuple[Path, str, list[dict[str, Any]], dict[str, Any]] | None
+    in_distribution: tuple[Path, str, list[dict[str, Any]], ds.DatasetMeta] | None
     mapping: dict[str, Any] | None
     results_path: Path
 
@@ -335,8 +335,8 @@ class AuditJob:
 def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> AuditJob:
     """Read the dataset once and refuse what cannot be audited (no usable rows, a planned group
     left empty, an in-distribution dataset without the split)."""
-    meta = ds.read_dataset_json(root)
-    classes = list(meta["classes"])
+    meta = ds.DatasetMeta.read(root)
+    classes = list(meta.classes)
     _check_group_fields(root, cfg.group_by)
     manifest = ds.read_manifest(root).to_pylist()
     split = cfg.split or _default_split(manifest)
@@ -360,12 +360,12 @@ def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> Audi
             "or pass --allow-empty-groups"
         )
     spurious_root, spurious_rows = root, usable_rows(manifest, ds.SPURIOUS)
-    source = (meta.get("config") or {}).get("source")
+    source = meta.source
     if not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
         spurious_root = Path(source)  # a dreamed dataset: its guides' backgrounds alone
         spurious_rows = usable_rows(ds.read_manifest(spurious_root).to_pylist(), ds.SPURIOUS)
     return AuditJob(
-        cfg, root, meta, classes, split, rows, expected, dict(meta.get("assignment") or {}),
+        cfg, root, meta, classes, split, rows, expected, dict(meta.assignment),
         spurious_root, spurious_rows,
         [r for r in usable_rows(manifest, ds.CONFLICT) if is_cue_conflict(r, classes)],
         _in_distribution(cfg.in_distribution) if cfg.in_distribution else None,
@@ -374,13 +374,13 @@ def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> Audi
     )  # fmt: skip
 
 
-def _in_distribution(text: str) -> tuple[Path, str, list[dict[str, Any]], dict[str, Any]]:
+def _in_distribution(text: str) -> tuple[Path, str, list[dict[str, Any]], ds.DatasetMeta]:
     """``DIR[:SPLIT]``: the dataset, its split (test by default), usable rows and metadata."""
     root, split = Path(text), ""
     if not root.exists() and ":" in text:
         path, _, split = text.rpartition(":")
         root = Path(path)
-    meta = ds.read_dataset_json(root)
+    meta = ds.DatasetMeta.read(root)
     manifest = ds.read_manifest(root).to_pylist()
     split = split or _default_split(manifest)
     if not split:
@@ -402,7 +402,7 @@ def evaluate_model(
     cfg, root, notes = job.cfg, job.root, []
     clf = load_classifier(spec, job.classes, cfg.device, cfg.allow_random_weights)
     labels = LabelMap.build(clf.classes, job.classes, job.mapping, spec, clf.label_space)
-    side = int(job.meta.get("config", {}).get("size") or 0)
+    side = int(job.meta.config.get("size") or 0)
     if side and clf.input_size > 2 * side:
         notes.append(
             f"note: {spec} takes {clf.input_size} px inputs; the {side} px images of "
@@ -426,8 +426,8 @@ def evaluate_model(
         "headline": "restricted to the dataset's classes" if restrict else "full label space",
         **label_space_accuracy(ev, labels, len(clf.classes)),
         "dataset": str(root),
-        "dataset_hash": job.meta.get("content_hash", ""),
-        "stage": job.meta.get("stage", ""),
+        "dataset_hash": job.meta.content_hash,
+        "stage": job.meta.stage,
         "split": job.split,
         "verified_only": cfg.verified_only,
         "group_by": list(cfg.group_by),
@@ -436,7 +436,7 @@ def evaluate_model(
         **measure(
             ev,
             job.classes,
-            job.meta["backgrounds"],
+            list(job.meta.backgrounds),
             cfg.group_by,
             job.expected,
             job.usual_bg,
@@ -478,7 +478,7 @@ def _drop(
         "in_distribution": {
             "dataset": str(id_root),
             "split": id_split,
-            "dataset_hash": id_meta.get("content_hash", ""),
+            "dataset_hash": id_meta.content_hash,
         },
         "acc_id": acc_id,
         "drop": None,

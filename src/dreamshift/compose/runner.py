@@ -45,6 +45,7 @@ from dreamshift.compose.sources import (
 )
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import encode_png, flush_to_disk, sha256_bytes
+from dreamshift.data.schema import SplitCounts
 from dreamshift.engine.executors import Executor, LocalPool
 from dreamshift.engine.output import claim_output
 from dreamshift.engine.shards import Tick, finish, run_shards, shard_list, unfinished
@@ -350,34 +351,25 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> dict[str, Any]:
+def _split_counts(groups: dict[str, dict[str, int]]) -> SplitCounts:
+    return SplitCounts(sum(sum(by_bg.values()) for by_bg in groups.values()), groups)
+
+
+def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> ds.DatasetMeta:
     counts = group_counts(specs)
-    return {
-        "schema_version": ds.SCHEMA_VERSION,
-        "dreamshift_version": dreamshift.__version__,
-        "stage": "compose",
-        "config": cfg.to_dict(),
-        "content_hash": cfg.content_hash(),
-        # integer label codes are positions in these lists (also spelled out in label_maps)
-        "classes": list(cfg.classes),
-        "backgrounds": list(cfg.background_names),
-        "label_maps": {
-            "fg_class": {c: i for i, c in enumerate(cfg.classes)},
-            "bg_class": {b: i for i, b in enumerate(cfg.background_names)},
-        },
-        "assignment": dict(cfg.recipe.assignment),
-        "splits": {
-            s: {
-                "num_samples": sum(sum(v.values()) for v in counts.get(s, {}).values()),
-                "groups": counts.get(s, {}),
-            }
-            for s in ds.SPLITS
-        },
-        "num_samples": len(specs),
-        "num_shards": num_shards,
-        "versions": _versions(),
-        "complete": False,
-    }
+    return ds.DatasetMeta(
+        stage="compose",
+        dreamshift_version=dreamshift.__version__,
+        config=cfg.to_dict(),
+        content_hash=cfg.content_hash(),
+        classes=cfg.classes,
+        backgrounds=cfg.background_names,
+        assignment=dict(cfg.recipe.assignment),
+        splits={s: _split_counts(counts.get(s, {})) for s in ds.SPLITS},
+        num_samples=len(specs),
+        num_shards=num_shards,
+        versions=_versions(),
+    )
 
 
 def compose(
@@ -400,8 +392,8 @@ def compose(
     meta = _metadata(cfg, specs, len(shards))
     with claim_output(root):
         old = ds.prepare_output(root, meta, saved_config)
-        if old is not None and old.get("complete"):
-            failed = old.get("num_failed", 0)
+        if old is not None and old.complete:
+            failed = old.num_failed or 0
             return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
         todo = unfinished(layout, len(shards))
         run_shards(

@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dreamshift.data.images import write_atomic
+from dreamshift.data.schema import DATASET_JSON, SCHEMA_VERSION, DatasetMeta
 from dreamshift.errors import DreamshiftError
 
-SCHEMA_VERSION = 2
-DATASET_JSON = "dataset.json"
+__all__ = ["DATASET_JSON", "SCHEMA_VERSION", "DatasetMeta"]  # read with the layout
 LOCK = ".lock"  # the running writer's lock, kept inside only when the parent is not writable
 MANIFEST = "manifest.parquet"
 OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (black)
@@ -118,6 +118,13 @@ class DatasetLayout:
 
 
 def table_from_rows(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """The manifest table of ``rows``; a column a row leaves out is null, a key that is not a
+    column is refused by name (a misspelt key would otherwise vanish silently)."""
+    columns = set(MANIFEST_SCHEMA.names)
+    for r in rows:
+        unknown = sorted(set(r) - columns)
+        if unknown:
+            raise ValueError(f"manifest row {r.get('sample_id')!r} has unknown column(s) {unknown}")
     cols = {name: [r.get(name) for r in rows] for name in MANIFEST_SCHEMA.names}
     return pa.table(cols, schema=MANIFEST_SCHEMA)
 
@@ -146,9 +153,9 @@ def shard_is_done(layout: DatasetLayout, shard: int) -> bool:
 
 def prepare_output(
     root: Path,
-    meta: dict[str, Any],
+    meta: DatasetMeta,
     normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d,
-) -> dict[str, Any] | None:
+) -> DatasetMeta | None:
     """Check that ``root`` is new or holds an unfinished run of the same config; write
     ``meta`` as its dataset.json unless that run is complete. Returns the existing metadata
     (None for a new dataset). Never touches a folder that is not a dataset of this config.
@@ -156,9 +163,9 @@ def prepare_output(
     written before a field existed still matches)."""
     layout = DatasetLayout(root)
     if layout.json_path.exists():
-        old = read_dataset_json(root)
-        if normalise(old.get("config") or {}) != normalise(meta["config"]):
-            new_cfg, old_cfg = normalise(meta["config"]), normalise(old.get("config") or {})
+        old = DatasetMeta.read(root)
+        if normalise(old.config) != normalise(meta.config):
+            new_cfg, old_cfg = normalise(meta.config), normalise(old.config)
             diff = sorted(
                 k for k in new_cfg.keys() | old_cfg.keys() if new_cfg.get(k) != old_cfg.get(k)
             )
@@ -166,7 +173,7 @@ def prepare_output(
                 f"{root} holds a dataset made with a different config (differs in {diff}): "
                 "choose another --out or delete that folder"
             )
-        if old.get("complete"):
+        if old.complete:
             return old
     elif root.exists() and (
         not root.is_dir() or {p.name for p in root.iterdir()} - {DATASET_JSON + ".tmp", LOCK}
@@ -177,40 +184,25 @@ def prepare_output(
     else:
         old = None
     root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(layout.json_path, meta)
+    write_meta(layout, meta)
     return old
 
 
-def read_dataset_json(root: str | Path) -> dict[str, Any]:
-    path = DatasetLayout(root).json_path
-    if not path.exists():
-        raise DreamshiftError(
-            f"{root} is not a dreamshift dataset (no {DATASET_JSON}): make one with "
-            "`dreamshift compose --out DIR`"
-        )
-    try:
-        meta: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DreamshiftError(f"{path} is not valid JSON ({exc})") from exc
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise DreamshiftError(
-            f"{path} has schema_version {meta.get('schema_version')!r}; this dreamshift reads "
-            f"{SCHEMA_VERSION}"
-        )
-    return meta
+def write_meta(layout: DatasetLayout, meta: DatasetMeta) -> None:
+    write_json_atomic(layout.json_path, meta.to_dict())
 
 
 def read_manifest(root: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """All rows of a dataset: ``manifest.parquet``, or the done shards of an unfinished run;
     ``columns``: only those (a training run reads 7 of the ~40, not the prompts and JSON)."""
     layout = DatasetLayout(root)
-    meta = read_dataset_json(root)
+    meta = DatasetMeta.read(root)
     names = list(columns) if columns is not None else None
     if layout.manifest_path.exists():
         return pq.read_table(layout.manifest_path, schema=MANIFEST_SCHEMA, columns=names)
     parts = [
         pq.read_table(layout.shard_rows(k), schema=MANIFEST_SCHEMA, columns=names)
-        for k in range(int(meta["num_shards"]))
+        for k in range(meta.num_shards or 0)
         if shard_is_done(layout, k)
     ]
     empty = MANIFEST_SCHEMA.empty_table()

@@ -142,7 +142,7 @@ def source_key(text: str, split: str) -> list[Any]:
     (``split`` when it names none) and its weight."""
     path, named_split, weight = parse_source(text)
     meta_path = Path(path) / ds.DATASET_JSON
-    content = ds.read_dataset_json(path).get("content_hash") if meta_path.exists() else None
+    content = ds.DatasetMeta.read(path).content_hash if meta_path.exists() else None
     return [content or path, named_split or split, weight]
 
 
@@ -167,12 +167,12 @@ class ImageTable:
         cls, root: Path, rows: Sequence[dict[str, Any]], classes: list[str], backgrounds: list[str]
     ) -> ImageTable:
         """The table of ``rows`` (manifest rows of dataset ``root``)."""
-        meta = ds.read_dataset_json(root)
+        meta = ds.DatasetMeta.read(root)
         class_index = {c: i for i, c in enumerate(classes)}
         bg_index = {b: i for i, b in enumerate(backgrounds)}
         return cls(
             roots=(Path(root),),
-            made_by=(str(meta.get("stage") or "compose"),),
+            made_by=(meta.stage,),
             source=np.zeros(len(rows), np.int32),
             paths=np.array([r["path"].encode() for r in rows], dtype=bytes),
             sha256=np.array([(r.get("sha256") or "").encode() for r in rows], dtype=bytes),
@@ -235,7 +235,7 @@ def split_table(
     if verified_only:
         keep = pa.array(sorted(verified_ids(root)), pa.string())
         table = table.filter(pc.is_in(table["sample_id"], keep))
-    meta = ds.read_dataset_json(root)
+    meta = ds.DatasetMeta.read(root)
     y = pc.fill_null(pc.index_in(table["fg_class"], pa.array(classes, pa.string())), -1)
     bg = pc.index_in(table["bg_class"], pa.array(backgrounds, pa.string()))
     if bg.null_count:
@@ -243,7 +243,7 @@ def split_table(
         raise DreamshiftError(f"{root}: background {unknown} is not among {backgrounds}")
     return ImageTable(
         roots=(Path(root),),
-        made_by=(str(meta.get("stage") or "compose"),),
+        made_by=(meta.stage,),
         source=np.zeros(len(table), np.int32),
         paths=np.array([path.encode() for path in table["path"].to_pylist()], dtype=bytes),
         sha256=np.array([h or "" for h in table["sha256"].to_pylist()], dtype=bytes),
@@ -302,9 +302,9 @@ def training_sources(
         src = Path(path)
         if not (src / ds.DATASET_JSON).exists():
             raise DreamshiftError(f"--train {path}: not a dataset directory (no {ds.DATASET_JSON})")
-        meta = ds.read_dataset_json(src)
-        for what, theirs, ours in (("classes", meta["classes"], classes),
-                                   ("backgrounds", meta["backgrounds"], backgrounds)):  # fmt: skip
+        meta = ds.DatasetMeta.read(src)
+        for what, theirs, ours in (("classes", meta.classes, classes),
+                                   ("backgrounds", meta.backgrounds, backgrounds)):  # fmt: skip
             if list(theirs) != ours:
                 differ = sorted(set(theirs) ^ set(ours)) or ["(the order)"]
                 raise DreamshiftError(
@@ -312,7 +312,7 @@ def training_sources(
                     f"every training source needs the evaluated dataset's {what}"
                 )
         source_split = named_split or split
-        generated = meta.get("stage") == "dream"
+        generated = meta.stage == "dream"
         if kind != "all" and generated != (kind == "generated"):
             continue
         table = split_table(src, source_split, classes, backgrounds, verified_only and generated)
@@ -333,15 +333,12 @@ def training_sources(
                     f"--train {path}: {size} images asked for, but split {source_split!r} has "
                     f"{len(table)}: choose smaller --train-sizes"
                 )
-            seed = int(
-                hashlib.sha256(str(meta.get("content_hash") or src).encode()).hexdigest()[:8], 16
-            )
+            seed = int(hashlib.sha256(str(meta.content_hash or src).encode()).hexdigest()[:8], 16)
             table = table.take(nested_subset(table.y, size, seed))
         tables.append(table)
         sources.append({
             "dataset": str(src.resolve()), "split": source_split,
-            "dataset_hash": meta.get("content_hash"),
-            "stage": meta.get("stage"), "generated": generated,
+            "dataset_hash": meta.content_hash, "stage": meta.stage, "generated": generated,
             "weight": weight, "n": len(table), "verified_only": verified_only and generated,
         })  # fmt: skip
     if not tables:

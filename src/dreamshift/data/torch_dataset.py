@@ -221,9 +221,9 @@ class ShiftDataset(torch.utils.data.Dataset):
         verified_only: bool = False,
     ):
         self.root = Path(root)
-        meta = ds.read_dataset_json(self.root)
-        self.classes: list[str] = list(meta["classes"])
-        self.backgrounds: list[str] = list(meta["backgrounds"])
+        meta = ds.DatasetMeta.read(self.root)
+        self.classes: list[str] = list(meta.classes)
+        self.backgrounds: list[str] = list(meta.backgrounds)
         rows = usable_rows(ds.read_manifest(self.root).to_pylist(), split)
         if verified_only:
             rows = only_verified(self.root, rows)

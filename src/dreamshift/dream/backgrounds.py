@@ -54,14 +54,13 @@ def write_label_plan(root: Path, labels: Sequence[str], per_label: int, size: in
     ds.write_table_atomic(ds.table_from_rows(rows), root / ds.MANIFEST)
     recipe = root / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"name": "backgrounds", "templates": [template]}))
-    meta = {
-        "schema_version": ds.SCHEMA_VERSION, "dreamshift_version": dreamshift.__version__,
-        "stage": PLAN_STAGE, "config": config, "content_hash": digest, "classes": [],
-        "backgrounds": list(labels), "label_maps": {"bg_class": {lb: i for i, lb in
-                                                                  enumerate(labels)}},
-        "num_samples": len(rows), "complete": True,
-    }  # fmt: skip
-    ds.write_json_atomic(root / ds.DATASET_JSON, meta)
+    meta = ds.DatasetMeta(
+        stage=PLAN_STAGE, dreamshift_version=dreamshift.__version__, config=config,
+        content_hash=digest, backgrounds=tuple(labels),
+        label_maps={"bg_class": {lb: i for i, lb in enumerate(labels)}},
+        num_samples=len(rows), complete=True,
+    )  # fmt: skip
+    ds.write_meta(ds.DatasetLayout(root), meta)
     return recipe
 
 

@@ -52,6 +52,7 @@ from PIL import Image
 import dreamshift
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import encode_png, flush_to_disk, load_image, sha256_bytes, sha256_file
+from dreamshift.data.schema import SplitCounts
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.dream.quality import quality_flag
@@ -129,9 +130,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _source_rows(cfg: DreamConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    meta = ds.read_dataset_json(cfg.source)
-    if not meta.get("complete"):
+def _source_rows(cfg: DreamConfig) -> tuple[ds.DatasetMeta, list[dict[str, Any]]]:
+    meta = ds.DatasetMeta.read(cfg.source)
+    if not meta.complete:
         raise DreamshiftError(
             f"source {cfg.source} is an unfinished dataset: run the command that made it again"
         )
@@ -141,7 +142,7 @@ def _source_rows(cfg: DreamConfig) -> tuple[dict[str, Any], list[dict[str, Any]]
             f"split 'spurious' of {cfg.source} shows backgrounds without an object: there is "
             "nothing to dream (the audit reads it from the source dataset)"
         )
-    if meta.get("stage") == "plan":  # labels without images (dreamshift backgrounds)
+    if meta.stage == "plan":  # labels without images (dreamshift backgrounds)
         if cfg.mode != "txt2img":
             raise DreamshiftError(f"{cfg.source} is a label plan: it has no images to {cfg.mode}")
     else:
@@ -194,7 +195,7 @@ def plan_dream(
     width, height = _output_size(cfg, rows)
     guides = hashlib.sha256("".join(f"{r['sample_id']}:{r['sha256']}\n" for r in rows).encode())
     resolved: dict[str, Any] = {
-        "source_content_hash": src_meta["content_hash"],
+        "source_content_hash": src_meta.content_hash,
         "guides_sha256": guides.hexdigest(),  # which guides, with which bytes
         "width": width,
         "height": height,
@@ -264,32 +265,29 @@ def plan_dream(
     return DreamPlan(cfg, resolved, specs)
 
 
-def _metadata(plan: DreamPlan, src_meta: dict[str, Any], num_shards: int) -> dict[str, Any]:
+def _metadata(plan: DreamPlan, src_meta: ds.DatasetMeta, num_shards: int) -> ds.DatasetMeta:
     groups: dict[str, dict[str, dict[str, int]]] = {}
     for s in plan.specs:
         g = s.guide
         by_bg = groups.setdefault(g["split"], {}).setdefault(g["fg_class"], {})
         by_bg[g["bg_class"]] = by_bg.get(g["bg_class"], 0) + 1
-    return {
-        "schema_version": ds.SCHEMA_VERSION,
-        "dreamshift_version": dreamshift.__version__,
-        "stage": "dream",
-        "config": plan.cfg.to_dict() | {"resolved": plan.resolved},
-        "content_hash": plan.resolved["content_hash"],
-        "classes": src_meta["classes"],
-        "backgrounds": src_meta["backgrounds"],
-        "label_maps": src_meta["label_maps"],
-        "assignment": src_meta.get("assignment", {}),
-        "rho": src_meta.get("config", {}).get("recipe", {}).get("rho"),
-        "splits": {
-            s: {"num_samples": sum(sum(v.values()) for v in g.values()), "groups": g}
-            for s, g in groups.items()
+    return ds.DatasetMeta(
+        stage="dream",
+        dreamshift_version=dreamshift.__version__,
+        config=plan.cfg.to_dict() | {"resolved": plan.resolved},
+        content_hash=plan.resolved["content_hash"],
+        classes=src_meta.classes,
+        backgrounds=src_meta.backgrounds,
+        label_maps=src_meta.label_maps,
+        assignment=src_meta.assignment,
+        rho=src_meta.recipe.get("rho"),
+        splits={
+            s: SplitCounts(sum(sum(v.values()) for v in g.values()), g) for s, g in groups.items()
         },
-        "num_samples": len(plan.specs),
-        "num_shards": num_shards,
-        "versions": library_versions(),
-        "complete": False,
-    }
+        num_samples=len(plan.specs),
+        num_shards=num_shards,
+        versions=library_versions(),
+    )
 
 
 def make_dreamer(plan: DreamPlan) -> Dreamer | None:
@@ -526,20 +524,20 @@ def dream(
     with claim_output(root):  # before the model is hashed or loaded
         prior = None
         if layout.json_path.is_file():  # keep an unfinished run's thread count
-            prior = ds.read_dataset_json(root).get("config", {}).get("resolved", {}).get("runtime")
+            prior = ds.DatasetMeta.read(root).runtime
         plan = plan_dream(cfg, workers, batch_size, prior)
         if root.resolve() == plan.source:
             raise DreamshiftError(f"--out {root} is the source dataset: choose another folder")
         shards = shard_list(plan.specs, plan.cfg.shard_size)
-        meta = _metadata(plan, ds.read_dataset_json(plan.source), len(shards))
+        meta = _metadata(plan, ds.DatasetMeta.read(plan.source), len(shards))
         old = ds.prepare_output(root, meta)  # the first write: an unwritable folder stops here
-        if old is not None and old.get("complete"):
-            if not retry_failed or not old.get("num_failed"):
+        if old is not None and old.complete:
+            if not retry_failed or not old.num_failed:
                 return DreamResult(
-                    root, len(plan.specs), old.get("num_failed", 0), old.get("num_flagged", 0), 0,
+                    root, len(plan.specs), old.num_failed or 0, old.num_flagged or 0, 0,
                     time.perf_counter() - start,
                 )  # fmt: skip
-            ds.write_json_atomic(layout.json_path, meta)  # incomplete until the retry is done
+            ds.write_meta(layout, meta)  # incomplete until the retry is done
             layout.manifest_path.unlink(missing_ok=True)  # stale once a shard changes
 
         work: dict[int, ShardWork] = {}
@@ -576,10 +574,10 @@ class Regenerated:
 
 def _plan_of(root: Path) -> DreamPlan:
     """The plan a dream dataset recorded (settings only; its samples are the manifest rows)."""
-    meta = ds.read_dataset_json(root)
-    if meta.get("stage") != "dream":
-        raise DreamshiftError(f"{root} was made by `dreamshift {meta.get('stage')}`, not dream")
-    config = dict(meta["config"])
+    meta = ds.DatasetMeta.read(root)
+    if meta.stage != "dream":
+        raise DreamshiftError(f"{root} was made by `dreamshift {meta.stage}`, not dream")
+    config = dict(meta.config)
     resolved = config.pop("resolved")
     return DreamPlan(DreamConfig.from_dict(config), resolved, [])
 

@@ -94,13 +94,13 @@ def _run_one(
 
 
 def finish(
-    layout: ds.DatasetLayout, num_shards: int, meta: dict[str, Any], counts: Mapping[str, str]
+    layout: ds.DatasetLayout, num_shards: int, meta: ds.DatasetMeta, counts: Mapping[str, str]
 ) -> Counter[str]:
     """Write the manifest from the shards' rows, then mark the dataset complete in its
     ``dataset.json``, with the number of rows of each status in ``counts`` (field -> status,
     e.g. ``{"num_failed": "failed"}``). Returns the rows per status."""
     table = ds.consolidate_manifest(layout, num_shards)
     status = Counter(table.column("status").to_pylist())
-    meta.update(complete=True, **{field: status[s] for field, s in counts.items()})
-    ds.write_json_atomic(layout.json_path, meta)
+    counted = {field: status[s] for field, s in counts.items()}
+    ds.write_meta(layout, meta.replace(complete=True, **counted))
     return status

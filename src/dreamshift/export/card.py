@@ -28,10 +28,10 @@ def size_category(n: int) -> str:
     return "n>10M"
 
 
-def _run_config(meta: dict[str, Any]) -> dict[str, Any]:
+def _run_config(meta: ds.DatasetMeta) -> dict[str, Any]:
     """The run's config as ``--config`` reads it back (what it resolved at run time is no
     field)."""
-    return {k: v for k, v in (meta.get("config") or {}).items() if k != "resolved"}
+    return {k: v for k, v in meta.config.items() if k != "resolved"}
 
 
 def _command(stage: str, config_file: str, source: str | None) -> str:
@@ -40,13 +40,13 @@ def _command(stage: str, config_file: str, source: str | None) -> str:
     return f"dreamshift {stage} --config {config_file} --out DIR"
 
 
-def _groups(root: Path, meta: dict[str, Any]) -> str:
+def _groups(root: Path, meta: ds.DatasetMeta) -> str:
     rows = [r for r in ds.read_manifest(root).to_pylist() if r["status"] == ds.OK]
     lines = []
     for split in sorted({r["split"] for r in rows}):
         counts = Counter((r["fg_class"], r["bg_class"]) for r in rows if r["split"] == split)
-        backgrounds = [b for b in meta["backgrounds"] if any(k[1] == b for k in counts)]
-        classes = [c for c in [*meta["classes"], None] if any(k[0] == c for k in counts)]
+        backgrounds = [b for b in meta.backgrounds if any(k[1] == b for k in counts)]
+        classes = [c for c in [*meta.classes, None] if any(k[0] == c for k in counts)]
         lines += [f"**{split}** ({sum(counts.values())} images)", "",
                   "| class | " + " | ".join(backgrounds) + " |",
                   "|---|" + "---|" * len(backgrounds)]  # fmt: skip
@@ -59,20 +59,16 @@ def _groups(root: Path, meta: dict[str, Any]) -> str:
 
 def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
     """``out/README.md`` and the run's config(s) beside it."""
-    meta = ds.read_dataset_json(root)
-    stage = meta.get("stage") or "compose"
-    config = _run_config(meta)
-    resolved = (meta.get("config") or {}).get("resolved") or {}
+    meta = ds.DatasetMeta.read(root)
+    stage, config, resolved = meta.stage, _run_config(meta), meta.resolved
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=True))
     source = config.get("source")
-    source_meta: dict[str, Any] = {}
+    source_meta = None
     if source and (Path(source) / ds.DATASET_JSON).is_file():
-        source_meta = ds.read_dataset_json(source)
+        source_meta = ds.DatasetMeta.read(source)
         (out / SOURCE_CONFIG_FILE).write_text(yaml.safe_dump(_run_config(source_meta)))
-    world = (
-        config.get("foregrounds") == "world"
-        or source_meta.get("config", {}).get("foregrounds") == "world"
-    )
+    source_foregrounds = source_meta.config.get("foregrounds") if source_meta else None
+    world = "world" in (config.get("foregrounds"), source_foregrounds)
     origin = [f"dreamshift:{Path(source).name}"] if source and source_meta else ["original"]
     kind = "synthetic" if stage == "dream" else "composed"
     header = {
@@ -88,8 +84,8 @@ def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
             "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in sorted(counts)],
         }],
     }  # fmt: skip
-    made = [f"Made by `dreamshift {stage}` (dreamshift {meta.get('dreamshift_version')}, "
-            f"content hash `{meta.get('content_hash')}`)."]  # fmt: skip
+    made = [f"Made by `dreamshift {stage}` (dreamshift {meta.dreamshift_version}, "
+            f"content hash `{meta.content_hash}`)."]  # fmt: skip
     if stage == "dream":
         made.append(
             f"Generator `{config.get('model')}` (sha256 `{resolved.get('model_sha256')}`), "
@@ -98,7 +94,7 @@ def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
             f"prompt recipe `{config.get('prompts')}`, run seed {config.get('seed')}; each image "
             "has its own seed, prompt and guide in its row. The guides come from the source "
             f"dataset `{Path(source).name if source else '?'}` (content hash "
-            f"`{source_meta.get('content_hash')}`)."
+            f"`{source_meta.content_hash if source_meta else None}`)."
         )
     else:
         made.append(
@@ -108,7 +104,7 @@ def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
         )
     commands = []
     if source_meta:
-        commands.append(_command(source_meta.get("stage") or "compose", SOURCE_CONFIG_FILE, None)
+        commands.append(_command(source_meta.stage, SOURCE_CONFIG_FILE, None)
                         .replace("--out DIR", "--out SOURCE"))  # fmt: skip
     commands.append(_command(stage, CONFIG_FILE, "SOURCE" if source_meta else source))
     licence = (

@@ -43,8 +43,8 @@ ROW_GROUP = 1_000  # hf: images per Parquet row group, the most held in memory a
 def export_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
     """The usable rows of ``root`` by split (manifest order), with ``label`` and
     ``background`` indices and the verification table's columns."""
-    meta = ds.read_dataset_json(root)
-    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    meta = ds.DatasetMeta.read(root)
+    classes, backgrounds = list(meta.classes), list(meta.backgrounds)
     extra: dict[str, dict[str, Any]] = {}
     blank: dict[str, Any] = {}  # every verification column on every row (null where unset)
     table = vt.read_table(root)
@@ -71,7 +71,7 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _features(meta: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
+def _features(meta: ds.DatasetMeta, schema: pa.Schema) -> dict[str, Any]:
     """The ``datasets`` Features of an exported table, as its Parquet metadata states them."""
     dtypes = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32",
               pa.float64(): "float64", pa.bool_(): "bool", pa.float32(): "float32"}  # fmt: skip
@@ -80,16 +80,16 @@ def _features(meta: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
         if f.name == "image":
             features[f.name] = {"_type": "Image"}
         elif f.name == "label":
-            features[f.name] = {"names": list(meta["classes"]), "_type": "ClassLabel"}
+            features[f.name] = {"names": list(meta.classes), "_type": "ClassLabel"}
         elif f.name == "background":
-            features[f.name] = {"names": list(meta["backgrounds"]), "_type": "ClassLabel"}
+            features[f.name] = {"names": list(meta.backgrounds), "_type": "ClassLabel"}
         else:
             features[f.name] = {"dtype": dtypes.get(f.type, "string"), "_type": "Value"}
     return features
 
 
 def export_hf(root: Path, out: Path) -> dict[str, int]:
-    meta = ds.read_dataset_json(root)
+    meta = ds.DatasetMeta.read(root)
     splits = export_rows(root)
     (out / "data").mkdir()
     every = [r for rows in splits.values() for r in rows]
@@ -162,8 +162,8 @@ def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
     if fmt not in FORMATS:
         raise DreamshiftError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     root, out = Path(dataset), Path(out)
-    meta = ds.read_dataset_json(root)
-    if not meta.get("complete"):
+    meta = ds.DatasetMeta.read(root)
+    if not meta.complete:
         raise DreamshiftError(f"{root} is unfinished: run the command that made it again first")
     _prepare_out(out)
     partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))

@@ -300,15 +300,15 @@ def evaluate(
     }
 
 
-def _rho(root: Path, meta: dict[str, Any]) -> float | None:
+def _rho(root: Path, meta: ds.DatasetMeta) -> float | None:
     """Confounder strength of a composed dataset, or of the guides a dreamed one came from."""
-    config = meta.get("config") or {}
-    if meta.get("stage") == "dream" and config.get("source"):
-        guides = Path(config["source"])
+    if meta.stage == "dream" and meta.source:
+        guides = Path(meta.source)
         guides = guides if guides.is_absolute() else root / guides
         if (guides / ds.DATASET_JSON).exists():
-            config = ds.read_dataset_json(guides).get("config") or {}
-    return (config.get("recipe") or {}).get("rho")
+            meta = ds.DatasetMeta.read(guides)
+    rho = meta.recipe.get("rho")
+    return None if rho is None else float(rho)
 
 
 def learn(
@@ -331,9 +331,9 @@ def learn(
     procs = processes(cpu=cpu)
     log = log if procs.is_main else (lambda *_: None)
     root, out = Path(dataset), Path(out)
-    meta = ds.read_dataset_json(root)
-    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
-    folder = run_folder(out, cfg, meta.get("content_hash", str(root)), procs.size)
+    meta = ds.DatasetMeta.read(root)
+    classes, backgrounds = list(meta.classes), list(meta.backgrounds)
+    folder = run_folder(out, cfg, meta.content_hash or str(root), procs.size)
     procs.agree(folder.name, "run (a hash of the config and the datasets' content)")
     if (folder / DONE).exists():  # a finished run is skipped before any image is loaded
         log(f"{folder} is done: skipped")
@@ -362,8 +362,8 @@ def learn(
     record = {
         "config": asdict(cfg),
         "dataset": str(root.resolve()),
-        "dataset_hash": meta.get("content_hash"),
-        "dataset_stage": meta.get("stage"),  # compose (paste) or dream
+        "dataset_hash": meta.content_hash,
+        "dataset_stage": meta.stage,  # compose (paste) or dream
         "rho": _rho(root, meta),
         "classes": classes,
         "backgrounds": backgrounds,
@@ -426,8 +426,8 @@ def _per_epoch_validation(
     model selection and learning curves), or None where the dataset has no such split."""
     if not cfg.val_split:
         return None
-    meta = ds.read_dataset_json(root)
-    table = split_table(root, cfg.val_split, list(meta["classes"]), list(meta["backgrounds"]))
+    meta = ds.DatasetMeta.read(root)
+    table = split_table(root, cfg.val_split, list(meta.classes), list(meta.backgrounds))
     if not len(table):
         log(f"{root} has no split {cfg.val_split!r}: no validation after each epoch")
         return None
@@ -451,8 +451,8 @@ def _evaluate_run(
     """The metrics of every evaluated split of ``root`` present in it; with several training
     sources, each one's own training accuracy goes into its entry of ``data.sources``. Every
     process evaluates its share."""
-    meta = ds.read_dataset_json(root)
-    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    meta = ds.DatasetMeta.read(root)
+    classes, backgrounds = list(meta.classes), list(meta.backgrounds)
     present = set(ds.read_manifest(root, ["split"]).column("split").unique().to_pylist())
     metrics = {}
     for split in cfg.eval_splits:
@@ -597,8 +597,8 @@ def probe(
     the class from the bg block (rows ``fg, background erased`` and ``bg, class erased``)."""
     algo, record = load_run(folder)
     root = Path(dataset)
-    meta = ds.read_dataset_json(root)
-    classes, backgrounds = list(meta["classes"]), list(meta["backgrounds"])
+    meta = ds.DatasetMeta.read(root)
+    classes, backgrounds = list(meta.classes), list(meta.backgrounds)
     if classes != record["classes"] or backgrounds != record["backgrounds"]:
         raise DreamshiftError(f"{root} has other classes or backgrounds than the run {folder}")
     prep = _run_preprocessing(folder, record)
@@ -630,7 +630,7 @@ def probe(
     matrix = probe_matrix(*data[train_split], *data[test_split], num_labels=num_labels)
     entry = {
         "dataset": str(root),
-        "dataset_hash": meta.get("content_hash"),
+        "dataset_hash": meta.content_hash,
         "train_split": train_split,
         "test_split": test_split,
         "erase": erase,

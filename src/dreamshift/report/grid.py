@@ -18,8 +18,8 @@ from dreamshift.errors import DreamshiftError
 def make_grid(root: str | Path, out: str | Path, split: str | None = None, cell: int = 64) -> Path:
     """Write the grid PNG of dataset ``root`` (optionally one split) to ``out``; return it."""
     root = Path(root)
-    meta = ds.read_dataset_json(root)
-    classes, bgs = list(meta["classes"]), list(meta["backgrounds"])
+    meta = ds.DatasetMeta.read(root)
+    classes, bgs = list(meta.classes), list(meta.backgrounds)
     rows = ds.read_manifest(root).to_pylist()
     splits = sorted({r["split"] for r in rows})
     if split is not None and split not in splits:

@@ -19,7 +19,7 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
     ...}``; ``flagged`` samples (black or blank images) are not counted in the groups; images
     without an animal (the spurious split) count under :data:`NO_ANIMAL`.
     """
-    meta = ds.read_dataset_json(root)
+    meta = ds.DatasetMeta.read(root)
     table = ds.read_manifest(root)
     cols = table.select(["split", "status", "fg_class", "bg_class"]).to_pydict()
     status = Counter(zip(cols["split"], cols["status"], strict=True))
@@ -37,21 +37,21 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
             "failed": status[(split, ds.FAILED)],
             "flagged": status[(split, ds.FLAGGED)],
             "groups": {
-                c: {b: groups[(split, c, b)] for b in meta["backgrounds"]}
-                for c in [*meta["classes"], NO_ANIMAL]
+                c: {b: groups[(split, c, b)] for b in meta.backgrounds}
+                for c in [*meta.classes, NO_ANIMAL]
                 if c != NO_ANIMAL or any(k[:2] == (split, NO_ANIMAL) for k in groups)
             },
         }
     return {
         "root": str(root),
-        "complete": bool(meta.get("complete")),
+        "complete": meta.complete,
         "num_rows": table.num_rows,
-        "planned": meta.get("num_samples"),
-        "classes": list(meta["classes"]),
-        "backgrounds": list(meta["backgrounds"]),
-        "assignment": meta.get("assignment", {}),
+        "planned": meta.num_samples,
+        "classes": list(meta.classes),
+        "backgrounds": list(meta.backgrounds),
+        "assignment": meta.assignment,
         # a dreamed dataset carries its source's rho
-        "rho": meta.get("config", {}).get("recipe", {}).get("rho", meta.get("rho")),
+        "rho": meta.confounder_strength,
         "splits": splits,
     }
 

@@ -168,7 +168,7 @@ def spurious_feature_study(
             spurious_per_class=cfg.candidates,
         )), source, workers=1, progress=progress,
     )  # fmt: skip
-    usual = {c: b for c, b in ds.read_dataset_json(source).get("assignment", {}).items()}
+    usual = {c: b for c, b in ds.DatasetMeta.read(source).assignment.items()}
     tune_base = TuneConfig(
         method="dreambooth", split=ds.SPURIOUS, called_by=CLASSIFIERS, shots=cfg.references,
         identifier=IDENTIFIER, instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT,

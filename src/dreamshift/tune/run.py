@@ -101,7 +101,7 @@ def select_instances(source: Path, cfg: TuneConfig) -> list[dict[str, Any]]:
         manifest = ds.read_manifest(source).to_pylist()
         rows = usable_rows(manifest, cfg.split)
         # a spurious image shows no animal: its class is the one whose usual background it is
-        usual = {b: c for c, b in ds.read_dataset_json(source).get("assignment", {}).items()}
+        usual = {b: c for c, b in ds.DatasetMeta.read(source).assignment.items()}
         rows = [r if r["fg_class"] else {**r, "fg_class": usual.get(r["bg_class"])} for r in rows]
         if not rows:
             splits = sorted({r["split"] for r in manifest})

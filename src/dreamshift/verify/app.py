@@ -92,7 +92,7 @@ class ReviewSite:
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
-        meta = ds.read_dataset_json(self.root)
+        meta = ds.DatasetMeta.read(self.root)
         manifest = ds.read_manifest(self.root).to_pylist()
         rows = [r for r in usable_rows(manifest, self.split or None) if r["fg_class"]]
         if not rows:
@@ -103,7 +103,7 @@ class ReviewSite:
         self.rows = {r["sample_id"]: r for r in rows}
         self.pool = sorted(self.rows, key=_order)
         self.guides = {}
-        source = (meta.get("config") or {}).get("source")
+        source = meta.source
         if source and (Path(source) / ds.DATASET_JSON).is_file():
             source_root = Path(source).resolve()
             by_id = {r["sample_id"]: r for r in ds.read_manifest(source_root).to_pylist()}
@@ -113,7 +113,7 @@ class ReviewSite:
                     path = _inside(source_root, guide["path"])
                     if path:
                         self.guides[s] = path
-        self.definitions = read_definitions(self.definitions_file, list(meta["classes"]))
+        self.definitions = read_definitions(self.definitions_file, list(meta.classes))
 
     def image(self, sample_id: str) -> Path | None:
         row = self.rows.get(sample_id)

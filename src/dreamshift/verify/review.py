@@ -29,7 +29,7 @@ def link(token: str, host: str = "127.0.0.1", port: int = 8765) -> str:
 
 def open_store(root: str | Path, votes_per_image: int | None = None) -> ReviewStore:
     root = Path(root)
-    ds.read_dataset_json(root)  # a dataset directory, or a clear error
+    ds.DatasetMeta.read(root)  # a dataset directory, or a clear error
     return ReviewStore(root, votes_per_image)
 
 

@@ -162,8 +162,7 @@ def verify(
     if not oracles:
         raise DreamshiftError("give at least one --oracle (world, clip:ARCH/PRETRAINED, MODEL)")
     root = Path(dataset)
-    meta = ds.read_dataset_json(root)
-    classes = list(meta["classes"])
+    classes = list(ds.DatasetMeta.read(root).classes)
     rows = [
         r for r in ds.read_manifest(root).to_pylist()
         if r["status"] == ds.OK and r["fg_class"] is not None and (not split or r["split"] == split)
