@@ -24,15 +24,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL
-import pyarrow as pa
 from PIL import Image, ImageFilter
 
 import dreamshift
@@ -44,11 +40,18 @@ from dreamshift.compose.sources import (
     foreground_source,
 )
 from dreamshift.data import dataset as ds
-from dreamshift.data.images import encode_png, flush_to_disk, sha256_bytes
 from dreamshift.data.schema import SplitCounts
 from dreamshift.engine.executors import Executor, LocalPool
 from dreamshift.engine.output import claim_output
-from dreamshift.engine.shards import Tick, finish, run_shards, shard_list, unfinished
+from dreamshift.engine.shards import (
+    ShardWriter,
+    Tick,
+    finish,
+    library_versions,
+    run_shards,
+    shard_list,
+    unfinished,
+)
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.seeding import derive_seed, rng_for
 from dreamshift.world.photo import render_photo
@@ -300,12 +303,7 @@ def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) ->
     """Compose one shard's images and make the shard durable. A sample with a bad input file
     is recorded as failed with its reason and the others go on; any other error stops the run
     and leaves the shard unfinished."""
-    start = time.perf_counter()
-    run, root = job.run, job.root
-    layout = ds.DatasetLayout(root)
-    folder = layout.shard_dir(shard)
-    folder.mkdir(parents=True, exist_ok=True)
-    rel_folder = folder.relative_to(root).as_posix()
+    run, writer = job.run, ShardWriter(job.root, shard)
     rows = []
     for spec in specs:
         row = _row(spec)
@@ -314,41 +312,12 @@ def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) ->
         except BadInputError as exc:
             row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
         else:
-            data = encode_png(img)
-            rel_path = f"{rel_folder}/{spec.sample_id}.png"
-            with open(root / rel_path, "wb") as f:  # the shard is redone unless marked done
-                f.write(data)
             row.update(fields)
-            row.update(
-                render=run.cfg.render if spec.fg_source is not None else None,
-                status=ds.OK,
-                path=rel_path,
-                sha256=sha256_bytes(data),
-                width=img.width,
-                height=img.height,
-            )
+            row.update(render=run.cfg.render if spec.fg_source is not None else None,
+                       status=ds.OK, **writer.write_png(spec.sample_id, img))  # fmt: skip
         rows.append(row)
         tick(1)
-    flush_to_disk()  # images durable before the rows and the marker that vouch for them
-    failures = sum(r["status"] == ds.FAILED for r in rows)
-    stats = {
-        "shard": shard,
-        "count": len(rows),
-        "failed": failures,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    ds.write_shard(layout, shard, rows, stats)
-    return stats
-
-
-def _versions() -> dict[str, str]:
-    return {
-        "dreamshift": dreamshift.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "pyarrow": pa.__version__,
-    }
+    return writer.close(rows)
 
 
 def _split_counts(groups: dict[str, dict[str, int]]) -> SplitCounts:
@@ -368,7 +337,7 @@ def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> d
         splits={s: _split_counts(counts.get(s, {})) for s in ds.SPLITS},
         num_samples=len(specs),
         num_shards=num_shards,
-        versions=_versions(),
+        versions=library_versions(("numpy", "pillow", "pyarrow")),
     )
 
 

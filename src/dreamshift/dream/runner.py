@@ -38,10 +38,8 @@ import functools
 import hashlib
 import io
 import json
-import platform
 import time
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +49,21 @@ from PIL import Image
 
 import dreamshift
 from dreamshift.data import dataset as ds
-from dreamshift.data.images import encode_png, flush_to_disk, load_image, sha256_bytes, sha256_file
+from dreamshift.data.images import encode_png, load_image, sha256_bytes, sha256_file
 from dreamshift.data.schema import SplitCounts
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.dream.quality import quality_flag
 from dreamshift.engine.executors import Executor, LocalPool
 from dreamshift.engine.output import claim_output
-from dreamshift.engine.shards import Tick, finish, run_shards, shard_list
+from dreamshift.engine.shards import (
+    ShardWriter,
+    Tick,
+    finish,
+    library_versions,
+    run_shards,
+    shard_list,
+)
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.models.diffusion import (
     Dreamer,
@@ -118,16 +123,6 @@ class DreamResult:
     num_flagged: int
     shards_run: int
     seconds: float
-
-
-def library_versions() -> dict[str, str]:
-    out = {"dreamshift": dreamshift.__version__, "python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def _source_rows(cfg: DreamConfig) -> tuple[ds.DatasetMeta, list[dict[str, Any]]]:
@@ -286,7 +281,7 @@ def _metadata(plan: DreamPlan, src_meta: ds.DatasetMeta, num_shards: int) -> ds.
         },
         num_samples=len(plan.specs),
         num_shards=num_shards,
-        versions=library_versions(),
+        versions=library_versions(_LIBRARIES),
     )
 
 
@@ -373,19 +368,13 @@ def guide_image(source: Path, guide: dict[str, Any], size: tuple[int, int]) -> I
     return img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
 
 
-def _finish(row: dict[str, Any], pixels: np.ndarray, root: Path, rel_path: str) -> None:
+def _finish(row: dict[str, Any], pixels: np.ndarray, writer: ShardWriter, sample_id: str) -> None:
     flag = quality_flag(pixels)
-    data = encode_png(Image.fromarray(pixels))
-    with open(root / rel_path, "wb") as f:  # the shard is redone unless marked done
-        f.write(data)
     row.update(
         status=ds.FLAGGED if flag else ds.OK,
         flag=flag,
         error=f"{flag} image" if flag else None,
-        path=rel_path,
-        sha256=sha256_bytes(data),
-        width=int(pixels.shape[1]),
-        height=int(pixels.shape[0]),
+        **writer.write_png(sample_id, Image.fromarray(pixels)),
     )
 
 
@@ -422,21 +411,15 @@ class ShardJob:
 def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[str, Any]:
     """Make ``work``'s images and make the shard durable. A sample with a bad input (guide)
     is recorded as failed; any other error stops the run and leaves the shard unfinished."""
-    start = time.perf_counter()
-    plan, root = job.plan, job.root
-    layout = ds.DatasetLayout(root)
-    folder = layout.shard_dir(shard)
-    folder.mkdir(parents=True, exist_ok=True)
-    rel_folder = folder.relative_to(root).as_posix()
-    versions = json.dumps(library_versions(), sort_keys=True)
+    plan, writer = job.plan, ShardWriter(job.root, shard)
+    versions = json.dumps(library_versions(_LIBRARIES), sort_keys=True)
     rows = []
     for b in range(0, len(work.specs), job.batch_size):
         batch = work.specs[b : b + job.batch_size]
-        todo: list[tuple[dict[str, Any], str, Request]] = []  # row, image path, request
+        todo: list[tuple[dict[str, Any], str, Request]] = []  # row, sample id, request
         for spec in batch:
             row = base_row(plan, spec, versions)
             rows.append(row)
-            rel_path = f"{rel_folder}/{spec.sample_id}.png"
             try:
                 guide = None
                 if plan.cfg.mode != "txt2img":
@@ -446,13 +429,13 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[st
                 continue
             if plan.cfg.mode == "paste":
                 assert guide is not None
-                _finish(row, np.asarray(guide), root, rel_path)
+                _finish(row, np.asarray(guide), writer, spec.sample_id)
                 continue
             assert spec.prompt is not None and spec.negative_prompt is not None
             todo.append(
                 (
                     row,
-                    rel_path,
+                    spec.sample_id,
                     Request(
                         spec.prompt,
                         spec.negative_prompt,
@@ -468,25 +451,19 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[st
             images = job.dreamer.generate(
                 [t[2] for t in todo], cfg.steps, cfg.strength, cfg.guidance_scale, w, h
             )
-            for (row, rel_path, _), pixels in zip(todo, images, strict=True):
-                _finish(row, pixels, root, rel_path)
+            for (row, sample_id, _), pixels in zip(todo, images, strict=True):
+                _finish(row, pixels, writer, sample_id)
         tick(len(batch))
-    flush_to_disk()  # images durable before the rows and the marker that vouch for them
     all_rows = sorted([*work.keep, *rows], key=lambda r: r["index"])
-    seconds = time.perf_counter() - start
-    stats = {
-        "shard": shard,
-        "count": len(all_rows),
-        "made": len(rows),
-        "ok": sum(r["status"] == ds.OK for r in all_rows),
-        "failed": sum(r["status"] == ds.FAILED for r in all_rows),
-        "flagged": sum(r["status"] == ds.FLAGGED for r in all_rows),
-        "failed_now": sum(r["status"] == ds.FAILED for r in rows),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(len(rows) / seconds, 3) if seconds > 0 else None,
-    }
-    ds.write_shard(layout, shard, all_rows, stats)
-    return stats
+    seconds = time.perf_counter() - writer.start
+    return writer.close(
+        all_rows,
+        made=len(rows),
+        ok=sum(r["status"] == ds.OK for r in all_rows),
+        flagged=sum(r["status"] == ds.FLAGGED for r in all_rows),
+        failed_now=sum(r["status"] == ds.FAILED for r in rows),
+        images_per_second=round(len(rows) / seconds, 3) if seconds > 0 else None,
+    )
 
 
 def _retry_work(layout: ds.DatasetLayout, specs: list[DreamSpec], k: int) -> ShardWork | None:

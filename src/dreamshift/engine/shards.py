@@ -2,9 +2,10 @@
 
 A stage plans every sample, cuts the list into shards (:func:`shard_list`), runs those not
 yet done (:func:`unfinished`) with :func:`run_shards`, and ends with :func:`finish`. Its
-per-shard function makes the shard's images and writes its rows and ``.done`` marker
-(``dataset.write_shard``): a shard is durable once marked, so a killed or failed run continues
-from the unmarked ones, and the result does not depend on the executor or the shard order.
+per-shard function makes the shard's images through a :class:`ShardWriter` (PNG files, their
+sha256, then the rows and the ``.done`` marker once the images are on disk): a shard is durable
+once marked, so a killed or failed run continues from the unmarked ones, and the result does
+not depend on the executor or the shard order.
 
 >>> shard_list(list(range(5)), 2)
 [[0, 1], [2, 3], [4]]
@@ -14,13 +15,20 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence, Sized
+from importlib import metadata
+from pathlib import Path
 from typing import Any, TypeVar
 
+from PIL import Image
 from tqdm import tqdm
 
+import dreamshift
 from dreamshift.data import dataset as ds
+from dreamshift.data.images import encode_png, flush_to_disk, sha256_bytes
 from dreamshift.engine.executors import Executor
 
 S = TypeVar("S")
@@ -37,6 +45,51 @@ _BARS: dict[int, tqdm] = {}
 def shard_list(items: Sequence[T], size: int) -> list[list[T]]:
     """``items`` in consecutive shards of ``size``."""
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def library_versions(libraries: Sequence[str]) -> dict[str, str]:
+    """dreamshift's, Python's and each installed library's version, as a dataset records
+    them."""
+    out = {"dreamshift": dreamshift.__version__, "python": platform.python_version()}
+    for name in libraries:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class ShardWriter:
+    """One shard's folder of images, made by a stage's per-shard function: :meth:`write_png`
+    each image, then :meth:`close` with the shard's rows, which makes the images durable before
+    the rows and the ``.done`` marker that vouch for them."""
+
+    def __init__(self, root: str | Path, shard: int):
+        self.root, self.shard = Path(root), shard
+        self.layout = ds.DatasetLayout(root)
+        folder = self.layout.shard_dir(shard)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.rel_folder = folder.relative_to(self.root).as_posix()
+        self.start = time.perf_counter()
+
+    def write_png(self, sample_id: str, image: Image.Image) -> dict[str, Any]:
+        """Write ``image`` as the sample's PNG; the row fields that locate and hash it."""
+        data = encode_png(image)
+        rel_path = f"{self.rel_folder}/{sample_id}.png"
+        with open(self.root / rel_path, "wb") as f:  # the shard is redone unless marked done
+            f.write(data)
+        return {"path": rel_path, "sha256": sha256_bytes(data), "width": image.width,
+                "height": image.height}  # fmt: skip
+
+    def close(self, rows: Sequence[dict[str, Any]], **stats: Any) -> dict[str, Any]:
+        """Flush the images, then write the rows and the ``.done`` marker with the shard's
+        count, failures and seconds (and ``stats``); returns the marker's content."""
+        flush_to_disk()
+        done = {"shard": self.shard, "count": len(rows),
+                "failed": sum(r["status"] == ds.FAILED for r in rows),
+                "seconds": round(time.perf_counter() - self.start, 3), **stats}  # fmt: skip
+        ds.write_shard(self.layout, self.shard, rows, done)
+        return done
 
 
 def unfinished(layout: ds.DatasetLayout, num_shards: int) -> list[int]:
