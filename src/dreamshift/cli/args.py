@@ -73,20 +73,16 @@ def executor_of(args: argparse.Namespace, use_gpus: bool = False) -> Any:
     return RayExecutor(args.ray_address, actors=args.workers, use_gpus=use_gpus)
 
 
-def add_config_flags(
-    parser: Any, cls: type[Config], *, skip: tuple[str, ...] = (), _path: str = ""
-) -> None:
+def add_config_flags(parser: Any, cls: type[Config], _path: str = "") -> None:
     """One flag per field of ``cls`` declared with ``dreamshift.config.option`` (and of its
     nested configs, flattened): its type and choices from the field's annotation and
     ``CHOICES``, its help from the field with the field's default appended. A flag not given
     is None, so :func:`config_from_args` keeps the ``--config`` file's value or the default."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         hint = hints[f.name]
         if isinstance(hint, type) and issubclass(hint, Config):
-            add_config_flags(parser, hint, skip=skip, _path=f"{_path}{f.name}.")
+            add_config_flags(parser, hint, f"{_path}{f.name}.")
             continue
         if "help" not in f.metadata:
             continue
