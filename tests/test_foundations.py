@@ -232,3 +232,20 @@ def test_a_misspelt_key_is_refused_by_name_in_dataset_json_and_in_manifest_rows(
     row = {"sample_id": "a-0", "split": "train", "fg_clas": "cat"}
     with pytest.raises(ValueError, match=r"row 'a-0' has unknown column\(s\) \['fg_clas'\]"):
         ds.table_from_rows([row])
+
+
+def test_a_learn_run_on_a_dream_records_its_guides_rho_even_where_the_guides_are_gone(tmp_path):
+    """The dream's dataset.json holds its guides' confounder strength: no need to find them."""
+    import json
+    import shutil
+
+    root = tmp_path / "paste"
+    shutil.copytree(SCHEMA_2 / "paste", root)
+    meta = json.loads((root / ds.DATASET_JSON).read_text())
+    meta["config"]["source"] = str(tmp_path / "moved-away")  # the guides are not there
+    (root / ds.DATASET_JSON).write_text(json.dumps(meta))
+    cfg = LearnConfig(epochs=1, batch_size=4, input_size=16)
+    learn(root, tmp_path / "runs", cfg, log=lambda *_: None)
+    lines = (tmp_path / "runs" / "results.jsonl").read_text().splitlines()
+    (record,) = [json.loads(line) for line in lines]
+    assert record["dataset_stage"] == "dream" and record["rho"] == 0.95

@@ -320,10 +320,6 @@ def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) ->
     return writer.close(rows)
 
 
-def _split_counts(groups: dict[str, dict[str, int]]) -> SplitCounts:
-    return SplitCounts(sum(sum(by_bg.values()) for by_bg in groups.values()), groups)
-
-
 def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> ds.DatasetMeta:
     counts = group_counts(specs)
     return ds.DatasetMeta(
@@ -334,7 +330,7 @@ def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> d
         classes=cfg.classes,
         backgrounds=cfg.background_names,
         assignment=dict(cfg.recipe.assignment),
-        splits={s: _split_counts(counts.get(s, {})) for s in ds.SPLITS},
+        splits={s: SplitCounts.of(counts.get(s, {})) for s in ds.SPLITS},
         num_samples=len(specs),
         num_shards=num_shards,
         versions=library_versions(("numpy", "pillow", "pyarrow")),

@@ -35,6 +35,11 @@ class SplitCounts:
     num_samples: int
     groups: dict[str, dict[str, int]]  # fg_class -> bg_class -> images
 
+    @classmethod
+    def of(cls, groups: dict[str, dict[str, int]]) -> SplitCounts:
+        """The counts of a split planned as ``groups``."""
+        return cls(sum(sum(by_bg.values()) for by_bg in groups.values()), groups)
+
 
 @dataclass(frozen=True)
 class DatasetMeta:

@@ -276,9 +276,7 @@ def _metadata(plan: DreamPlan, src_meta: ds.DatasetMeta, num_shards: int) -> ds.
         label_maps=src_meta.label_maps,
         assignment=src_meta.assignment,
         rho=src_meta.recipe.get("rho"),
-        splits={
-            s: SplitCounts(sum(sum(v.values()) for v in g.values()), g) for s, g in groups.items()
-        },
+        splits={s: SplitCounts.of(g) for s, g in groups.items()},
         num_samples=len(plan.specs),
         num_shards=num_shards,
         versions=library_versions(_LIBRARIES),

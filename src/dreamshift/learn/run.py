@@ -300,17 +300,6 @@ def evaluate(
     }
 
 
-def _rho(root: Path, meta: ds.DatasetMeta) -> float | None:
-    """Confounder strength of a composed dataset, or of the guides a dreamed one came from."""
-    if meta.stage == "dream" and meta.source:
-        guides = Path(meta.source)
-        guides = guides if guides.is_absolute() else root / guides
-        if (guides / ds.DATASET_JSON).exists():
-            meta = ds.DatasetMeta.read(guides)
-    rho = meta.recipe.get("rho")
-    return None if rho is None else float(rho)
-
-
 def learn(
     dataset: str | Path,
     out: str | Path,
@@ -364,7 +353,7 @@ def learn(
         "dataset": str(root.resolve()),
         "dataset_hash": meta.content_hash,
         "dataset_stage": meta.stage,  # compose (paste) or dream
-        "rho": _rho(root, meta),
+        "rho": meta.confounder_strength,  # a dream's: its guides', recorded when dreamed
         "classes": classes,
         "backgrounds": backgrounds,
         "preprocessing": prep.to_dict(),
