@@ -288,16 +288,12 @@ def test_audit_bad_input_gets_clear_errors(world, cnn, tmp_path, capsys):
     assert "is not a dreamshift dataset" in capsys.readouterr().err
     # a planned group whose images all failed is an error, not a silently higher worst group
     broken = copy_dataset(world, tmp_path / "broken")
-    table = ds.read_manifest(broken)
-    rows = table.to_pylist()
-    victim = next(r for r in rows if r["split"] == "test")
-    for r in rows:
-        if r["split"] == "test" and (r["fg_class"], r["bg_class"]) == (
-            victim["fg_class"],
-            victim["bg_class"],
-        ):
-            r["status"] = ds.FAILED
-    ds.write_table_atomic(ds.table_from_rows(rows), ds.DatasetLayout(broken).manifest_path)
+    rows = ds.read_rows(broken)
+    victim = next(r for r in rows if r.split == "test")
+    group = ("test", victim.fg_class, victim.bg_class)
+    rows = [r.replace(status=ds.FAILED) if (r.split, r.fg_class, r.bg_class) == group else r
+            for r in rows]  # fmt: skip
+    ds.write_table_atomic(ds.manifest_table(rows), ds.DatasetLayout(broken).manifest_path)
     assert main(["audit", str(broken), "--model", str(cnn)]) == 1
     err = capsys.readouterr().err
     assert f"{victim['fg_class']}/{victim['bg_class']}" in err and "--allow-empty-groups" in err

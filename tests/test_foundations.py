@@ -231,7 +231,7 @@ def test_a_misspelt_key_is_refused_by_name_in_dataset_json_and_in_manifest_rows(
         ds.DatasetMeta.read(root)
     row = {"sample_id": "a-0", "split": "train", "fg_clas": "cat"}
     with pytest.raises(ValueError, match=r"row 'a-0' has unknown column\(s\) \['fg_clas'\]"):
-        ds.table_from_rows([row])
+        ds.SampleRow.from_dict(row)
 
 
 def test_a_learn_run_on_a_dream_records_its_guides_rho_even_where_the_guides_are_gone(tmp_path):

@@ -138,11 +138,8 @@ def paste_copy(guides: Path, out: Path) -> Path:
 
 def _only_cats(guides: Path, tmp_path: Path) -> Path:
     out = paste_copy(guides, tmp_path / "cats")
-    table = ds.read_manifest(out).to_pylist()
-    for r in table:
-        if r["fg_class"] == "dog":
-            r["status"] = ds.FAILED
-    ds.write_table_atomic(ds.table_from_rows(table), ds.DatasetLayout(out).manifest_path)
+    rows = [r.replace(status=ds.FAILED) if r.fg_class == "dog" else r for r in ds.read_rows(out)]
+    ds.write_table_atomic(ds.manifest_table(rows), ds.DatasetLayout(out).manifest_path)
     return out
 
 

@@ -217,7 +217,7 @@ def group_counts(specs: list[SampleSpec]) -> dict[str, dict[str, dict[str, int]]
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for s in specs:
         if s.fg_class is None:  # spurious-only images: counted per background
-            by_bg = counts.setdefault(s.split, {}).setdefault("(none)", {})
+            by_bg = counts.setdefault(s.split, {}).setdefault(ds.NO_CLASS, {})
             by_bg[s.bg_class] = by_bg.get(s.bg_class, 0) + 1
             continue
         by_bg = counts.setdefault(s.split, {}).setdefault(s.fg_class, {})
@@ -275,20 +275,20 @@ def compose_image(
     return canvas, fields
 
 
-def _row(spec: SampleSpec) -> dict[str, Any]:
-    return {
-        "sample_id": spec.sample_id,
-        "index": spec.index,
-        "split": spec.split,
-        "fg_class": spec.fg_class,
-        "bg_class": spec.bg_class,
-        "aligned": spec.aligned,
-        "fg_source": spec.fg_source,
-        "bg_source": spec.bg_source,
-        "pipeline": "paste",
-        "seed": spec.seed,
-        "coat_class": spec.coat_class,
-    }
+def _row(spec: SampleSpec) -> ds.SampleRow:
+    return ds.SampleRow(
+        sample_id=spec.sample_id,
+        index=spec.index,
+        split=spec.split,
+        fg_class=spec.fg_class,
+        bg_class=spec.bg_class,
+        aligned=spec.aligned,
+        fg_source=spec.fg_source,
+        bg_source=spec.bg_source,
+        pipeline="paste",
+        seed=spec.seed,
+        coat_class=spec.coat_class,
+    )
 
 
 @dataclass(frozen=True)
@@ -310,11 +310,11 @@ def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) ->
         try:
             img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
         except BadInputError as exc:
-            row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
+            row = row.replace(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
         else:
-            row.update(fields)
-            row.update(render=run.cfg.render if spec.fg_source is not None else None,
-                       status=ds.OK, **writer.write_png(spec.sample_id, img))  # fmt: skip
+            render = run.cfg.render if spec.fg_source is not None else None
+            png = writer.write_png(spec.sample_id, img)
+            row = row.replace(**fields, **png, render=render, status=ds.OK)
         rows.append(row)
         tick(1)
     return writer.close(rows)

@@ -295,9 +295,9 @@ def _dataset_backgrounds(root: Path) -> dict[str, list[str]]:
     from dreamshift.data import dataset as ds
 
     out: dict[str, list[str]] = {}
-    for r in ds.read_manifest(root).to_pylist():
-        if r["status"] == ds.OK and r["bg_class"] and r["path"]:
-            out.setdefault(r["bg_class"], []).append(r["path"])
+    for r in ds.read_rows(root):
+        if r.status == ds.OK and r.bg_class and r.path:
+            out.setdefault(r.bg_class, []).append(r.path)
     if not out:
         raise DreamshiftError(f"background dataset {root} has no usable images")
     return {label: sorted(paths) for label, paths in out.items()}

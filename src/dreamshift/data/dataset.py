@@ -24,10 +24,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dreamshift.data.images import write_atomic
-from dreamshift.data.schema import DATASET_JSON, SCHEMA_VERSION, DatasetMeta
+from dreamshift.data.schema import (
+    DATASET_JSON,
+    MANIFEST_SCHEMA,
+    SCHEMA_VERSION,
+    DatasetMeta,
+    SampleRow,
+    manifest_table,
+)
 from dreamshift.errors import DreamshiftError
 
-__all__ = ["DATASET_JSON", "SCHEMA_VERSION", "DatasetMeta"]  # read with the layout
+# the records, used with the layout
+__all__ = ["DATASET_JSON", "MANIFEST_SCHEMA", "SCHEMA_VERSION", "DatasetMeta", "SampleRow",
+           "manifest_table"]  # fmt: skip
 LOCK = ".lock"  # the running writer's lock, kept inside only when the parent is not writable
 MANIFEST = "manifest.parquet"
 OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (black)
@@ -37,57 +46,7 @@ OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (
 # "conflict" holds one class's shape in another class's coat (coat_class names it).
 TRAIN, VAL, TEST, ANTI, SPURIOUS, CONFLICT = "train", "val", "test", "anti", "spurious", "conflict"
 SPLITS = (TRAIN, VAL, TEST, ANTI, SPURIOUS, CONFLICT)
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        # identity
-        ("sample_id", pa.string()),
-        ("index", pa.int64()),
-        ("split", pa.string()),
-        ("status", pa.string()),  # "ok" | "failed" | "flagged"
-        ("error", pa.string()),  # why a sample failed, naming the file
-        ("path", pa.string()),  # relative to the dataset directory
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        # labels
-        ("fg_class", pa.string()),
-        ("bg_class", pa.string()),
-        ("aligned", pa.bool_()),  # bg_class is the class's assigned (spurious) background
-        # composition
-        ("fg_source", pa.string()),
-        ("mask_source", pa.string()),
-        ("bg_source", pa.string()),
-        ("box_x", pa.int32()),
-        ("box_y", pa.int32()),
-        ("box_w", pa.int32()),
-        ("box_h", pa.int32()),
-        ("scale", pa.float64()),
-        ("appearance", pa.string()),  # JSON of drawn appearance/augmentation parameters
-        ("coat_class", pa.string()),  # whose typical coat the animal wears; null: random coat
-        ("render", pa.string()),  # "paste" (a naive cut-out) | "photo" (lit by its scene)
-        # generation
-        ("pipeline", pa.string()),  # "paste" (guides, copies) | "img2img" | "txt2img"
-        ("seed", pa.int64()),  # per-sample seed = derive_seed(run seed, sample_id)
-        ("model_id", pa.string()),  # as given: a local folder or a hub id
-        ("model_sha256", pa.string()),  # of every file of the model folder
-        ("adapters", pa.string()),  # JSON: the LoRAs applied to this sample (path, sha256, scale)
-        ("scheduler", pa.string()),  # class name, e.g. "DDIMScheduler"
-        ("scheduler_config", pa.string()),  # JSON, enough to rebuild it with from_config
-        ("steps", pa.int32()),
-        ("strength", pa.float64()),  # img2img only
-        ("guidance_scale", pa.float64()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("prompt_template", pa.string()),  # the recipe template the prompt was filled from
-        ("guide_sample_id", pa.string()),  # the source row this sample was made from
-        ("guide_sha256", pa.string()),
-        ("runtime", pa.string()),  # JSON: device, dtype, threads, batch_invariant
-        ("versions", pa.string()),  # JSON: torch, diffusers, transformers, dreamshift, ...
-        # quality
-        ("flag", pa.string()),  # "black" | "blank" | null; such samples have status "flagged"
-    ]
-)
+NO_CLASS = "(none)"  # the class key of split counts for images without an object
 
 
 class DatasetLayout:
@@ -117,18 +76,6 @@ class DatasetLayout:
         return self.root / "shards" / f"{self.shard_name(shard)}.done"
 
 
-def table_from_rows(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """The manifest table of ``rows``; a column a row leaves out is null, a key that is not a
-    column is refused by name (a misspelt key would otherwise vanish silently)."""
-    columns = set(MANIFEST_SCHEMA.names)
-    for r in rows:
-        unknown = sorted(set(r) - columns)
-        if unknown:
-            raise ValueError(f"manifest row {r.get('sample_id')!r} has unknown column(s) {unknown}")
-    cols = {name: [r.get(name) for r in rows] for name in MANIFEST_SCHEMA.names}
-    return pa.table(cols, schema=MANIFEST_SCHEMA)
-
-
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -139,11 +86,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_shard(
-    layout: DatasetLayout, shard: int, rows: Sequence[dict[str, Any]], stats: dict
-) -> None:
+def write_shard(layout: DatasetLayout, shard: int, rows: Sequence[SampleRow], stats: dict) -> None:
     """Make a finished shard durable: its rows first, then the done marker."""
-    write_table_atomic(table_from_rows(rows), layout.shard_rows(shard))
+    write_table_atomic(manifest_table(rows), layout.shard_rows(shard))
     write_json_atomic(layout.shard_done(shard), stats)
 
 
@@ -207,6 +152,11 @@ def read_manifest(root: str | Path, columns: Sequence[str] | None = None) -> pa.
     ]
     empty = MANIFEST_SCHEMA.empty_table()
     return pa.concat_tables(parts) if parts else empty.select(names) if names else empty
+
+
+def read_rows(root: str | Path) -> list[SampleRow]:
+    """All rows of a dataset as :class:`SampleRow` records (see :func:`read_manifest`)."""
+    return SampleRow.of_table(read_manifest(root))
 
 
 def consolidate_manifest(layout: DatasetLayout, num_shards: int) -> pa.Table:

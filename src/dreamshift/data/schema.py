@@ -1,6 +1,16 @@
-"""``dataset.json`` as a typed, frozen record: what every stage writes about a dataset directory
-and every reader needs (its classes and backgrounds, the recipe that planned its splits, the
-runtime a dream ran with), instead of ``.get("config", {}).get(...)`` chains over a dict.
+"""The data contract's two records, typed and frozen: :class:`SampleRow`, one row of a
+manifest (the Arrow schema of ``manifest.parquet`` is derived from its fields), and
+:class:`DatasetMeta`, a dataset directory's ``dataset.json`` (its classes and backgrounds, the
+recipe that planned its splits, the runtime a dream ran with). Stages write and read them
+instead of dicts, so a misspelt key is refused by name instead of becoming a null column.
+
+>>> row = SampleRow(sample_id="abc-0000000", index=0, split="test", fg_class="cat")
+>>> row.replace(status="ok").status, MANIFEST_SCHEMA.field("fg_class").type
+('ok', DataType(string))
+>>> SampleRow.from_dict({"sample_id": "abc-0000000", "index": 0, "split": "test",
+...                      "fg_clas": "cat"})
+Traceback (most recent call last):
+ValueError: manifest row 'abc-0000000' has unknown column(s) ['fg_clas']
 
 >>> meta = DatasetMeta.from_dict({"stage": "compose", "content_hash": "abc", "classes": ["cat"],
 ...     "backgrounds": ["grass"], "num_samples": 1, "config": {"recipe": {"rho": 0.9}}})
@@ -18,14 +28,104 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from dreamshift.errors import DreamshiftError
 
 SCHEMA_VERSION = 2
 DATASET_JSON = "dataset.json"
+
+
+def _column(arrow_type: pa.DataType, default: Any = None) -> Any:
+    return field(default=default, metadata={"arrow": arrow_type})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRow:
+    """One sample of a dataset directory: a row of its manifest. Every stage writes the same
+    columns (a dream carries its guide's labels and layout); what a stage does not make stays
+    null. Field order is column order."""
+
+    # identity
+    sample_id: str = _column(pa.string(), "")
+    index: int = _column(pa.int64(), 0)
+    split: str = _column(pa.string(), "")
+    status: str | None = _column(pa.string())  # "ok" | "failed" | "flagged"
+    error: str | None = _column(pa.string())  # why a sample failed, naming the file
+    path: str | None = _column(pa.string())  # relative to the dataset directory
+    sha256: str | None = _column(pa.string())
+    width: int | None = _column(pa.int32())
+    height: int | None = _column(pa.int32())
+    # labels
+    fg_class: str | None = _column(pa.string())
+    bg_class: str | None = _column(pa.string())
+    aligned: bool | None = _column(pa.bool_())  # bg_class is the class's assigned background
+    # composition
+    fg_source: str | None = _column(pa.string())
+    mask_source: str | None = _column(pa.string())
+    bg_source: str | None = _column(pa.string())
+    box_x: int | None = _column(pa.int32())
+    box_y: int | None = _column(pa.int32())
+    box_w: int | None = _column(pa.int32())
+    box_h: int | None = _column(pa.int32())
+    scale: float | None = _column(pa.float64())
+    appearance: str | None = _column(pa.string())  # JSON of drawn appearance parameters
+    coat_class: str | None = _column(pa.string())  # whose typical coat; null: random coat
+    render: str | None = _column(pa.string())  # "paste" (a naive cut-out) | "photo" (lit)
+    # generation
+    pipeline: str | None = _column(pa.string())  # "paste" (guides, copies) | "img2img" | ...
+    seed: int | None = _column(pa.int64())  # per-sample seed = derive_seed(run seed, sample_id)
+    model_id: str | None = _column(pa.string())  # as given: a local folder or a hub id
+    model_sha256: str | None = _column(pa.string())  # of every file of the model folder
+    adapters: str | None = _column(pa.string())  # JSON: the LoRAs applied (path, sha256, scale)
+    scheduler: str | None = _column(pa.string())  # class name, e.g. "DDIMScheduler"
+    scheduler_config: str | None = _column(pa.string())  # JSON, to rebuild it with from_config
+    steps: int | None = _column(pa.int32())
+    strength: float | None = _column(pa.float64())  # img2img only
+    guidance_scale: float | None = _column(pa.float64())
+    prompt: str | None = _column(pa.string())
+    negative_prompt: str | None = _column(pa.string())
+    prompt_template: str | None = _column(pa.string())  # the recipe template it was filled from
+    guide_sample_id: str | None = _column(pa.string())  # the source row it was made from
+    guide_sha256: str | None = _column(pa.string())
+    runtime: str | None = _column(pa.string())  # JSON: device, dtype, threads, batch_invariant
+    versions: str | None = _column(pa.string())  # JSON: torch, diffusers, dreamshift, ...
+    # quality
+    flag: str | None = _column(pa.string())  # "black" | "blank" | null (status "flagged")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SampleRow:
+        """The row of ``d``; a key that is not a column is refused by name."""
+        unknown = sorted(set(d) - _COLUMNS)
+        if unknown:
+            raise ValueError(f"manifest row {d.get('sample_id')!r} has unknown column(s) {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def of_table(cls, table: pa.Table) -> list[SampleRow]:
+        """The rows of a manifest table (columns it lacks are null)."""
+        return [cls(**d) for d in table.to_pylist()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in MANIFEST_SCHEMA.names}
+
+    def replace(self, **changes: Any) -> SampleRow:
+        return dataclasses.replace(self, **changes)
+
+
+MANIFEST_SCHEMA = pa.schema([(f.name, f.metadata["arrow"]) for f in dataclasses.fields(SampleRow)])
+_COLUMNS = frozenset(MANIFEST_SCHEMA.names)
+
+
+def manifest_table(rows: Sequence[SampleRow]) -> pa.Table:
+    """The manifest table of ``rows``."""
+    cols = {name: [getattr(r, name) for r in rows] for name in MANIFEST_SCHEMA.names}
+    return pa.table(cols, schema=MANIFEST_SCHEMA)
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,15 @@ def write_label_plan(root: Path, labels: Sequence[str], per_label: int, size: in
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     rows = []
     for i, (label, k) in enumerate((lb, k) for lb in labels for k in range(per_label)):
-        rows.append({
-            "sample_id": f"{digest}-{i:07d}", "index": i, "split": PLAN_SPLIT,
-            "status": ds.OK, "sha256": hashlib.sha256(f"{label}:{k}".encode()).hexdigest(),
-            "width": size, "height": size, "bg_class": label,
-        })  # fmt: skip
+        # no image: the sha256 of "label:k" stands for one, naming the label's k-th template in
+        # the dream's guides hash (and so its sample ids and seeds)
+        rows.append(ds.SampleRow(
+            sample_id=f"{digest}-{i:07d}", index=i, split=PLAN_SPLIT, status=ds.OK,
+            sha256=hashlib.sha256(f"{label}:{k}".encode()).hexdigest(), width=size, height=size,
+            bg_class=label,
+        ))  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
-    ds.write_table_atomic(ds.table_from_rows(rows), root / ds.MANIFEST)
+    ds.write_table_atomic(ds.manifest_table(rows), root / ds.MANIFEST)
     recipe = root / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"name": "backgrounds", "templates": [template]}))
     meta = ds.DatasetMeta(

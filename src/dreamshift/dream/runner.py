@@ -95,7 +95,7 @@ class DreamSpec:
     prompt: str | None
     negative_prompt: str | None
     template: str | None
-    guide: dict[str, Any]
+    guide: ds.SampleRow
 
 
 @dataclass(frozen=True)
@@ -125,13 +125,13 @@ class DreamResult:
     seconds: float
 
 
-def _source_rows(cfg: DreamConfig) -> tuple[ds.DatasetMeta, list[dict[str, Any]]]:
+def _source_rows(cfg: DreamConfig) -> tuple[ds.DatasetMeta, list[ds.SampleRow]]:
     meta = ds.DatasetMeta.read(cfg.source)
     if not meta.complete:
         raise DreamshiftError(
             f"source {cfg.source} is an unfinished dataset: run the command that made it again"
         )
-    rows = [r for r in ds.read_manifest(cfg.source).to_pylist() if r["status"] == ds.OK]
+    rows = [r for r in ds.read_rows(cfg.source) if r.status == ds.OK]
     if ds.SPURIOUS in cfg.splits:
         raise DreamshiftError(
             f"split 'spurious' of {cfg.source} shows backgrounds without an object: there is "
@@ -141,23 +141,23 @@ def _source_rows(cfg: DreamConfig) -> tuple[ds.DatasetMeta, list[dict[str, Any]]
         if cfg.mode != "txt2img":
             raise DreamshiftError(f"{cfg.source} is a label plan: it has no images to {cfg.mode}")
     else:
-        rows = [r for r in rows if r["fg_class"] is not None]  # backgrounds alone: not dreamed
-    present = list(dict.fromkeys(r["split"] for r in rows))
+        rows = [r for r in rows if r.fg_class is not None]  # backgrounds alone: not dreamed
+    present = list(dict.fromkeys(r.split for r in rows))
     unknown = [s for s in cfg.splits if s not in present]
     if unknown:
         raise DreamshiftError(f"source {cfg.source} has no split {unknown}: it has {present}")
     if cfg.splits:
-        rows = [r for r in rows if r["split"] in cfg.splits]
+        rows = [r for r in rows if r.split in cfg.splits]
     else:  # a cue conflict is dreamed only on request: its prompt names the shape's class, and
         # the dream tends to repaint the coat to match, so the conflict (and shape bias) is lost
-        rows = [r for r in rows if r["split"] != ds.CONFLICT]
+        rows = [r for r in rows if r.split != ds.CONFLICT]
     if not rows:
         raise DreamshiftError(f"source {cfg.source} has no usable (status ok) samples")
     return meta, rows
 
 
-def _output_size(cfg: DreamConfig, rows: list[dict[str, Any]]) -> tuple[int, int]:
-    sizes = {(r["width"], r["height"]) for r in rows}
+def _output_size(cfg: DreamConfig, rows: list[ds.SampleRow]) -> tuple[int, int]:
+    sizes = {(r.width, r.height) for r in rows}
     if cfg.width and cfg.height:
         return cfg.width, cfg.height
     if len(sizes) > 1:
@@ -166,6 +166,7 @@ def _output_size(cfg: DreamConfig, rows: list[dict[str, Any]]) -> tuple[int, int
             "and --height"
         )
     w, h = sizes.pop()
+    assert w is not None and h is not None  # status ok: the image exists
     w, h = cfg.width or w, cfg.height or h
     if cfg.mode != "paste" and (w % 8 or h % 8):
         raise DreamshiftError(
@@ -188,7 +189,7 @@ def plan_dream(
     cfg = replace(cfg, source=str(Path(cfg.source).resolve()))
     src_meta, rows = _source_rows(cfg)
     width, height = _output_size(cfg, rows)
-    guides = hashlib.sha256("".join(f"{r['sample_id']}:{r['sha256']}\n" for r in rows).encode())
+    guides = hashlib.sha256("".join(f"{r.sample_id}:{r.sha256}\n" for r in rows).encode())
     resolved: dict[str, Any] = {
         "source_content_hash": src_meta.content_hash,
         "guides_sha256": guides.hexdigest(),  # which guides, with which bytes
@@ -205,14 +206,16 @@ def plan_dream(
     if cfg.mode != "paste":
         recipe = load_recipe(cfg.prompts)
         recipe.check_labels(
-            sorted({r["fg_class"] for r in rows} - {None}), sorted({r["bg_class"] for r in rows})
+            sorted({r.fg_class for r in rows if r.fg_class is not None}),
+            sorted({r.bg_class for r in rows if r.bg_class is not None}),
         )
         ref = locate_model(cfg.model)
         scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
         threads = cfg.threads or (prior_runtime or {}).get("threads")
         adapters = [resolve_adapter(a) for a in cfg.adapters]
         for spec, adapter in zip(cfg.adapters, adapters, strict=True):
-            lacking = sorted({r["fg_class"] for r in rows} - set(adapter["classes"] or []))
+            has = set(adapter["classes"] or [])
+            lacking = sorted({r.fg_class or ds.NO_CLASS for r in rows} - has)
             if adapter["classes"] is not None and lacking:
                 raise DreamshiftError(
                     f"--adapter {spec} has no class adapter for {lacking}: tune those classes "
@@ -254,7 +257,7 @@ def plan_dream(
         if recipe is not None:
             t = int(rng_for(seed, "template").integers(len(recipe.templates)))
             template = recipe.templates[t]
-            prompt = recipe.render(t, row["fg_class"], row["bg_class"])
+            prompt = recipe.render(t, row.fg_class, row.bg_class)
             negative = resolved["negative_prompt"]
         specs.append(DreamSpec(index, sample_id, seed, prompt, negative, template, row))
     return DreamPlan(cfg, resolved, specs)
@@ -264,8 +267,9 @@ def _metadata(plan: DreamPlan, src_meta: ds.DatasetMeta, num_shards: int) -> ds.
     groups: dict[str, dict[str, dict[str, int]]] = {}
     for s in plan.specs:
         g = s.guide
-        by_bg = groups.setdefault(g["split"], {}).setdefault(g["fg_class"], {})
-        by_bg[g["bg_class"]] = by_bg.get(g["bg_class"], 0) + 1
+        fg, bg = g.fg_class or ds.NO_CLASS, g.bg_class or ds.NO_CLASS  # a label plan: no class
+        by_bg = groups.setdefault(g.split, {}).setdefault(fg, {})
+        by_bg[bg] = by_bg.get(bg, 0) + 1
     return ds.DatasetMeta(
         stage="dream",
         dreamshift_version=dreamshift.__version__,
@@ -300,53 +304,54 @@ def make_dreamer(plan: DreamPlan) -> Dreamer | None:
     )
 
 
-def base_row(plan: DreamPlan, spec: DreamSpec, versions: str) -> dict[str, Any]:
+def base_row(plan: DreamPlan, spec: DreamSpec, versions: str) -> ds.SampleRow:
     """A sample's manifest row before its image exists: identity, labels, provenance."""
     cfg, r, g = plan.cfg, plan.resolved, spec.guide
-    row: dict[str, Any] = {k: g[k] for k in _LABELS}
-    if cfg.mode != "txt2img":
-        row.update({k: g[k] for k in _COMPOSITION})
-    row.update(
+    taken = _LABELS + (_COMPOSITION if cfg.mode != "txt2img" else ())
+    row = ds.SampleRow(
+        **{k: getattr(g, k) for k in taken},
         sample_id=spec.sample_id,
         index=spec.index,
         pipeline=cfg.mode,
         seed=spec.seed,
-        guide_sample_id=g["sample_id"],
-        guide_sha256=g["sha256"],
+        guide_sample_id=g.sample_id,
+        guide_sha256=g.sha256,
         versions=versions,
     )
-    if cfg.mode != "paste":
-        row.update(
-            model_id=cfg.model,
-            model_sha256=r["model_sha256"],
-            scheduler=r["scheduler"],
-            scheduler_config=json.dumps(r["scheduler_config"], sort_keys=True),
-            steps=cfg.steps,
-            strength=cfg.strength if cfg.mode == "img2img" else None,
-            guidance_scale=cfg.guidance_scale,
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt,
-            prompt_template=spec.template,
-            runtime=json.dumps(r["runtime"], sort_keys=True),
-        )
-        if r.get("adapters"):  # what applies to this sample: path, sha256, scale
-            row["adapters"] = json.dumps(
-                [{"path": a["path"], "scale": a["scale"],
-                  "sha256": a["sha256"].get("") or a["sha256"].get(g["fg_class"])}
-                 for a in r["adapters"] if a["classes"] is None or g["fg_class"] in a["classes"]],
-                sort_keys=True,
-            )  # fmt: skip
-    return row
+    if cfg.mode == "paste":
+        return row
+    adapters = None
+    if r.get("adapters"):  # what applies to this sample: path, sha256, scale
+        adapters = json.dumps(
+            [{"path": a["path"], "scale": a["scale"],
+              "sha256": a["sha256"].get("") or a["sha256"].get(g.fg_class)}
+             for a in r["adapters"] if a["classes"] is None or g.fg_class in a["classes"]],
+            sort_keys=True,
+        )  # fmt: skip
+    return row.replace(
+        model_id=cfg.model,
+        model_sha256=r["model_sha256"],
+        scheduler=r["scheduler"],
+        scheduler_config=json.dumps(r["scheduler_config"], sort_keys=True),
+        steps=cfg.steps,
+        strength=cfg.strength if cfg.mode == "img2img" else None,
+        guidance_scale=cfg.guidance_scale,
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt,
+        prompt_template=spec.template,
+        runtime=json.dumps(r["runtime"], sort_keys=True),
+        adapters=adapters,
+    )
 
 
-def read_guide(source: Path, guide: dict[str, Any]) -> bytes:
+def read_guide(source: Path, guide: ds.SampleRow) -> bytes:
     """The guide's file bytes, checked against the sha256 its manifest recorded."""
-    path = source / guide["path"]
+    path = source / str(guide.path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise BadInputError(f"cannot read guide {path}: {exc.strerror or exc}") from exc
-    if sha256_bytes(data) != guide["sha256"]:
+    if sha256_bytes(data) != guide.sha256:
         raise BadInputError(
             f"guide {path} changed since it was composed (sha256 differs from its manifest "
             "row): restore it or compose the source again"
@@ -354,10 +359,10 @@ def read_guide(source: Path, guide: dict[str, Any]) -> bytes:
     return data
 
 
-def guide_image(source: Path, guide: dict[str, Any], size: tuple[int, int]) -> Image.Image:
+def guide_image(source: Path, guide: ds.SampleRow, size: tuple[int, int]) -> Image.Image:
     """The guide as an RGB image at the output size."""
     data = read_guide(source, guide)
-    path = source / guide["path"]
+    path = source / str(guide.path)
     try:
         opened = Image.open(io.BytesIO(data))
         img = opened.convert("RGB")
@@ -366,18 +371,19 @@ def guide_image(source: Path, guide: dict[str, Any], size: tuple[int, int]) -> I
     return img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
 
 
-def _finish(row: dict[str, Any], pixels: np.ndarray, writer: ShardWriter, sample_id: str) -> None:
+def _finished(row: ds.SampleRow, pixels: np.ndarray, writer: ShardWriter) -> ds.SampleRow:
+    """``row`` with its image written, flagged if the image is unusable."""
     flag = quality_flag(pixels)
-    row.update(
+    return row.replace(
         status=ds.FLAGGED if flag else ds.OK,
         flag=flag,
         error=f"{flag} image" if flag else None,
-        **writer.write_png(sample_id, Image.fromarray(pixels)),
+        **writer.write_png(row.sample_id, Image.fromarray(pixels)),
     )
 
 
-def _failed(row: dict[str, Any], exc: BadInputError) -> None:
-    row.update(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
+def _failed(row: ds.SampleRow, exc: BadInputError) -> ds.SampleRow:
+    return row.replace(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -386,7 +392,7 @@ class ShardWork:
     of the shard's failed samples keeps the others)."""
 
     specs: list[DreamSpec]
-    keep: list[dict[str, Any]] = field(default_factory=list)
+    keep: list[ds.SampleRow] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -411,67 +417,66 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[st
     is recorded as failed; any other error stops the run and leaves the shard unfinished."""
     plan, writer = job.plan, ShardWriter(job.root, shard)
     versions = json.dumps(library_versions(_LIBRARIES), sort_keys=True)
-    rows = []
+    rows: list[ds.SampleRow] = []
     for b in range(0, len(work.specs), job.batch_size):
         batch = work.specs[b : b + job.batch_size]
-        todo: list[tuple[dict[str, Any], str, Request]] = []  # row, sample id, request
-        for spec in batch:
-            row = base_row(plan, spec, versions)
-            rows.append(row)
-            try:
-                guide = None
-                if plan.cfg.mode != "txt2img":
-                    guide = guide_image(plan.source, spec.guide, plan.size)
-            except BadInputError as exc:
-                _failed(row, exc)
-                continue
-            if plan.cfg.mode == "paste":
-                assert guide is not None
-                _finish(row, np.asarray(guide), writer, spec.sample_id)
-                continue
-            assert spec.prompt is not None and spec.negative_prompt is not None
-            todo.append(
-                (
-                    row,
-                    spec.sample_id,
-                    Request(
-                        spec.prompt,
-                        spec.negative_prompt,
-                        spec.seed,
-                        guide,
-                        spec.guide["fg_class"] or "",
-                    ),
-                )
-            )
-        if todo:
-            assert job.dreamer is not None
-            cfg, (w, h) = plan.cfg, plan.size  # inputs are read and checked: no bad input here
-            images = job.dreamer.generate(
-                [t[2] for t in todo], cfg.steps, cfg.strength, cfg.guidance_scale, w, h
-            )
-            for (row, sample_id, _), pixels in zip(todo, images, strict=True):
-                _finish(row, pixels, writer, sample_id)
+        rows += _make_batch(job, [base_row(plan, spec, versions) for spec in batch], batch,
+                            writer)  # fmt: skip
         tick(len(batch))
-    all_rows = sorted([*work.keep, *rows], key=lambda r: r["index"])
+    all_rows = sorted([*work.keep, *rows], key=lambda r: r.index)
     seconds = time.perf_counter() - writer.start
     return writer.close(
         all_rows,
         made=len(rows),
-        ok=sum(r["status"] == ds.OK for r in all_rows),
-        flagged=sum(r["status"] == ds.FLAGGED for r in all_rows),
-        failed_now=sum(r["status"] == ds.FAILED for r in rows),
+        ok=sum(r.status == ds.OK for r in all_rows),
+        flagged=sum(r.status == ds.FLAGGED for r in all_rows),
+        failed_now=sum(r.status == ds.FAILED for r in rows),
         images_per_second=round(len(rows) / seconds, 3) if seconds > 0 else None,
     )
 
 
+def _make_batch(
+    job: ShardJob, rows: list[ds.SampleRow], specs: list[DreamSpec], writer: ShardWriter
+) -> list[ds.SampleRow]:
+    """One batch's rows, made: guides read (a bad one fails its sample), then the requests
+    generated together and written."""
+    plan = job.plan
+    todo: list[tuple[int, Request]] = []  # position in rows, request
+    for i, spec in enumerate(specs):
+        try:
+            guide = None
+            if plan.cfg.mode != "txt2img":
+                guide = guide_image(plan.source, spec.guide, plan.size)
+        except BadInputError as exc:
+            rows[i] = _failed(rows[i], exc)
+            continue
+        if plan.cfg.mode == "paste":
+            assert guide is not None
+            rows[i] = _finished(rows[i], np.asarray(guide), writer)
+            continue
+        assert spec.prompt is not None and spec.negative_prompt is not None
+        request = Request(spec.prompt, spec.negative_prompt, spec.seed, guide,
+                          spec.guide.fg_class or "")  # fmt: skip
+        todo.append((i, request))
+    if todo:
+        assert job.dreamer is not None
+        cfg, (w, h) = plan.cfg, plan.size  # inputs are read and checked: no bad input here
+        images = job.dreamer.generate(
+            [request for _, request in todo], cfg.steps, cfg.strength, cfg.guidance_scale, w, h
+        )
+        for (i, _), pixels in zip(todo, images, strict=True):
+            rows[i] = _finished(rows[i], pixels, writer)
+    return rows
+
+
 def _retry_work(layout: ds.DatasetLayout, specs: list[DreamSpec], k: int) -> ShardWork | None:
     """The failed samples of done shard ``k`` to redo and its rows to keep; None if none failed."""
-    rows = pq.read_table(layout.shard_rows(k), schema=ds.MANIFEST_SCHEMA).to_pylist()
-    failed = {r["sample_id"] for r in rows if r["status"] == ds.FAILED}
+    rows = ds.SampleRow.of_table(pq.read_table(layout.shard_rows(k), schema=ds.MANIFEST_SCHEMA))
+    failed = {r.sample_id for r in rows if r.status == ds.FAILED}
     if not failed:
         return None
     redo = [s for s in specs if s.sample_id in failed]
-    return ShardWork(redo, [r for r in rows if r["sample_id"] not in failed])
+    return ShardWork(redo, [r for r in rows if r.sample_id not in failed])
 
 
 def dream(
@@ -568,8 +573,8 @@ def regenerate(
     now, if not where the run found it; it must hash to the recorded ``model_sha256``."""
     root = Path(root)
     plan = _plan_of(root)
-    rows = ds.read_manifest(root).to_pylist()
-    by_id = {r["sample_id"]: r for r in rows}
+    rows = ds.read_rows(root)
+    by_id = {r.sample_id: r for r in rows}
     if sample_ids:
         unknown = [s for s in sample_ids if s not in by_id]
         if unknown:
@@ -579,7 +584,7 @@ def regenerate(
         raise DreamshiftError(
             f"{root} was dreamed from {plan.source}, which is gone: regenerate reads its guides"
         )
-    guides = {r["sample_id"]: r for r in ds.read_manifest(plan.source).to_pylist()}
+    guides = {r.sample_id: r for r in ds.read_rows(plan.source)}
     dreamer = None
     if plan.cfg.mode != "paste":
         ref = locate_model(model or plan.resolved["model_path"])
@@ -602,27 +607,29 @@ def regenerate(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     results = []
     for row in rows:
-        sid = row["sample_id"]
-        if row["status"] == ds.FAILED:
-            results.append(Regenerated(sid, None, f"failed in the run: {row['error']}"))
+        sid = row.sample_id
+        if row.status == ds.FAILED:
+            results.append(Regenerated(sid, None, f"failed in the run: {row.error}"))
             continue
-        guide = guides.get(row["guide_sample_id"])
+        guide = guides.get(str(row.guide_sample_id))
         if guide is None:
             results.append(Regenerated(sid, False, f"its guide is not in {plan.source}"))
             continue
-        size = (row["width"], row["height"])
+        assert row.width is not None and row.height is not None  # not failed: it has an image
+        size = (row.width, row.height)
         try:
             if dreamer is None:
                 pixels = np.asarray(guide_image(plan.source, guide, size))
             else:
-                img = (
-                    guide_image(plan.source, guide, size) if row["pipeline"] == "img2img" else None
-                )
-                req = Request(
-                    row["prompt"], row["negative_prompt"], row["seed"], img, row["fg_class"] or ""
-                )
+                img = guide_image(plan.source, guide, size) if row.pipeline == "img2img" else None
+                req = Request(str(row.prompt), str(row.negative_prompt), int(row.seed or 0), img,
+                              row.fg_class or "")  # fmt: skip
                 pixels = dreamer.generate(
-                    [req], row["steps"], row["strength"] or 0.0, row["guidance_scale"], *size
+                    [req],
+                    int(row.steps or 0),
+                    row.strength or 0.0,
+                    float(row.guidance_scale or 0),
+                    *size,
                 )[0]
         except BadInputError as exc:
             results.append(Regenerated(sid, False, str(exc)))
@@ -630,11 +637,9 @@ def regenerate(
         data = encode_png(Image.fromarray(pixels))
         if out_dir is not None:
             (Path(out_dir) / f"{sid}.png").write_bytes(data)
-        stored_file = root / row["path"]
-        stored_ok = (
-            stored_file.is_file() and sha256_bytes(stored_file.read_bytes()) == row["sha256"]
-        )
-        if sha256_bytes(data) == row["sha256"] and stored_ok:
+        stored_file = root / str(row.path)
+        stored_ok = stored_file.is_file() and sha256_bytes(stored_file.read_bytes()) == row.sha256
+        if sha256_bytes(data) == row.sha256 and stored_ok:
             results.append(Regenerated(sid, True, "identical"))
             continue
         if not stored_file.is_file():

@@ -81,12 +81,12 @@ class ShardWriter:
         return {"path": rel_path, "sha256": sha256_bytes(data), "width": image.width,
                 "height": image.height}  # fmt: skip
 
-    def close(self, rows: Sequence[dict[str, Any]], **stats: Any) -> dict[str, Any]:
+    def close(self, rows: Sequence[ds.SampleRow], **stats: Any) -> dict[str, Any]:
         """Flush the images, then write the rows and the ``.done`` marker with the shard's
         count, failures and seconds (and ``stats``); returns the marker's content."""
         flush_to_disk()
         done = {"shard": self.shard, "count": len(rows),
-                "failed": sum(r["status"] == ds.FAILED for r in rows),
+                "failed": sum(r.status == ds.FAILED for r in rows),
                 "seconds": round(time.perf_counter() - self.start, 3), **stats}  # fmt: skip
         ds.write_shard(self.layout, self.shard, rows, done)
         return done
