@@ -133,6 +133,30 @@ def test_batch_run_records_bad_samples_and_makes_the_rest(folders, tmp_path, cap
     assert len(listed) == len(failed)
 
 
+def test_failed_samples_are_retried_once_their_file_is_fixed(folders, tmp_path, capsys):
+    """--retry-failed remakes only the failed samples; the result is the clean run's bytes."""
+    fg, bg = folders
+    broken = bg / "grass" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "out"
+    assert _compose(fg, bg, out) == 1
+    failed = [r for r in ds.read_rows(out) if r.status == ds.FAILED]
+    assert failed and {r.bg_source for r in failed} == {"grass/broken.png"}
+    assert "--retry-failed" in capsys.readouterr().err  # the hint names the way out
+    made = {r.path: (out / r.path).stat().st_mtime_ns for r in ds.read_rows(out) if r.path}
+    assert _compose(fg, bg, out) == 1  # a plain rerun: the run is complete, failures stay
+    shutil.copyfile(next(p for p in sorted((bg / "grass").iterdir()) if p != broken), broken)
+    capsys.readouterr()
+    assert _compose(fg, bg, out, "--retry-failed") == 0
+    shards = len({r.index // 16 for r in failed})  # --shard-size 16
+    assert f"(0 failed, {shards} shards run)" in capsys.readouterr().out
+    assert all(r.status == ds.OK for r in ds.read_rows(out))
+    assert {p: (out / p).stat().st_mtime_ns for p in made} == made  # the others not redone
+    reference = tmp_path / "reference"
+    assert _compose(fg, bg, reference) == 0
+    assert tree_digest(out) == tree_digest(reference)
+
+
 def test_empty_class_folder_stops_before_writing(folders, tmp_path, capsys):
     fg, bg = folders
     (fg / "dog").mkdir()

@@ -249,3 +249,26 @@ def test_a_learn_run_on_a_dream_records_its_guides_rho_even_where_the_guides_are
     lines = (tmp_path / "runs" / "results.jsonl").read_text().splitlines()
     (record,) = [json.loads(line) for line in lines]
     assert record["dataset_stage"] == "dream" and record["rho"] == 0.95
+
+
+def test_a_folder_marked_as_another_output_is_refused_naming_its_kind(tmp_path, capsys):
+    """audit --model given a tune run (LoRA adapters), or a folder whose marker is damaged or
+    names a kind this version does not know: one line saying what the folder is."""
+    from dreamshift.cli import main
+    from dreamshift.folders import KIND_FILE, mark_folder
+
+    world = tmp_path / "world"
+    assert main(["compose", "--out", str(world), "--classes", "cat,dog", "--background-names",
+                 "grass,snow", "--train-size", "0", "--val-per-group", "0", "--test-per-group",
+                 "1", "--anti-per-group", "0", "--no-progress"]) == 0  # fmt: skip
+    run = tmp_path / "tuned"
+    run.mkdir()
+    mark_folder(run, "tune-run")
+    capsys.readouterr()
+    assert main(["audit", str(world), "--model", str(run)]) == 1
+    assert "is a `dreamshift tune` run (LoRA adapters" in capsys.readouterr().err
+    for text, says in (("{", "is damaged"), ('{"kind": "sweep-9"}', "does not know")):
+        (run / KIND_FILE).write_text(text)
+        assert main(["audit", str(world), "--model", str(run)]) == 1
+        err = capsys.readouterr().err
+        assert str(run / KIND_FILE) in err and says in err and "Traceback" not in err

@@ -326,6 +326,18 @@ def test_a_learn_run_is_audited_like_any_classifier(world, tmp_path):
     own = json.loads((folder / "done").read_text())["test"]
     assert audited["n"] == own["n"] and audited["acc_avg"] == pytest.approx(own["acc_avg"])
 
+    # the folder says what it is: given where a diffusion model is wanted, it is named as a run
+    from dreamshift.errors import DreamshiftError
+    from dreamshift.folders import KIND_FILE, folder_kind
+    from dreamshift.models.diffusion import locate_model
+
+    assert folder_kind(folder) == "learn-run"
+    with pytest.raises(DreamshiftError, match=r"is a `dreamshift learn` run \(a classifier"):
+        locate_model(str(folder))
+    # a run written before folders named their kind is still recognised by its files
+    (folder / KIND_FILE).unlink()
+    assert load_classifier(str(folder)).classes == clf.classes
+
 
 def test_run_folders_are_named_by_the_fields_that_differ_from_the_defaults():
     import hashlib

@@ -24,7 +24,7 @@ def add(sub: Any) -> None:
         description="Compose a dataset directory of guide images with a controlled "
         "foreground/background correlation: a correlated train split (confounder strength "
         "rho), balanced val/test splits and an anti-correlated split. Run the same command "
-        "again to continue an interrupted run.",
+        "again to continue an interrupted run; add --retry-failed to redo failed samples.",
     )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="dataset directory to write")
     p.add_argument("--config", type=Path, help="YAML file of ComposeConfig fields (flags win)")
@@ -33,6 +33,9 @@ def add(sub: Any) -> None:
                    "no flip or rotation (D3S's official code)")  # fmt: skip
     add_config_flags(p, ComposeConfig)
     add_executor(p)
+    p.add_argument(
+        "--retry-failed", action="store_true", help="redo the failed samples (files now fixed)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -47,13 +50,14 @@ def run(args: argparse.Namespace) -> int:
     from dreamshift.compose.runner import compose
 
     result = compose(config(args), args.out, workers=args.workers or 1,
-                     progress=not args.no_progress, executor=executor_of(args))  # fmt: skip
+                     progress=not args.no_progress, executor=executor_of(args),
+                     retry_failed=args.retry_failed)  # fmt: skip
     print(
         f"composed {result.num_samples} samples ({result.num_failed} failed, "
         f"{result.shards_run} shards run) in {result.seconds:.1f} s: {result.root}"
     )
     hint = (
-        "their reasons are in the manifest's 'error' column "
-        f"(dreamshift info {result.root} --failed)"
+        f"their reasons are in the manifest's 'error' column (dreamshift info {result.root} "
+        "--failed); fix the files and run the same command with --retry-failed"
     )
     return report_failed(result.num_failed, hint)

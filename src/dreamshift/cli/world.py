@@ -14,6 +14,16 @@ def add(sub: Any) -> None:
     )
     wsub = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
     wsub.add_parser("info", help="classes, backgrounds and silhouette splits")
+    _add_views(wsub)
+    _add_model_jobs(wsub)
+    _add_measures(wsub)
+    _add_studies(wsub)
+    for name, parser in wsub.choices.items():
+        parser.set_defaults(func=COMMANDS[name])
+
+
+def _add_views(wsub: Any) -> None:
+    """export and preview: the world as folders and as a sheet."""
     exp = wsub.add_parser("export", help="write world cut-outs and backgrounds as folders")
     exp.add_argument("--out", required=True, type=Path)
     exp.add_argument("--per-class", type=int, default=20, help="cut-outs per class (20)")
@@ -28,6 +38,10 @@ def add(sub: Any) -> None:
     pre.add_argument("--out", required=True, type=Path)
     pre.add_argument("--size", type=int, default=64)
     pre.add_argument("--seed", type=int, default=0)
+
+
+def _add_model_jobs(wsub: Any) -> None:
+    """tiny-sd, train-dream, train-oracles: the jobs that build the world's models."""
     tiny = wsub.add_parser(
         "tiny-sd",
         help="save a tiny random-weight Stable Diffusion (diffusers format), for fast tests",
@@ -57,6 +71,10 @@ def add(sub: Any) -> None:
         "--config", type=Path, help="YAML of OracleConfig fields (render counts, epochs, ...)"
     )
     orc.add_argument("--workers", type=int, default=2, help="processes that render (2)")
+
+
+def _add_measures(wsub: Any) -> None:
+    """distance, fidelity: the world's FID and label fidelity of a dataset."""
     dist = wsub.add_parser(
         "distance",
         help="the world's FID: Frechet distance between two datasets' images in the fg "
@@ -75,6 +93,10 @@ def add(sub: Any) -> None:
     fid.add_argument("dataset", type=Path)
     fid.add_argument("--split", help="only this split (default: every split)")
     fid.add_argument("--oracles", type=Path, help="oracle folder (default: the shipped ones)")
+
+
+def _add_studies(wsub: Any) -> None:
+    """evaluate-dream, evaluate-verify, spurious-features: the world's studies."""
     ev = wsub.add_parser(
         "evaluate-dream",
         help="label fidelity (oracles), change from the guide and diversity of a model's "
@@ -114,8 +136,6 @@ def add(sub: Any) -> None:
     sf.add_argument("--steps", type=int, default=200, help="DreamBooth steps per run (200)")
     sf.add_argument("--kappas", type=float, nargs="+", default=[0.1, 1.0], help="SFSL weights")
     sf.add_argument("--quiet", action="store_true", help="no progress bars")
-    for name, parser in wsub.choices.items():
-        parser.set_defaults(func=COMMANDS[name])
 
 
 def info(args: argparse.Namespace) -> int:

@@ -44,13 +44,12 @@ from dreamshift.data.schema import SplitCounts
 from dreamshift.engine.executors import Executor, LocalPool
 from dreamshift.engine.output import claim_output
 from dreamshift.engine.shards import (
+    ShardWork,
     ShardWriter,
     Tick,
-    finish,
     library_versions,
-    run_shards,
+    run_stage,
     shard_list,
-    unfinished,
 )
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.seeding import derive_seed, rng_for
@@ -299,13 +298,13 @@ class ShardJob:
     root: Path
 
 
-def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) -> dict:
+def run_shard(job: ShardJob, shard: int, work: ShardWork[SampleSpec], tick: Tick) -> dict:
     """Compose one shard's images and make the shard durable. A sample with a bad input file
     is recorded as failed with its reason and the others go on; any other error stops the run
     and leaves the shard unfinished."""
     run, writer = job.run, ShardWriter(job.root, shard)
     rows = []
-    for spec in specs:
+    for spec in work.specs:
         row = _row(spec)
         try:
             img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
@@ -317,7 +316,7 @@ def run_shard(job: ShardJob, shard: int, specs: list[SampleSpec], tick: Tick) ->
             row = row.replace(**fields, **png, render=render, status=ds.OK)
         rows.append(row)
         tick(1)
-    return writer.close(rows)
+    return writer.close(rows, work.keep)
 
 
 def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> ds.DatasetMeta:
@@ -343,34 +342,33 @@ def compose(
     workers: int = 1,
     progress: bool = True,
     executor: Executor | None = None,
+    retry_failed: bool = False,
 ) -> ComposeResult:
     """Compose the dataset of ``cfg`` into ``out``; continue an unfinished run of the same
-    config. ``workers`` > 1 runs shards in that many processes; ``executor`` runs them
+    config. ``retry_failed`` also redoes the samples that failed (after their input files were
+    fixed). ``workers`` > 1 runs shards in that many processes; ``executor`` runs them
     elsewhere (same bytes either way)."""
     start = time.perf_counter()
     run = resolve(cfg)
     cfg = run.cfg
     root = Path(out)
-    layout = ds.DatasetLayout(root)
     specs = plan_samples(run)
     shards = shard_list(specs, cfg.shard_size)
-    meta = _metadata(cfg, specs, len(shards))
     with claim_output(root):
-        old = ds.prepare_output(root, meta, saved_config)
-        if old is not None and old.complete:
-            failed = old.num_failed or 0
-            return ComposeResult(root, len(specs), failed, 0, time.perf_counter() - start)
-        todo = unfinished(layout, len(shards))
-        run_shards(
-            {k: shards[k] for k in todo},
+        outcome = run_stage(
+            root,
+            _metadata(cfg, specs, len(shards)),
+            shards,
             run_shard,
             functools.partial(ShardJob, run, root),
             executor or LocalPool(workers),
-            total=len(specs),
             desc="compose",
+            counts={"num_failed": ds.FAILED},
+            retry_failed=retry_failed,
             progress=progress,
+            normalise=saved_config,
         )
-        status = finish(layout, len(shards), meta, {"num_failed": ds.FAILED})
     return ComposeResult(
-        root, len(specs), status[ds.FAILED], len(todo), time.perf_counter() - start
-    )
+        root, len(specs), outcome.status[ds.FAILED], outcome.shards_run,
+        time.perf_counter() - start,
+    )  # fmt: skip

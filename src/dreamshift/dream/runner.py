@@ -39,12 +39,11 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 import dreamshift
@@ -57,11 +56,11 @@ from dreamshift.dream.quality import quality_flag
 from dreamshift.engine.executors import Executor, LocalPool
 from dreamshift.engine.output import claim_output
 from dreamshift.engine.shards import (
+    ShardWork,
     ShardWriter,
     Tick,
-    finish,
     library_versions,
-    run_shards,
+    run_stage,
     shard_list,
 )
 from dreamshift.errors import BadInputError, DreamshiftError
@@ -387,18 +386,6 @@ def _failed(row: ds.SampleRow, exc: BadInputError) -> ds.SampleRow:
 
 
 @dataclass(frozen=True)
-class ShardWork:
-    """What to make in one shard: its samples, and the rows that stay as they are (a retry
-    of the shard's failed samples keeps the others)."""
-
-    specs: list[DreamSpec]
-    keep: list[ds.SampleRow] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.specs)
-
-
-@dataclass(frozen=True)
 class ShardJob:
     """What every shard needs, made once per process: the plan and its loaded pipeline."""
 
@@ -412,7 +399,7 @@ class ShardJob:
         return cls(plan, root, batch_size, make_dreamer(plan))
 
 
-def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[str, Any]:
+def run_shard(job: ShardJob, shard: int, work: ShardWork[DreamSpec], tick: Tick) -> dict[str, Any]:
     """Make ``work``'s images and make the shard durable. A sample with a bad input (guide)
     is recorded as failed; any other error stops the run and leaves the shard unfinished."""
     plan, writer = job.plan, ShardWriter(job.root, shard)
@@ -423,10 +410,11 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork, tick: Tick) -> dict[st
         rows += _make_batch(job, [base_row(plan, spec, versions) for spec in batch], batch,
                             writer)  # fmt: skip
         tick(len(batch))
-    all_rows = sorted([*work.keep, *rows], key=lambda r: r.index)
+    all_rows = [*work.keep, *rows]
     seconds = time.perf_counter() - writer.start
     return writer.close(
-        all_rows,
+        rows,
+        work.keep,
         made=len(rows),
         ok=sum(r.status == ds.OK for r in all_rows),
         flagged=sum(r.status == ds.FLAGGED for r in all_rows),
@@ -469,16 +457,6 @@ def _make_batch(
     return rows
 
 
-def _retry_work(layout: ds.DatasetLayout, specs: list[DreamSpec], k: int) -> ShardWork | None:
-    """The failed samples of done shard ``k`` to redo and its rows to keep; None if none failed."""
-    rows = ds.SampleRow.of_table(pq.read_table(layout.shard_rows(k), schema=ds.MANIFEST_SCHEMA))
-    failed = {r.sample_id for r in rows if r.status == ds.FAILED}
-    if not failed:
-        return None
-    redo = [s for s in specs if s.sample_id in failed]
-    return ShardWork(redo, [r for r in rows if r.sample_id not in failed])
-
-
 def dream(
     cfg: DreamConfig,
     out: str | Path,
@@ -509,39 +487,22 @@ def dream(
         if root.resolve() == plan.source:
             raise DreamshiftError(f"--out {root} is the source dataset: choose another folder")
         shards = shard_list(plan.specs, plan.cfg.shard_size)
-        meta = _metadata(plan, ds.DatasetMeta.read(plan.source), len(shards))
-        old = ds.prepare_output(root, meta)  # the first write: an unwritable folder stops here
-        if old is not None and old.complete:
-            if not retry_failed or not old.num_failed:
-                return DreamResult(
-                    root, len(plan.specs), old.num_failed or 0, old.num_flagged or 0, 0,
-                    time.perf_counter() - start,
-                )  # fmt: skip
-            ds.write_meta(layout, meta)  # incomplete until the retry is done
-            layout.manifest_path.unlink(missing_ok=True)  # stale once a shard changes
-
-        work: dict[int, ShardWork] = {}
-        for k in range(len(shards)):
-            if not ds.shard_is_done(layout, k):
-                work[k] = ShardWork(shards[k])
-            elif retry_failed and (redo := _retry_work(layout, shards[k], k)):
-                work[k] = redo
         on_cpu = plan.resolved.get("runtime", {}).get("device", "cpu") == "cpu"
-        run_shards(
-            work,
+        outcome = run_stage(
+            root,
+            _metadata(plan, ds.DatasetMeta.read(plan.source), len(shards)),
+            shards,
             run_shard,
             functools.partial(ShardJob.load, plan, root, batch_size),
             executor or LocalPool(workers, spawn=not on_cpu),  # CUDA needs spawned workers
-            total=len(plan.specs),
             desc=f"dream {plan.cfg.mode}",
+            counts={"num_failed": ds.FAILED, "num_flagged": ds.FLAGGED},
+            retry_failed=retry_failed,
             progress=progress,
         )
-        status = finish(
-            layout, len(shards), meta, {"num_failed": ds.FAILED, "num_flagged": ds.FLAGGED}
-        )
     return DreamResult(
-        root, len(plan.specs), status[ds.FAILED], status[ds.FLAGGED], len(work),
-        time.perf_counter() - start,
+        root, len(plan.specs), outcome.status[ds.FAILED], outcome.status[ds.FLAGGED],
+        outcome.shards_run, time.perf_counter() - start,
     )  # fmt: skip
 
 
@@ -587,21 +548,7 @@ def regenerate(
     guides = {r.sample_id: r for r in ds.read_rows(plan.source)}
     dreamer = None
     if plan.cfg.mode != "paste":
-        ref = locate_model(model or plan.resolved["model_path"])
-        digest = hash_model(ref.path)
-        if digest != plan.resolved["model_sha256"]:
-            raise DreamshiftError(
-                f"the model in {ref.path} is not the one this dataset was made with (sha256 "
-                f"{digest[:12]}..., recorded {plan.resolved['model_sha256'][:12]}...)"
-            )
-        for adapter in plan.resolved.get("adapters", []):
-            for cls, file in adapter["files"].items():
-                if not Path(file).is_file() or sha256_file(Path(file)) != adapter["sha256"][cls]:
-                    raise DreamshiftError(
-                        f"the LoRA {file} this dataset was made with is gone or changed "
-                        f"(recorded sha256 {adapter['sha256'][cls][:12]}...)"
-                    )
-        plan = replace(plan, resolved=plan.resolved | {"model_path": str(ref.path)})
+        plan = _with_recorded_model(plan, model)
         dreamer = make_dreamer(plan)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -615,40 +562,63 @@ def regenerate(
         if guide is None:
             results.append(Regenerated(sid, False, f"its guide is not in {plan.source}"))
             continue
-        assert row.width is not None and row.height is not None  # not failed: it has an image
-        size = (row.width, row.height)
         try:
-            if dreamer is None:
-                pixels = np.asarray(guide_image(plan.source, guide, size))
-            else:
-                img = guide_image(plan.source, guide, size) if row.pipeline == "img2img" else None
-                req = Request(str(row.prompt), str(row.negative_prompt), int(row.seed or 0), img,
-                              row.fg_class or "")  # fmt: skip
-                pixels = dreamer.generate(
-                    [req],
-                    int(row.steps or 0),
-                    row.strength or 0.0,
-                    float(row.guidance_scale or 0),
-                    *size,
-                )[0]
+            pixels = _remake(plan, dreamer, row, guide)
         except BadInputError as exc:
             results.append(Regenerated(sid, False, str(exc)))
             continue
         data = encode_png(Image.fromarray(pixels))
         if out_dir is not None:
             (Path(out_dir) / f"{sid}.png").write_bytes(data)
-        stored_file = root / str(row.path)
-        stored_ok = stored_file.is_file() and sha256_bytes(stored_file.read_bytes()) == row.sha256
-        if sha256_bytes(data) == row.sha256 and stored_ok:
-            results.append(Regenerated(sid, True, "identical"))
-            continue
-        if not stored_file.is_file():
-            results.append(Regenerated(sid, False, f"{stored_file} is missing"))
-            continue
-        stored = np.asarray(load_image(stored_file, "RGB"), dtype=np.int16)
-        diff = int(np.abs(stored - pixels.astype(np.int16)).max())
-        what = (
-            "the remade image" if stored_ok else f"the file {stored_file} (changed since the run)"
-        )
-        results.append(Regenerated(sid, False, f"{what} differs: max pixel difference {diff}"))
+        results.append(_compared(root, row, data, pixels))
     return results
+
+
+def _with_recorded_model(plan: DreamPlan, model: str | None) -> DreamPlan:
+    """``plan`` with the model found at ``model`` (or where the run found it), checked to be
+    the one the run recorded, as are its LoRA files."""
+    ref = locate_model(model or plan.resolved["model_path"])
+    digest = hash_model(ref.path)
+    if digest != plan.resolved["model_sha256"]:
+        raise DreamshiftError(
+            f"the model in {ref.path} is not the one this dataset was made with (sha256 "
+            f"{digest[:12]}..., recorded {plan.resolved['model_sha256'][:12]}...)"
+        )
+    for adapter in plan.resolved.get("adapters", []):
+        for cls, file in adapter["files"].items():
+            if not Path(file).is_file() or sha256_file(Path(file)) != adapter["sha256"][cls]:
+                raise DreamshiftError(
+                    f"the LoRA {file} this dataset was made with is gone or changed "
+                    f"(recorded sha256 {adapter['sha256'][cls][:12]}...)"
+                )
+    return replace(plan, resolved=plan.resolved | {"model_path": str(ref.path)})
+
+
+def _remake(
+    plan: DreamPlan, dreamer: Dreamer | None, row: ds.SampleRow, guide: ds.SampleRow
+) -> np.ndarray:
+    """The pixels of ``row`` made again from its guide and recorded settings."""
+    assert row.width is not None and row.height is not None  # not failed: it has an image
+    size = (row.width, row.height)
+    if dreamer is None:
+        return np.asarray(guide_image(plan.source, guide, size))
+    img = guide_image(plan.source, guide, size) if row.pipeline == "img2img" else None
+    req = Request(str(row.prompt), str(row.negative_prompt), int(row.seed or 0), img,
+                  row.fg_class or "")  # fmt: skip
+    return dreamer.generate(
+        [req], int(row.steps or 0), row.strength or 0.0, float(row.guidance_scale or 0), *size
+    )[0]
+
+
+def _compared(root: Path, row: ds.SampleRow, data: bytes, pixels: np.ndarray) -> Regenerated:
+    """How the remade PNG ``data`` compares with the row's sha256 and its stored file."""
+    sid, stored_file = row.sample_id, root / str(row.path)
+    stored_ok = stored_file.is_file() and sha256_bytes(stored_file.read_bytes()) == row.sha256
+    if sha256_bytes(data) == row.sha256 and stored_ok:
+        return Regenerated(sid, True, "identical")
+    if not stored_file.is_file():
+        return Regenerated(sid, False, f"{stored_file} is missing")
+    stored = np.asarray(load_image(stored_file, "RGB"), dtype=np.int16)
+    diff = int(np.abs(stored - pixels.astype(np.int16)).max())
+    what = "the remade image" if stored_ok else f"the file {stored_file} (changed since the run)"
+    return Regenerated(sid, False, f"{what} differs: max pixel difference {diff}")

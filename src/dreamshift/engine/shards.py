@@ -1,11 +1,14 @@
 """The shard engine: a planned run cut into shards, run on an executor, resumed, consolidated.
 
-A stage plans every sample, cuts the list into shards (:func:`shard_list`), runs those not
-yet done (:func:`unfinished`) with :func:`run_shards`, and ends with :func:`finish`. Its
-per-shard function makes the shard's images through a :class:`ShardWriter` (PNG files, their
-sha256, then the rows and the ``.done`` marker once the images are on disk): a shard is durable
-once marked, so a killed or failed run continues from the unmarked ones, and the result does
-not depend on the executor or the shard order.
+A stage (compose, dream; backgrounds through dream) claims its output folder
+(:func:`~dreamshift.engine.output.claim_output`), plans every sample, cuts the list into
+shards (:func:`shard_list`) and hands them to :func:`run_stage`, the one entry sequence: write
+``dataset.json`` (or find the run complete), pick the shards still to make (or, to retry, the
+failed samples of done ones), run them with :func:`run_shards`, and :func:`finish` with the
+manifest. The stage's per-shard function makes the shard's images through a
+:class:`ShardWriter` (PNG files, their sha256, then the rows and the ``.done`` marker once the
+images are on disk): a shard is durable once marked, so a killed or failed run continues from
+the unmarked ones, and the result does not depend on the executor or the shard order.
 
 >>> shard_list(list(range(5)), 2)
 [[0, 1], [2, 3], [4]]
@@ -19,10 +22,12 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
@@ -34,6 +39,16 @@ from dreamshift.engine.executors import Executor
 S = TypeVar("S")
 T = TypeVar("T")
 W = TypeVar("W", bound=Sized)
+
+
+class Planned(Protocol):
+    """A planned sample: what a stage's shard lists hold."""
+
+    @property
+    def sample_id(self) -> str: ...
+
+
+P = TypeVar("P", bound=Planned)
 
 Tick = Callable[[int], None]  # tick(n): n more samples of the shard are done
 
@@ -81,9 +96,14 @@ class ShardWriter:
         return {"path": rel_path, "sha256": sha256_bytes(data), "width": image.width,
                 "height": image.height}  # fmt: skip
 
-    def close(self, rows: Sequence[ds.SampleRow], **stats: Any) -> dict[str, Any]:
-        """Flush the images, then write the rows and the ``.done`` marker with the shard's
-        count, failures and seconds (and ``stats``); returns the marker's content."""
+    def close(
+        self, rows: Sequence[ds.SampleRow], keep: Sequence[ds.SampleRow] = (), **stats: Any
+    ) -> dict[str, Any]:
+        """Flush the images, then write the rows (``keep``: earlier rows of the shard that stay,
+        see :class:`ShardWork`) and the ``.done`` marker with the shard's count, failures and
+        seconds (and ``stats``); returns the marker's content."""
+        if keep:
+            rows = sorted([*keep, *rows], key=lambda r: r.index)
         flush_to_disk()
         done = {"shard": self.shard, "count": len(rows),
                 "failed": sum(r.status == ds.FAILED for r in rows),
@@ -92,9 +112,77 @@ class ShardWriter:
         return done
 
 
-def unfinished(layout: ds.DatasetLayout, num_shards: int) -> list[int]:
-    """The shards without a ``.done`` marker: what a resumed run still has to make."""
-    return [k for k in range(num_shards) if not ds.shard_is_done(layout, k)]
+@dataclass(frozen=True)
+class ShardWork(Generic[P]):
+    """What to make in one shard: its planned samples, and the rows that stay as they are (a
+    retry of the shard's failed samples keeps the others)."""
+
+    specs: list[P]
+    keep: list[ds.SampleRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def shard_work(
+    layout: ds.DatasetLayout, shards: Sequence[list[P]], retry_failed: bool = False
+) -> dict[int, ShardWork[P]]:
+    """The work left: every shard without a ``.done`` marker, and with ``retry_failed`` the
+    failed samples of the done ones (their other rows kept)."""
+    work: dict[int, ShardWork[P]] = {}
+    for k, specs in enumerate(shards):
+        if not ds.shard_is_done(layout, k):
+            work[k] = ShardWork(specs)
+        elif retry_failed:
+            table = pq.read_table(layout.shard_rows(k), schema=ds.MANIFEST_SCHEMA)
+            rows = ds.SampleRow.of_table(table)
+            failed = {r.sample_id for r in rows if r.status == ds.FAILED}
+            if failed:
+                redo = [s for s in specs if s.sample_id in failed]
+                work[k] = ShardWork(redo, [r for r in rows if r.sample_id not in failed])
+    return work
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """How a stage's run ended: rows per status, and the shards it ran (0: already complete)."""
+
+    status: Mapping[str, int]
+    shards_run: int
+
+
+def run_stage(
+    root: Path,
+    meta: ds.DatasetMeta,
+    shards: Sequence[list[P]],
+    run_shard: Callable[[S, int, ShardWork[P], Tick], Any],
+    setup: Callable[[], S],
+    executor: Executor,
+    *,
+    desc: str,
+    counts: Mapping[str, str],
+    retry_failed: bool = False,
+    progress: bool = True,
+    normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d,
+) -> StageOutcome:
+    """Make the dataset ``meta`` describes in ``root``, which the caller holds
+    (:func:`~dreamshift.engine.output.claim_output`): write its ``dataset.json`` unless an
+    earlier run of the same config completed it (``normalise``: see
+    :func:`~dreamshift.data.dataset.prepare_output`), run the shards left (``retry_failed``:
+    also the failed samples), then write the manifest and mark it complete with ``counts``
+    (see :func:`finish`)."""
+    layout = ds.DatasetLayout(root)
+    old = ds.prepare_output(root, meta, normalise)  # the first write into root
+    if old is not None and old.complete:
+        done = Counter({status: getattr(old, name) or 0 for name, status in counts.items()})
+        if not retry_failed or not done[ds.FAILED]:
+            return StageOutcome(done, 0)
+        ds.write_meta(layout, meta)  # incomplete until the retry is done
+        layout.manifest_path.unlink(missing_ok=True)  # stale once a shard changes
+    work = shard_work(layout, shards, retry_failed)
+    total = sum(len(s) for s in shards)
+    run_shards(work, run_shard, setup, executor, total=total, desc=desc, progress=progress)
+    return StageOutcome(finish(layout, len(shards), meta, counts), len(work))
 
 
 def run_shards(

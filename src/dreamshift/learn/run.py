@@ -49,6 +49,7 @@ from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images, Stream
 from dreamshift.data.transforms import Preprocessing
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import BadInputError, DreamshiftError
+from dreamshift.folders import mark_folder
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures
 from dreamshift.learn.config import Hparams, LearnConfig
 from dreamshift.learn.erase import Eraser
@@ -327,6 +328,33 @@ def learn(
     if (folder / DONE).exists():  # a finished run is skipped before any image is loaded
         log(f"{folder} is done: skipped")
         return folder
+    data = _training_data(root, cfg, classes, backgrounds, procs.size)
+    resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
+    algo, prep = build(cfg, classes, len(backgrounds), fit_eraser=not resuming)
+    if cfg.finetune:
+        trained = sum(p.numel() for p in algo.parameters() if p.requires_grad)
+        log(f"fine-tuning {cfg.model} ({cfg.finetune}): {trained} trained parameters")
+    record = _run_record(cfg, root, meta, data, prep, procs.size, algo)
+    if procs.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+        mark_folder(folder, "learn-run")
+    end_epoch = _per_epoch_validation(algo, root, cfg, prep, procs, loader_workers, log)
+    history = _fit(algo, cfg, data, prep, procs, folder, loader_workers, checkpoint_every,
+                   log, end_epoch)  # fmt: skip
+    split_metrics = _evaluate_run(algo, root, cfg, data, prep, procs, loader_workers)
+    results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
+    if procs.is_main:
+        append_record(out / RESULTS, results)
+        (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
+    procs.barrier()  # the others return once the run is done
+    return folder
+
+
+def _training_data(
+    root: Path, cfg: LearnConfig, classes: list[str], backgrounds: list[str], processes: int
+) -> TrainingSources:
+    """The training images of the run, checked: a split that exists, at least one batch."""
     # one source: checked with the message it always had
     if not cfg.train and not len(split_table(root, cfg.split, classes, backgrounds)):
         splits = sorted(ds.read_manifest(root, ["split"]).column("split").unique().to_pylist())
@@ -336,43 +364,61 @@ def learn(
         )
     data = training_sources(root, cfg.train, cfg.split, cfg.mix, cfg.real_weight, classes,
                             backgrounds, cfg.use, cfg.train_size, cfg.verified_only)  # fmt: skip
-    table = data.table
-    if len(table) < cfg.batch_size * procs.size:
+    if len(data.table) < cfg.batch_size * processes:
         raise DreamshiftError(
-            f"the training images of {root} ({len(table)} usable) are fewer than one batch "
-            f"({cfg.batch_size} x {procs.size} processes): lower --batch-size or compose a "
+            f"the training images of {root} ({len(data.table)} usable) are fewer than one batch "
+            f"({cfg.batch_size} x {processes} processes): lower --batch-size or compose a "
             "larger split"
         )
-    resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
-    algo, prep = build(cfg, classes, len(backgrounds), fit_eraser=not resuming)
-    if cfg.finetune:
-        trained = sum(p.numel() for p in algo.parameters() if p.requires_grad)
-        log(f"fine-tuning {cfg.model} ({cfg.finetune}): {trained} trained parameters")
-    record = {
+    return data
+
+
+def _run_record(
+    cfg: LearnConfig,
+    root: Path,
+    meta: ds.DatasetMeta,
+    data: TrainingSources,
+    prep: Preprocessing,
+    processes: int,
+    algo: Algorithm,
+) -> dict[str, Any]:
+    """The run's ``config.json``: its config, data, preprocessing and base weights."""
+    return {
         "config": asdict(cfg),
         "dataset": str(root.resolve()),
         "dataset_hash": meta.content_hash,
         "dataset_stage": meta.stage,  # compose (paste) or dream
         "rho": meta.confounder_strength,  # a dream's: its guides', recorded when dreamed
-        "classes": classes,
-        "backgrounds": backgrounds,
+        "classes": list(meta.classes),
+        "backgrounds": list(meta.backgrounds),
         "preprocessing": prep.to_dict(),
         "sources": data.sources,
-        "processes": procs.size,  # the global batch is batch_size x processes
+        "processes": processes,  # the global batch is batch_size x processes
         "base_weights_sha256": algo.base_weights_sha256 or None,  # --finetune: the base model's
     }
-    if procs.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
+
+def _fit(
+    algo: Algorithm,
+    cfg: LearnConfig,
+    data: TrainingSources,
+    prep: Preprocessing,
+    procs: Processes,
+    folder: Path,
+    loader_workers: int,
+    checkpoint_every: int,
+    log: Any,
+    end_epoch: Callable[[int], dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    """Train ``algo`` for ``cfg.epochs`` on the streamed images, checkpointing into
+    ``folder`` (and resuming from its checkpoint); returns the per-epoch history."""
     algo.to(procs.device)
     algo.average_gradients = procs.average_gradients
-    batches = EpochBatches(len(table), cfg.batch_size, cfg.seed, data.sampling_weights,
+    batches = EpochBatches(len(data.table), cfg.batch_size, cfg.seed, data.sampling_weights,
                            procs.rank, procs.size)  # fmt: skip
-    images = StreamedImages(table, prep, seed=cfg.seed)
+    images = StreamedImages(data.table, prep, seed=cfg.seed)
     total_steps = cfg.epochs * batches.steps
     bf16 = cfg.mixed_precision == "bf16"
-    end_epoch = _per_epoch_validation(algo, root, cfg, prep, procs, loader_workers, log)
 
     def update(step: int, batch: Images) -> dict[str, float]:
         lr = cfg.hparams.lr * lr_factor(cfg.lr_schedule, step, total_steps)
@@ -387,19 +433,12 @@ def learn(
         torch.manual_seed(derive_seed(cfg.seed, "epoch-ops", epoch))
 
     algo.train()
-    history = fit_stream(
+    return fit_stream(
         cfg.algorithm, cfg.epochs, batches,
         loader(images, batches, workers=loader_workers, device=procs.device),
         update, start_epoch, _train_state(algo), procs, folder / CHECKPOINT, checkpoint_every,
         log=log, end_epoch=end_epoch,
     )  # fmt: skip
-    split_metrics = _evaluate_run(algo, root, cfg, data, prep, procs, loader_workers)
-    results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
-    if procs.is_main:
-        append_record(out / RESULTS, results)
-        (folder / DONE).write_text(json.dumps(split_metrics, indent=2) + "\n")
-    procs.barrier()  # the others return once the run is done
-    return folder
 
 
 def _per_epoch_validation(

@@ -45,6 +45,7 @@ from PIL import Image
 from dreamshift.assets import shipped
 from dreamshift.data.images import sha256_file
 from dreamshift.errors import DreamshiftError
+from dreamshift.folders import describe, folder_kind
 
 # name -> (diffusers scheduler class, config overrides). "model": the checkpoint's own.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -118,6 +119,7 @@ def check_model_folder(path: Path) -> None:
 
 TUNED_MODEL = "model"  # a DreamBooth run's diffusers folder, inside its run folder
 TUNE_DONE = "done"  # written last in a tune run folder: the run is finished
+TUNE_RUN = "tune-run"  # a tune run folder's kind (dreamshift.folders)
 TINY_DREAM = "tiny-dream"  # the model shipped in the package (dreamshift.studies.tiny_dream)
 
 
@@ -204,17 +206,35 @@ def _is_lora(path: Path) -> bool:
 
 def _tune_record(run: Path) -> dict[str, Any]:
     """The config.json of a ``dreamshift tune`` run folder (it names the base model and the
-    instances), else {}: a diffusers model folder's own config.json is none."""
+    instances), else {}: a diffusers model folder's own config.json is none. A run folder
+    says its kind (:mod:`dreamshift.folders`); one written before that is recognised by its
+    record's keys."""
+    kind = folder_kind(run) if run.is_dir() else None
+    if kind is not None and kind != TUNE_RUN:
+        return {}
     try:
         record = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return {}
+    if kind == TUNE_RUN:
+        return record if isinstance(record, dict) else {}
     is_tune = isinstance(record, dict) and {"model_id", "instances"} <= record.keys()
     return record if is_tune and not (run / "model_index.json").is_file() else {}
 
 
+def _refuse_other_output(path: Path, given_as: str) -> None:
+    """A dreamshift output folder that is no diffusion model or adapter (a learn run)."""
+    kind = folder_kind(path) if path.is_dir() else None
+    if kind is not None and kind != TUNE_RUN:
+        raise DreamshiftError(
+            f"{given_as}: {path} is {describe(kind)}; give a diffusers model folder, a hub id "
+            "or a `dreamshift tune` run"
+        )
+
+
 def _refuse_unfinished_run(path: Path, given_as: str) -> None:
     """A ``dreamshift tune`` run folder without its done marker is no model or adapter yet."""
+    _refuse_other_output(path, given_as)
     if path.is_dir() and _tune_record(path) and not (path / TUNE_DONE).exists():
         raise DreamshiftError(
             f"{given_as}: {path} is an unfinished `dreamshift tune` run (no {TUNE_DONE} "

@@ -1,10 +1,12 @@
 """``load_classifier(spec)``: the one place a model spec becomes a :class:`Classifier`.
 
 - ``world-cnn``, ``world-resnet18``: the world's ERM classifiers shipped in the package;
-- a folder: any kind registered in :data:`FOLDER_KINDS`, else a classifier folder (the
-  shipped ones, or one written by the earlier ``dreamshift train-classifier``). A stage that
-  writes classifier folders registers its reader when it is imported, and names itself in
-  the ``dreamshift.classifier_folders`` entry-point group (``pyproject.toml``) so that it is
+- a folder: the kind its marker names (:mod:`dreamshift.folders`), loaded by the reader
+  registered under that name in :data:`FOLDER_KINDS`; an older folder without a marker by
+  the first registered kind that recognises it, else as a classifier folder (the shipped ones,
+  or one written by the earlier ``dreamshift train-classifier``). A stage that writes
+  classifier folders registers its reader when it is imported, and names itself in the
+  ``dreamshift.classifier_folders`` entry-point group (``pyproject.toml``) so that it is
   imported when a folder is looked up: learn run folders load without this layer knowing of
   learn;
 - ``timm:NAME[.TAG][@FILE]``, ``torchvision:NAME[:WEIGHTS][@FILE]``,
@@ -27,6 +29,7 @@ import torch
 
 from dreamshift.assets import shipped
 from dreamshift.errors import DreamshiftError
+from dreamshift.folders import describe, folder_kind
 from dreamshift.models.architectures import ARCHITECTURES
 from dreamshift.models.classifier import Classifier, load_checkpoint
 from dreamshift.models.zoo import SOURCES
@@ -35,7 +38,8 @@ from dreamshift.registry import Registry
 
 @dataclass(frozen=True)
 class FolderKind:
-    """A kind of classifier folder: how to recognise it and how to load it."""
+    """A kind of classifier folder: how to load it, and how to recognise one written before
+    folders named their kind (:mod:`dreamshift.folders`)."""
 
     recognise: Callable[[Path], bool]
     load: Callable[[Path, str], Classifier]
@@ -49,6 +53,26 @@ ENTRY_POINTS = "dreamshift.classifier_folders"  # modules that register folder k
 def _import_folder_kinds() -> None:
     for entry in metadata.entry_points(group=ENTRY_POINTS):
         entry.load()
+
+
+def _load_folder(folder: Path, device: str) -> Classifier:
+    """The classifier of an output folder: by the kind its marker names; a folder without a
+    marker (written before there were markers) by the first kind that recognises it, else as
+    a plain classifier checkpoint."""
+    _import_folder_kinds()
+    marked = folder_kind(folder)
+    if marked is not None:
+        if marked not in FOLDER_KINDS:
+            raise DreamshiftError(
+                f"--model {folder} is {describe(marked)}, not a classifier: give a learn run "
+                "or a classifier folder"
+            )
+        return FOLDER_KINDS.get(marked).load(folder, device)
+    for name in FOLDER_KINDS.names():
+        kind = FOLDER_KINDS.get(name)
+        if kind.recognise(folder):
+            return kind.load(folder, device)
+    return load_checkpoint(folder, device)
 
 
 def shipped_classifiers() -> list[str]:
@@ -110,12 +134,7 @@ def load_classifier(
             f"e.g. --model torchvision:resnet50 --weights {spec} (or torchvision:resnet50@{spec})"
         )
     if folder.is_dir():
-        _import_folder_kinds()
-        for name in FOLDER_KINDS.names():
-            kind = FOLDER_KINDS.get(name)
-            if kind.recognise(folder):
-                return kind.load(folder, device)
-        return load_checkpoint(folder, device)
+        return _load_folder(folder, device)
     if spec in shipped_classifiers():
         folder = shipped("classifiers") / spec
         if not folder.is_dir():
