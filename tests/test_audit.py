@@ -296,7 +296,7 @@ def test_audit_bad_input_gets_clear_errors(world, cnn, tmp_path, capsys):
     ds.write_table_atomic(ds.manifest_table(rows), ds.DatasetLayout(broken).manifest_path)
     assert main(["audit", str(broken), "--model", str(cnn)]) == 1
     err = capsys.readouterr().err
-    assert f"{victim['fg_class']}/{victim['bg_class']}" in err and "--allow-empty-groups" in err
+    assert f"{victim.fg_class}/{victim.bg_class}" in err and "--allow-empty-groups" in err
     assert main(["audit", str(broken), "--model", str(cnn), "--allow-empty-groups"]) == 0
 
 

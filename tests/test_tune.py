@@ -329,7 +329,16 @@ def test_runs_given_to_the_wrong_option_say_which_one_to_use(tmp_path, tiny_sd, 
     with pytest.raises(DreamshiftError, match=r"is a DreamBooth run .* pass it as --model"):
         resolve_adapter(str(booth))
     assert locate_model(str(booth)).path == (booth / MODEL_DIR).resolve()
+    from dreamshift.folders import KIND_FILE, folder_kind
+    from dreamshift.models.loading import load_classifier
+
+    assert folder_kind(lora) == folder_kind(booth) == "tune-run"
+    with pytest.raises(DreamshiftError, match=r"is a `dreamshift tune` run .* not a classifier"):
+        load_classifier(str(lora))
     (booth / "done").unlink()  # stopped after its model folder was written, before the end
+    with pytest.raises(DreamshiftError, match="unfinished `dreamshift tune` run"):
+        locate_model(str(booth))
+    (booth / KIND_FILE).unlink()  # a run written before folders named their kind
     with pytest.raises(DreamshiftError, match="unfinished `dreamshift tune` run"):
         locate_model(str(booth))
     if not torch.cuda.is_available():

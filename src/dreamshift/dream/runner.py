@@ -51,7 +51,7 @@ from dreamshift.data import dataset as ds
 from dreamshift.data.images import encode_png, load_image, sha256_bytes, sha256_file
 from dreamshift.data.schema import SplitCounts
 from dreamshift.dream.config import DreamConfig
-from dreamshift.dream.prompts import load_recipe
+from dreamshift.dream.prompts import Recipe, load_recipe
 from dreamshift.dream.quality import quality_flag
 from dreamshift.engine.executors import Executor, LocalPool
 from dreamshift.engine.output import claim_output
@@ -203,51 +203,80 @@ def plan_dream(
     }  # fmt: skip
     recipe = None
     if cfg.mode != "paste":
-        recipe = load_recipe(cfg.prompts)
-        recipe.check_labels(
-            sorted({r.fg_class for r in rows if r.fg_class is not None}),
-            sorted({r.bg_class for r in rows if r.bg_class is not None}),
-        )
-        ref = locate_model(cfg.model)
-        scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
-        threads = cfg.threads or (prior_runtime or {}).get("threads")
-        adapters = [resolve_adapter(a) for a in cfg.adapters]
-        for spec, adapter in zip(cfg.adapters, adapters, strict=True):
-            has = set(adapter["classes"] or [])
-            lacking = sorted({r.fg_class or ds.NO_CLASS for r in rows} - has)
-            if adapter["classes"] is not None and lacking:
-                raise DreamshiftError(
-                    f"--adapter {spec} has no class adapter for {lacking}: tune those classes "
-                    "too, or dream only the classes it has"
-                )
-        if adapters:
-            resolved["adapters"] = adapters
-            content["adapters"] = [(a["sha256"], a["scale"]) for a in adapters]
-        resolved.update(
-            model_path=str(ref.path),
-            model_revision=ref.revision,
-            model_sha256=hash_model(ref.path),
-            scheduler=scheduler,
-            scheduler_config=scheduler_config,
-            runtime=resolve_runtime(cfg.device, cfg.dtype, threads, workers)
-            | {"batch_invariant": cfg.batch_invariant},
-            recipe={"name": recipe.name, "hash": recipe.content_hash()},  # config has its file
-            negative_prompt=(
-                cfg.negative_prompt if cfg.negative_prompt is not None else recipe.negative_prompt
-            ),
-        )
-        if not cfg.batch_invariant:  # then the batch composition decides the last bits
-            resolved["batch_size"] = batch_size
-        content.update(
-            model=resolved["model_sha256"], scheduler=scheduler,
-            scheduler_config=scheduler_config, steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale, recipe=recipe.content_hash(),
-            negative_prompt=resolved["negative_prompt"],
-            strength=cfg.strength if cfg.mode == "img2img" else None,
-        )  # fmt: skip
+        recipe = _resolve_generation(cfg, rows, resolved, content, workers, batch_size,
+                                     prior_runtime)  # fmt: skip
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     resolved["content_hash"] = digest[:12]
+    return DreamPlan(cfg, resolved, _plan_specs(cfg, rows, resolved, recipe))
 
+
+def _resolve_generation(
+    cfg: DreamConfig,
+    rows: list[ds.SampleRow],
+    resolved: dict[str, Any],
+    content: dict[str, Any],
+    workers: int,
+    batch_size: int,
+    prior_runtime: dict[str, Any] | None,
+) -> Recipe:
+    """Resolve what a generating run uses (recipe, model, scheduler, adapters, runtime) into
+    ``resolved``, and what of it decides the images into ``content``; returns the recipe."""
+    recipe = load_recipe(cfg.prompts)
+    recipe.check_labels(
+        sorted({r.fg_class for r in rows if r.fg_class is not None}),
+        sorted({r.bg_class for r in rows if r.bg_class is not None}),
+    )
+    ref = locate_model(cfg.model)
+    scheduler, scheduler_config = resolve_scheduler(ref.path, cfg.scheduler)
+    threads = cfg.threads or (prior_runtime or {}).get("threads")
+    adapters = [resolve_adapter(a) for a in cfg.adapters]
+    _check_adapters_cover(cfg.adapters, adapters, rows)
+    if adapters:
+        resolved["adapters"] = adapters
+        content["adapters"] = [(a["sha256"], a["scale"]) for a in adapters]
+    resolved.update(
+        model_path=str(ref.path),
+        model_revision=ref.revision,
+        model_sha256=hash_model(ref.path),
+        scheduler=scheduler,
+        scheduler_config=scheduler_config,
+        runtime=resolve_runtime(cfg.device, cfg.dtype, threads, workers)
+        | {"batch_invariant": cfg.batch_invariant},
+        recipe={"name": recipe.name, "hash": recipe.content_hash()},  # config has its file
+        negative_prompt=(
+            cfg.negative_prompt if cfg.negative_prompt is not None else recipe.negative_prompt
+        ),
+    )
+    if not cfg.batch_invariant:  # then the batch composition decides the last bits
+        resolved["batch_size"] = batch_size
+    content.update(
+        model=resolved["model_sha256"], scheduler=scheduler,
+        scheduler_config=scheduler_config, steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale, recipe=recipe.content_hash(),
+        negative_prompt=resolved["negative_prompt"],
+        strength=cfg.strength if cfg.mode == "img2img" else None,
+    )  # fmt: skip
+    return recipe
+
+
+def _check_adapters_cover(
+    specs: tuple[str, ...], adapters: list[dict[str, Any]], rows: list[ds.SampleRow]
+) -> None:
+    """A per-class adapter must have an adapter for every class the run dreams."""
+    for spec, adapter in zip(specs, adapters, strict=True):
+        has = set(adapter["classes"] or [])
+        lacking = sorted({r.fg_class or ds.NO_CLASS for r in rows} - has)
+        if adapter["classes"] is not None and lacking:
+            raise DreamshiftError(
+                f"--adapter {spec} has no class adapter for {lacking}: tune those classes "
+                "too, or dream only the classes it has"
+            )
+
+
+def _plan_specs(
+    cfg: DreamConfig, rows: list[ds.SampleRow], resolved: dict[str, Any], recipe: Recipe | None
+) -> list[DreamSpec]:
+    """Every sample: its id (the run's content hash and index), seed, prompt and guide."""
     specs = []
     for index, row in enumerate(rows):
         sample_id = f"{resolved['content_hash']}-{index:07d}"
@@ -259,7 +288,7 @@ def plan_dream(
             prompt = recipe.render(t, row.fg_class, row.bg_class)
             negative = resolved["negative_prompt"]
         specs.append(DreamSpec(index, sample_id, seed, prompt, negative, template, row))
-    return DreamPlan(cfg, resolved, specs)
+    return specs
 
 
 def _metadata(plan: DreamPlan, src_meta: ds.DatasetMeta, num_shards: int) -> ds.DatasetMeta:

@@ -26,7 +26,8 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -40,9 +41,11 @@ from dreamshift.data.images import IMAGE_SUFFIXES, sha256_file, write_atomic
 from dreamshift.data.loading import iter_batches, usable_rows
 from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
+from dreamshift.folders import mark_folder
 from dreamshift.models.diffusion import (
     ADAPTERS_DIR,
     TUNE_DONE,
+    TUNE_RUN,
     TUNED_MODEL,
     hash_model,
     is_sdxl,
@@ -423,6 +426,185 @@ def _snr(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
     return alphas / (1.0 - alphas)
 
 
+@dataclass(frozen=True)
+class _StepContext:
+    """What each training step of one model or adapter uses: model, data, optimizer, settings."""
+
+    model: _Model
+    cfg: TuneConfig
+    instances: _Batches
+    prior: _Batches | None
+    spurious: SpuriousFeatures | None
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    procs: Processes
+    kind: str  # the device's type: cuda:1 -> cuda
+    autocast: bool  # bf16 autocast of the forward pass
+    prediction: str  # the scheduler's prediction type: epsilon or v_prediction
+
+
+def _trainable_parameters(model: _Model, cfg: TuneConfig) -> list[torch.nn.Parameter]:
+    """The parameters that train: the UNet's (and with ``train_text_encoder`` the text's)."""
+    params = [p for p in model.unet.parameters() if p.requires_grad]
+    if cfg.train_text_encoder:
+        params += [p for p in model.text_encoder.parameters() if p.requires_grad]
+    return params
+
+
+def _use_autocast(cfg: TuneConfig, device: str) -> bool:
+    """Whether steps run under bf16 autocast; refuses bf16 where torch has no autocast."""
+    kind = torch.device(device).type  # cuda:1 -> cuda
+    autocast = cfg.precision == "bf16" or (kind == "cuda" and cfg.precision == "auto")
+    if autocast and not torch.amp.is_autocast_available(kind):
+        raise DreamshiftError(
+            f"--precision bf16: torch has no autocast on {device}; use --precision no"
+        )
+    return autocast
+
+
+def _prediction_type(sched: Any) -> str:
+    """The scheduler's prediction type; refuses one other than epsilon or v_prediction."""
+    prediction = sched.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise DreamshiftError(
+            f"the model's scheduler predicts {prediction!r}; tune trains epsilon or v_prediction "
+            "models (Stable Diffusion 1.x/2.x)"
+        )
+    return str(prediction)
+
+
+def _set_learning_rate(ctx: _StepContext, s: int) -> None:
+    """Set the optimizer's learning rate for step ``s`` by the run's schedule."""
+    cfg = ctx.cfg
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, s, cfg.steps)
+
+
+def _draw_global_batch(ctx: _StepContext, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Draw the whole global batch from ``g``: indices, latents, text, pooled, noise, t."""
+    n, size = ctx.cfg.batch_size, ctx.procs.size  # per process; the global batch is n x size
+    idx = torch.randint(len(ctx.instances), (n * size,), generator=g)
+    latents, text, pooled = ctx.instances.draw(idx, g)
+    if ctx.prior is not None:
+        pidx = torch.randint(len(ctx.prior), (n * size,), generator=g)
+        p_latents, p_text, p_pooled = ctx.prior.draw(pidx, g)
+        latents, text = torch.cat([latents, p_latents]), torch.cat([text, p_text])
+        pooled = torch.cat([pooled, p_pooled])
+    noise = torch.randn(latents.shape, generator=g)
+    num_t = ctx.model.scheduler.config.num_train_timesteps
+    t = torch.randint(0, num_t, (len(latents),), generator=g)
+    return idx, latents, text, pooled, noise, t
+
+
+def _own_rows(
+    ctx: _StepContext, idx: torch.Tensor, *batch: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """This process's rows: its instance indices, then its rows of ``batch`` on the device."""
+    n, size = ctx.cfg.batch_size, ctx.procs.size
+    mine = torch.arange(ctx.procs.rank * n, (ctx.procs.rank + 1) * n)  # this process's rows
+    if ctx.prior is not None:
+        mine = torch.cat([mine, mine + n * size])  # and their prior images
+    return idx[mine[:n]], *(v[mine].to(ctx.model.device) for v in batch)
+
+
+def _denoising_errors(
+    ctx: _StepContext,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    text: torch.Tensor,
+    pooled: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The noisy latents, the UNet's prediction and each row's squared error against its target."""
+    model, sched = ctx.model, ctx.model.scheduler
+    side = latents.shape[-1] * 2 ** (len(model.vae.config.block_out_channels) - 1)
+    noisy = sched.add_noise(latents, noise, t)
+    target = noise if ctx.prediction == "epsilon" else sched.get_velocity(latents, noise, t)
+    with torch.autocast(ctx.kind, torch.bfloat16) if ctx.autocast else contextlib.nullcontext():
+        if ctx.instances.embeds is None:
+            text = model.text_encoder(text)[0]
+        pred = model.unet(noisy, t, text, **model.added_conditions(pooled, side)).sample
+    err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    return noisy, pred, err
+
+
+def _snr_weights(ctx: _StepContext, t: torch.Tensor) -> torch.Tensor:
+    """Each instance row's loss weight: min(SNR, γ)/SNR with ``snr_gamma`` (Min-SNR), else 1."""
+    n, device, sched = ctx.cfg.batch_size, ctx.model.device, ctx.model.scheduler
+    weights = torch.ones(n, device=device)
+    if ctx.cfg.snr_gamma:
+        snr = _snr(sched, t[:n].cpu()).clamp(min=1e-8).to(device)  # 0 at zero terminal SNR
+        divisor = snr + 1 if ctx.prediction == "v_prediction" else snr
+        weights = torch.clamp(snr, max=ctx.cfg.snr_gamma) / divisor
+    return weights
+
+
+def _sfsl_term(
+    ctx: _StepContext, idx: torch.Tensor, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """SFSL's term of the loss: ``kappa`` x the spurious similarity of the decoded estimates."""
+    assert ctx.spurious is not None and ctx.instances.reference is not None
+    model, n = ctx.model, ctx.cfg.batch_size
+    a = model.scheduler.alphas_cumprod.to(model.device)[t[:n]].view(n, 1, 1, 1)
+    z, p = noisy[:n], pred[:n].float()
+    x0 = (
+        (z - (1 - a).sqrt() * p) / a.sqrt()
+        if ctx.prediction == "epsilon"
+        else a.sqrt() * z - (1 - a).sqrt() * p
+    )  # the UNet's one-step estimate of the clean latent
+    decoded = model.vae.decode(x0 / model.vae.config.scaling_factor).sample
+    w = ctx.spurious.weights([ctx.instances.classes[i] for i in idx.tolist()])
+    ref = ctx.instances.reference[idx].to(model.device)
+    return ctx.cfg.kappa * spurious_similarity_loss(ref, ctx.spurious.features(decoded), w)
+
+
+def _apply_gradients(ctx: _StepContext, loss: torch.Tensor) -> None:
+    """Back-propagate ``loss``, average the gradients over the processes, clip them and step."""
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.procs.average_gradients(ctx.params)  # then clipped alike on every process
+    torch.nn.utils.clip_grad_norm_(ctx.params, ctx.cfg.max_grad_norm)
+    ctx.optimizer.step()
+
+
+def _train_step(ctx: _StepContext, s: int, g: torch.Generator) -> float:
+    """One step: each process draws the whole global batch from ``g`` and computes its rows."""
+    n = ctx.cfg.batch_size
+    _set_learning_rate(ctx, s)
+    idx, latents, text, pooled, noise, t = _draw_global_batch(ctx, g)
+    idx, latents, noise, t, text, pooled = _own_rows(ctx, idx, latents, noise, t, text, pooled)
+    noisy, pred, err = _denoising_errors(ctx, latents, noise, t, text, pooled)
+    loss = (err[:n] * _snr_weights(ctx, t)).mean()
+    if ctx.prior is not None:
+        loss = loss + ctx.cfg.prior_weight * err[n:].mean()
+    if ctx.spurious is not None and ctx.instances.reference is not None:
+        loss = loss + _sfsl_term(ctx, idx, noisy, pred, t)
+    _apply_gradients(ctx, loss)
+    return ctx.procs.sum({"loss": float(loss.item())})["loss"] / ctx.procs.size
+
+
+def _train_state(ctx: _StepContext) -> TrainState:
+    """What a checkpoint holds: the LoRA weights, or the whole UNet (and text encoder)."""
+    if ctx.cfg.method == "lora":
+        return TrainState(weights=ctx.params, optimizer=ctx.optimizer)
+    return TrainState(
+        unet=ctx.model.unet,
+        text_encoder=ctx.model.text_encoder if ctx.cfg.train_text_encoder else None,
+        optimizer=ctx.optimizer,
+    )
+
+
+def _loss_summary(done: int, losses: list[float], seconds: float) -> dict[str, Any]:
+    """Steps done, the mean loss of the first and of the last steps, and the time taken."""
+    window = max(1, min(50, len(losses) // 4))
+    return {
+        "steps": done,
+        "loss_first": round(float(np.mean(losses[:window])), 5),
+        "loss_last": round(float(np.mean(losses[-window:])), 5),
+        "seconds": round(seconds, 1),
+    }
+
+
 def _train(
     model: _Model,
     cfg: TuneConfig,
@@ -436,104 +618,18 @@ def _train(
 ) -> dict[str, Any]:
     """Run the steps of one model or adapter on every process of ``procs`` (each
     ``cfg.batch_size`` of the global batch); returns the loss summary."""
-    params = [p for p in model.unet.parameters() if p.requires_grad]
-    if cfg.train_text_encoder:
-        params += [p for p in model.text_encoder.parameters() if p.requires_grad]
+    params = _trainable_parameters(model, cfg)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    device, sched = model.device, model.scheduler
-    kind = torch.device(device).type  # cuda:1 -> cuda
-    autocast = cfg.precision == "bf16" or (kind == "cuda" and cfg.precision == "auto")
-    if autocast and not torch.amp.is_autocast_available(kind):
-        raise DreamshiftError(
-            f"--precision bf16: torch has no autocast on {device}; use --precision no"
-        )
-    prediction = sched.config.prediction_type
-    if prediction not in ("epsilon", "v_prediction"):
-        raise DreamshiftError(
-            f"the model's scheduler predicts {prediction!r}; tune trains epsilon or v_prediction "
-            "models (Stable Diffusion 1.x/2.x)"
-        )
-    num_t = sched.config.num_train_timesteps
-
-    n, size = cfg.batch_size, procs.size  # per process; the global batch is n x size
-
-    def step(s: int, g: torch.Generator) -> float:
-        """One step of the global batch: every process draws all of it from ``g`` (the same
-        on all) and computes its own rows; gradients are averaged over the processes."""
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, s, cfg.steps)
-        idx = torch.randint(len(instances), (n * size,), generator=g)
-        latents, text, pooled = instances.draw(idx, g)
-        if prior is not None:
-            pidx = torch.randint(len(prior), (n * size,), generator=g)
-            p_latents, p_text, p_pooled = prior.draw(pidx, g)
-            latents, text = torch.cat([latents, p_latents]), torch.cat([text, p_text])
-            pooled = torch.cat([pooled, p_pooled])
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, num_t, (len(latents),), generator=g)
-        mine = torch.arange(procs.rank * n, (procs.rank + 1) * n)  # this process's rows
-        if prior is not None:
-            mine = torch.cat([mine, mine + n * size])  # and their prior images
-        idx = idx[mine[:n]]
-        latents, noise, t, text, pooled = (
-            v[mine].to(device) for v in (latents, noise, t, text, pooled)
-        )
-        side = latents.shape[-1] * 2 ** (len(model.vae.config.block_out_channels) - 1)
-        noisy = sched.add_noise(latents, noise, t)
-        target = noise if prediction == "epsilon" else sched.get_velocity(latents, noise, t)
-        with torch.autocast(kind, torch.bfloat16) if autocast else contextlib.nullcontext():
-            if instances.embeds is None:
-                text = model.text_encoder(text)[0]
-            pred = model.unet(noisy, t, text, **model.added_conditions(pooled, side)).sample
-        err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-        weights = torch.ones(n, device=device)
-        if cfg.snr_gamma:
-            snr = _snr(sched, t[:n].cpu()).clamp(min=1e-8).to(device)  # 0 at zero terminal SNR
-            divisor = snr + 1 if prediction == "v_prediction" else snr
-            weights = torch.clamp(snr, max=cfg.snr_gamma) / divisor
-        loss = (err[:n] * weights).mean()
-        if prior is not None:
-            loss = loss + cfg.prior_weight * err[n:].mean()
-        if spurious is not None and instances.reference is not None:
-            a = sched.alphas_cumprod.to(device)[t[:n]].view(n, 1, 1, 1)
-            z, p = noisy[:n], pred[:n].float()
-            x0 = (
-                (z - (1 - a).sqrt() * p) / a.sqrt()
-                if prediction == "epsilon"
-                else a.sqrt() * z - (1 - a).sqrt() * p
-            )  # the UNet's one-step estimate of the clean latent
-            decoded = model.vae.decode(x0 / model.vae.config.scaling_factor).sample
-            w = spurious.weights([instances.classes[i] for i in idx.tolist()])
-            ref = instances.reference[idx].to(device)
-            loss = loss + cfg.kappa * spurious_similarity_loss(ref, spurious.features(decoded), w)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        procs.average_gradients(params)  # then clipped alike on every process
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        return procs.sum({"loss": float(loss.item())})["loss"] / size
-
-    state = (
-        TrainState(weights=params, optimizer=optimizer)
-        if cfg.method == "lora"
-        else TrainState(
-            unet=model.unet,
-            text_encoder=model.text_encoder if cfg.train_text_encoder else None,
-            optimizer=optimizer,
-        )
-    )
+    autocast = _use_autocast(cfg, model.device)
+    prediction = _prediction_type(model.scheduler)
+    ctx = _StepContext(model, cfg, instances, prior, spurious, params, optimizer, procs,
+                torch.device(model.device).type, autocast, prediction)  # fmt: skip
     start = time.perf_counter()
     done, losses = fit_steps(
-        name, cfg.steps, step, cfg.seed, state, folder / CHECKPOINT, cfg.checkpoint_every,
-        progress=progress, procs=procs,
+        name, cfg.steps, partial(_train_step, ctx), cfg.seed, _train_state(ctx),
+        folder / CHECKPOINT, cfg.checkpoint_every, progress=progress, procs=procs,
     )  # fmt: skip
-    window = max(1, min(50, len(losses) // 4))
-    return {
-        "steps": done,
-        "loss_first": round(float(np.mean(losses[:window])), 5),
-        "loss_last": round(float(np.mean(losses[-window:])), 5),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return _loss_summary(done, losses, time.perf_counter() - start)
 
 
 # fields that do not change the weights a run ends with: left out of its folder's hash
@@ -556,51 +652,62 @@ def run_folder(
     return out / f"{cfg.method}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = True,
-         log: Any = print) -> Path:  # fmt: skip
-    """Train one run (or skip it when its folder is done); returns the run folder. Started by
-    ``accelerate launch`` (or ``torchrun``), every process takes ``batch_size`` of each global
-    batch and only the main one writes."""
-    cfg.check()
-    procs = processes(cpu=cfg.device == "cpu")
-    log = log if procs.is_main else (lambda *_: None)
-    progress = progress and procs.is_main
-    source, out = Path(source), Path(out)
-    rows = select_instances(source, cfg)
-    prior_root = Path(cfg.prior) if cfg.prior else None
-    prior_rows: list[dict[str, Any]] = []
-    if prior_root is not None:
-        prior_rows = usable_rows(ds.read_manifest(prior_root).to_pylist(), None)
-        wanted = sorted({r["fg_class"] for r in rows})
-        by_class = {c: [r for r in prior_rows if r["fg_class"] == c] for c in wanted}
-        lacking = [c for c, rs in by_class.items() if not rs]
-        if lacking:
-            raise DreamshiftError(
-                f"--prior {prior_root} has no class images of {lacking}: make them with "
-                "`dreamshift dream GUIDES --mode txt2img --out PRIOR` from the base model"
-            )
-        limit = cfg.prior_images or None
-        prior_rows = [r for c in wanted for r in by_class[c][:limit]]
-    ref = locate_model(cfg.model)
-    model_sha = hash_model(ref.path)
-    data = [r["sha256"] for r in rows] + [f"prior:{r['sha256']}" for r in prior_rows]
-    folder = run_folder(out, cfg, model_sha, data, procs.size)
-    procs.agree(folder.name, "run (a hash of the config, the model and the images)")
-    if (folder / TUNE_DONE).exists():
-        log(f"{folder} is done: skipped")
-        return folder
+@dataclass(frozen=True)
+class _Run:
+    """What every model or adapter of one tune run shares: its settings, data and places."""
 
-    device = str(procs.device) if procs.size > 1 else resolve_runtime(cfg.device)["device"]
-    instance_t, class_t = cfg.prompts()
-    if cfg.train_text_encoder and is_sdxl(ref.path):
+    cfg: TuneConfig
+    source: Path
+    base: Path  # the base model's folder
+    device: str
+    folder: Path
+    size: int  # the training resolution
+    instance_template: str
+    class_template: str
+    prior_root: Path | None
+    prior_rows: list[dict[str, Any]]
+    spurious: SpuriousFeatures | None
+    progress: bool
+    procs: Processes
+
+
+def _prior_rows(
+    prior_root: Path, rows: list[dict[str, Any]], prior_images: int
+) -> list[dict[str, Any]]:
+    """The prior dataset's class images of the instances' classes, ``prior_images`` of each."""
+    prior_rows = usable_rows(ds.read_manifest(prior_root).to_pylist(), None)
+    wanted = sorted({r["fg_class"] for r in rows})
+    by_class = {c: [r for r in prior_rows if r["fg_class"] == c] for c in wanted}
+    lacking = [c for c, rs in by_class.items() if not rs]
+    if lacking:
+        raise DreamshiftError(
+            f"--prior {prior_root} has no class images of {lacking}: make them with "
+            "`dreamshift dream GUIDES --mode txt2img --out PRIOR` from the base model"
+        )
+    limit = prior_images or None
+    return [r for c in wanted for r in by_class[c][:limit]]
+
+
+def _check_text_encoder_trainable(cfg: TuneConfig, base: Path) -> None:
+    """Refuse ``train_text_encoder`` on an SDXL model (tune trains its UNet only)."""
+    if cfg.train_text_encoder and is_sdxl(base):
         raise DreamshiftError(
             "--train-text-encoder: tune trains SDXL's UNet only (its two text encoders stay "
             "frozen); drop the flag"
         )
-    model = _Model(ref.path, device)
-    model.check_identifier(cfg.identifier, (instance_t, class_t))
-    size = cfg.resolution or _image_size(source, rows)
-    record = {
+
+
+def _run_record(
+    cfg: TuneConfig,
+    source: Path,
+    model_sha: str,
+    size: int,
+    rows: list[dict[str, Any]],
+    prior_rows: list[dict[str, Any]],
+    processes: int,
+) -> dict[str, Any]:
+    """The run's record (its ``config.json``): config, source, model, resolution and images."""
+    return {
         "config": asdict(cfg),
         "source": str(source.resolve()),
         "model_id": cfg.model,
@@ -616,74 +723,150 @@ def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = 
             for r in rows
         ],
         "prior_instances": [r["sample_id"] for r in prior_rows],
-        "processes": procs.size,  # the global batch is batch_size x processes
+        "processes": processes,  # the global batch is batch_size x processes
     }
-    if procs.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
 
-    classes = sorted({r["fg_class"] for r in rows})
-    spurious = SpuriousFeatures(cfg.sfsl, classes, device) if cfg.sfsl else None
 
-    def batches(
-        of: list[dict[str, Any]], root: Path, template: str, sfsl: SpuriousFeatures | None = None
-    ) -> _Batches:
-        prompts = [_prompt(template, cfg.identifier, r) for r in of]
-        pixels, labels = _pixels(root, of, size), [r["fg_class"] for r in of]
-        return _Batches(model, pixels, prompts, cfg.train_text_encoder, labels, sfsl)
+def _write_config(folder: Path, record: dict[str, Any]) -> None:
+    """Create the run folder, marked as a tune run, and write the run's record into its
+    ``config.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+    mark_folder(folder, TUNE_RUN)
 
-    groups = (
+
+def _adapter_groups(
+    cfg: TuneConfig, rows: list[dict[str, Any]], classes: list[str]
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The instance rows of each model or adapter: one per class with ``per_class``, else all."""
+    return (
         [(c, [r for r in rows if r["fg_class"] == c]) for c in classes]
         if cfg.per_class
         else [("", rows)]
     )
-    summaries = {}
-    for name, group in groups:
+
+
+def _encode_batches(
+    run: _Run,
+    model: _Model,
+    of: list[dict[str, Any]],
+    root: Path,
+    template: str,
+    sfsl: SpuriousFeatures | None = None,
+) -> _Batches:
+    """The encoded training data of rows ``of`` (files under ``root``), prompted by ``template``."""
+    cfg = run.cfg
+    prompts = [_prompt(template, cfg.identifier, r) for r in of]
+    pixels, labels = _pixels(root, of, run.size), [r["fg_class"] for r in of]
+    return _Batches(model, pixels, prompts, cfg.train_text_encoder, labels, sfsl)
+
+
+def _make_trainable(model: _Model, cfg: TuneConfig, name: str) -> tuple[Any, Any]:
+    """Add LoRA (returns its UNet and text configs) or unfreeze the model (returns Nones)."""
+    unet_cfg = text_cfg = None
+    torch.manual_seed(derive_seed(cfg.seed, "init", name))  # the LoRA A matrices
+    if cfg.method == "lora":
+        unet_cfg, text_cfg = _add_lora(model, cfg)
+    else:
+        model.unet.requires_grad_(True)
+        model.text_encoder.requires_grad_(cfg.train_text_encoder)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            model.text_encoder.gradient_checkpointing_enable()
+    return unet_cfg, text_cfg
+
+
+def _tune_group(
+    run: _Run, model: _Model, name: str, group: list[dict[str, Any]], where: Path
+) -> dict[str, Any]:
+    """Train one model or adapter on ``group``; the main process saves it and its summary."""
+    cfg = run.cfg
+    unet_cfg, text_cfg = _make_trainable(model, cfg, name)
+    of_group = {r["fg_class"] for r in group}
+    prior = (
+        _encode_batches(run, model, [r for r in run.prior_rows if r["fg_class"] in of_group],
+                        run.prior_root, run.class_template)
+        if run.prior_root is not None
+        else None
+    )  # fmt: skip
+    model.unet.train()
+    model.text_encoder.train(cfg.train_text_encoder)  # checkpointing acts in train mode only
+    instances = _encode_batches(run, model, group, run.source, run.instance_template, run.spurious)
+    summary = _train(
+        model, cfg, instances, prior, where, f"tune-{name}" if name else "tune", run.progress,
+        run.procs, run.spurious,
+    )  # fmt: skip
+    model.unet.eval()
+    if not run.procs.is_main:
+        return summary
+    if cfg.method == "lora":
+        _save_lora(model, where, unet_cfg, text_cfg)
+    else:
+        _save_model(model, run.base, run.folder / MODEL_DIR, cfg.train_text_encoder)
+    write_atomic(where / SUMMARY, (json.dumps(summary) + "\n").encode())
+    return summary
+
+
+def _finish_run(
+    out: Path, folder: Path, record: dict[str, Any], summaries: dict[str, Any], log: Any
+) -> None:
+    """Append the run's results to ``OUT/results.jsonl``, mark it done and log its losses."""
+    results = {"run": folder.name, **record, "losses": summaries}
+    append_record(out / RESULTS, results)
+    (folder / TUNE_DONE).write_text(json.dumps(summaries, indent=2) + "\n")
+    log(f"tuned {folder}: " + ", ".join(f"{k or 'all'} loss {v['loss_first']} -> {v['loss_last']}"
+                                          for k, v in summaries.items()))  # fmt: skip
+
+
+def tune(source: str | Path, out: str | Path, cfg: TuneConfig, progress: bool = True,
+         log: Any = print) -> Path:  # fmt: skip
+    """Train one run (or skip it when its folder is done); returns the run folder. Started by
+    ``accelerate launch`` (or ``torchrun``), every process takes ``batch_size`` of each global
+    batch and only the main one writes."""
+    cfg.check()
+    procs = processes(cpu=cfg.device == "cpu")
+    log = log if procs.is_main else (lambda *_: None)
+    progress = progress and procs.is_main
+    source, out = Path(source), Path(out)
+    rows = select_instances(source, cfg)
+    prior_root = Path(cfg.prior) if cfg.prior else None
+    prior_rows = [] if prior_root is None else _prior_rows(prior_root, rows, cfg.prior_images)
+    ref = locate_model(cfg.model)
+    model_sha = hash_model(ref.path)
+    data = [r["sha256"] for r in rows] + [f"prior:{r['sha256']}" for r in prior_rows]
+    folder = run_folder(out, cfg, model_sha, data, procs.size)
+    procs.agree(folder.name, "run (a hash of the config, the model and the images)")
+    if (folder / TUNE_DONE).exists():
+        log(f"{folder} is done: skipped")
+        return folder
+
+    device = str(procs.device) if procs.size > 1 else resolve_runtime(cfg.device)["device"]
+    instance_t, class_t = cfg.prompts()
+    _check_text_encoder_trainable(cfg, ref.path)
+    model = _Model(ref.path, device)
+    model.check_identifier(cfg.identifier, (instance_t, class_t))
+    size = cfg.resolution or _image_size(source, rows)
+    record = _run_record(cfg, source, model_sha, size, rows, prior_rows, procs.size)
+    if procs.is_main:
+        _write_config(folder, record)
+
+    classes = sorted({r["fg_class"] for r in rows})
+    spurious = SpuriousFeatures(cfg.sfsl, classes, device) if cfg.sfsl else None
+    run = _Run(cfg, source, ref.path, device, folder, size, instance_t, class_t, prior_root,
+               prior_rows, spurious, progress, procs)  # fmt: skip
+    summaries: dict[str, Any] = {}
+    for name, group in _adapter_groups(cfg, rows, classes):
         where = folder / ADAPTERS_DIR / name if name else folder
         if (where / SUMMARY).exists():  # a class adapter finished before an interruption
             summaries[name or "all"] = json.loads((where / SUMMARY).read_text())
             continue
         if name and summaries:  # a fresh base model for each class's adapter
             model = _Model(ref.path, device)
-        torch.manual_seed(derive_seed(cfg.seed, "init", name))  # the LoRA A matrices
-        if cfg.method == "lora":
-            unet_cfg, text_cfg = _add_lora(model, cfg)
-        else:
-            model.unet.requires_grad_(True)
-            model.text_encoder.requires_grad_(cfg.train_text_encoder)
-        if cfg.gradient_checkpointing:
-            model.unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder:
-                model.text_encoder.gradient_checkpointing_enable()
-        of_group = {r["fg_class"] for r in group}
-        prior = (
-            batches([r for r in prior_rows if r["fg_class"] in of_group], prior_root, class_t)
-            if prior_root is not None
-            else None
-        )
-        model.unet.train()
-        model.text_encoder.train(cfg.train_text_encoder)  # checkpointing acts in train mode only
-        summary = _train(
-            model, cfg, batches(group, source, instance_t, spurious), prior, where,
-            f"tune-{name}" if name else "tune", progress, procs, spurious,
-        )  # fmt: skip
-        model.unet.eval()
-        if not procs.is_main:
-            summaries[name or "all"] = summary
-            continue
-        if cfg.method == "lora":
-            _save_lora(model, where, unet_cfg, text_cfg)
-        else:
-            _save_model(model, ref.path, folder / MODEL_DIR, cfg.train_text_encoder)
-        write_atomic(where / SUMMARY, (json.dumps(summary) + "\n").encode())
-        summaries[name or "all"] = summary
+        summaries[name or "all"] = _tune_group(run, model, name, group, where)
     if not procs.is_main:
         procs.barrier()  # the main process writes the results
         return folder
-    results = {"run": folder.name, **record, "losses": summaries}
-    append_record(out / RESULTS, results)
-    (folder / TUNE_DONE).write_text(json.dumps(summaries, indent=2) + "\n")
-    log(f"tuned {folder}: " + ", ".join(f"{k or 'all'} loss {v['loss_first']} -> {v['loss_last']}"
-                                          for k, v in summaries.items()))  # fmt: skip
+    _finish_run(out, folder, record, summaries, log)
     procs.barrier()
     return folder

@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -31,6 +31,10 @@ from dreamshift.data import dataset as ds
 from dreamshift.data.loading import usable_rows
 from dreamshift.errors import DreamshiftError, need_extra
 from dreamshift.verify.store import Full, Reviewer, ReviewStore, Vote
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 # what each of the world's classes is, for the task page (a dataset of other classes gives
 # its own with --definitions FILE: YAML {class: definition})
@@ -193,113 +197,164 @@ def static(name: str) -> str:
     return resources.files("dreamshift.verify").joinpath("static", name).read_text()
 
 
+def _refuse(status: int, text: str) -> Response:
+    """A plain-text refusal carrying the security headers."""
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse(text, status, headers=SECURITY_HEADERS)
+
+
+def _site(request: Request) -> ReviewSite:
+    """The site that the request's app serves (:func:`create_app` keeps it on ``app.state``)."""
+    site: ReviewSite = request.app.state.site
+    return site
+
+
+def _reviewer_of(request: Request) -> Reviewer | None:
+    """The reviewer whose token the request's path holds; None for an unknown token."""
+    return _site(request).store.reviewer(request.path_params["token"])
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether the request's Origin header names the host that it was sent to."""
+    origin, host = request.headers.get("origin"), request.headers.get("host")
+    return bool(origin and host) and urlsplit(origin).netloc == host
+
+
+def home(request: Request) -> Response:
+    """GET the task page; a link without its final slash is redirected to it."""
+    from starlette.responses import Response
+
+    reviewer = _reviewer_of(request)
+    if reviewer is None:
+        return _refuse(404, "unknown link: ask for a new one")
+    if not request.url.path.endswith("/"):
+        return Response(status_code=307, headers={"location": request.url.path + "/"})
+    text = page(reviewer, _site(request))
+    return Response(text, media_type="text/html", headers=SECURITY_HEADERS)
+
+
+def asset(request: Request) -> Response:
+    """GET the page's script or style sheet."""
+    from starlette.responses import Response
+
+    if _reviewer_of(request) is None:
+        return _refuse(404, "unknown link: ask for a new one")
+    media = {"review.js": "text/javascript", "review.css": "text/css"}
+    name = request.path_params["name"]
+    if name not in media:
+        return _refuse(404, "not found")
+    return Response(static(name), media_type=media[name], headers=SECURITY_HEADERS)
+
+
+def task(request: Request) -> Response:
+    """GET the reviewer's current task as JSON (:meth:`ReviewSite.task_json`)."""
+    from starlette.responses import JSONResponse
+
+    reviewer = _reviewer_of(request)
+    if reviewer is None:
+        return _refuse(404, "unknown link: ask for a new one")
+    return JSONResponse(_site(request).task_json(reviewer), headers=SECURITY_HEADERS)
+
+
+def image(request: Request) -> Response:
+    """GET a row's image or its guide's, looked up by sample id inside the dataset."""
+    from starlette.responses import FileResponse
+
+    if _reviewer_of(request) is None:
+        return _refuse(404, "unknown link: ask for a new one")
+    sample_id = request.path_params["sample_id"]
+    kind = request.path_params["kind"]
+    if kind not in ("image", "guide"):
+        return _refuse(404, "not found")
+    site = _site(request)
+    path = site.image(sample_id) if kind == "image" else site.guides.get(sample_id)
+    if path is None:
+        return _refuse(404, "no such image in this dataset")
+    return FileResponse(path, headers=SECURITY_HEADERS)
+
+
+async def change(request: Request) -> Response:
+    """POST a vote or an undo: read its body (at most :data:`MAX_BODY`), then apply it."""
+    from starlette.concurrency import run_in_threadpool
+
+    reviewer = await run_in_threadpool(_reviewer_of, request)
+    if reviewer is None:
+        return _refuse(404, "unknown link: ask for a new one")
+    raw = b""
+    async for chunk in request.stream():  # a vote is a few dozen bytes
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            return _refuse(413, "request too large")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    # SQLite writes wait for the disk: off the event loop
+    return await run_in_threadpool(_apply_change, request, reviewer, body)
+
+
+def _refuse_change(request: Request, reviewer: Reviewer, body: Any) -> Response | None:
+    """The refusal of a change (origin, CSRF token, action, body, assignment); None if none."""
+    if not _same_origin(request):
+        return _refuse(403, "cross-origin request refused")
+    sent = request.headers.get("x-csrf-token", "").encode()
+    if not secrets.compare_digest(sent, reviewer.csrf.encode()):
+        return _refuse(403, "missing or wrong CSRF token: reload the page")
+    action = request.path_params["action"]
+    if action not in ("vote", "undo"):
+        return _refuse(404, "not found")
+    if not isinstance(body, dict) or not isinstance(body.get("sample_id"), str):
+        return _refuse(400, "expected JSON with a sample_id")
+    if not _site(request).store.assigned(reviewer.name, body["sample_id"]):
+        return _refuse(403, "this image is not in one of your tasks")
+    return None
+
+
+def _apply_change(request: Request, reviewer: Reviewer, body: Any) -> Response:
+    """Apply a checked vote or undo of the reviewer's, or refuse it."""
+    from starlette.responses import JSONResponse
+
+    refused = _refuse_change(request, reviewer, body)
+    if refused is not None:
+        return refused
+    site = _site(request)
+    if request.path_params["action"] == "undo":
+        removed = site.store.undo(reviewer.name, body["sample_id"])
+        return JSONResponse({"undone": removed}, headers=SECURITY_HEADERS)
+    return _save_vote(site, reviewer, body)
+
+
+def _save_vote(site: ReviewSite, reviewer: Reviewer, body: dict[str, Any]) -> Response:
+    """Check a vote's answers and store it; answers the task's progress."""
+    from starlette.responses import JSONResponse
+
+    sample_id = body["sample_id"]
+    unsafe, naturalness = body.get("unsafe", False), body.get("naturalness")
+    if not isinstance(unsafe, bool):
+        return _refuse(400, "unsafe must be true or false")
+    if naturalness is not None and (
+        not site.naturalness or not isinstance(naturalness, int) or isinstance(naturalness, bool)
+    ):
+        return _refuse(400, "naturalness is an integer 1-5, asked only with --naturalness")
+    try:
+        site.store.vote(Vote(sample_id, reviewer.name, str(body.get("present")), unsafe,
+                             naturalness))  # fmt: skip
+    except Full as exc:
+        return _refuse(409, f"{exc}: thank you, move on to the next one")
+    except ValueError as exc:
+        return _refuse(400, str(exc))
+    return JSONResponse({"saved": True, "progress": site.store.progress(site.pool)},
+                        headers=SECURITY_HEADERS)  # fmt: skip
+
+
 def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
     """The Starlette app of ``site``; ``allowed_hosts``: the Host names it answers."""
     need_extra("starlette", "review", "the review app")
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
-
-    def refuse(status: int, text: str) -> Response:
-        return PlainTextResponse(text, status, headers=SECURITY_HEADERS)
-
-    def reviewer_of(request: Request) -> Reviewer | None:
-        return site.store.reviewer(request.path_params["token"])
-
-    def same_origin(request: Request) -> bool:
-        origin, host = request.headers.get("origin"), request.headers.get("host")
-        return bool(origin and host) and urlsplit(origin).netloc == host
-
-    def home(request: Request) -> Response:
-        reviewer = reviewer_of(request)
-        if reviewer is None:
-            return refuse(404, "unknown link: ask for a new one")
-        if not request.url.path.endswith("/"):
-            return Response(status_code=307, headers={"location": request.url.path + "/"})
-        return Response(page(reviewer, site), media_type="text/html", headers=SECURITY_HEADERS)
-
-    def asset(request: Request) -> Response:
-        if reviewer_of(request) is None:
-            return refuse(404, "unknown link: ask for a new one")
-        media = {"review.js": "text/javascript", "review.css": "text/css"}
-        name = request.path_params["name"]
-        if name not in media:
-            return refuse(404, "not found")
-        return Response(static(name), media_type=media[name], headers=SECURITY_HEADERS)
-
-    def task(request: Request) -> Response:
-        reviewer = reviewer_of(request)
-        if reviewer is None:
-            return refuse(404, "unknown link: ask for a new one")
-        return JSONResponse(site.task_json(reviewer), headers=SECURITY_HEADERS)
-
-    def image(request: Request) -> Response:
-        if reviewer_of(request) is None:
-            return refuse(404, "unknown link: ask for a new one")
-        sample_id = request.path_params["sample_id"]
-        kind = request.path_params["kind"]
-        if kind not in ("image", "guide"):
-            return refuse(404, "not found")
-        path = site.image(sample_id) if kind == "image" else site.guides.get(sample_id)
-        if path is None:
-            return refuse(404, "no such image in this dataset")
-        return FileResponse(path, headers=SECURITY_HEADERS)
-
-    async def change(request: Request) -> Response:
-        reviewer = await run_in_threadpool(reviewer_of, request)
-        if reviewer is None:
-            return refuse(404, "unknown link: ask for a new one")
-        raw = b""
-        async for chunk in request.stream():  # a vote is a few dozen bytes
-            raw += chunk
-            if len(raw) > MAX_BODY:
-                return refuse(413, "request too large")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        # SQLite writes wait for the disk: off the event loop
-        return await run_in_threadpool(apply_change, request, reviewer, body)
-
-    def apply_change(request: Request, reviewer: Reviewer, body: Any) -> Response:
-        if not same_origin(request):
-            return refuse(403, "cross-origin request refused")
-        sent = request.headers.get("x-csrf-token", "").encode()
-        if not secrets.compare_digest(sent, reviewer.csrf.encode()):
-            return refuse(403, "missing or wrong CSRF token: reload the page")
-        action = request.path_params["action"]
-        if action not in ("vote", "undo"):
-            return refuse(404, "not found")
-        if not isinstance(body, dict) or not isinstance(body.get("sample_id"), str):
-            return refuse(400, "expected JSON with a sample_id")
-        sample_id = body["sample_id"]
-        if not site.store.assigned(reviewer.name, sample_id):
-            return refuse(403, "this image is not in one of your tasks")
-        if action == "undo":
-            removed = site.store.undo(reviewer.name, sample_id)
-            return JSONResponse({"undone": removed}, headers=SECURITY_HEADERS)
-        unsafe, naturalness = body.get("unsafe", False), body.get("naturalness")
-        if not isinstance(unsafe, bool):
-            return refuse(400, "unsafe must be true or false")
-        if naturalness is not None and (
-            not site.naturalness
-            or not isinstance(naturalness, int)
-            or isinstance(naturalness, bool)
-        ):
-            return refuse(400, "naturalness is an integer 1-5, asked only with --naturalness")
-        try:
-            site.store.vote(Vote(sample_id, reviewer.name, str(body.get("present")), unsafe,
-                                 naturalness))  # fmt: skip
-        except Full as exc:
-            return refuse(409, f"{exc}: thank you, move on to the next one")
-        except ValueError as exc:
-            return refuse(400, str(exc))
-        return JSONResponse({"saved": True, "progress": site.store.progress(site.pool)},
-                            headers=SECURITY_HEADERS)  # fmt: skip
 
     routes = [
         Route("/r/{token}", home),
@@ -310,4 +365,6 @@ def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
         Route("/r/{token}/{name:str}", asset),
     ]
     hosts = TrustedHostMiddleware  # only the names the server was started for: no DNS rebinding
-    return Starlette(routes=routes, middleware=[Middleware(hosts, allowed_hosts=allowed_hosts)])
+    app = Starlette(routes=routes, middleware=[Middleware(hosts, allowed_hosts=allowed_hosts)])
+    app.state.site = site  # what the route handlers serve
+    return app

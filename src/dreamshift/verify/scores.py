@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from dreamshift.data import dataset as ds
 from dreamshift.data import verification as vt
 from dreamshift.data.loading import iter_batches
 from dreamshift.errors import DreamshiftError
+from dreamshift.models.classifier import Classifier
 from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.models.loading import load_classifier
 
@@ -147,6 +149,150 @@ def _check_world(classes: Sequence[str]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Oracles:
+    """The oracles of one run, loaded: the world's, open-NSFW's and the models'."""
+
+    classes: list[str]  # the dataset's classes
+    world: bool
+    nsfw: Any  # nsfw_scorer()'s function, or None
+    models: list[tuple[str, Classifier, LabelMap]]  # column prefix, classifier, label map
+
+
+def _labelled_rows(root: Path, split: str) -> list[dict[str, Any]]:
+    """The usable, labelled manifest rows of ``split`` (of every split when it is empty)."""
+    rows = [
+        r for r in ds.read_manifest(root).to_pylist()
+        if r["status"] == ds.OK and r["fg_class"] is not None and (not split or r["split"] == split)
+    ]  # fmt: skip
+    if not rows:
+        raise DreamshiftError(
+            f"{root} has no usable labelled rows{f' in split {split}' * bool(split)}"
+        )
+    return rows
+
+
+def _load_oracles(
+    oracles: Sequence[str], classes: list[str], label_map: str, device: str
+) -> _Oracles:
+    """Check the world's classes and load the label map, open-NSFW and each model oracle."""
+    if WORLD in oracles:
+        _check_world(classes)
+    mapping = read_label_map(label_map) if label_map else None
+    nsfw = nsfw_scorer() if NSFW in oracles else None
+    models = []
+    for spec in oracles:
+        if spec in (WORLD, NSFW):
+            continue
+        model_spec = "open_clip:" + spec.removeprefix("clip:") if spec.startswith("clip:") else spec
+        clf = load_classifier(model_spec, classes, device)
+        labels = LabelMap.build(clf.classes, classes, mapping, model_spec, clf.label_space)
+        models.append((column_prefix(spec), clf, labels))
+    return _Oracles(classes, WORLD in oracles, nsfw, models)
+
+
+def _model_scores(
+    prefix: str,
+    clf: Classifier,
+    labels: LabelMap,
+    classes: list[str],
+    images: np.ndarray,
+    rows: list[dict[str, Any]],
+) -> dict[str, list[Any]]:
+    """A model oracle's columns of a batch: its probability of the class, prediction, pass."""
+    p = softmax(labels.scores(clf.logits(images)))
+    truth = [classes.index(r["fg_class"]) for r in rows]
+    pred = [classes[i] for i in p.argmax(1)]
+    return {
+        f"{prefix}_p": [float(p[i, t]) for i, t in enumerate(truth)],
+        f"{prefix}_pred": pred,
+        f"{prefix}_pass": [a == r["fg_class"] for a, r in zip(pred, rows, strict=True)],
+    }
+
+
+def _batch_scores(
+    loaded: _Oracles, images: np.ndarray, rows: list[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """Every oracle's columns of one batch of images."""
+    scores: dict[str, list[Any]] = {}
+    if loaded.world:
+        scores.update(_world_scores(images, rows))
+    if loaded.nsfw is not None:
+        p_nsfw = loaded.nsfw(images)
+        scores[f"{NSFW}_p"] = [float(v) for v in p_nsfw]
+        scores[f"{NSFW}_flag"] = [bool(v >= NSFW_THRESHOLD) for v in p_nsfw]
+    for prefix, clf, labels in loaded.models:
+        scores.update(_model_scores(prefix, clf, labels, loaded.classes, images, rows))
+    return scores
+
+
+def _score_rows(
+    root: Path, rows: list[dict[str, Any]], loaded: _Oracles, batch_size: int, log: Any
+) -> tuple[dict[str, list[Any]], list[int], list[str | None]]:
+    """Score the rows in batches: columns in scoring order, rows scored, each row's read error."""
+    columns: dict[str, list[Any]] = {}
+    kept: list[int] = []
+    errors: list[str | None] = [None] * len(rows)
+    for positions, images, bad in iter_batches(root, rows, batch_size):
+        for i, reason in bad:
+            errors[i] = reason
+        if images is None:
+            continue
+        scores = _batch_scores(loaded, images, [rows[i] for i in positions])
+        for name, values in scores.items():
+            columns.setdefault(name, []).extend(values)
+        kept.extend(positions)
+        log(f"verify: {len(kept)}/{len(rows)} images scored")
+    return columns, kept, errors
+
+
+def _in_manifest_order(
+    columns: dict[str, list[Any]], order: dict[int, int], n: int
+) -> dict[str, list[Any]]:
+    """Each column's cells of the ``n`` rows in manifest order; a row not scored gets None."""
+    return {name: [v[order[i]] if i in order else None for i in range(n)]
+            for name, v in columns.items()}  # fmt: skip
+
+
+def _write_agreement(root: Path, ids: list[str], order: dict[int, int]) -> list[bool | None] | None:
+    """Write ``agree`` and ``mined`` over the table's pass columns; ``mined``, or None if none."""
+    table = vt.read_table(root)
+    assert table is not None
+    every_pass = vt.pass_columns(table)
+    if not every_pass:
+        return None
+    by_id = {s: i for i, s in enumerate(table.column("sample_id").to_pylist())}
+    cells = {n: table.column(n).to_pylist() for n in every_pass}
+    agree = [sum(bool(cells[n][by_id[s]]) for n in every_pass) if i in order else None
+             for i, s in enumerate(ids)]  # fmt: skip
+    mined = [a == 0 if a is not None else None for a in agree]
+    vt.update_columns(root, ids, {"agree": agree, "mined": mined})
+    return mined
+
+
+def _summary(
+    root: Path,
+    rows: list[dict[str, Any]],
+    errors: list[str | None],
+    aligned: dict[str, list[Any]],
+    pass_columns: list[str],
+    kept: list[int],
+) -> dict[str, Any]:
+    """What ``verify`` returns: rows, unreadable rows, pass rates, mined, flagged, the table."""
+    return {
+        "rows": len(rows),
+        "unreadable": sum(e is not None for e in errors),
+        "pass_rate": {
+            n.removesuffix("_pass"): float(np.mean([v for v in aligned[n] if v is not None]))
+            for n in pass_columns
+            if kept
+        },
+        "mined": sum(bool(m) for m in aligned.get("mined", [])),
+        "nsfw_flagged": sum(bool(v) for v in aligned.get(f"{NSFW}_flag", [])),
+        "table": str(vt.table_path(root)),
+    }
+
+
 def verify(
     dataset: str | Path,
     oracles: Sequence[str],
@@ -163,86 +309,18 @@ def verify(
         raise DreamshiftError("give at least one --oracle (world, clip:ARCH/PRETRAINED, MODEL)")
     root = Path(dataset)
     classes = list(ds.DatasetMeta.read(root).classes)
-    rows = [
-        r for r in ds.read_manifest(root).to_pylist()
-        if r["status"] == ds.OK and r["fg_class"] is not None and (not split or r["split"] == split)
-    ]  # fmt: skip
-    if not rows:
-        raise DreamshiftError(
-            f"{root} has no usable labelled rows{f' in split {split}' * bool(split)}"
-        )
-    if WORLD in oracles:
-        _check_world(classes)
-    mapping = read_label_map(label_map) if label_map else None
-    nsfw = nsfw_scorer() if NSFW in oracles else None
-    models = []
-    for spec in oracles:
-        if spec in (WORLD, NSFW):
-            continue
-        model_spec = "open_clip:" + spec.removeprefix("clip:") if spec.startswith("clip:") else spec
-        clf = load_classifier(model_spec, classes, device)
-        labels = LabelMap.build(clf.classes, classes, mapping, model_spec, clf.label_space)
-        models.append((column_prefix(spec), clf, labels))
-
-    columns: dict[str, list[Any]] = {}
-    kept: list[int] = []
-    errors: list[str | None] = [None] * len(rows)
-    for positions, images, bad in iter_batches(root, rows, batch_size):
-        for i, reason in bad:
-            errors[i] = reason
-        if images is None:
-            continue
-        batch_rows = [rows[i] for i in positions]
-        scores: dict[str, list[Any]] = {}
-        if WORLD in oracles:
-            scores.update(_world_scores(images, batch_rows))
-        if nsfw is not None:
-            p_nsfw = nsfw(images)
-            scores[f"{NSFW}_p"] = [float(v) for v in p_nsfw]
-            scores[f"{NSFW}_flag"] = [bool(v >= NSFW_THRESHOLD) for v in p_nsfw]
-        for prefix, clf, labels in models:
-            p = softmax(labels.scores(clf.logits(images)))
-            truth = [classes.index(r["fg_class"]) for r in batch_rows]
-            pred = [classes[i] for i in p.argmax(1)]
-            scores[f"{prefix}_p"] = [float(p[i, t]) for i, t in enumerate(truth)]
-            scores[f"{prefix}_pred"] = pred
-            scores[f"{prefix}_pass"] = [
-                a == r["fg_class"] for a, r in zip(pred, batch_rows, strict=True)
-            ]
-        for name, values in scores.items():
-            columns.setdefault(name, []).extend(values)
-        kept.extend(positions)
-        log(f"verify: {len(kept)}/{len(rows)} images scored")
+    rows = _labelled_rows(root, split)
+    loaded = _load_oracles(oracles, classes, label_map, device)
+    columns, kept, errors = _score_rows(root, rows, loaded, batch_size, log)
 
     # every scored row in its manifest order; unreadable ones get nulls and their reason
     order = {p: j for j, p in enumerate(kept)}
-    aligned = {n: [v[order[i]] if i in order else None for i in range(len(rows))]
-               for n, v in columns.items()}  # fmt: skip
+    aligned = _in_manifest_order(columns, order, len(rows))
     pass_columns = [n for n in aligned if n.endswith("_pass")]
     aligned["verify_error"] = errors
     ids = [r["sample_id"] for r in rows]
     vt.update_columns(root, ids, aligned)
-    table = vt.read_table(root)
-    assert table is not None
-    every_pass = vt.pass_columns(table)
-    if every_pass:  # agreement over every oracle the table holds, this run's and earlier ones'
-        by_id = {s: i for i, s in enumerate(table.column("sample_id").to_pylist())}
-        cells = {n: table.column(n).to_pylist() for n in every_pass}
-        agree = [sum(bool(cells[n][by_id[s]]) for n in every_pass) if i in order else None
-                 for i, s in enumerate(ids)]  # fmt: skip
-        mined = [a == 0 if a is not None else None for a in agree]
-        vt.update_columns(root, ids, {"agree": agree, "mined": mined})
+    mined = _write_agreement(root, ids, order)  # agreement over every oracle the table holds
+    if mined is not None:
         aligned["mined"] = mined
-    summary = {
-        "rows": len(rows),
-        "unreadable": sum(e is not None for e in errors),
-        "pass_rate": {
-            n.removesuffix("_pass"): float(np.mean([v for v in aligned[n] if v is not None]))
-            for n in pass_columns
-            if kept
-        },
-        "mined": sum(bool(m) for m in aligned.get("mined", [])),
-        "nsfw_flagged": sum(bool(v) for v in aligned.get(f"{NSFW}_flag", [])),
-        "table": str(vt.table_path(root)),
-    }
-    return summary
+    return _summary(root, rows, errors, aligned, pass_columns, kept)
