@@ -157,6 +157,39 @@ def test_failed_samples_are_retried_once_their_file_is_fixed(folders, tmp_path, 
     assert tree_digest(out) == tree_digest(reference)
 
 
+def test_an_image_above_max_pixels_is_a_failed_sample_naming_it(folders, tmp_path, monkeypatch):
+    """A huge foreground is refused before it is decoded (bounded time and memory), the run
+    goes on, and the limit is a flag."""
+    from dreamshift.data.images import MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "")  # restored after the test whatever --max-pixels sets
+    fg, bg = folders
+    Image.new("RGBA", (1200, 1000), (200, 10, 10, 255)).save(fg / "cat" / "huge.png")
+    out = tmp_path / "out"
+    assert main(["--max-pixels", "1000000", "compose", "--out", str(out), "--foregrounds",
+                 str(fg), "--backgrounds", str(bg), "--train-size", "400", "--val-per-group",
+                 "0", "--test-per-group", "1", "--anti-per-group", "0", "--share-foregrounds",
+                 "--no-progress"]) == 1  # fmt: skip
+    failed = [r for r in ds.read_rows(out) if r.status == ds.FAILED]
+    assert failed and {r.fg_source for r in failed} == {"cat/huge.png"}
+    assert "1200 x 1000 = 1,200,000 pixels, above the limit of 1,000,000" in failed[0].error
+    assert "--max-pixels" in failed[0].error
+
+
+def test_an_out_holding_another_stages_dataset_names_that_stage(folders, tmp_path, capsys):
+    fg, bg = folders
+    guides, dreamed = tmp_path / "guides", tmp_path / "dreamed"
+    assert _compose(fg, bg, guides) == 0
+    assert main(["dream", str(guides), "--out", str(dreamed), "--mode", "paste",
+                 "--no-progress"]) == 0  # fmt: skip
+    before = tree_digest(dreamed)
+    capsys.readouterr()
+    assert _compose(fg, bg, dreamed) == 1
+    err = capsys.readouterr().err
+    assert "holds a dataset made by `dreamshift dream`, not by `dreamshift compose`" in err
+    assert tree_digest(dreamed) == before
+
+
 def test_empty_class_folder_stops_before_writing(folders, tmp_path, capsys):
     fg, bg = folders
     (fg / "dog").mkdir()

@@ -291,6 +291,26 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, tiny_sd, guides):
     assert images_and_rows(killed) == images_and_rows(reference)
 
 
+def test_a_disk_without_room_for_a_shard_stops_before_the_model_loads(
+    tmp_path, tiny_sd, guides, monkeypatch, capsys
+):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    import dreamshift.dream.runner as runner
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda _: usage(10**9, 10**9 - 4096, 4096))
+
+    def loaded(_plan):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(runner, "make_dreamer", loaded)
+    assert main(dream_cmd(guides, tmp_path / "out", tiny_sd)) == 1
+    err = capsys.readouterr().err
+    assert "the disk has 0.0 MB free, and a shard needs about" in err and "free some" in err
+
+
 def test_failed_samples_are_recorded_and_retried(tmp_path, tiny_sd, guides, capsys):
     src = tmp_path / "guides"
     shutil.copytree(guides, src)

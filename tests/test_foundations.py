@@ -155,6 +155,35 @@ def test_a_checkpoint_keeps_optimizer_state_exactly(tmp_path):
         load_state(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"__dict__": [["step"',
+        "{}",
+        "[]",
+        "null",
+        "42",
+        '{"__dict__": [["history", 7]]}',
+        '{"__dict__": 5}',
+    ],
+)
+def test_a_well_formed_checkpoint_with_a_damaged_state_is_one_clear_error(world, tmp_path, state):
+    """A safetensors file whose tensors are fine but whose embedded state is damaged: loading
+    it for a resume or as a classifier is one line saying to delete it, not a traceback."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = LearnConfig(epochs=1, batch_size=8, input_size=32)
+    folder = learn(world, tmp_path, cfg, log=lambda *_: None)
+    path = folder / "checkpoint.safetensors"
+    save_file(load_file(str(path)), str(path), metadata={"dreamshift_state": state})
+    message = r"checkpoint\.safetensors holds a damaged training state .* delete it"
+    with pytest.raises(DreamshiftError, match=message):
+        load_classifier(str(folder))
+    (folder / "done").unlink()  # the same run again resumes from the checkpoint
+    with pytest.raises(DreamshiftError, match=message):
+        learn(world, tmp_path, cfg, log=lambda *_: None)
+
+
 def _toy_run(tmp_path, stop_at_epoch=None):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

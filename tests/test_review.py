@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from dreamshift.data import dataset as ds
 from dreamshift.data import verification as vt
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.runner import dream
+from dreamshift.errors import DreamshiftError
 from dreamshift.verify.aggregate import decide, krippendorff_alpha
 from dreamshift.verify.review import add_reviewer, build_app, open_store
 from dreamshift.verify.store import TASK_SIZE, Vote
@@ -339,6 +341,79 @@ def test_refuses_traversal_missing_or_foreign_tokens_and_cross_origin_posts(data
         assert stored_votes(dataset) == {}
         assert post(client, base, token, "vote", vote, csrf).status_code == 200
     assert list(stored_votes(dataset)) == [(sample, "cy")]
+
+
+def test_a_crafted_dataset_cannot_have_the_app_serve_other_files(dataset, tmp_path, capsys):
+    """A manifest row naming the review database (every reviewer's tokens), the metadata, a
+    dot-folder or a path out is refused when the dataset is opened; a link from inside the
+    dataset to a file outside is not served."""
+    token = token_of(add_reviewer(dataset, "cy"))  # creates review/review.sqlite
+    manifest = ds.DatasetLayout(dataset).manifest_path
+    rows = ds.read_rows(dataset)
+    for path in ("review/review.sqlite", "dataset.json", "manifest.parquet", "../outside.png",
+                 "/etc/passwd.png", ".git/x.png", "shards/../../x.png"):  # fmt: skip
+        crafted = [rows[0].replace(path=path), *rows[1:]]
+        ds.write_table_atomic(ds.manifest_table(crafted), manifest)
+        with pytest.raises(DreamshiftError, match=f"has path {re.escape(repr(path))}"):
+            build_app(dataset)
+        assert main(["review", str(dataset)]) == 1
+        assert path in capsys.readouterr().err
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for reviewers")
+    victim = dataset / rows[0].path
+    victim.unlink()
+    victim.symlink_to(secret)  # a link that stays a valid-looking image path
+    ds.write_table_atomic(ds.manifest_table(rows), manifest)
+    import httpx
+
+    with serving(dataset) as base, httpx.Client() as client:
+        answer = client.get(f"{base}/r/{token}/image/{rows[0].sample_id}")
+        assert answer.status_code == 404 and b"not for reviewers" not in answer.content
+
+
+def test_every_response_carries_the_security_headers_and_bodies_are_checked_after_the_token(
+    dataset,
+):
+    """Responses made below the handlers (405, 307, the host check's 400) carry the headers
+    too; a deeply nested body is a 400 (not a 500), and a cross-origin one is refused before
+    its body is parsed."""
+    import httpx
+
+    from dreamshift.verify.app import SECURITY_HEADERS
+
+    token = token_of(add_reviewer(dataset, "cy"))
+    csrf = open_store(dataset).reviewer(token).csrf
+    with serving(dataset) as base, httpx.Client() as client:
+        answers = {
+            "405": client.put(f"{base}/r/{token}/task"),
+            "307": client.get(f"{base}/r/{token}", follow_redirects=False),
+            "400": client.get(f"{base}/r/{token}/task", headers={"Host": "evil.example"}),
+            "404": client.get(f"{base}/nothing"),
+            "200": client.get(f"{base}/r/{token}/task"),
+        }
+        for status, answer in answers.items():
+            assert str(answer.status_code) == status
+            for name, value in SECURITY_HEADERS.items():
+                assert answer.headers.get(name) == value, (status, name)
+        deep = b"[" * 2048 + b"]" * 2048  # within the 4 KB cap
+        url, ok = f"{base}/r/{token}/vote", {"X-CSRF-Token": csrf, "Origin": base}
+        assert client.post(url, content=deep, headers=ok).status_code == 400
+        foreign = {"X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+        assert client.post(url, content=deep, headers=foreign).status_code == 403
+
+
+def test_listening_beyond_loopback_needs_the_public_host_name(dataset, capsys):
+    assert main(["review", str(dataset), "--host", "0.0.0.0"]) == 1
+    err = capsys.readouterr().err
+    assert "--allow-remote HOSTNAME" in err and "TLS" in err
+    from starlette.testclient import TestClient
+
+    app = build_app(dataset, host="0.0.0.0", allow_remote="review.lab.example")
+    token = token_of(add_reviewer(dataset, "cy"))
+    client = TestClient(app, base_url="http://review.lab.example")
+    assert client.get(f"/r/{token}/task").status_code == 200  # the name reviewers use
+    other = TestClient(app, base_url="http://evil.example")
+    assert other.get(f"/r/{token}/task").status_code == 400
 
 
 def test_export_writes_votes_and_verified_that_audit_and_learn_use(dataset, tmp_path, capsys):

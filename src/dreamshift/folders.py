@@ -34,7 +34,7 @@ FOLDER_KINDS = {
 
 def mark_folder(folder: Path, kind: str) -> None:
     """Write ``folder``'s kind marker (the folder exists)."""
-    if kind not in FOLDER_KINDS:
+    if not isinstance(kind, str) or kind not in FOLDER_KINDS:
         raise ValueError(f"unknown folder kind {kind!r}")
     from dreamshift import __version__
 
@@ -54,7 +54,7 @@ def folder_kind(folder: Path) -> str | None:
         raise DreamshiftError(
             f"{path} is damaged ({exc}): it should say which dreamshift output this folder is"
         ) from exc
-    if kind not in FOLDER_KINDS:
+    if not isinstance(kind, str) or kind not in FOLDER_KINDS:
         raise DreamshiftError(
             f"{path} names the folder kind {kind!r}, which this dreamshift does not know (it "
             f"knows {', '.join(FOLDER_KINDS)}): a newer dreamshift wrote it, or it is damaged"

@@ -47,7 +47,10 @@ def add(sub: Any) -> None:
     actions = r.add_subparsers(dest="action", required=True, metavar="ACTION")
     serve = actions.add_parser("serve", help="serve the task pages (the default action)")
     serve.add_argument("dataset", type=Path)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1); "
+                       "another needs --allow-remote")  # fmt: skip
+    serve.add_argument("--allow-remote", metavar="HOSTNAME", help="listen beyond loopback for "
+                       "the public host name HOSTNAME (put a TLS proxy in front)")  # fmt: skip
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--split", default="", help="only this split's images")
     serve.add_argument("--votes-per-image", type=int, default=None,
@@ -88,7 +91,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from dreamshift.verify.review import serve
 
-    serve(args.dataset, args.host, args.port, split=args.split,
+    serve(args.dataset, args.host, args.port, allow_remote=args.allow_remote, split=args.split,
           votes_per_image=args.votes_per_image, naturalness=args.naturalness,
           definitions=args.definitions)  # fmt: skip
     return 0

@@ -367,6 +367,7 @@ def compose(
             retry_failed=retry_failed,
             progress=progress,
             normalise=saved_config,
+            bytes_per_sample=3 * cfg.size * cfg.size,  # at most its pixels: PNG compresses
         )
     return ComposeResult(
         root, len(specs), outcome.status[ds.FAILED], outcome.shards_run,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dreamshift.data.images import write_atomic
+from dreamshift.data.images import IMAGE_SUFFIXES, write_atomic
 from dreamshift.data.schema import (
     DATASET_JSON,
     MANIFEST_SCHEMA,
@@ -109,6 +110,11 @@ def prepare_output(
     layout = DatasetLayout(root)
     if layout.json_path.exists():
         old = DatasetMeta.read(root)
+        if old.stage != meta.stage:
+            raise DreamshiftError(
+                f"{root} holds a dataset made by `dreamshift {old.stage}`, not by "
+                f"`dreamshift {meta.stage}`: choose another --out"
+            )
         if normalise(old.config) != normalise(meta.config):
             new_cfg, old_cfg = normalise(meta.config), normalise(old.config)
             diff = sorted(
@@ -139,19 +145,82 @@ def write_meta(layout: DatasetLayout, meta: DatasetMeta) -> None:
 
 def read_manifest(root: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """All rows of a dataset: ``manifest.parquet``, or the done shards of an unfinished run;
-    ``columns``: only those (a training run reads 7 of the ~40, not the prompts and JSON)."""
+    ``columns``: only those (a training run reads 7 of the ~40, not the prompts and JSON).
+    A damaged file, or a row whose ``path`` could reach outside the dataset's images (see
+    :func:`check_paths`), is refused naming it."""
     layout = DatasetLayout(root)
     meta = DatasetMeta.read(root)
     names = list(columns) if columns is not None else None
     if layout.manifest_path.exists():
-        return pq.read_table(layout.manifest_path, schema=MANIFEST_SCHEMA, columns=names)
-    parts = [
-        pq.read_table(layout.shard_rows(k), schema=MANIFEST_SCHEMA, columns=names)
-        for k in range(meta.num_shards or 0)
-        if shard_is_done(layout, k)
-    ]
-    empty = MANIFEST_SCHEMA.empty_table()
-    return pa.concat_tables(parts) if parts else empty.select(names) if names else empty
+        table = _read_rows_file(layout.manifest_path, names)
+    else:
+        parts = [
+            _read_rows_file(layout.shard_rows(k), names)
+            for k in range(meta.num_shards or 0)
+            if shard_is_done(layout, k)
+        ]
+        empty = MANIFEST_SCHEMA.empty_table()
+        table = pa.concat_tables(parts) if parts else empty.select(names) if names else empty
+    if "path" in table.column_names:
+        check_paths(table, layout.manifest_path)
+    return table
+
+
+def _read_rows_file(path: Path, names: list[str] | None) -> pa.Table:
+    try:
+        table = pq.read_table(path, schema=MANIFEST_SCHEMA, columns=names)
+        table.validate(full=True)  # e.g. text that is no UTF-8
+        return table
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and exc.errno:
+            raise  # a disk error, not a damaged file
+        raise DreamshiftError(
+            f"{path} is damaged or not a dreamshift manifest ({type(exc).__name__}: {exc}): "
+            "restore it, or run the command that made the dataset again"
+        ) from exc
+
+
+# what a manifest row's image path may be: relative, inside the dataset, an image file, in no
+# dot-folder (no ".." either) and not in the review app's folder (it holds reviewers' tokens)
+_IMAGE_PATH = (
+    r"(?i)^([^/.\x00][^/\x00]*/)*[^/.\x00][^/\x00]*\.("
+    + "|".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+    + ")$"
+)
+REVIEW_FOLDER = "review/"  # written beside the images by `dreamshift review`
+
+
+def check_paths(table: pa.Table, where: Path) -> None:
+    """Refuse a manifest with a ``path`` that is absolute, climbs out (``..``), names a
+    dot-folder or the review folder, or is no image file: one a dataset someone else made
+    could use to have dreamshift read, export or serve other files."""
+    paths = table.column("path")
+    ok = pc.and_(
+        pc.match_substring_regex(paths, _IMAGE_PATH),
+        pc.invert(pc.starts_with(paths, REVIEW_FOLDER)),
+    )
+    bad = pc.invert(pc.fill_null(ok, True))  # a failed sample has no file: null
+    if pc.any(bad).as_py():
+        i = pc.index(bad, True).as_py()
+        row = table.slice(i, 1).to_pylist()[0]
+        raise DreamshiftError(
+            f"{where}: row {row.get('sample_id', i)!r} has path {row['path']!r}, which is not an "
+            "image file inside the dataset (an absolute path, '..', a dot-folder or review/): "
+            "the dataset is damaged or was made to read other files; do not use it"
+        )
+
+
+def sample_file(root: Path, relative: str) -> Path | None:
+    """``root / relative`` when ``relative`` is a manifest image path (see :func:`check_paths`)
+    and the file it names, links resolved, is a file inside ``root``; else None."""
+    table = pa.table({"path": pa.array([relative], pa.string())})
+    try:
+        check_paths(table, root)
+    except DreamshiftError:
+        return None
+    root = root.resolve()
+    path = (root / relative).resolve()
+    return path if path.is_relative_to(root) and path.is_file() else None
 
 
 def read_rows(root: str | Path) -> list[SampleRow]:

@@ -13,6 +13,26 @@ from PIL import Image, UnidentifiedImageError
 from dreamshift.errors import BadInputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# the largest image dreamshift decodes (width x height): `dreamshift --max-pixels N` sets it
+# for a command and the processes it starts; PIL's own decompression-bomb guard stays on above
+MAX_PIXELS_ENV = "DREAMSHIFT_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # a 45-megapixel photograph passes; an 8000 x 8000 one does not
+
+
+def max_pixels() -> int:
+    return int(os.environ.get(MAX_PIXELS_ENV) or DEFAULT_MAX_PIXELS)
+
+
+def check_size(img: Image.Image, where: object) -> None:
+    """Refuse an image larger than :func:`max_pixels` before it is decoded."""
+    w, h = img.size
+    if w * h > max_pixels():
+        raise BadInputError(
+            f"image {where} is {w} x {h} = {w * h:,} pixels, above the limit of "
+            f"{max_pixels():,}: shrink it, or raise the limit with `dreamshift --max-pixels N`"
+        )
+
+
 SIXTEEN_BIT_GREY = frozenset({"I;16", "I;16L", "I;16B", "I"})  # PIL's modes of a 16-bit PNG
 
 
@@ -26,6 +46,7 @@ def load_image(path: Path, mode: str | None = None) -> Image.Image:
     """
     try:
         img = Image.open(path)
+        check_size(img, path)
         img.load()  # decodes, and closes the file PIL opened
     except FileNotFoundError as exc:
         raise BadInputError(f"cannot read image {path}: no such file") from exc
@@ -64,6 +85,7 @@ def read_checked(path: Path, sha256: str, remedy: str) -> np.ndarray:
         )
     try:
         with Image.open(io.BytesIO(data)) as img:
+            check_size(img, path)
             return np.array(img if img.mode == "RGB" else img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError(f"{path} cannot be decoded ({exc}): {remedy}") from exc

@@ -193,14 +193,20 @@ class DatasetMeta:
                 f"{where} has schema_version {d.get('schema_version')!r}; this dreamshift reads "
                 f"{SCHEMA_VERSION}"
             )
+        for key, value in d.items():
+            wrong = _FORMS[key](value)
+            if wrong:
+                raise DreamshiftError(f"{where}: {key!r} {wrong} (it is {value!r:.80})")
+        for key, check in _CONFIG_FORMS.items():
+            value = _at(d.get("config") or {}, key)
+            wrong = check(value) if value is not None else ""
+            if wrong:
+                raise DreamshiftError(f"{where}: 'config.{key}' {wrong} (it is {value!r:.80})")
         fields = dict(d)
         fields["classes"] = tuple(d.get("classes") or ())
         fields["backgrounds"] = tuple(d.get("backgrounds") or ())
-        try:
-            fields["splits"] = {s: SplitCounts(**v) for s, v in (d.get("splits") or {}).items()}
-            return cls(**fields)
-        except TypeError as exc:
-            raise DreamshiftError(f"{where}: a field has the wrong form ({exc})") from exc
+        fields["splits"] = {s: SplitCounts(**v) for s, v in (d.get("splits") or {}).items()}
+        return cls(**fields)
 
     @classmethod
     def read(cls, root: str | Path) -> DatasetMeta:
@@ -256,6 +262,71 @@ class DatasetMeta:
         """rho of the dataset's train split: its own recipe's, or its guides' for a dream."""
         rho = self.recipe.get("rho", self.rho)
         return None if rho is None else float(rho)
+
+
+# the form of each dataset.json field (and of the config parts readers use): a check returns
+# what is wrong, or "" when the value has its form
+def _is(kind: type | tuple[type, ...], what: str, optional: bool = False) -> Any:
+    def check(v: Any) -> str:
+        if optional and v is None:
+            return ""
+        if kind is bool:
+            return "" if isinstance(v, bool) else f"must be {what}"
+        ok = isinstance(v, kind) and not isinstance(v, bool)
+        return "" if ok else f"must be {what}"
+
+    return check
+
+
+def _map_of(value_check: Any, what: str) -> Any:
+    def check(v: Any) -> str:
+        ok = isinstance(v, dict) and all(not value_check(x) for x in v.values())
+        return "" if ok else f"must be {what}"
+
+    return check
+
+
+def _list_of_str(v: Any) -> str:
+    ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+    return "" if ok else "must be a list of names"
+
+
+_COUNTS = _map_of(_is(int, "a count"), "a mapping of names to counts")
+
+
+def _split_counts(v: Any) -> str:
+    ok = (isinstance(v, dict) and set(v) == {"num_samples", "groups"}
+          and not _is(int, "")(v["num_samples"])
+          and not _map_of(_COUNTS, "")(v["groups"]))  # fmt: skip
+    return "" if ok else "must map each split to its num_samples and groups"
+
+
+_FORMS: dict[str, Any] = {
+    "stage": _is(str, "a stage name"), "content_hash": _is(str, "a hash"),
+    "config": _is(dict, "a mapping"), "classes": _list_of_str, "backgrounds": _list_of_str,
+    "label_maps": _map_of(_COUNTS, "a mapping of label maps"),
+    "assignment": _map_of(_is(str, ""), "a mapping of classes to backgrounds"),
+    "splits": _map_of(_split_counts, "a mapping of splits to their counts"),
+    "num_samples": _is(int, "a count"), "num_shards": _is(int, "a count", optional=True),
+    "complete": _is(bool, "true or false"), "num_failed": _is(int, "a count", optional=True),
+    "num_flagged": _is(int, "a count", optional=True),
+    "rho": _is((int, float), "a number", optional=True),
+    "versions": _map_of(_is(str, ""), "a mapping of libraries to versions"),
+    "schema_version": _is(int, "a number"), "dreamshift_version": _is(str, "a version"),
+}  # fmt: skip
+_CONFIG_FORMS: dict[str, Any] = {
+    "recipe": _is(dict, "a mapping"), "recipe.rho": _is((int, float), "a number"),
+    "resolved": _is(dict, "a mapping"), "resolved.runtime": _is(dict, "a mapping"),
+    "source": _is(str, "a path"),
+}  # fmt: skip
+
+
+def _at(config: dict[str, Any], dotted: str) -> Any:
+    """``config``'s value at a dotted key; None where a part is missing or not a mapping."""
+    value: Any = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _codes(names: tuple[str, ...]) -> dict[str, int]:

@@ -48,7 +48,13 @@ from PIL import Image
 
 import dreamshift
 from dreamshift.data import dataset as ds
-from dreamshift.data.images import encode_png, load_image, sha256_bytes, sha256_file
+from dreamshift.data.images import (
+    check_size,
+    encode_png,
+    load_image,
+    sha256_bytes,
+    sha256_file,
+)
 from dreamshift.data.schema import SplitCounts
 from dreamshift.dream.config import DreamConfig
 from dreamshift.dream.prompts import Recipe, load_recipe
@@ -393,7 +399,10 @@ def guide_image(source: Path, guide: ds.SampleRow, size: tuple[int, int]) -> Ima
     path = source / str(guide.path)
     try:
         opened = Image.open(io.BytesIO(data))
+        check_size(opened, path)
         img = opened.convert("RGB")
+    except BadInputError:
+        raise
     except Exception as exc:
         raise BadInputError(f"guide {path} cannot be decoded ({exc})") from exc
     return img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
@@ -528,6 +537,7 @@ def dream(
             counts={"num_failed": ds.FAILED, "num_flagged": ds.FLAGGED},
             retry_failed=retry_failed,
             progress=progress,
+            bytes_per_sample=3 * plan.size[0] * plan.size[1],  # at most its pixels
         )
     return DreamResult(
         root, len(plan.specs), outcome.status[ds.FAILED], outcome.status[ds.FLAGGED],

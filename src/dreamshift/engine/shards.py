@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence, Sized
@@ -35,6 +36,7 @@ import dreamshift
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import encode_png, flush_to_disk, sha256_bytes
 from dreamshift.engine.executors import Executor
+from dreamshift.errors import DreamshiftError
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -151,6 +153,18 @@ class StageOutcome:
     shards_run: int
 
 
+def check_room(root: Path, needed: int) -> None:
+    """Stop with one clear line when the disk of ``root`` has less than ``needed`` bytes
+    free (with 1 MB for the shard's rows and marker)."""
+    needed += 1 << 20
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise DreamshiftError(
+            f"cannot write to {root}: the disk has {free / 1e6:.1f} MB free, and a shard needs "
+            f"about {needed / 1e6:.1f} MB: free some space, then run the same command again"
+        )
+
+
 def run_stage(
     root: Path,
     meta: ds.DatasetMeta,
@@ -164,13 +178,16 @@ def run_stage(
     retry_failed: bool = False,
     progress: bool = True,
     normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda d: d,
+    bytes_per_sample: int = 0,
 ) -> StageOutcome:
     """Make the dataset ``meta`` describes in ``root``, which the caller holds
     (:func:`~dreamshift.engine.output.claim_output`): write its ``dataset.json`` unless an
     earlier run of the same config completed it (``normalise``: see
     :func:`~dreamshift.data.dataset.prepare_output`), run the shards left (``retry_failed``:
     also the failed samples), then write the manifest and mark it complete with ``counts``
-    (see :func:`finish`)."""
+    (see :func:`finish`). ``bytes_per_sample``: what one image may take on disk; a disk without
+    room for the largest shard left stops the run before any shard starts (and before a
+    stage's model is loaded)."""
     layout = ds.DatasetLayout(root)
     old = ds.prepare_output(root, meta, normalise)  # the first write into root
     if old is not None and old.complete:
@@ -180,6 +197,8 @@ def run_stage(
         ds.write_meta(layout, meta)  # incomplete until the retry is done
         layout.manifest_path.unlink(missing_ok=True)  # stale once a shard changes
     work = shard_work(layout, shards, retry_failed)
+    if work:
+        check_room(root, bytes_per_sample * max(len(w) for w in work.values()))
     total = sum(len(s) for s in shards)
     run_shards(work, run_shard, setup, executor, total=total, desc=desc, progress=progress)
     return StageOutcome(finish(layout, len(shards), meta, counts), len(work))

@@ -51,7 +51,7 @@ from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.folders import mark_folder
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures
-from dreamshift.learn.config import Hparams, LearnConfig
+from dreamshift.learn.config import LearnConfig
 from dreamshift.learn.erase import Eraser
 from dreamshift.learn.probe import probe_matrix
 from dreamshift.models.classifier import Classifier, preprocessing_of
@@ -63,7 +63,7 @@ from dreamshift.models.loading import (
     load_classifier,
 )
 from dreamshift.seeding import derive_seed
-from dreamshift.train.checkpoint import load_state
+from dreamshift.train.checkpoint import damaged, load_state
 from dreamshift.train.distributed import Processes, processes
 from dreamshift.train.loop import TrainState, fit_stream
 from dreamshift.train.run_folder import (
@@ -525,19 +525,35 @@ def learn_sweep(
     return folders
 
 
+def _read_record(path: Path) -> tuple[dict[str, Any], LearnConfig]:
+    """A run's ``config.json`` and its config, checked: one clear error if it is damaged."""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise TypeError(f"it holds a {type(record).__name__}, not a mapping")
+        cfg = LearnConfig.from_dict(record["config"], str(path))
+        classes, backgrounds = record["classes"], record["backgrounds"]
+        if not all(isinstance(x, list) and x and all(isinstance(n, str) for n in x)
+                   for x in (classes, backgrounds)):  # fmt: skip
+            raise TypeError("classes and backgrounds must be lists of names")
+        if not isinstance(record.get("base_weights_sha256") or "", str):
+            raise TypeError("base_weights_sha256 must be a hash")
+        if not isinstance(record.get("preprocessing", {}), dict):
+            raise TypeError("preprocessing must be a mapping")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DreamshiftError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}): it is no learn run's record"
+        ) from exc
+    cfg.check()
+    return record, cfg
+
+
 def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     """The trained algorithm of a finished run folder and its config record."""
     folder = Path(folder)
     if not (folder / DONE).exists():
         raise DreamshiftError(f"{folder} is not a finished learn run (no {DONE} marker)")
-    record = json.loads((folder / CONFIG).read_text())
-    c = dict(record["config"])
-    c["hparams"] = Hparams(**c["hparams"])
-    for key in ("eval_splits", "train", "targets"):  # tuples, read back from JSON lists
-        if key in c:
-            c[key] = tuple(c[key])
-    cfg = LearnConfig(**c)
-    cfg.check()
+    record, cfg = _read_record(folder / CONFIG)
     algo, _ = build(cfg, record["classes"], len(record["backgrounds"]), fit_eraser=False)
     expected = record.get("base_weights_sha256")
     if expected and cfg.finetune != "full" and algo.base_weights_sha256 != expected:
@@ -550,7 +566,8 @@ def load_run(folder: str | Path) -> tuple[Algorithm, dict[str, Any]]:
     if path is None:
         raise DreamshiftError(f"{folder} has a done marker but no {CHECKPOINT}: train it again")
     saved = load_state(path)
-    _train_state(algo).load_state_dict(saved.get("state", saved))
+    with damaged(path):
+        _train_state(algo).load_state_dict(saved.get("state", saved))
     algo.eval()
     return algo, record
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +92,25 @@ def load_state(path: Path) -> dict[str, Any]:
         ) from exc
     if structure is None:
         raise DreamshiftError(f"{path} holds tensors but no dreamshift training state")
-    state: dict[str, Any] = _decode(json.loads(structure), tensors)
+    with damaged(path):
+        state = _decode(json.loads(structure), tensors)
+        if not isinstance(state, dict):
+            raise TypeError(f"the state is a {type(state).__name__}, not a mapping")
     return state
+
+
+@contextmanager
+def damaged(path: Path) -> Iterator[None]:
+    """Turn what a well-formed file with a damaged training state raises while it is read or
+    restored (a missing key, a value of the wrong type or shape) into one clear error."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
+            RuntimeError) as exc:  # fmt: skip
+        raise DreamshiftError(
+            f"{path} holds a damaged training state ({type(exc).__name__}: {exc}); delete it "
+            "to start that run again"
+        ) from exc
 
 
 def _load_legacy(path: Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import torch
 from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.seeding import derive_seed
-from dreamshift.train.checkpoint import load_state, save_state
+from dreamshift.train.checkpoint import damaged, load_state, save_state
 from dreamshift.train.distributed import Processes
 
 Update = Callable[[int, torch.Tensor, torch.Generator], dict[str, float]]
@@ -116,8 +116,9 @@ def fit(
     history: list[dict[str, Any]] = []
     if checkpoint is not None and checkpoint.is_file():
         saved = load_state(checkpoint)
-        state.load_state_dict(saved["state"])
-        history = list(saved["history"])
+        with damaged(checkpoint):
+            state.load_state_dict(saved["state"])
+            history = list(saved["history"])
         log(f"resuming {checkpoint.parent} after epoch {len(history)}")
     steps = max(1, num_examples // batch_size)
     for epoch in range(len(history), epochs):
@@ -182,13 +183,15 @@ def fit_stream(
     epoch, step, sums = 0, 0, dict[str, float]()
     if checkpoint is not None and checkpoint.is_file():
         saved = _load_for(checkpoint, procs.size)
-        state.load_state_dict(saved["state"])
-        history = list(saved["history"])
-        epoch, step, sums = len(history), int(saved.get("step", 0)), dict(saved.get("sums", {}))
-        if step:  # mid-epoch: the random state the updates had reached (the same on all)
-            torch.set_rng_state(saved["rng"])
-            if saved.get("cuda_rng") is not None and procs.device.type == "cuda":
-                torch.cuda.set_rng_state(saved["cuda_rng"], procs.device)
+        with damaged(checkpoint):
+            state.load_state_dict(saved["state"])
+            history = list(saved["history"])
+            epoch, step = len(history), int(saved.get("step", 0))
+            sums = dict(saved.get("sums", {}))
+            if step:  # mid-epoch: the random state the updates had reached (the same on all)
+                torch.set_rng_state(saved["rng"])
+                if saved.get("cuda_rng") is not None and procs.device.type == "cuda":
+                    torch.cuda.set_rng_state(saved["cuda_rng"], procs.device)
         if procs.is_main:
             log(f"resuming {checkpoint.parent} at epoch {epoch + 1}, step {step}")
     procs.agree(f"epoch {epoch} step {step}", "checkpoint (resume point)")
@@ -284,8 +287,9 @@ def fit_steps(
     size = procs.size if procs is not None else 1
     if checkpoint.is_file():
         saved = _load_for(checkpoint, size)
-        state.load_state_dict(saved["state"])
-        step, values = saved["step"], list(saved["values"])
+        with damaged(checkpoint):
+            state.load_state_dict(saved["state"])
+            step, values = int(saved["step"]), list(saved["values"])
     main = procs is None or procs.is_main
     if procs is not None:
         procs.agree(f"step {step}", "checkpoint (resume point)")

@@ -114,14 +114,14 @@ class ReviewSite:
             for s, r in self.rows.items():
                 guide = by_id.get(r.get("guide_sample_id") or "")
                 if guide and guide["status"] == ds.OK:
-                    path = _inside(source_root, guide["path"])
+                    path = ds.sample_file(source_root, guide["path"])
                     if path:
                         self.guides[s] = path
         self.definitions = read_definitions(self.definitions_file, list(meta.classes))
 
     def image(self, sample_id: str) -> Path | None:
         row = self.rows.get(sample_id)
-        return _inside(self.root, row["path"]) if row else None
+        return ds.sample_file(self.root, row["path"]) if row else None
 
     def task_json(self, reviewer: Reviewer) -> dict[str, Any]:
         task_id, items = self.store.task(reviewer.name, self.pool)
@@ -145,12 +145,6 @@ class ReviewSite:
             },
             "progress": self.store.progress(self.pool),
         }  # fmt: skip
-
-
-def _inside(root: Path, relative: str) -> Path | None:
-    """``root / relative`` when it is a file inside ``root`` (no ``..``, no link out)."""
-    path = (root / relative).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
 
 
 def page(reviewer: Reviewer, site: ReviewSite) -> str:
@@ -275,50 +269,54 @@ def image(request: Request) -> Response:
 
 
 async def change(request: Request) -> Response:
-    """POST a vote or an undo: read its body (at most :data:`MAX_BODY`), then apply it."""
+    """POST a vote or an undo: checked (origin, CSRF token, action) before its body (at most
+    :data:`MAX_BODY`) is read, then applied."""
     from starlette.concurrency import run_in_threadpool
 
     reviewer = await run_in_threadpool(_reviewer_of, request)
     if reviewer is None:
         return _refuse(404, "unknown link: ask for a new one")
+    refused = _refuse_request(request, reviewer)
+    if refused is not None:
+        return refused
     raw = b""
     async for chunk in request.stream():  # a vote is a few dozen bytes
         raw += chunk
         if len(raw) > MAX_BODY:
             return _refuse(413, "request too large")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
     # SQLite writes wait for the disk: off the event loop
-    return await run_in_threadpool(_apply_change, request, reviewer, body)
+    return await run_in_threadpool(_apply_change, request, reviewer, _parse_body(raw))
 
 
-def _refuse_change(request: Request, reviewer: Reviewer, body: Any) -> Response | None:
-    """The refusal of a change (origin, CSRF token, action, body, assignment); None if none."""
+def _parse_body(raw: bytes) -> Any:
+    """The JSON of a request body; None where it is none (or nested too deeply to parse)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _refuse_request(request: Request, reviewer: Reviewer) -> Response | None:
+    """The refusal of a change request by its headers (origin, CSRF token) and action."""
     if not _same_origin(request):
         return _refuse(403, "cross-origin request refused")
     sent = request.headers.get("x-csrf-token", "").encode()
     if not secrets.compare_digest(sent, reviewer.csrf.encode()):
         return _refuse(403, "missing or wrong CSRF token: reload the page")
-    action = request.path_params["action"]
-    if action not in ("vote", "undo"):
+    if request.path_params["action"] not in ("vote", "undo"):
         return _refuse(404, "not found")
-    if not isinstance(body, dict) or not isinstance(body.get("sample_id"), str):
-        return _refuse(400, "expected JSON with a sample_id")
-    if not _site(request).store.assigned(reviewer.name, body["sample_id"]):
-        return _refuse(403, "this image is not in one of your tasks")
     return None
 
 
 def _apply_change(request: Request, reviewer: Reviewer, body: Any) -> Response:
-    """Apply a checked vote or undo of the reviewer's, or refuse it."""
+    """Apply a vote or undo of the reviewer's whose body is checked here, or refuse it."""
     from starlette.responses import JSONResponse
 
-    refused = _refuse_change(request, reviewer, body)
-    if refused is not None:
-        return refused
+    if not isinstance(body, dict) or not isinstance(body.get("sample_id"), str):
+        return _refuse(400, "expected JSON with a sample_id")
     site = _site(request)
+    if not site.store.assigned(reviewer.name, body["sample_id"]):
+        return _refuse(403, "this image is not in one of your tasks")
     if request.path_params["action"] == "undo":
         removed = site.store.undo(reviewer.name, body["sample_id"])
         return JSONResponse({"undone": removed}, headers=SECURITY_HEADERS)
@@ -360,11 +358,35 @@ def create_app(site: ReviewSite, allowed_hosts: list[str]) -> Any:
         Route("/r/{token}", home),
         Route("/r/{token}/", home),
         Route("/r/{token}/task", task),
-        Route("/r/{token}/{kind:str}/{sample_id:str}", image),
+        Route("/r/{token}/{kind:str}/{sample_id:path}", image),  # an id may hold "/"
         Route("/r/{token}/{action:str}", change, methods=["POST"]),
         Route("/r/{token}/{name:str}", asset),
     ]
     hosts = TrustedHostMiddleware  # only the names the server was started for: no DNS rebinding
     app = Starlette(routes=routes, middleware=[Middleware(hosts, allowed_hosts=allowed_hosts)])
     app.state.site = site  # what the route handlers serve
-    return app
+    return SecurityHeaders(app)
+
+
+class SecurityHeaders:
+    """ASGI wrapper that adds :data:`SECURITY_HEADERS` to every response, including those
+    made below the app's handlers (the host check's 400, a 405, a redirect, a 500)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.state = app.state
+        self.raw = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.raw if k not in have]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

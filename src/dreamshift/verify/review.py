@@ -45,24 +45,43 @@ def build_app(
     votes_per_image: int | None = None,
     naturalness: bool = False,
     definitions: str | None = None,
+    allow_remote: str | None = None,
 ) -> Any:
+    """The review app of ``root``. It answers requests for the loopback names and ``host``;
+    ``allow_remote``: also the public host name reviewers' browsers use, which a ``host`` other
+    than loopback requires (see :func:`check_host`)."""
     from dreamshift.verify.app import ReviewSite, create_app
 
+    check_host(host, allow_remote)
     site = ReviewSite(
         Path(root), open_store(root, votes_per_image), split, naturalness, definitions
     )
-    hosts = sorted({*LOCAL_HOSTS, host})
+    hosts = sorted({*LOCAL_HOSTS, host, *([allow_remote] if allow_remote else [])})
     return create_app(site, hosts)
 
 
+def check_host(host: str, allow_remote: str | None) -> None:
+    """Refuse to listen beyond loopback unless ``allow_remote`` names the public host name:
+    the app speaks plain HTTP, and every link holds a reviewer's secret token."""
+    if host not in LOCAL_HOSTS and not allow_remote:
+        raise DreamshiftError(
+            f"--host {host} opens the review to other machines over plain HTTP, where each "
+            "link's token can be read on the way: give --allow-remote HOSTNAME (the name "
+            "reviewers' browsers use) and put a TLS proxy in front, or keep 127.0.0.1"
+        )
+
+
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8765, log: Any = print,
-          **options: Any) -> None:  # fmt: skip
+          allow_remote: str | None = None, **options: Any) -> None:  # fmt: skip
     uvicorn = need_extra("uvicorn", "review", "dreamshift review serve")
 
-    app = build_app(root, host, **options)
+    app = build_app(root, host, allow_remote=allow_remote, **options)
     store = open_store(root)
     if not store.reviewers():
         log(f"no reviewers yet: `dreamshift review add-reviewer {root} NAME` prints a link")
+    if allow_remote:
+        log(f"listening on {host} for {allow_remote}: plain HTTP, so serve it to reviewers "
+            "only through a TLS proxy (links hold their tokens)")  # fmt: skip
     log(f"review of {root} on http://{host}:{port}/r/<token>/ ({store.votes_per_image} votes "
         f"per image; votes in {db_path(root)}); Ctrl-C stops it, nothing is lost")  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -102,6 +102,14 @@ class ReviewStore:
             db.execute("PRAGMA busy_timeout=30000")
             db.execute("PRAGMA synchronous=FULL")
             yield db
+        except sqlite3.DatabaseError as exc:
+            busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+            if busy or isinstance(exc, sqlite3.IntegrityError):
+                raise  # busy past the timeout, or a constraint: not a damaged file
+            raise DreamshiftError(
+                f"{self.path} is damaged or is no review database ({exc}): restore it, or move "
+                f"{self.path.parent} away to start a new review"
+            ) from exc
         finally:
             db.close()
 

@@ -40,9 +40,9 @@ async function load() {
 function render() {
   if (!task || task.items.length === 0) return;
   const it = task.items[at], v = task.votes[it.sample_id];
-  $("image").src = `image/${it.sample_id}`;
+  $("image").src = `image/${encodeURIComponent(it.sample_id)}`;
   $("guide-fig").hidden = !it.guide;
-  if (it.guide) $("guide").src = `guide/${it.sample_id}`;
+  if (it.guide) $("guide").src = `guide/${encodeURIComponent(it.sample_id)}`;
   $("cls").textContent = it.class;
   $("definition").textContent = it.definition ? `(${it.definition})` : "";
   $("unsafe").checked = !!flags[it.sample_id];
