@@ -203,3 +203,27 @@ def test_a_run_folder_with_damaged_json_is_one_clear_error(learn_run, tmp_path_f
     (folder / name).write_text(json.dumps(damaged))
     with contextlib.suppress(DreamshiftError):
         load_classifier(str(folder))
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["architecture", "classes", "preprocessing", "name", "finetuned_from", "finetune"]
+        ),
+        JSON,
+    )
+    | JSON
+)
+def test_a_classifier_folder_with_a_damaged_record_is_one_clear_error(tmp_path_factory, value):
+    """A classifier folder (the shipped world-cnn's files) whose classifier.json is damaged."""
+    from dreamshift.assets import shipped
+    from dreamshift.models.loading import load_classifier
+
+    folder = tmp_path_factory.mktemp("clf") / "world-cnn"
+    shutil.copytree(shipped("classifiers") / "world-cnn", folder)
+    original = json.loads((folder / "classifier.json").read_text())
+    damaged = original | value if isinstance(value, dict) else value
+    (folder / "classifier.json").write_text(json.dumps(damaged))
+    with contextlib.suppress(DreamshiftError):
+        load_classifier(str(folder))

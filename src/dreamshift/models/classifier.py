@@ -104,6 +104,8 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Classifier:
     try:
         meta = json.loads(meta_path.read_text())
         arch, classes = meta["architecture"], tuple(meta["classes"])
+        if not all(isinstance(t, str) for t in (arch, meta.get("name", ""), *classes)):
+            raise TypeError("the architecture, name and classes must be text")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DreamshiftError(
             f"{meta_path} is not a valid classifier record ({exc!r}): it needs architecture, "

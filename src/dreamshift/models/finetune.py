@@ -205,8 +205,11 @@ def saved_state(net: FineTunedNet) -> dict[str, torch.Tensor]:
 
 
 def is_finetuned(folder: Path) -> bool:
-    meta = folder / CHECKPOINT_JSON
-    return meta.is_file() and "finetuned_from" in json.loads(meta.read_text())
+    try:
+        record = json.loads((folder / CHECKPOINT_JSON).read_text())
+    except (OSError, ValueError):  # none, or damaged: the classifier loader names it
+        return False
+    return isinstance(record, dict) and "finetuned_from" in record
 
 
 def load_finetuned(folder: Path, device: str = "cpu") -> Classifier:
@@ -214,10 +217,21 @@ def load_finetuned(folder: Path, device: str = "cpu") -> Classifier:
     --finetune``): its base model rebuilt, then the trained tensors loaded."""
     from safetensors.torch import load_file
 
-    meta = json.loads((folder / CHECKPOINT_JSON).read_text())
-    classes, spec, method = tuple(meta["classes"]), meta["finetuned_from"], meta["finetune"]
-    ft = Finetune(method["method"], spec, method["rank"], method["alpha"],
-                  label_map=method.get("label_map", ""))  # fmt: skip
+    path = folder / CHECKPOINT_JSON
+    try:
+        meta = json.loads(path.read_text())
+        classes, spec, method = tuple(meta["classes"]), meta["finetuned_from"], meta["finetune"]
+        ft = Finetune(method["method"], spec, method["rank"], method["alpha"],
+                      label_map=method.get("label_map", ""))  # fmt: skip
+        targets = tuple(method["targets"] or ())
+        texts = [spec, ft.method, ft.label_map, meta["base_weights_sha256"], *classes, *targets]
+        if not all(isinstance(t, str) for t in texts) or not isinstance(ft.rank, int):
+            raise TypeError("names, hashes, targets and the method must be text, the rank a number")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DreamshiftError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}): it is no fine-tuned classifier's "
+            "record"
+        ) from exc
     base = load_classifier(spec, classes)
     if ft.method != "full" and base.weights_sha256 != meta["base_weights_sha256"]:
         raise DreamshiftError(
@@ -225,7 +239,7 @@ def load_finetuned(folder: Path, device: str = "cpu") -> Classifier:
             f"{meta['base_weights_sha256'][:12]}…, but {spec} now loads weights "
             f"{base.weights_sha256[:12]}…: give the same base weights (SPEC@FILE)"
         )
-    net, _ = assemble(base, classes, ft, targets=method["targets"])
+    net, _ = assemble(base, classes, ft, targets=targets)
     weights = folder / CHECKPOINT_WEIGHTS
     state = load_file(str(weights))
     expected = saved_state(net)
