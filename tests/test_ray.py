@@ -192,3 +192,27 @@ def kill_node_with_resource(resource: str) -> list[int]:
                 except ProcessLookupError:
                     pass
     return killed
+
+
+def test_the_image_size_limit_reaches_the_actors(local_ray, world_folders, tmp_path, monkeypatch):
+    """`dreamshift --max-pixels N` holds on a Ray actor as in a local worker."""
+    import shutil
+
+    from PIL import Image
+
+    from dreamshift.data import dataset as ds
+    from dreamshift.data.images import MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "")  # restored after the test whatever --max-pixels sets
+    fg = tmp_path / "fg"
+    for c in ("bear", "cat"):
+        shutil.copytree(world_folders / "foregrounds" / c, fg / c)
+    Image.new("RGBA", (1200, 1000), (200, 10, 10, 255)).save(fg / "cat" / "huge.png")
+    out = tmp_path / "out"
+    assert main(["--max-pixels", "1000000", "compose", "--out", str(out), "--foregrounds",
+                 str(fg), "--backgrounds", str(world_folders / "backgrounds"), "--train-size",
+                 "200", "--val-per-group", "0", "--test-per-group", "0", "--anti-per-group", "0",
+                 "--share-foregrounds", "--executor", "ray", "--workers", "1",
+                 "--no-progress"]) == 1  # fmt: skip
+    failed = [r for r in ds.read_rows(out) if r.status == ds.FAILED]
+    assert failed and all("above the limit of 1,000,000" in str(r.error) for r in failed)

@@ -13,10 +13,14 @@ node must see the output folder at the same path (a shared filesystem on a real 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from dreamshift.data.images import MAX_PIXELS_ENV
 from dreamshift.errors import DreamshiftError
+
+PASSED_ENV = (MAX_PIXELS_ENV,)  # set by the command line for its processes, actors included
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -88,7 +92,11 @@ class RayExecutor:
         self._connect(ray)
         if self.use_gpus and ray.cluster_resources().get("GPU", 0) >= 1:
             self.gpus_per_actor = 1.0  # one pipeline per GPU
-        worker = ray.remote(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor)(_Worker)
+        # what the command's flags set for its processes (--max-pixels) reaches the actors too
+        passed = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
+        runtime_env = {"env_vars": passed} if passed else None
+        worker = ray.remote(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor,
+                            runtime_env=runtime_env)(_Worker)  # fmt: skip
         # serialised once into the object store, not once per actor or per shard
         setup_ref, fn_ref = ray.put(setup), ray.put(fn)
         alive = [worker.remote(setup_ref) for _ in range(self._count(ray, len(items)))]
