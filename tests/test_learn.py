@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -250,6 +251,11 @@ def test_a_head_on_frozen_features_leaves_the_source_untouched(world, tmp_path):
         features_from=str(source),
     )
     head = learn(world, tmp_path, cfg, log=lambda *_: None)
+    moved = tmp_path / "elsewhere" / source.name  # the same source run, in another folder
+    shutil.copytree(source, moved)
+    assert (
+        learn(world, tmp_path, replace(cfg, features_from=str(moved)), log=lambda *_: None) == head
+    )
     trained, _ = load_run(head)
     original, _ = load_run(source)
     frozen = trained.backbone.source.state_dict()

@@ -97,7 +97,8 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str, processes: int = 
     """``OUT/<algorithm>-<hash of config and dataset>``. Only fields that differ from their
     defaults are hashed, so a field added later leaves the names of earlier runs alone; the
     training sources count by their content hash, split and weight (read from their
-    ``dataset.json``, no image loaded), not by their paths. More than one process counts too:
+    ``dataset.json``, no image loaded), and a ``features_from`` run by its weights, not by
+    their paths. More than one process counts too:
     the global batch is ``batch_size`` x ``processes``."""
     config = _non_default(asdict(cfg), asdict(LearnConfig()))
     config.pop("train", None)
@@ -106,6 +107,9 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str, processes: int = 
         payload["sources"] = [source_key(t, cfg.split) for t in cfg.train]
     if cfg.finetune:  # the base model by its weights, not by its name
         payload["base_model"] = classifier_fingerprint(cfg.model)
+    if cfg.features_from:  # the source run by its weights, not by where it lies
+        config.pop("features_from")
+        payload["features_from"] = classifier_fingerprint(cfg.features_from)
     if processes > 1:
         payload["processes"] = processes
     text = json.dumps(payload, sort_keys=True)
