@@ -187,8 +187,10 @@ def test_task_page_in_chromium_keyboard_undo_progress(dataset, tmp_path):
         expect(page.locator("#count")).to_have_text(f"0 / {TASK_SIZE}")
         assert page.locator("#strip li").count() == TASK_SIZE
         # the image and its guide are loaded from the dataset
-        page.wait_for_function("document.getElementById('image').naturalWidth > 0")
-        page.wait_for_function("document.getElementById('guide').naturalWidth > 0")
+        # polled from here: Playwright's wait_for_function evaluates a string in the page,
+        # which the page's Content-Security-Policy (script-src 'self') refuses
+        wait_for(lambda: page.evaluate("document.getElementById('image').naturalWidth") > 0)
+        wait_for(lambda: page.evaluate("document.getElementById('guide').naturalWidth") > 0)
         first = page.locator("#cls").text_content()
         page.keyboard.press("y")
         expect(page.locator("#count")).to_have_text(f"1 / {TASK_SIZE}")
