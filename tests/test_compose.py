@@ -139,10 +139,13 @@ def test_dataset_json_contents(small_dataset):
 def test_center_position_and_feather():
     run = resolve(small_config(placement=Placement(position="center", feather=1.5, max_rotation=0)))
     spec = plan_samples(run)[0]
-    img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
+    img, fields, mask = compose_image(spec, run.cfg, run.fg, run.bg)
     assert img.size == (64, 64)
     assert abs(2 * fields["box_x"] + fields["box_w"] - 64) <= 1
     assert abs(2 * fields["box_y"] + fields["box_h"] - 64) <= 1
+    ys, xs = np.nonzero(mask)  # the mask is the cut-out's, not widened by the feather
+    x, y, w, h = (fields[k] for k in ("box_x", "box_y", "box_w", "box_h"))
+    assert xs.min() >= x and xs.max() < x + w and ys.min() >= y and ys.max() < y + h
 
 
 def test_a_dataset_written_before_a_config_field_existed_is_still_continued(tmp_path):
@@ -393,6 +396,7 @@ def test_rect_paste_puts_the_whole_foreground_photo_as_a_square(tmp_path):
         outside = np.ones(img.shape[:2], bool)
         outside[y : y + 32, x : x + 32] = False
         assert (img[outside] == (0, 255, 0)).all()
+        assert np.array_equal(np.asarray(Image.open(out / r["mask_path"])), ~outside)  # the box
     assert ds.DatasetMeta.read(out).to_dict()["config"]["paste"] == "rect"
     assert main(["compose", "--out", str(tmp_path / "w"), "--paste", "rect"]) == 1  # world
 

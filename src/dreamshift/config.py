@@ -187,9 +187,18 @@ class Config:
     def from_yaml(
         cls: type[C], path: Path | None, preset: dict[str, Any] | None = None, **fields: Any
     ) -> C:
-        """The config of a YAML file (None: the defaults) with ``fields`` set on top; a
-        ``preset``'s fields come first, under both."""
-        base = {**(preset or {}), **read_yaml(path)}
+        """The config of a YAML file (None: the defaults; a dataset's ``dataset.json``: the
+        config it was made with) with ``fields`` set on top; a ``preset``'s fields come first,
+        under both."""
+        given = read_yaml(path)
+        if (
+            path is not None
+            and path.name == "dataset.json"
+            and isinstance(given.get("config"), dict)
+        ):
+            # a dataset's record: the config it was made with (a dream's less what it resolved)
+            given = {k: v for k, v in given["config"].items() if k != "resolved"}
+        base = {**(preset or {}), **given}
         base.update(fields)
         return cls.from_dict(base, str(path) if path else "")
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageFilter
 
 import dreamshift
@@ -235,13 +236,15 @@ def _feathered(cut: Image.Image, radius: float) -> tuple[Image.Image, int]:
 
 def compose_image(
     spec: SampleSpec, cfg: ComposeConfig, fg: ForegroundSource, bg: BackgroundSource
-) -> tuple[Image.Image, dict[str, Any]]:
-    """The guide image of one sample and its composition fields. Pure function of its inputs."""
+) -> tuple[Image.Image, dict[str, Any], np.ndarray | None]:
+    """The guide image of one sample, its composition fields and its object mask (the
+    cut-out's opaque pixels where they were pasted, before any feather or occluder; None for a
+    background alone). Pure function of its inputs."""
     p, size = cfg.placement, cfg.size
     rng = rng_for(spec.seed, "paste")
     canvas = bg.image(spec.bg_source, size)
     if spec.fg_source is None:
-        return canvas, {}
+        return canvas, {}, None
     scale = float(rng.uniform(p.scale[0], p.scale[1]))
     cut, mask_id, appearance = fg.cutout(
         spec.fg_source, rng, max(4, round(scale * size)), p.flip, p.max_rotation, spec.coat_class
@@ -255,6 +258,11 @@ def compose_image(
     else:
         x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
     at = (x, y)
+    mask = np.zeros((canvas.height, canvas.width), bool)
+    opaque = np.asarray(cut.getchannel("A") if cut.mode == "RGBA" else cut.convert("L")) > 127
+    if cut.mode != "RGBA":  # pasted whole (--paste rect): the rectangle
+        opaque[:] = True
+    mask[y : y + h, x : x + w] = opaque[: canvas.height - y, : canvas.width - x]
     if p.feather > 0:
         cut, pad = _feathered(cut, p.feather)
         at = (x - pad, y - pad)
@@ -271,7 +279,7 @@ def compose_image(
         "scale": round(scale, 6),
         "appearance": json.dumps(appearance, sort_keys=True),
     }
-    return canvas, fields
+    return canvas, fields, mask
 
 
 def _row(spec: SampleSpec) -> ds.SampleRow:
@@ -307,12 +315,14 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork[SampleSpec], tick: Tick
     for spec in work.specs:
         row = _row(spec)
         try:
-            img, fields = compose_image(spec, run.cfg, run.fg, run.bg)
+            img, fields, mask = compose_image(spec, run.cfg, run.fg, run.bg)
         except BadInputError as exc:
             row = row.replace(status=ds.FAILED, error=f"{type(exc).__name__}: {exc}")
         else:
             render = run.cfg.render if spec.fg_source is not None else None
             png = writer.write_png(spec.sample_id, img)
+            if mask is not None:
+                png |= writer.write_mask(spec.sample_id, mask)
             row = row.replace(**fields, **png, render=render, status=ds.OK)
         rows.append(row)
         tick(1)

@@ -23,10 +23,9 @@ from PIL import Image
 
 from dreamshift.data.imagenet import synset_table
 from dreamshift.data.images import flip_rotate, load_image
+from dreamshift.data.masks import MASK_SUFFIX
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.world import animals, appearance, backgrounds
-
-MASK_SUFFIX = ".mask.png"
 
 
 class ForegroundSource(Protocol):

@@ -161,8 +161,7 @@ def read_manifest(root: str | Path, columns: Sequence[str] | None = None) -> pa.
         ]
         empty = MANIFEST_SCHEMA.empty_table()
         table = pa.concat_tables(parts) if parts else empty.select(names) if names else empty
-    if "path" in table.column_names:
-        check_paths(table, layout.manifest_path)
+    check_paths(table, layout.manifest_path)
     return table
 
 
@@ -188,26 +187,31 @@ _IMAGE_PATH = (
     + ")$"
 )
 REVIEW_FOLDER = "review/"  # written beside the images by `dreamshift review`
+PATH_COLUMNS = ("path", "mask_path")  # the manifest's columns that name files
 
 
 def check_paths(table: pa.Table, where: Path) -> None:
-    """Refuse a manifest with a ``path`` that is absolute, climbs out (``..``), names a
-    dot-folder or the review folder, or is no image file: one a dataset someone else made
-    could use to have dreamshift read, export or serve other files."""
-    paths = table.column("path")
-    ok = pc.and_(
-        pc.match_substring_regex(paths, _IMAGE_PATH),
-        pc.invert(pc.starts_with(paths, REVIEW_FOLDER)),
-    )
-    bad = pc.invert(pc.fill_null(ok, True))  # a failed sample has no file: null
-    if pc.any(bad).as_py():
-        i = pc.index(bad, True).as_py()
-        row = table.slice(i, 1).to_pylist()[0]
-        raise DreamshiftError(
-            f"{where}: row {row.get('sample_id', i)!r} has path {row['path']!r}, which is not an "
-            "image file inside the dataset (an absolute path, '..', a dot-folder or review/): "
-            "the dataset is damaged or was made to read other files; do not use it"
+    """Refuse a manifest with a ``path`` or ``mask_path`` that is absolute, climbs out
+    (``..``), names a dot-folder or the review folder, or is no image file: one a dataset
+    someone else made could use to have dreamshift read, export or serve other files."""
+    for column in PATH_COLUMNS:
+        if column not in table.column_names:
+            continue
+        paths = table.column(column)
+        ok = pc.and_(
+            pc.match_substring_regex(paths, _IMAGE_PATH),
+            pc.invert(pc.starts_with(paths, REVIEW_FOLDER)),
         )
+        bad = pc.invert(pc.fill_null(ok, True))  # a failed sample has no file: null
+        if pc.any(bad).as_py():
+            i = pc.index(bad, True).as_py()
+            row = table.slice(i, 1).to_pylist()[0]
+            raise DreamshiftError(
+                f"{where}: row {row.get('sample_id', i)!r} has {column} {row[column]!r}, which "
+                "is not an image file inside the dataset (an absolute path, '..', a dot-folder "
+                "or review/): the dataset is damaged or was made to read other files; do not "
+                "use it"
+            )
 
 
 def sample_file(root: Path, relative: str) -> Path | None:

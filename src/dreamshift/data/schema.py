@@ -74,11 +74,15 @@ class SampleRow:
     box_w: int | None = _column(pa.int32())
     box_h: int | None = _column(pa.int32())
     scale: float | None = _column(pa.float64())
+    # the object's mask: a 1-bit PNG beside the image, white = the object (see data/masks.py);
+    # null in datasets of dreamshift 0.x before masks, and where no object is kept
+    mask_path: str | None = _column(pa.string())
+    mask_sha256: str | None = _column(pa.string())
     appearance: str | None = _column(pa.string())  # JSON of drawn appearance parameters
     coat_class: str | None = _column(pa.string())  # whose typical coat; null: random coat
     render: str | None = _column(pa.string())  # "paste" (a naive cut-out) | "photo" (lit)
     # generation
-    pipeline: str | None = _column(pa.string())  # "paste" (guides, copies) | "img2img" | ...
+    pipeline: str | None = _column(pa.string())  # "paste" (guides, copies) | a dream mode
     seed: int | None = _column(pa.int64())  # per-sample seed = derive_seed(run seed, sample_id)
     model_id: str | None = _column(pa.string())  # as given: a local folder or a hub id
     model_sha256: str | None = _column(pa.string())  # of every file of the model folder
@@ -86,7 +90,9 @@ class SampleRow:
     scheduler: str | None = _column(pa.string())  # class name, e.g. "DDIMScheduler"
     scheduler_config: str | None = _column(pa.string())  # JSON, to rebuild it with from_config
     steps: int | None = _column(pa.int32())
-    strength: float | None = _column(pa.float64())  # img2img only
+    strength: float | None = _column(pa.float64())  # img2img, inpaint, harmonize, remove
+    feather: int | None = _column(pa.int32())  # inpaint, harmonize, remove: restore's band
+    grow: int | None = _column(pa.int32())  # inpaint, harmonize, remove: the redrawn band
     guidance_scale: float | None = _column(pa.float64())
     prompt: str | None = _column(pa.string())
     negative_prompt: str | None = _column(pa.string())

@@ -3,9 +3,12 @@
 >>> cfg = DreamConfig.from_dict({"source": "out/paste", "steps": 20, "splits": ["test"]})
 >>> cfg.splits, cfg.strength
 (('test',), 0.8)
->>> DreamConfig(source="out/paste", mode="inpaint").check()
+>>> DreamConfig(source="out/paste", mode="remove").grow_px, DreamConfig(source="p").grow_px
+(2, 0)
+>>> DreamConfig(source="out/paste", mode="outpaint").check()
 Traceback (most recent call last):
-dreamshift.errors.DreamshiftError: mode = 'inpaint': choose one of img2img, txt2img, paste
+dreamshift.errors.DreamshiftError: mode = 'outpaint': choose one of img2img, inpaint, \
+harmonize, remove, txt2img, paste
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from typing import Any, ClassVar
 from dreamshift.config import Choices, Config, option
 from dreamshift.errors import DreamshiftError
 
-DREAM_MODES = ("img2img", "txt2img", "paste")
+DREAM_MODES = ("img2img", "inpaint", "harmonize", "remove", "txt2img", "paste")
+# the modes that keep the guide's pixels exactly in a region given by its object mask
+MASKED_MODES = ("inpaint", "harmonize", "remove")
+GUIDED_MODES = ("img2img", *MASKED_MODES)  # the modes that start from the guide's pixels
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -39,10 +45,20 @@ class DreamConfig(Config):
 
     ``source``: a composed dataset directory. ``model``: ``tiny-dream`` (the small model
     trained on the embedded world and shipped in the package), a diffusers folder or a hub
-    id. ``mode``: ``img2img`` (D3S: guide + prompt),
+    id. ``mode``: ``img2img`` (D3S: guide + prompt, the object redrawn too),
     ``txt2img`` (ImageNet-G: prompt only; the guide's labels are kept) or ``paste`` (the guide
-    copied unchanged, the no-diffusion baseline). ``prompts``: a shipped recipe name (``d3s``,
-    ``imagenet-g``) or a YAML recipe file. ``negative_prompt``: None takes the recipe's.
+    copied unchanged, the no-diffusion baseline); and three that keep pixels by the guide's
+    object mask (ImageNet-E, Li et al. 2023): ``inpaint`` redraws the background around the
+    kept object, ``harmonize`` runs img2img over the whole image (at a low ``strength``) and
+    puts the object's interior back, ``remove`` redraws the object's region from the
+    background prompt alone (the scene without the object, split ``spurious``). ``feather``:
+    the band, in pixels inside the kept region's edge, over which the restore blends; kept
+    pixels farther in are the guide's exactly. ``grow``: inpaint and harmonize let the
+    generator redraw that many pixels of the object's rim (soft edges, contact), remove
+    redraws that many pixels around the object (its fringe and shadow).
+    ``class_context``: inpaint's prompt names the class as well as the background.
+    ``prompts``: a shipped recipe name (``d3s``, ``imagenet-g``) or a YAML recipe file.
+    ``negative_prompt``: None takes the recipe's.
     ``scheduler``: ``model`` (the checkpoint's own) or a name from
     :data:`dreamshift.models.diffusion.SCHEDULERS`. ``threads``: torch threads per worker on the
     CPU (None: cores / workers, for throughput). Pixels are identical for any worker count and
@@ -57,8 +73,10 @@ class DreamConfig(Config):
     source: str
     mode: str = option(
         "img2img",
-        "img2img (D3S: guide + prompt), txt2img (ImageNet-G: prompt "
-        "only) or paste (the guides copied, the no-diffusion baseline)",
+        "img2img (D3S: guide + prompt), inpaint (the background redrawn around the kept "
+        "object), harmonize (a light img2img, the object's interior kept), remove (the object "
+        "redrawn away: backgrounds alone), txt2img (ImageNet-G: prompt only) or paste (the "
+        "guides copied, the no-diffusion baseline)",
     )
     model: str = option(
         "tiny-dream",
@@ -80,7 +98,25 @@ class DreamConfig(Config):
         "model", "model (the checkpoint's own), ddim, euler, euler-a, dpm++ or lcm"
     )
     steps: int = option(30, "denoising steps")
-    strength: float = option(0.8, "img2img noise strength in (0, 1]")
+    strength: float = option(
+        0.8,
+        "noise strength in (0, 1] of img2img, inpaint, harmonize and remove (inpaint and "
+        "remove at 1: the region is redrawn from noise)",
+    )
+    feather: int = option(
+        2,
+        "inpaint, harmonize, remove: pixels inside the kept region's edge over which the "
+        "restored guide blends into the dream; farther in it is the guide's, byte for byte",
+    )
+    grow: int | None = option(
+        None,
+        "inpaint, harmonize: pixels of the object's rim the generator may redraw; remove: "
+        "pixels around the object it redraws too",
+        shown="0; 2 for remove",
+    )
+    class_context: bool = option(
+        True, "inpaint: the prompt names the class as well as the background"
+    )
     guidance_scale: float = option(7.5, "classifier-free guidance")
     width: int | None = option(None, "output width", shown="the guides'")
     height: int | None = option(None, "output height", shown="the guides'")
@@ -115,6 +151,13 @@ class DreamConfig(Config):
         "dtype": DTYPES,
     }
 
+    @property
+    def grow_px(self) -> int:
+        """``grow`` with its mode's default filled in."""
+        if self.grow is not None:
+            return self.grow
+        return 2 if self.mode == "remove" else 0
+
     def validate(self) -> None:
         for name in ("width", "height", "threads"):
             v = getattr(self, name)
@@ -131,11 +174,15 @@ class DreamConfig(Config):
             raise DreamshiftError(f"steps = {self.steps} must be >= 1")
         if not 0.0 < self.strength <= 1.0:
             raise DreamshiftError(f"strength = {self.strength} must lie in (0, 1]")
-        if self.mode == "img2img" and int(self.steps * self.strength) < 1:
+        if self.mode in GUIDED_MODES and int(self.steps * self.strength) < 1:
             raise DreamshiftError(
                 f"steps x strength = {self.steps} x {self.strength} runs no denoising step "
-                "(img2img runs int(steps * strength) of them): raise --steps or --strength"
+                f"({self.mode} runs int(steps * strength) of them): raise --steps or --strength"
             )
+        for name in ("feather", "grow"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 64:
+                raise DreamshiftError(f"{name} = {v} must lie in 0..64 (pixels)")
         if self.guidance_scale < 0:
             raise DreamshiftError(f"guidance_scale = {self.guidance_scale} must be >= 0")
         if self.shard_size < 1:

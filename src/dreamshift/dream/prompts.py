@@ -74,6 +74,17 @@ class Recipe:
         }
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
+    def render_background(self, bg_class: str | None) -> str:
+        """A prompt for the scene alone (``dream --mode remove``; ``inpaint`` without class
+        context): "a photo" and the background's phrase, or its label where the recipe has
+        no phrase for it.
+
+        >>> load_recipe("d3s").render_background("grass")
+        'a photo on grass'
+        """
+        phrase = self.backgrounds.get(bg_class or "")
+        return f"a photo {phrase}" if phrase else f"a photo of {(bg_class or '').replace('_', ' ')}"
+
     def uses(self, placeholder: str) -> bool:
         return any(placeholder in Template(t).get_identifiers() for t in self.templates)
 

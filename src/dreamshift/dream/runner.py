@@ -55,8 +55,9 @@ from dreamshift.data.images import (
     sha256_bytes,
     sha256_file,
 )
+from dreamshift.data.masks import dilate, erode, read_mask, restore
 from dreamshift.data.schema import SplitCounts
-from dreamshift.dream.config import DreamConfig
+from dreamshift.dream.config import GUIDED_MODES, MASKED_MODES, DreamConfig
 from dreamshift.dream.prompts import Recipe, load_recipe
 from dreamshift.dream.quality import quality_flag
 from dreamshift.engine.executors import Executor, LocalPool
@@ -81,13 +82,17 @@ from dreamshift.models.diffusion import (
 )
 from dreamshift.seeding import derive_seed, rng_for
 
-# columns a dreamed row takes over from its guide: labels, and for img2img/paste the layout
+# columns a dreamed row takes over from its guide: labels, and where the layout stays the layout
 _LABELS = ("split", "fg_class", "bg_class", "aligned")
 _COMPOSITION = (
     "fg_source", "mask_source", "bg_source", "box_x", "box_y", "box_w", "box_h", "scale",
     "appearance", "coat_class",
 )  # fmt: skip
 _LIBRARIES = ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors")
+# the modes whose images show the guide's object where its mask says: they carry the mask
+# (img2img redraws the object, so the guide's mask is no longer the dream's)
+_MASK_CARRYING = ("paste", "inpaint", "harmonize")
+BACKGROUND_TEMPLATE = "a photo ${background}"  # the scene alone: Recipe.render_background
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,21 @@ def _source_rows(cfg: DreamConfig) -> tuple[ds.DatasetMeta, list[ds.SampleRow]]:
         rows = [r for r in rows if r.split != ds.CONFLICT]
     if not rows:
         raise DreamshiftError(f"source {cfg.source} has no usable (status ok) samples")
+    if cfg.mode in MASKED_MODES:
+        _check_masks(cfg, rows)
     return meta, rows
+
+
+def _check_masks(cfg: DreamConfig, rows: list[ds.SampleRow]) -> None:
+    """Mode inpaint, harmonize and remove need every guide's object mask."""
+    lacking = [r.sample_id for r in rows if r.mask_path is None]
+    if lacking:
+        raise DreamshiftError(
+            f"mode {cfg.mode} keeps pixels by the guides' object masks, and {len(lacking)} "
+            f"guide(s) of {cfg.source} have none (e.g. {lacking[0]}): it was composed before "
+            f"dreamshift wrote masks. Compose it again, with the same settings, into a new "
+            f"folder: dreamshift compose --config {cfg.source}/dataset.json --out NEW"
+        )
 
 
 def _output_size(cfg: DreamConfig, rows: list[ds.SampleRow]) -> tuple[int, int]:
@@ -260,8 +279,12 @@ def _resolve_generation(
         scheduler_config=scheduler_config, steps=cfg.steps,
         guidance_scale=cfg.guidance_scale, recipe=recipe.content_hash(),
         negative_prompt=resolved["negative_prompt"],
-        strength=cfg.strength if cfg.mode == "img2img" else None,
+        strength=cfg.strength if cfg.mode in GUIDED_MODES else None,
     )  # fmt: skip
+    if cfg.mode in MASKED_MODES:  # (absent for the other modes: their sample ids stay)
+        content.update(feather=cfg.feather, grow=cfg.grow_px)
+        if cfg.mode == "inpaint":
+            content["class_context"] = cfg.class_context
     return recipe
 
 
@@ -292,6 +315,8 @@ def _plan_specs(
             t = int(rng_for(seed, "template").integers(len(recipe.templates)))
             template = recipe.templates[t]
             prompt = recipe.render(t, row.fg_class, row.bg_class)
+            if cfg.mode == "remove" or (cfg.mode == "inpaint" and not cfg.class_context):
+                template, prompt = BACKGROUND_TEMPLATE, recipe.render_background(row.bg_class)
             negative = resolved["negative_prompt"]
         specs.append(DreamSpec(index, sample_id, seed, prompt, negative, template, row))
     return specs
@@ -300,9 +325,9 @@ def _plan_specs(
 def _metadata(plan: DreamPlan, src_meta: ds.DatasetMeta, num_shards: int) -> ds.DatasetMeta:
     groups: dict[str, dict[str, dict[str, int]]] = {}
     for s in plan.specs:
-        g = s.guide
-        fg, bg = g.fg_class or ds.NO_CLASS, g.bg_class or ds.NO_CLASS  # a label plan: no class
-        by_bg = groups.setdefault(g.split, {}).setdefault(fg, {})
+        g = _labels(plan.cfg.mode, s.guide)
+        fg, bg = g["fg_class"] or ds.NO_CLASS, g["bg_class"] or ds.NO_CLASS  # none: no object
+        by_bg = groups.setdefault(g["split"], {}).setdefault(fg, {})
         by_bg[bg] = by_bg.get(bg, 0) + 1
     return ds.DatasetMeta(
         stage="dream",
@@ -338,12 +363,24 @@ def make_dreamer(plan: DreamPlan) -> Dreamer | None:
     )
 
 
+def _labels(mode: str, guide: ds.SampleRow) -> dict[str, Any]:
+    """The labels a dream of ``guide`` has: the guide's, but a removed object leaves its
+    background alone (split spurious, like compose's backgrounds without an object)."""
+    if mode == "remove":
+        return {"split": ds.SPURIOUS, "fg_class": None, "bg_class": guide.bg_class,
+                "aligned": None}  # fmt: skip
+    return {k: getattr(guide, k) for k in _LABELS}
+
+
 def base_row(plan: DreamPlan, spec: DreamSpec, versions: str) -> ds.SampleRow:
     """A sample's manifest row before its image exists: identity, labels, provenance."""
     cfg, r, g = plan.cfg, plan.resolved, spec.guide
-    taken = _LABELS + (_COMPOSITION if cfg.mode != "txt2img" else ())
+    layout: tuple[str, ...] = _COMPOSITION if cfg.mode != "txt2img" else ()
+    if cfg.mode == "remove":
+        layout = ("bg_source",)
     row = ds.SampleRow(
-        **{k: getattr(g, k) for k in taken},
+        **_labels(cfg.mode, g),
+        **{k: getattr(g, k) for k in layout},
         sample_id=spec.sample_id,
         index=spec.index,
         pipeline=cfg.mode,
@@ -368,7 +405,9 @@ def base_row(plan: DreamPlan, spec: DreamSpec, versions: str) -> ds.SampleRow:
         scheduler=r["scheduler"],
         scheduler_config=json.dumps(r["scheduler_config"], sort_keys=True),
         steps=cfg.steps,
-        strength=cfg.strength if cfg.mode == "img2img" else None,
+        strength=cfg.strength if cfg.mode in GUIDED_MODES else None,
+        feather=cfg.feather if cfg.mode in MASKED_MODES else None,
+        grow=cfg.grow_px if cfg.mode in MASKED_MODES else None,
         guidance_scale=cfg.guidance_scale,
         prompt=spec.prompt,
         negative_prompt=spec.negative_prompt,
@@ -406,6 +445,18 @@ def guide_image(source: Path, guide: ds.SampleRow, size: tuple[int, int]) -> Ima
     except Exception as exc:
         raise BadInputError(f"guide {path} cannot be decoded ({exc})") from exc
     return img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
+
+
+def guide_mask(source: Path, guide: ds.SampleRow, size: tuple[int, int]) -> np.ndarray:
+    """The guide's object mask at the output size, checked against its recorded sha256."""
+    return read_mask(source / str(guide.mask_path), guide.mask_sha256, size,
+                     "restore it or compose the source again")  # fmt: skip
+
+
+def kept_region(mode: str, mask: np.ndarray, grow: int) -> np.ndarray:
+    """Where a masked mode keeps the guide's pixels: the object less a rim of ``grow``
+    pixels (inpaint, harmonize), or everything but the object grown by ``grow`` (remove)."""
+    return ~dilate(mask, grow) if mode == "remove" else erode(mask, grow)
 
 
 def _finished(row: ds.SampleRow, pixels: np.ndarray, writer: ShardWriter) -> ds.SampleRow:
@@ -464,35 +515,59 @@ def run_shard(job: ShardJob, shard: int, work: ShardWork[DreamSpec], tick: Tick)
 def _make_batch(
     job: ShardJob, rows: list[ds.SampleRow], specs: list[DreamSpec], writer: ShardWriter
 ) -> list[ds.SampleRow]:
-    """One batch's rows, made: guides read (a bad one fails its sample), then the requests
-    generated together and written."""
+    """One batch's rows, made: guides and masks read (a bad one fails its sample), then the
+    requests generated together, the kept pixels restored, and the images written."""
     plan = job.plan
-    todo: list[tuple[int, Request]] = []  # position in rows, request
+    mode = plan.cfg.mode
+    todo: list[tuple[int, Request, np.ndarray | None]] = []  # position in rows, request, keep
     for i, spec in enumerate(specs):
         try:
-            guide = None
-            if plan.cfg.mode != "txt2img":
+            guide = mask = None
+            if mode != "txt2img":
                 guide = guide_image(plan.source, spec.guide, plan.size)
+            if mode in MASKED_MODES or (mode in _MASK_CARRYING and spec.guide.mask_path):
+                mask = guide_mask(plan.source, spec.guide, plan.size)
         except BadInputError as exc:
             rows[i] = _failed(rows[i], exc)
             continue
-        if plan.cfg.mode == "paste":
+        if mask is not None and mode in _MASK_CARRYING:
+            rows[i] = rows[i].replace(**writer.write_mask(spec.sample_id, mask))
+        if mode == "paste":
             assert guide is not None
             rows[i] = _finished(rows[i], np.asarray(guide), writer)
             continue
         assert spec.prompt is not None and spec.negative_prompt is not None
-        request = Request(spec.prompt, spec.negative_prompt, spec.seed, guide,
-                          spec.guide.fg_class or "")  # fmt: skip
-        todo.append((i, request))
+        keep = kept_region(mode, mask, plan.cfg.grow_px) if mask is not None else None
+        todo.append((i, _request(spec.prompt, spec.negative_prompt, spec.seed, guide, keep,
+                                 spec.guide.fg_class, mode), keep))  # fmt: skip
     if todo:
         assert job.dreamer is not None
         cfg, (w, h) = plan.cfg, plan.size  # inputs are read and checked: no bad input here
         images = job.dreamer.generate(
-            [request for _, request in todo], cfg.steps, cfg.strength, cfg.guidance_scale, w, h
+            [request for _, request, _ in todo], cfg.steps, cfg.strength, cfg.guidance_scale, w, h
         )
-        for (i, _), pixels in zip(todo, images, strict=True):
+        for (i, request, keep), pixels in zip(todo, images, strict=True):
+            if keep is not None and mode in MASKED_MODES:
+                pixels = restore(pixels, np.asarray(request.guide), keep, cfg.feather)
             rows[i] = _finished(rows[i], pixels, writer)
     return rows
+
+
+def _request(
+    prompt: str,
+    negative: str,
+    seed: int,
+    guide: Image.Image | None,
+    keep: np.ndarray | None,
+    fg_class: str | None,
+    mode: str,
+) -> Request:
+    """What the pipeline makes for one sample; inpaint and remove redraw all but ``keep``."""
+    redraw = None
+    if mode in ("inpaint", "remove"):
+        assert keep is not None
+        redraw = Image.fromarray(np.where(keep, 0, 255).astype(np.uint8))
+    return Request(prompt, negative, seed, guide, fg_class or "", redraw)
 
 
 def dream(
@@ -638,15 +713,22 @@ def _remake(
 ) -> np.ndarray:
     """The pixels of ``row`` made again from its guide and recorded settings."""
     assert row.width is not None and row.height is not None  # not failed: it has an image
-    size = (row.width, row.height)
+    size, mode = (row.width, row.height), str(row.pipeline)
     if dreamer is None:
         return np.asarray(guide_image(plan.source, guide, size))
-    img = guide_image(plan.source, guide, size) if row.pipeline == "img2img" else None
-    req = Request(str(row.prompt), str(row.negative_prompt), int(row.seed or 0), img,
-                  row.fg_class or "")  # fmt: skip
-    return dreamer.generate(
+    img = guide_image(plan.source, guide, size) if mode in GUIDED_MODES else None
+    keep = None
+    if mode in MASKED_MODES:
+        keep = kept_region(mode, guide_mask(plan.source, guide, size), int(row.grow or 0))
+    req = _request(str(row.prompt), str(row.negative_prompt), int(row.seed or 0), img, keep,
+                   row.fg_class or guide.fg_class, mode)  # fmt: skip
+    pixels = dreamer.generate(
         [req], int(row.steps or 0), row.strength or 0.0, float(row.guidance_scale or 0), *size
     )[0]
+    if keep is not None:
+        assert img is not None
+        pixels = restore(pixels, np.asarray(img), keep, int(row.feather or 0))
+    return pixels
 
 
 def _compared(root: Path, row: ds.SampleRow, data: bytes, pixels: np.ndarray) -> Regenerated:

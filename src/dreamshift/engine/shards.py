@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
@@ -35,6 +36,7 @@ from tqdm import tqdm
 import dreamshift
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import encode_png, flush_to_disk, sha256_bytes
+from dreamshift.data.masks import MASK_SUFFIX, encode_mask
 from dreamshift.engine.executors import Executor
 from dreamshift.errors import DreamshiftError
 
@@ -97,6 +99,15 @@ class ShardWriter:
             f.write(data)
         return {"path": rel_path, "sha256": sha256_bytes(data), "width": image.width,
                 "height": image.height}  # fmt: skip
+
+    def write_mask(self, sample_id: str, mask: np.ndarray) -> dict[str, Any]:
+        """Write the boolean object ``mask`` as the sample's 1-bit PNG beside its image; the row
+        fields that locate and hash it."""
+        data = encode_mask(mask)
+        rel_path = f"{self.rel_folder}/{sample_id}{MASK_SUFFIX}"
+        with open(self.root / rel_path, "wb") as f:
+            f.write(data)
+        return {"mask_path": rel_path, "mask_sha256": sha256_bytes(data)}
 
     def close(
         self, rows: Sequence[ds.SampleRow], keep: Sequence[ds.SampleRow] = (), **stats: Any

@@ -389,13 +389,28 @@ class _PerSample:
 
 @dataclass(frozen=True)
 class Request:
-    """One image to make: its prompt, seed and (img2img) guide, already at the output size."""
+    """One image to make: its prompt, seed, guide (img2img, inpaint) and the region inpaint
+    redraws (white), already at the output size."""
 
     prompt: str
     negative_prompt: str
     seed: int
     guide: Image.Image | None = None
     fg_class: str = ""  # picks the class's adapter of a per-class LoRA
+    redraw: Image.Image | None = None  # inpaint: "L", 255 where the generator draws
+
+
+# which diffusers pipeline serves a dream mode: harmonize is an img2img pass, remove inpaints
+PIPELINE_KINDS = {"txt2img": "txt2img", "img2img": "img2img", "harmonize": "img2img",
+                  "inpaint": "inpaint", "remove": "inpaint"}  # fmt: skip
+_PIPELINES = {
+    (False, "txt2img"): "StableDiffusionPipeline",
+    (False, "img2img"): "StableDiffusionImg2ImgPipeline",
+    (False, "inpaint"): "StableDiffusionInpaintPipeline",
+    (True, "txt2img"): "StableDiffusionXLPipeline",
+    (True, "img2img"): "StableDiffusionXLImg2ImgPipeline",
+    (True, "inpaint"): "StableDiffusionXLInpaintPipeline",
+}
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -430,19 +445,8 @@ class Dreamer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.xl = is_sdxl(path)
-        cls: Any
-        if self.xl:
-            cls = (
-                diffusers.StableDiffusionXLImg2ImgPipeline
-                if mode == "img2img"
-                else diffusers.StableDiffusionXLPipeline
-            )
-        else:
-            cls = (
-                diffusers.StableDiffusionImg2ImgPipeline
-                if mode == "img2img"
-                else diffusers.StableDiffusionPipeline
-            )
+        self.kind = PIPELINE_KINDS[mode]
+        cls = getattr(diffusers, _PIPELINES[self.xl, self.kind])
         extra = {} if self.xl else {"safety_checker": None, "requires_safety_checker": False}
         try:
             with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype
@@ -578,8 +582,12 @@ class Dreamer:
             generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
             output_type="np",
         )
-        if self.mode == "img2img":
+        if self.kind == "img2img":
             kwargs.update(image=[r.guide for r in requests], strength=strength)
+        elif self.kind == "inpaint":  # a 9-channel UNet sees the mask; a 4-channel one blends
+            # the guide's latents back outside it at every step (diffusers does both)
+            kwargs.update(image=[r.guide for r in requests], strength=strength, width=width,
+                          height=height, mask_image=[r.redraw for r in requests])  # fmt: skip
         else:
             kwargs.update(width=width, height=height)
         with torch.inference_mode():
