@@ -32,6 +32,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --out $(DEMO)/dream --steps 20 --batch-size 4 --workers 2 --shard-size 50
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift regenerate $(DEMO)/dream $$($(PY) -c "import dreamshift.data.dataset as d; print(d.read_manifest('$(DEMO)/dream')['sample_id'][0])")
 	$(VENV)/bin/dreamshift grid $(DEMO)/dream --out $(DEMO)/dream_grid.png
+	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --mode inpaint --strength 1 --out $(DEMO)/inpaint --steps 20 --batch-size 4 --workers 2 --shard-size 50
+	$(VENV)/bin/dreamshift grid $(DEMO)/inpaint --out $(DEMO)/inpaint_grid.png
 	$(VENV)/bin/dreamshift verify $(DEMO)/dream --oracle world --oracle world-cnn
 	rm -f $(DEMO)/audit.jsonl
 	$(VENV)/bin/dreamshift audit $(DEMO)/dream --model world-cnn --model world-resnet18 --in-distribution $(DEMO)/paste:test --results $(DEMO)/audit.jsonl
@@ -40,7 +42,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dreamshift learn $(DEMO)/paste --algorithm erm --features-from $$(ls -d $(DEMO)/learn/d3s-* | head -1) --erase background --epochs 2 --batch-size 64 --out $(DEMO)/learn
 	$(VENV)/bin/dreamshift audit $(DEMO)/dream $$(for run in $(DEMO)/learn/*-*/; do echo --model $${run%/}; done) --in-distribution $(DEMO)/paste:test --results $(DEMO)/audit.jsonl
 	$(VENV)/bin/dreamshift report $(DEMO)/audit.jsonl $(DEMO)/learn/results.jsonl --out $(DEMO)/report.html
-	@echo "demo outputs: datasets $(DEMO)/paste and $(DEMO)/dream (dreamed by tiny-dream, the model shipped in the package), grids $(DEMO)/paste_grid.png and $(DEMO)/dream_grid.png, label checks $(DEMO)/dream/verification.parquet, audit $(DEMO)/audit.jsonl, learn runs $(DEMO)/learn and report $(DEMO)/report.html"
+	@echo "demo outputs: datasets $(DEMO)/paste and $(DEMO)/dream (dreamed by tiny-dream, the model shipped in the package) and $(DEMO)/inpaint (the animals kept exactly, the scenes redrawn), grids $(DEMO)/paste_grid.png, $(DEMO)/dream_grid.png and $(DEMO)/inpaint_grid.png, label checks $(DEMO)/dream/verification.parquet, audit $(DEMO)/audit.jsonl, learn runs $(DEMO)/learn and report $(DEMO)/report.html"
 
 # the review app's tests drive a real browser: Debian's chromium (Playwright cannot download
 # its own browsers on machines without internet)
@@ -79,6 +81,7 @@ bench: $(STAMP)
 
 bench-dream: $(STAMP)
 	$(PY) bench/dream.py
+	$(PY) bench/dream.py --mode inpaint
 
 bench-audit: $(STAMP)
 	$(PY) bench/audit.py

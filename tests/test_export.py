@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +37,60 @@ def dreamed(guides, tmp_path_factory) -> Path:
 
 
 def expected(root: Path) -> dict[str, dict]:
-    """sample_id -> (pixels, manifest row, verified) of the usable rows."""
+    """sample_id -> (pixels, mask, manifest row, verified) of the usable rows; ``mask``: the
+    dataset's own mask file's bytes and pixels (None where the row has none)."""
     verified = dict(zip(*[vt.read_table(root).column(c).to_pylist()
                           for c in ("sample_id", vt.VERIFIED)], strict=True))  # fmt: skip
     return {
         r["sample_id"]: {"pixels": np.asarray(Image.open(root / r["path"]).convert("RGB")),
-                         "row": r, "verified": verified[r["sample_id"]]}
+                         **stored_mask(root, r["mask_path"]), "row": r,
+                         "verified": verified[r["sample_id"]]}
         for r in ds.read_manifest(root).to_pylist() if r["status"] == ds.OK
     }  # fmt: skip
 
 
-def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path):
+def stored_mask(root: Path, rel: str | None) -> dict[str, object]:
+    """A dataset's mask file: its boolean pixels (``mask``) and bytes (``mask_bytes``); both
+    None where the row has no mask."""
+    if rel is None:
+        return {"mask": None, "mask_bytes": None}
+    data = (root / rel).read_bytes()
+    return {"mask": np.asarray(Image.open(io.BytesIO(data))).astype(bool), "mask_bytes": data}
+
+
+def same_mask(got: np.ndarray, want: np.ndarray | None) -> bool:
+    """Whether decoded mask pixels (any mode: nonzero = the object) equal the stored mask."""
+    pixels = np.asarray(got)
+    if pixels.ndim == 3:
+        pixels = pixels[..., 0]
+    return want is not None and np.array_equal(pixels > 0, want)
+
+
+@pytest.fixture(scope="module")
+def part_masked(dreamed, tmp_path_factory) -> Path:
+    """``dreamed`` (paste dreams carry their guides' masks) with the first row of each split
+    without one, as an img2img dream's row or a background alone has none."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("part_masked") / "gen"
+    shutil.copytree(dreamed, out)
+    rows, seen = [], set()
+    for r in ds.read_rows(out):
+        assert r.mask_path and r.mask_sha256
+        if r.split not in seen and r.status == ds.OK:
+            seen.add(r.split)
+            (out / str(r.mask_path)).unlink()
+            r = r.replace(mask_path=None, mask_sha256=None)
+        rows.append(r)
+    ds.write_table_atomic(ds.manifest_table(rows), ds.DatasetLayout(out).manifest_path)
+    masks = [t["mask"] for t in expected(out).values()]
+    assert sum(m is None for m in masks) == 2 and all(m.any() for m in masks if m is not None)
+    return out
+
+
+def test_hf_export_loads_with_datasets_pixels_masks_labels_and_card(part_masked, tmp_path):
     datasets = pytest.importorskip("datasets")
+    dreamed = part_masked
     out = tmp_path / "hf"
     assert main(["export", str(dreamed), "--format", "hf", "--out", str(out)]) == 0
     meta = ds.DatasetMeta.read(dreamed).to_dict()
@@ -61,9 +104,15 @@ def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path)
         part = loaded[split]
         assert part.features["label"].names == meta["classes"]
         assert part.features["background"].names == meta["backgrounds"]
+        assert isinstance(part.features["mask"], datasets.Image)
         for item in part:
             want = truth[item["sample_id"]]
             assert np.array_equal(np.asarray(item["image"].convert("RGB")), want["pixels"])
+            # the mask: the dataset's own mask file's pixels, None where the row has none
+            if want["mask"] is None:
+                assert item["mask"] is None and item["mask_path"] is None
+            else:
+                assert same_mask(item["mask"], want["mask"]) and item["mask_path"]
             assert part.features["label"].int2str(item["label"]) == want["row"]["fg_class"]
             assert item["bg_class"] == want["row"]["bg_class"] and item["split"] == split
             assert item["seed"] == want["row"]["seed"] and item["verified"] == want["verified"]
@@ -77,6 +126,7 @@ def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path)
     assert header["annotations_creators"] == ["machine-generated"]
     assert {c["split"] for c in header["configs"][0]["data_files"]} == {"train", "test"}
     assert meta["content_hash"] in card and "dreamshift dream SOURCE --config" in card
+    assert "`mask` (the object's mask" in card
     # the configs beside the card are what `--config` reads back: the runs can be made again
     run = DreamConfig.from_yaml(out / "dreamshift-config.yaml")
     assert run.to_dict() == {k: v for k, v in meta["config"].items() if k != "resolved"}
@@ -84,8 +134,9 @@ def test_hf_export_loads_with_datasets_pixels_labels_and_card(dreamed, tmp_path)
     assert source.to_dict() == ds.DatasetMeta.read(meta["config"]["source"]).to_dict()["config"]
 
 
-def test_webdataset_export_reads_back_with_webdataset(dreamed, tmp_path):
+def test_webdataset_export_reads_back_with_webdataset_masks_too(part_masked, tmp_path):
     wds = pytest.importorskip("webdataset")
+    dreamed = part_masked
     out = tmp_path / "wds"
     assert main(["export", str(dreamed), "--format", "webdataset", "--out", str(out)]) == 0
     truth = expected(dreamed)
@@ -95,21 +146,41 @@ def test_webdataset_export_reads_back_with_webdataset(dreamed, tmp_path):
             row = sample["json"]
             want = truth[row["sample_id"]]
             assert np.array_equal(sample["png"], want["pixels"])
+            if want["mask"] is None:  # a sample without a mask has no mask member
+                assert "mask.png" not in sample and row["mask_path"] is None
+            else:
+                assert same_mask(sample["mask.png"], want["mask"])
             assert row["fg_class"] == want["row"]["fg_class"]
             assert row["label"] == ds.DatasetMeta.read(dreamed).classes.index(row["fg_class"])
             assert tar.name.startswith(row["split"])
             seen += 1
     assert seen == len(truth)
+    # the members as written: the mask file's bytes, unchanged
+    import tarfile
+
+    with tarfile.open(next(out.glob("train-*.tar"))) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    for sample_id, want in truth.items():
+        if want["row"]["split"] == "train":
+            name = f"{sample_id.replace('.', '_')}.mask.png"
+            assert members.get(name) == want["mask_bytes"]
 
 
-def test_imagefolder_export_reads_back_with_datasets(dreamed, tmp_path):
+def test_imagefolder_export_reads_back_with_datasets_masks_beside_images(part_masked, tmp_path):
     datasets = pytest.importorskip("datasets")
+    dreamed = part_masked
     out = tmp_path / "folder"
     assert main(["export", str(dreamed), "--format", "imagefolder", "--out", str(out)]) == 0
     truth = expected(dreamed)
     lines = [json.loads(x) for x in (out / "test" / "metadata.jsonl").read_text().splitlines()]
     for m in lines:
         assert m["file_name"].split("/")[0] == truth[m["sample_id"]]["row"]["fg_class"]
+        want = truth[m["sample_id"]]
+        if want["mask"] is None:
+            assert m["mask_file_name"] is None
+        else:  # FILE.mask.png beside FILE.png, the dataset's mask file byte for byte
+            assert m["mask_file_name"] == m["file_name"].removesuffix(".png") + ".mask.png"
+            assert (out / "test" / m["mask_file_name"]).read_bytes() == want["mask_bytes"]
     loaded = datasets.load_dataset("imagefolder", data_dir=str(out / "test"), split="train",
                                    cache_dir=str(tmp_path / "cache"))  # fmt: skip
     assert len(loaded) == len(lines)
@@ -117,6 +188,11 @@ def test_imagefolder_export_reads_back_with_datasets(dreamed, tmp_path):
         want = truth[item["sample_id"]]
         assert np.array_equal(np.asarray(item["image"].convert("RGB")), want["pixels"])
         assert item["fg_class"] == want["row"]["fg_class"]
+        # HF's loader reads mask_file_name as an Image column `mask`
+        if want["mask"] is None:
+            assert item["mask"] is None
+        else:
+            assert same_mask(item["mask"], want["mask"])
 
 
 def test_export_refuses_a_full_folder_and_keeps_it(dreamed, tmp_path, capsys):
@@ -155,11 +231,12 @@ def test_shift_dataset_items_groups_and_verified_only(dreamed):
     assert with_transform[0][0] == (64, 64)
 
 
-def test_hf_export_streams_images_a_row_group_at_a_time(dreamed, tmp_path, monkeypatch):
+def test_hf_export_streams_images_a_row_group_at_a_time(part_masked, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     from dreamshift.export import formats
 
+    dreamed = part_masked
     monkeypatch.setattr(formats, "ROW_GROUP", 3)
     out = tmp_path / "hf"
     formats.export(dreamed, out, "hf")
@@ -170,3 +247,58 @@ def test_hf_export_streams_images_a_row_group_at_a_time(dreamed, tmp_path, monke
     for r in rows:
         pixels = np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB"))
         assert np.array_equal(pixels, truth[r["sample_id"]]["pixels"])
+        want = truth[r["sample_id"]]["mask_bytes"]  # the mask file, byte for byte, or null
+        assert (r["mask"] and r["mask"]["bytes"]) == want
+
+
+def test_shift_dataset_masks_are_the_stored_masks_and_a_dataset_without_names_the_fix(
+    dreamed, part_masked, guides, tmp_path
+):
+    import shutil
+
+    import torch
+
+    from dreamshift.compose.config import ShiftRecipe
+    from dreamshift.compose.runner import compose
+    from dreamshift.data.masks import encode_mask
+    from dreamshift.errors import BadInputError, DreamshiftError
+
+    truth = expected(dreamed)
+    data = ShiftDataset(dreamed, split="train", masks=True)
+    for i in range(len(data)):
+        x, _, _, mask = data[i]
+        assert mask.dtype == torch.bool and mask.shape == x.shape[1:]
+        assert np.array_equal(mask.numpy(), truth[data.rows[i]["sample_id"]]["mask"])
+    x, _, _, mask = next(iter(torch.utils.data.DataLoader(data, batch_size=4)))
+    assert mask.shape == (4, 64, 64) and mask.dtype == torch.bool and x.shape == (4, 3, 64, 64)
+    assert len(ShiftDataset(dreamed, split="train")[0]) == 3  # no mask unless asked
+    # a background alone has no object: its mask is all False
+    recipe = ShiftRecipe(train_size=0, val_per_group=0, test_per_group=1, anti_per_group=0,
+                         spurious_per_class=1)  # fmt: skip
+    cfg = ComposeConfig(classes=("cat",), background_names=("grass", "snow"), recipe=recipe)
+    compose(cfg, tmp_path / "scenes", progress=False)
+    scenes = ShiftDataset(tmp_path / "scenes", split=ds.SPURIOUS, masks=True)
+    for k in range(len(scenes)):
+        x, y, _, mask = scenes[k]
+        assert int(y) == -1 and mask.shape == x.shape[1:] and not mask.any()
+    # a dataset composed before masks: named, with the command that composes it again
+    old = tmp_path / "old"
+    shutil.copytree(guides, old)
+    rows = [r.replace(mask_path=None, mask_sha256=None) for r in ds.read_rows(old)]
+    ds.write_table_atomic(ds.manifest_table(rows), ds.DatasetLayout(old).manifest_path)
+    assert len(ShiftDataset(old, split="train")[0]) == 3  # still reads without masks
+    fix = f"dreamshift compose --config {old}/dataset.json --out NEW"
+    with pytest.raises(DreamshiftError, match=re.escape(fix)) as refused:
+        ShiftDataset(old, split="train", masks=True)
+    assert str(old) in str(refused.value) and "split 'train'" in str(refused.value)
+    # a dream of such guides: compose them again, then dream from those
+    fix = f"dreamshift compose --config {guides}/dataset.json --out NEW, then dreamshift dream NEW"
+    with pytest.raises(DreamshiftError, match=re.escape(fix)):
+        ShiftDataset(part_masked, split="train", masks=True)
+    # a mask file changed since the manifest was written: named
+    changed = tmp_path / "changed"
+    shutil.copytree(guides, changed)
+    data = ShiftDataset(changed, split="test", masks=True)
+    (changed / data.rows[0]["mask_path"]).write_bytes(encode_mask(np.zeros((64, 64), bool)))
+    with pytest.raises(BadInputError, match=re.escape(data.rows[0]["mask_path"])):
+        data[0]

@@ -40,6 +40,8 @@ PATH_PARTS = st.sampled_from(
         ".",
         "",
         "review",
+        "mask",
+        "image",
         "review.sqlite",
         "a.png",
         "dataset.json",

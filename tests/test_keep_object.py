@@ -193,3 +193,26 @@ def test_a_dataset_without_masks_says_which_command_adds_them(tmp_path, tiny_sd,
     again = {r.sample_id: r for r in ds.read_rows(tmp_path / "new")}
     for r in ds.read_rows(old):  # the same samples, byte for byte, now with masks
         assert again[r.sample_id].sha256 == r.sha256 and again[r.sample_id].mask_path
+
+
+def test_removed_scenes_serve_as_backgrounds_and_as_the_audits_spurious_split(
+    tmp_path, tiny_sd, guides
+):
+    scenes = tmp_path / "scenes"
+    cfg = DreamConfig(source=str(guides), model=str(tiny_sd), mode="remove", steps=2,
+                      strength=1.0, splits=("test",))  # fmt: skip
+    dream(cfg, scenes, progress=False)
+    meta = ds.DatasetMeta.read(scenes)
+    assert list(meta.splits) == [ds.SPURIOUS] and meta.splits[ds.SPURIOUS].num_samples == 4
+    recipe = ShiftRecipe(train_size=0, val_per_group=0, test_per_group=1, anti_per_group=0)
+    again = ComposeConfig(classes=("cat",), backgrounds=str(scenes), recipe=recipe)
+    compose(again, tmp_path / "pasted", progress=False)  # scenes as compose's backgrounds
+    used = {r.bg_source for r in ds.read_rows(tmp_path / "pasted")}
+    assert used <= {r.path for r in ds.read_rows(scenes)} and len(used) == 2
+    results = tmp_path / "audit.jsonl"
+    assert main(["audit", str(guides), "--split", "test", "--model", "world-cnn", "--spurious",
+                 str(scenes), "--results", str(results), "--bootstrap", "10"]) == 0  # fmt: skip
+    record = json.loads(results.read_text().splitlines()[0])
+    assert record["n_spurious"] == 4 and record["spurious_acc"] is not None
+    assert main(["audit", str(guides), "--model", "world-cnn", "--spurious", str(guides),
+                 "--results", str(results)]) == 1  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from conftest import small_config
 from dreamshift.cli import main
@@ -171,6 +173,16 @@ def test_krippendorff_alpha_equals_the_hand_computed_value():
 
 
 # -- the app ------------------------------------------------------------------------------------
+# the sample on the page and how many pixels of its mask overlay are painted
+MASK_SHOWN = """(() => {
+  const c = document.getElementById("mask"), d = c.getContext("2d")
+    .getImageData(0, 0, c.width, c.height).data;
+  let painted = 0;
+  for (let i = 3; i < d.length; i += 4) painted += d[i] > 0;
+  return {sample_id: task.items[at].sample_id, painted};
+})()"""
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="`make test` installs Debian's chromium")
 def test_task_page_in_chromium_keyboard_undo_progress(dataset, tmp_path):
     from playwright.sync_api import expect, sync_playwright
@@ -191,6 +203,15 @@ def test_task_page_in_chromium_keyboard_undo_progress(dataset, tmp_path):
         # which the page's Content-Security-Policy (script-src 'self') refuses
         wait_for(lambda: page.evaluate("document.getElementById('image').naturalWidth") > 0)
         wait_for(lambda: page.evaluate("document.getElementById('guide').naturalWidth") > 0)
+        # m: the object's mask over the image, painted where the stored mask is; m: off again
+        page.keyboard.press("m")
+        expect(page.locator("#mask")).to_be_visible()
+        expect(page.locator("#show-mask")).to_be_checked()
+        shown = page.evaluate(MASK_SHOWN)
+        stored = np.asarray(Image.open(dataset / rows[shown["sample_id"]]["mask_path"]))
+        assert shown["painted"] == int(stored.astype(bool).sum()) > 0
+        page.keyboard.press("m")
+        expect(page.locator("#mask")).to_be_hidden()
         first = page.locator("#cls").text_content()
         page.keyboard.press("y")
         expect(page.locator("#count")).to_have_text(f"1 / {TASK_SIZE}")
@@ -371,6 +392,46 @@ def test_a_crafted_dataset_cannot_have_the_app_serve_other_files(dataset, tmp_pa
     with serving(dataset) as base, httpx.Client() as client:
         answer = client.get(f"{base}/r/{token}/image/{rows[0].sample_id}")
         assert answer.status_code == 404 and b"not for reviewers" not in answer.content
+
+
+def test_the_mask_route_serves_the_stored_mask_and_404s_without_one(dataset, tmp_path):
+    """``mask/SAMPLE``: the sample's mask file byte for byte, with the security headers; 404 for
+    a sample without a mask, an unknown one, a mask linked to a file outside, a foreign token."""
+    from starlette.testclient import TestClient
+
+    from dreamshift.verify.app import SECURITY_HEADERS
+
+    token = token_of(add_reviewer(dataset, "cy"))
+    client = TestClient(build_app(dataset), base_url="http://127.0.0.1")
+    items = client.get(f"/r/{token}/task").json()["items"]
+    masked, unmasked, linked = (i["sample_id"] for i in items[:3])
+    assert all(i["mask"] for i in items)  # paste dreams carry their guides' masks
+    # one row without a mask (as an img2img dream's), one whose mask links outside
+    rows = ds.read_rows(dataset)
+    rows = [r.replace(mask_path=None, mask_sha256=None) if r.sample_id == unmasked else r
+            for r in rows]  # fmt: skip
+    ds.write_table_atomic(ds.manifest_table(rows), ds.DatasetLayout(dataset).manifest_path)
+    by_id = {r.sample_id: r for r in rows}
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for reviewers")
+    (dataset / str(by_id[linked].mask_path)).unlink()
+    (dataset / str(by_id[linked].mask_path)).symlink_to(secret)
+    client = TestClient(build_app(dataset), base_url="http://127.0.0.1")
+    task = {i["sample_id"]: i for i in client.get(f"/r/{token}/task").json()["items"]}
+    assert task[masked]["mask"] and not task[unmasked]["mask"]  # the page shows no toggle
+    answer = client.get(f"/r/{token}/mask/{masked}")
+    stored = (dataset / str(by_id[masked].mask_path)).read_bytes()
+    assert answer.status_code == 200 and answer.content == stored
+    assert answer.headers["content-type"] == "image/png"
+    assert all(answer.headers.get(k) == v for k, v in SECURITY_HEADERS.items())
+    pixels = np.asarray(Image.open(io.BytesIO(answer.content)))
+    assert pixels.dtype == bool and pixels.any() and not pixels.all()  # 1-bit: the object
+    for path in (f"/r/{token}/mask/{unmasked}", f"/r/{token}/mask/nosuchsample",
+                 f"/r/{token}/mask/{linked}", f"/r/not-a-token/mask/{masked}"):  # fmt: skip
+        refused = client.get(path)
+        assert refused.status_code == 404, path
+        assert b"not for reviewers" not in refused.content
+    assert client.get(f"/r/{token}/image/{unmasked}").status_code == 200  # its image still is
 
 
 def test_every_response_carries_the_security_headers_and_bodies_are_checked_after_the_token(

@@ -291,6 +291,12 @@ def test_quality_scores_equal_their_hand_computed_values():
     wrong = _score("w", [seed0], guides, oracles, reference + 1.0, prompted=True)
     assert wrong.prompted_accuracy == 0.0
     assert wrong.distance == pytest.approx(2.0)  # both features shifted by 1: |1, 1|^2
+    # a removed animal: the row has no class, the guide's is what the oracle should not name;
+    # the fixed oracle's top probability is e / (e + 9) = 0.232 for every image
+    removed = {k: (img, {"fg_class": None, "bg_class": "snow"}) for k, (img, _) in seed0.items()}
+    gone = _score("r", [removed], guides, oracles, reference, present=0.3)
+    assert (gone.fg_accuracy, gone.bg_accuracy, gone.no_animal) == (0.5, 1.0, 1.0)
+    assert _score("r", [removed], guides, oracles, reference, present=0.2).no_animal == 0.0
 
 
 def test_fidelity_of_a_dataset_counts_what_the_oracles_name(tmp_path, capsys):

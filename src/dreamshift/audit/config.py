@@ -22,6 +22,10 @@ class AuditConfig(Config):
     in_distribution: str = option(
         "", "reference dataset for the drop and effective robustness",
         metavar="DATASET[:SPLIT]")  # fmt: skip
+    spurious: str = option(
+        "", "a dataset whose split 'spurious' holds the backgrounds alone for the spurious "
+        "accuracy and AUC, e.g. a `dream --mode remove` run of the audited images' guides",
+        metavar="DATASET", shown="the audited dataset's, else its source's")  # fmt: skip
     label_map: str = option(
         "", "YAML {class: [model label names or output indices]}; extends the shipped map"
     )

@@ -361,7 +361,15 @@ def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> Audi
         )
     spurious_root, spurious_rows = root, usable_rows(manifest, ds.SPURIOUS)
     source = meta.source
-    if not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
+    if cfg.spurious:  # backgrounds alone from elsewhere, e.g. `dream --mode remove`
+        spurious_root = Path(cfg.spurious)
+        spurious_rows = usable_rows(ds.read_manifest(spurious_root).to_pylist(), ds.SPURIOUS)
+        if not spurious_rows:
+            raise DreamshiftError(
+                f"--spurious {spurious_root} has no usable images in split 'spurious': give a "
+                "`dream --mode remove` run or a dataset composed with --spurious-per-class"
+            )
+    elif not spurious_rows and source and (Path(source) / ds.DATASET_JSON).is_file():
         spurious_root = Path(source)  # a dreamed dataset: its guides' backgrounds alone
         spurious_rows = usable_rows(ds.read_manifest(spurious_root).to_pylist(), ds.SPURIOUS)
     return AuditJob(

@@ -11,10 +11,12 @@ def add(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="write a dataset as HF Parquet + dataset card, webdataset tars or an imagefolder",
-        description="The usable images and every manifest column (and the verification "
-        "table's, if any) in another layout. hf: data/<split>-*.parquet with an Image column "
-        "and a dataset card README.md (datasets.load_dataset(DIR) reads it); webdataset: "
-        "<split>-NNNNN.tar of png + json; imagefolder: <split>/<class>/*.png + metadata.jsonl.",
+        description="The usable images, their object masks (where they have one) and every "
+        "manifest column (and the verification table's, if any) in another layout. hf: "
+        "data/<split>-*.parquet with Image columns image and mask and a dataset card README.md "
+        "(datasets.load_dataset(DIR) reads it); webdataset: <split>-NNNNN.tar of png + "
+        "mask.png + json; imagefolder: <split>/<class>/*.png, *.mask.png beside them + "
+        "metadata.jsonl.",
     )
     p.add_argument("dataset", type=Path)
     p.add_argument("--format", required=True, choices=["hf", "webdataset", "imagefolder"])

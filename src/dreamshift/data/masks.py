@@ -31,6 +31,9 @@ from dreamshift.data.images import check_size, encode_png, sha256_bytes
 from dreamshift.errors import BadInputError
 
 MASK_SUFFIX = ".mask.png"
+# the dream modes whose images show their guide's object where its mask says, and so carry
+# the mask (img2img and txt2img draw the object anew; remove takes it out)
+MASK_CARRYING_MODES = ("paste", "inpaint", "harmonize")
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

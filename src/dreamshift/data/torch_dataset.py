@@ -22,7 +22,12 @@ float tensor (3, H, W) in [0, 1]; ``transform`` receives the PIL image instead),
 class index (-1 for a background alone), and ``metadata`` a LongTensor of
 :data:`METADATA_FIELDS`: the background index, whether it is the class's usual background, the
 group (class x background) and ``y``. ``group_array``, ``y_array`` and ``n_groups`` serve
-group-balanced samplers and worst-group accuracy.
+group-balanced samplers and worst-group accuracy. ``masks=True`` adds the object's mask:
+items are ``(x, y, metadata, mask)``, ``mask`` a bool tensor (H, W) of the image's size, True
+on the object (the dataset's ``mask_path`` file, checked against its sha256; all False for an
+image without an object, a background alone). ``transform`` changes the image only: the mask
+comes untransformed, so apply a transform that moves pixels (crop, flip, resize) to it
+yourself.
 
 >>> import tempfile
 >>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
@@ -39,6 +44,9 @@ group-balanced samplers and worst-group accuracy.
 >>> loader = torch.utils.data.DataLoader(data, batch_size=2)
 >>> [tuple(t.shape) for t in next(iter(loader))]
 [(2, 3, 64, 64), (2,), (2, 4)]
+>>> x, y, metadata, mask = ShiftDataset(root, split="test", masks=True)[0]
+>>> mask.dtype, tuple(mask.shape), bool(mask.any())
+(torch.bool, (64, 64), True)
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from PIL import Image
 
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import ImageTable, usable_rows
+from dreamshift.data.masks import MASK_CARRYING_MODES, read_mask
 from dreamshift.data.transforms import Preprocessing, augment_image
 from dreamshift.data.verification import only_verified
 from dreamshift.errors import BadInputError, DreamshiftError
@@ -211,7 +220,8 @@ METADATA_FIELDS = ("background", "aligned", "group", "y")
 
 class ShiftDataset(torch.utils.data.Dataset):
     """The usable rows of ``split`` of dataset directory ``root`` (``verified_only``: those
-    that passed review)."""
+    that passed review); ``masks``: each item ends with the object's mask (see the module's
+    docstring), and a split whose objects have no mask is refused, naming how to make one."""
 
     def __init__(
         self,
@@ -219,6 +229,7 @@ class ShiftDataset(torch.utils.data.Dataset):
         split: str,
         transform: Callable[[Image.Image], Any] | None = None,
         verified_only: bool = False,
+        masks: bool = False,
     ):
         self.root = Path(root)
         meta = ds.DatasetMeta.read(self.root)
@@ -230,10 +241,13 @@ class ShiftDataset(torch.utils.data.Dataset):
         if not rows:
             splits = sorted(set(ds.read_manifest(self.root).column("split").to_pylist()))
             raise DreamshiftError(f"{self.root} has no usable rows in split {split!r} ({splits})")
+        if masks:
+            _check_masks(self.root, meta, rows, split)
         self.rows = rows
         self.table = ImageTable.of_rows(self.root, rows, self.classes, self.backgrounds)
         self.split = split
         self.transform = transform
+        self.masks = masks
         self.metadata_fields = METADATA_FIELDS
         y = [self.classes.index(r["fg_class"]) if r["fg_class"] in self.classes else -1
              for r in rows]  # fmt: skip
@@ -252,15 +266,62 @@ class ShiftDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        """``(x, y, metadata)``, and ``mask`` last with ``masks=True``."""
         pixels = self.table.read(i)  # (H, W, 3) uint8, checked against the manifest
         if self.transform is not None:
             x = self.transform(Image.fromarray(pixels))
         else:
             x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
-        return x, self.y_array[i], self.metadata_array[i]
+        if not self.masks:
+            return x, self.y_array[i], self.metadata_array[i]
+        height, width = pixels.shape[:2]
+        return x, self.y_array[i], self.metadata_array[i], self.mask(i, (width, height))
+
+    def mask(self, i: int, size: tuple[int, int]) -> torch.Tensor:
+        """Item ``i``'s object mask as a bool tensor of ``size`` (width, height): its
+        ``mask_path`` file, checked against its sha256; all False where there is no object."""
+        row = self.rows[i]
+        if not row.get("mask_path"):
+            return torch.zeros(size[::-1], dtype=torch.bool)
+        remedy = f"restore it, or re-run the command that made {self.root}"
+        mask = read_mask(self.root / row["mask_path"], row.get("mask_sha256"), size, remedy)
+        return torch.from_numpy(mask.copy())
 
     def group_name(self, group: int) -> str:
         """``class/background`` of a group id."""
         c, b = divmod(group, len(self.backgrounds))
         return f"{self.classes[c]}/{self.backgrounds[b]}"
+
+
+def _check_masks(root: Path, meta: ds.DatasetMeta, rows: list[dict[str, Any]], split: str) -> None:
+    """Refuse masks for ``rows`` (of ``split`` of ``root``) when an image of an object has none,
+    naming the command that makes the dataset again with masks (an image without an object,
+    a background alone, has none to have)."""
+    lacking = [r["sample_id"] for r in rows if r["fg_class"] and not r.get("mask_path")]
+    if not lacking:
+        return
+    where = (
+        f"{root}: {len(lacking)} of the {len(rows)} images of split {split!r} have no object "
+        f"mask (e.g. {lacking[0]}), and masks=True asks for them"
+    )
+    mode = meta.config.get("mode")
+    if meta.stage == "dream" and mode not in MASK_CARRYING_MODES:
+        raise DreamshiftError(
+            f"{where}. It was dreamed with --mode {mode}, which draws the object anew, so its "
+            f"images have no object mask (modes {', '.join(MASK_CARRYING_MODES)} keep their "
+            "guide's): leave masks off"
+        )
+    if meta.stage == "dream":
+        source = meta.source or "SOURCE"
+        raise DreamshiftError(
+            f"{where}: its guides in {source} were composed before dreamshift wrote masks. "
+            f"Compose them again, with the same settings, into a new folder, and dream from "
+            f"that: dreamshift compose --config {source}/dataset.json --out NEW, then "
+            f"dreamshift dream NEW --config {root}/dataset.json --out NEW_DREAM"
+        )
+    raise DreamshiftError(
+        f"{where}: it was made before dreamshift wrote masks. Compose it again, with the same "
+        f"settings, into a new folder, which writes them: dreamshift compose --config "
+        f"{root}/dataset.json --out NEW"
+    )

@@ -55,7 +55,7 @@ from dreamshift.data.images import (
     sha256_bytes,
     sha256_file,
 )
-from dreamshift.data.masks import dilate, erode, read_mask, restore
+from dreamshift.data.masks import MASK_CARRYING_MODES, dilate, erode, read_mask, restore
 from dreamshift.data.schema import SplitCounts
 from dreamshift.dream.config import GUIDED_MODES, MASKED_MODES, DreamConfig
 from dreamshift.dream.prompts import Recipe, load_recipe
@@ -89,9 +89,6 @@ _COMPOSITION = (
     "appearance", "coat_class",
 )  # fmt: skip
 _LIBRARIES = ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors")
-# the modes whose images show the guide's object where its mask says: they carry the mask
-# (img2img redraws the object, so the guide's mask is no longer the dream's)
-_MASK_CARRYING = ("paste", "inpaint", "harmonize")
 BACKGROUND_TEMPLATE = "a photo ${background}"  # the scene alone: Recipe.render_background
 
 
@@ -525,12 +522,12 @@ def _make_batch(
             guide = mask = None
             if mode != "txt2img":
                 guide = guide_image(plan.source, spec.guide, plan.size)
-            if mode in MASKED_MODES or (mode in _MASK_CARRYING and spec.guide.mask_path):
+            if mode in MASKED_MODES or (mode in MASK_CARRYING_MODES and spec.guide.mask_path):
                 mask = guide_mask(plan.source, spec.guide, plan.size)
         except BadInputError as exc:
             rows[i] = _failed(rows[i], exc)
             continue
-        if mask is not None and mode in _MASK_CARRYING:
+        if mask is not None and mode in MASK_CARRYING_MODES:
             rows[i] = rows[i].replace(**writer.write_mask(spec.sample_id, mask))
         if mode == "paste":
             assert guide is not None

@@ -132,11 +132,13 @@ def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
         _groups(root, meta),
         "## Columns",
         "",
-        "`image`, `label` (class index, -1 for a background alone), `background` (background "
-        "index) and every column of dreamshift's manifest: `sample_id`, `split`, `fg_class`, "
-        "`bg_class`, `aligned` (the class's usual background), the paste box, and for dreamed "
-        "images the model, prompt, per-image seed and guide. Verification columns (`verified`, "
-        "oracle scores, votes) are there when the dataset was verified.",
+        "`image`, `mask` (the object's mask: a 1-bit PNG of the image's size, white = the "
+        "object; null for a background alone, an image whose object was redrawn, or a dataset "
+        "made before masks), `label` (class index, -1 for a background alone), `background` "
+        "(background index) and every column of dreamshift's manifest: `sample_id`, `split`, "
+        "`fg_class`, `bg_class`, `aligned` (the class's usual background), the paste box, and "
+        "for dreamed images the model, prompt, per-image seed and guide. Verification columns "
+        "(`verified`, oracle scores, votes) are there when the dataset was verified.",
         "",
         "## Licence",
         "",

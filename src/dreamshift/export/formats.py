@@ -1,18 +1,25 @@
 """``dreamshift export DATASET --format hf|webdataset|imagefolder --out DIR``.
 
-- ``hf``: one Parquet file per split under ``data/`` with an ``image`` column in the Hugging
-  Face ``Image`` layout (``{bytes, path}``), ``label`` (a ``ClassLabel`` of the classes; -1 for
-  a background alone), ``background`` (a ``ClassLabel``) and every manifest column, plus a
-  dataset card ``README.md`` whose ``configs`` name the splits: ``datasets.load_dataset(DIR)``
-  or ``load_dataset("parquet", data_files=...)`` reads it;
-- ``webdataset``: tar shards ``{split}-00000.tar`` of ``KEY.png`` + ``KEY.json`` (the manifest
-  row with ``label`` and ``background`` indices), read by the ``webdataset`` library;
-- ``imagefolder``: ``{split}/{class}/FILE.png`` and a ``{split}/metadata.jsonl`` with
-  ``file_name`` and every manifest column (the layout of HF's ``imagefolder`` loader).
+- ``hf``: one Parquet file per split under ``data/`` with an ``image`` and a ``mask`` column
+  in the Hugging Face ``Image`` layout (``{bytes, path}``; ``mask`` null where a row has none),
+  ``label`` (a ``ClassLabel`` of the classes; -1 for a background alone), ``background`` (a
+  ``ClassLabel``) and every manifest column, plus a dataset card ``README.md`` whose
+  ``configs`` name the splits: ``datasets.load_dataset(DIR)`` or
+  ``load_dataset("parquet", data_files=...)`` reads it;
+- ``webdataset``: tar shards ``{split}-00000.tar`` of ``KEY.png`` + ``KEY.mask.png`` (where the
+  row has a mask) + ``KEY.json`` (the manifest row with ``label`` and ``background``
+  indices), read by the ``webdataset`` library (``sample["mask.png"]``);
+- ``imagefolder``: ``{split}/{class}/FILE.png``, its mask ``FILE.mask.png`` beside it, and a
+  ``{split}/metadata.jsonl`` with ``file_name``, ``mask_file_name`` (null where none) and
+  every manifest column (the layout of HF's ``imagefolder`` loader, which reads
+  ``mask_file_name`` as an Image column ``mask``).
 
-Images are copied byte for byte (no re-encoding). The verification table's columns, when
-there is one, travel with the rows, except ``votes`` (reviewers' names and answers: the counts
-``votes_yes`` ... go). Only usable rows (status ok) are exported.
+Masks are the dataset's object masks (``mask_path``: a 1-bit PNG, white = the object); a row
+without one (a background alone, an ``img2img`` or ``txt2img`` dream, a dataset made before
+masks) has none in the export either. Images and masks are copied byte for byte (no
+re-encoding). The verification table's columns, when there is one, travel with the rows,
+except ``votes`` (reviewers' names and answers: the counts ``votes_yes`` ... go). Only usable
+rows (status ok) are exported.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import pyarrow.parquet as pq
 
 from dreamshift.data import dataset as ds
 from dreamshift.data import verification as vt
+from dreamshift.data.masks import MASK_SUFFIX
 from dreamshift.errors import DreamshiftError
 from dreamshift.export.card import write_card
 
@@ -65,6 +73,18 @@ def export_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _read(root: Path, relative: str) -> bytes:
+    """The bytes of a sample's file (image or mask) named by its manifest row."""
+    path = root / relative
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DreamshiftError(
+            f"cannot read {path} ({exc.strerror or exc}): restore it, or run the command that "
+            f"made {root} again"
+        ) from exc
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise DreamshiftError(f"--out {out} is not empty: export into a new folder")
@@ -77,7 +97,7 @@ def _features(meta: ds.DatasetMeta, schema: pa.Schema) -> dict[str, Any]:
               pa.float64(): "float64", pa.bool_(): "bool", pa.float32(): "float32"}  # fmt: skip
     features: dict[str, Any] = {}
     for f in schema:
-        if f.name == "image":
+        if f.name in ("image", "mask"):
             features[f.name] = {"_type": "Image"}
         elif f.name == "label":
             features[f.name] = {"names": list(meta.classes), "_type": "ClassLabel"}
@@ -98,7 +118,7 @@ def export_hf(root: Path, out: Path) -> dict[str, int]:
     types = {name: pa.array([r[name] for r in every]).type for name in every[0]}
     types.update(label=pa.int64(), background=pa.int64())
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema([("image", image_type), *types.items()])
+    schema = pa.schema([("image", image_type), ("mask", image_type), *types.items()])
     features = _features(meta, schema)
     schema = schema.with_metadata(
         {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
@@ -109,9 +129,11 @@ def export_hf(root: Path, out: Path) -> dict[str, int]:
         with pq.ParquetWriter(path, schema) as writer:  # images read a row group at a time
             for start in range(0, len(rows), ROW_GROUP):
                 part = rows[start : start + ROW_GROUP]
-                images = [{"bytes": (root / r["path"]).read_bytes(),
+                images = [{"bytes": _read(root, r["path"]),
                            "path": Path(r["path"]).name} for r in part]  # fmt: skip
-                columns = [pa.array(images, image_type)]
+                masks = [{"bytes": _read(root, r["mask_path"]), "path": Path(r["mask_path"]).name}
+                         if r["mask_path"] else None for r in part]  # fmt: skip
+                columns = [pa.array(images, image_type), pa.array(masks, image_type)]
                 columns += [pa.array([r[n] for r in part], t) for n, t in types.items()]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
         counts[split] = len(rows)
@@ -128,7 +150,9 @@ def export_webdataset(root: Path, out: Path) -> dict[str, int]:
                 for r in rows[start : start + SHARD_IMAGES]:
                     key = r["sample_id"].replace(".", "_")
                     suffix = Path(r["path"]).suffix.lstrip(".") or "png"
-                    _add(tar, f"{key}.{suffix}", (root / r["path"]).read_bytes())
+                    _add(tar, f"{key}.{suffix}", _read(root, r["path"]))
+                    if r["mask_path"]:
+                        _add(tar, f"{key}{MASK_SUFFIX}", _read(root, r["mask_path"]))
                     _add(tar, f"{key}.json", json.dumps(r, sort_keys=True).encode())
         counts[split] = len(rows)
     return counts
@@ -150,7 +174,12 @@ def export_imagefolder(root: Path, out: Path) -> dict[str, int]:
                 file_name = f"{folder}/{Path(r['path']).name}"
                 (out / split / folder).mkdir(exist_ok=True)
                 shutil.copyfile(root / r["path"], out / split / file_name)
-                f.write(json.dumps({"file_name": file_name, **r}, sort_keys=True) + "\n")
+                mask_name = None
+                if r["mask_path"]:  # beside its image: FILE.mask.png
+                    mask_name = f"{folder}/{Path(r['path']).stem}{MASK_SUFFIX}"
+                    (out / split / mask_name).write_bytes(_read(root, r["mask_path"]))
+                names = {"file_name": file_name, "mask_file_name": mask_name}
+                f.write(json.dumps({**names, **r}, sort_keys=True) + "\n")
         counts[split] = len(rows)
     return counts
 

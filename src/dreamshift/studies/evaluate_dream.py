@@ -18,6 +18,7 @@ Run it with ``dreamshift world evaluate-dream --out DIR`` (about 15 minutes on 2
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
 STRENGTHS = (0.3, 0.5, 0.7, 0.8, 1.0)
+# the modes that keep the object (or remove it) by its mask: (mode, strength)
+MASKED = (("inpaint", 1.0), ("harmonize", 0.3), ("remove", 1.0))
+PRESENT_QUANTILE = 0.05  # "no animal": the fg oracle less sure than on 95 % of the guides
 REFERENCE_PHOTOS_PER_GROUP = 10
 
 
@@ -48,6 +52,7 @@ class Row:
     change: float  # mean |dream - guide|, 0..255
     diversity: float  # mean |seed 0 - seed 1|, 0..255
     prompted_accuracy: float | None = None  # fg oracle = the prompt's (wrong) class
+    no_animal: float | None = None  # fg oracle's top probability under the guides' 5th pct.
 
 
 Images = dict[str, tuple[np.ndarray, dict[str, Any]]]
@@ -68,6 +73,12 @@ def wrong_class(c: str) -> str:
     return CLASSES[(CLASSES.index(c) + 1) % len(CLASSES)]
 
 
+def _top_probability(oracle: Any, images: np.ndarray) -> np.ndarray:
+    logits = oracle.logits(images)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return (p / p.sum(1, keepdims=True)).max(1)
+
+
 def _score(
     name: str,
     runs: list[Images],
@@ -75,14 +86,19 @@ def _score(
     oracles: dict[str, Any],
     reference: np.ndarray,
     prompted: bool = False,
+    present: float | None = None,
 ) -> Row:
+    """One row of the table. Labels are the guide's (a removed animal's class is what the fg
+    oracle should no longer name); ``present``: the fg oracle's top probability above which
+    it is taken to see an animal."""
     first = runs[0]
     ids = [k for k in first if all(k in r for r in runs)]
     images = np.stack([first[k][0] for k in ids])
+    labels = [(guides.get(k) or first[k])[1] for k in ids]
     hits, named = {}, {}
     for kind, col, names in (("fg", "fg_class", CLASSES), ("shape", "fg_class", CLASSES),
                              ("bg", "bg_class", BACKGROUNDS)):  # fmt: skip
-        truth = np.array([names.index(first[k][1][col]) for k in ids])
+        truth = np.array([names.index(label[col]) for label in labels])
         named[kind] = oracles[kind].logits(images).argmax(1)
         hits[kind] = float((named[kind] == truth).mean())
     followed = None
@@ -96,8 +112,11 @@ def _score(
     if len(runs) > 1:
         other = np.stack([runs[1][k][0] for k in ids]).astype(np.float32)
         diversity = float(np.abs(images.astype(np.float32) - other).mean())
+    no_animal = None
+    if present is not None:
+        no_animal = float((_top_probability(oracles["fg"], images) < present).mean())
     return Row(name, len(ids), hits["fg"], hits["shape"], hits["bg"], distance, change,
-               diversity, followed)  # fmt: skip
+               diversity, followed, no_animal)  # fmt: skip
 
 
 def write_wrong_class_recipe(path: Path) -> Path:
@@ -173,6 +192,7 @@ def evaluate_dream(
     out: str | Path,
     model: str = "tiny-dream",
     strengths: tuple[float, ...] = STRENGTHS,
+    masked: tuple[tuple[str, float], ...] = MASKED,
     per_group: int = 2,
     steps: int = 30,
     guidance_scale: float = 7.5,
@@ -198,18 +218,23 @@ def evaluate_dream(
     reference = np.stack([v[0] for v in _images(reference_dir).values()])
     reference_features = oracle["fg"].features(reference)
     guides = _images(guides_dir)
+    guide_pixels = np.stack([v[0] for v in guides.values()])
+    present = float(np.quantile(_top_probability(oracle["fg"], guide_pixels), PRESENT_QUANTILE))
+    scored = functools.partial(_score, oracles=oracle, reference=reference_features,
+                               present=present)  # fmt: skip
     rows = [
-        _score("guides (paste)", [guides], guides, oracle, reference_features),
-        _score("photos (held-out)", [_images(photos_dir)], {}, oracle, reference_features),
-        _score("guides, VAE round trip only", [_vae_round_trip(guides, model)], guides, oracle,
-               reference_features),
-    ]  # fmt: skip
+        scored("guides (paste)", [guides], guides),
+        scored("photos (held-out)", [_images(photos_dir)], {}),
+        scored("guides, VAE round trip only", [_vae_round_trip(guides, model)], guides),
+        scored("the guides' own backgrounds, no animal", [_backgrounds_alone(guides)], guides),
+    ]
     wrong_recipe = write_wrong_class_recipe(out / "wrong-class-recipe.yaml")
     settings = [(f"img2img {s:g}", "img2img", s, "d3s") for s in strengths]
     settings += [
         ("txt2img", "txt2img", 1.0, "d3s"),
         ("img2img 1, wrong class in prompt", "img2img", 1.0, str(wrong_recipe)),
     ]
+    settings += [(f"{mode} {s:g}", mode, s, "d3s") for mode, s in masked]
     dreamed = {}
     for name, mode, strength, prompts in settings:
         runs = []
@@ -223,8 +248,7 @@ def evaluate_dream(
             dream(cfg, target, workers=workers, batch_size=4, progress=progress)
             runs.append(_images(target))
         dreamed[name] = runs[0]
-        prompted = prompts != "d3s"
-        rows.append(_score(name, runs, guides, oracle, reference_features, prompted))
+        rows.append(scored(name, runs, guides, prompted=prompts != "d3s"))
     (out / "evaluation.json").write_text(
         json.dumps({"model": model, "steps": steps, "guidance_scale": guidance_scale,
                     "reference_photos": len(reference),
@@ -232,6 +256,15 @@ def evaluate_dream(
     )  # fmt: skip
     _grid(guides, dreamed, out / "evaluation_grid.png")
     return rows
+
+
+def _backgrounds_alone(guides: Images) -> Images:
+    """Each guide's own background without its animal: what ``remove`` should come to."""
+    from dreamshift.compose.sources import WorldBackgrounds
+
+    scenes = WorldBackgrounds()
+    return {k: (np.asarray(scenes.image(r["bg_source"], img.shape[0])), r)
+            for k, (img, r) in guides.items()}  # fmt: skip
 
 
 def _vae_round_trip(images: Images, model: str) -> Images:
@@ -271,8 +304,8 @@ def _grid(
 def format_table(rows: list[Row]) -> str:
     lines = [
         "| setting | n | fg oracle | shape oracle | bg oracle | distance to photos | "
-        "change from guide | diversity |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "change from guide | diversity | no animal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         fg = f"{r.fg_accuracy:.1%}"
@@ -280,6 +313,7 @@ def format_table(rows: list[Row]) -> str:
             fg += f" (prompted class: {r.prompted_accuracy:.1%})"
         lines.append(
             f"| {r.setting} | {r.n} | {fg} | {r.shape_accuracy:.1%} | {r.bg_accuracy:.1%} | "
-            f"{r.distance:.1f} | {r.change:.1f} | {r.diversity:.1f} |"
+            f"{r.distance:.1f} | {r.change:.1f} | {r.diversity:.1f} | "
+            + (f"{r.no_animal:.1%} |" if r.no_animal is not None else "|")
         )
     return "\n".join(lines)

@@ -5,12 +5,13 @@ the only credential; without a valid one every route answers 404). A task page h
 (D3S's MTurk tasks did): the image, the guide it was dreamed from, the class name and its
 definition, "is a <class> in the image?" yes/no/unsure, "anything unsafe or broken?", and
 optionally naturalness 1-5 (Maung Maung et al. 2024 asked people to rate it). Keyboard first:
-y/n/u answer and move on, x flags, 1-5 rate, arrows move, z or Backspace undoes the last answer.
+y/n/u answer and move on, x flags, 1-5 rate, arrows move, z or Backspace undoes the last answer,
+m shows the object's mask over the image (where the sample has one: ``mask_path``).
 
-Safety: images are looked up by sample id in the manifest and served only when the file lies
-inside the dataset (or its guides' dataset); POSTs must come from the page's own origin and carry
-the reviewer's CSRF token; only hosts the server was started for are answered (no DNS
-rebinding); pages forbid framing, inline scripts and referrers.
+Safety: images and masks are looked up by sample id in the manifest and served only when the
+file lies inside the dataset (or its guides' dataset); POSTs must come from the page's own
+origin and carry the reviewer's CSRF token; only hosts the server was started for are answered
+(no DNS rebinding); pages forbid framing, inline scripts and referrers.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ class ReviewSite:
         row = self.rows.get(sample_id)
         return ds.sample_file(self.root, row["path"]) if row else None
 
+    def mask(self, sample_id: str) -> Path | None:
+        """The sample's object mask file (None: it has none, or it is not inside the dataset)."""
+        row = self.rows.get(sample_id)
+        return ds.sample_file(self.root, row["mask_path"]) if row and row["mask_path"] else None
+
     def task_json(self, reviewer: Reviewer) -> dict[str, Any]:
         task_id, items = self.store.task(reviewer.name, self.pool)
         mine = {v.sample_id: v for v in self.store.votes(reviewer.name)}
@@ -136,6 +142,7 @@ class ReviewSite:
                     "class": self.rows[s]["fg_class"],
                     "definition": self.definitions.get(self.rows[s]["fg_class"], ""),
                     "guide": s in self.guides,
+                    "mask": bool(self.rows[s]["mask_path"]),
                 }
                 for s in items
             ],
@@ -161,7 +168,10 @@ def page(reviewer: Reviewer, site: ReviewSite) -> str:
 <span id="count">0 / 0</span> <span id="overall"></span></header>
 <main id="main">
 <section class="pair">
-<figure><img id="image" alt="image to check"><figcaption>image</figcaption></figure>
+<figure><div class="stack"><img id="image" alt="image to check">
+<canvas id="mask" hidden></canvas></div>
+<figcaption>image <label id="mask-toggle" hidden><input type="checkbox" id="show-mask">
+object's mask (m)</label></figcaption></figure>
 <figure id="guide-fig"><img id="guide" alt="guide it was made from">
 <figcaption>guide it was made from</figcaption></figure>
 </section>
@@ -252,19 +262,23 @@ def task(request: Request) -> Response:
 
 
 def image(request: Request) -> Response:
-    """GET a row's image or its guide's, looked up by sample id inside the dataset."""
+    """GET a row's image, its guide's or its object mask, looked up by sample id inside the
+    dataset."""
     from starlette.responses import FileResponse
 
     if _reviewer_of(request) is None:
         return _refuse(404, "unknown link: ask for a new one")
     sample_id = request.path_params["sample_id"]
     kind = request.path_params["kind"]
-    if kind not in ("image", "guide"):
+    if kind not in ("image", "guide", "mask"):
         return _refuse(404, "not found")
     site = _site(request)
-    path = site.image(sample_id) if kind == "image" else site.guides.get(sample_id)
+    if kind == "mask":
+        path = site.mask(sample_id)
+    else:
+        path = site.image(sample_id) if kind == "image" else site.guides.get(sample_id)
     if path is None:
-        return _refuse(404, "no such image in this dataset")
+        return _refuse(404, f"no such {kind} in this dataset")
     return FileResponse(path, headers=SECURITY_HEADERS)
 
 

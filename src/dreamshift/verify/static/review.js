@@ -1,10 +1,11 @@
 // The task page of `dreamshift review`: one image at a time, keyboard first.
 // y/n/u answer and move on; x flags unsafe or broken; 1-5 rate naturalness; arrows move;
-// z or Backspace undoes the last answer; Enter opens the next task when this one is done.
+// z or Backspace undoes the last answer; m shows the object's mask over the image (where
+// there is one); Enter opens the next task when this one is done.
 "use strict";
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const $ = (id) => document.getElementById(id);
-let task = null, at = 0, history = [];
+let task = null, at = 0, history = [], showMask = false;
 // every change goes through one queue, in key order: a fast typist loses no key
 let queue = Promise.resolve();
 const enqueue = (fn) => { queue = queue.then(fn, fn); return queue; };
@@ -37,10 +38,41 @@ async function load() {
   render();
 }
 
+// the object's mask over the image: the object tinted, its outline solid (drawn on a canvas:
+// the page allows no inline style); `drawn`: the mask URL the canvas holds
+const maskImage = new Image();
+let drawn = "";
+const maskUrl = (it) => `mask/${encodeURIComponent(it.sample_id)}`;
+function maskShown() {
+  const it = task && task.items[at];
+  return !!it && it.mask && showMask && drawn === maskUrl(it);
+}
+maskImage.addEventListener("load", () => {
+  const c = $("mask"), w = maskImage.naturalWidth, h = maskImage.naturalHeight;
+  c.width = w; c.height = h;
+  const g = c.getContext("2d");
+  g.drawImage(maskImage, 0, 0);
+  const d = g.getImageData(0, 0, w, h), p = d.data, inside = new Uint8Array(w * h);
+  for (let i = 0; i < w * h; i++) inside[i] = p[4 * i] > 127;
+  const on = (x, y) => x >= 0 && y >= 0 && x < w && y < h && inside[y * w + x] === 1;
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+    const edge = !(on(x - 1, y) && on(x + 1, y) && on(x, y - 1) && on(x, y + 1));
+    p.set(on(x, y) ? [255, 0, 200, edge ? 255 : 90] : [0, 0, 0, 0], 4 * (y * w + x));
+  }
+  g.putImageData(d, 0, 0);
+  drawn = maskImage.getAttribute("src");
+  c.hidden = !maskShown();
+});
+
 function render() {
   if (!task || task.items.length === 0) return;
   const it = task.items[at], v = task.votes[it.sample_id];
   $("image").src = `image/${encodeURIComponent(it.sample_id)}`;
+  $("mask-toggle").hidden = !it.mask;
+  $("show-mask").checked = showMask;
+  const url = maskUrl(it);
+  if (it.mask && showMask && maskImage.getAttribute("src") !== url) maskImage.src = url;
+  $("mask").hidden = !maskShown();
   $("guide-fig").hidden = !it.guide;
   if (it.guide) $("guide").src = `guide/${encodeURIComponent(it.sample_id)}`;
   $("cls").textContent = it.class;
@@ -143,6 +175,7 @@ document.addEventListener("keydown", (e) => {
   else if (k === "n") enqueue(() => answer("no"));
   else if (k === "u") enqueue(() => answer("unsure"));
   else if (k === "x") enqueue(toggleFlag);
+  else if (k === "m") enqueue(() => { showMask = !showMask; render(); });
   else if ("12345".includes(k) && k.length === 1) enqueue(() => rate(Number(k)));
   else if (k === "arrowleft") enqueue(() => move(-1));
   else if (k === "arrowright") enqueue(() => move(1));
@@ -157,6 +190,10 @@ $("unsure").addEventListener("click", () => enqueue(() => answer("unsure")));
 $("unsafe").addEventListener("change", (e) => enqueue(() => {
   flags[task.items[at].sample_id] = !!e.target.checked;
   return update(task.items[at].sample_id);
+}));
+$("show-mask").addEventListener("change", (e) => enqueue(() => {
+  showMask = !!e.target.checked;
+  render();
 }));
 for (const b of document.querySelectorAll("[data-rate]"))
   b.addEventListener("click", () => enqueue(() => rate(Number(b.dataset.rate))));
