@@ -100,7 +100,8 @@ def _add_studies(wsub: Any) -> None:
     ev = wsub.add_parser(
         "evaluate-dream",
         help="label fidelity (oracles), change from the guide and diversity of a model's "
-        "img2img at several strengths and txt2img",
+        "img2img at several strengths, txt2img, and the modes that keep the object by its "
+        "mask (inpaint, harmonize, remove)",
     )
     ev.add_argument("--out", required=True, type=Path, help="folder for guides and dreams")
     ev.add_argument("--model", default="tiny-dream")

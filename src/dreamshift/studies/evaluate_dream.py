@@ -12,6 +12,12 @@ rows: the oracles' ceilings and the distance's floor; the guides' round trip thr
 model's autoencoder alone tells what the VAE changes before the UNet does anything. A last
 row dreams at strength 1.0 with the prompt of a *wrong* class (the next class in the list): its
 fg accuracy is measured against the prompted class, i.e. how often the image follows the prompt.
+The modes that keep the object by its mask follow (:data:`MASKED`: inpaint, harmonize,
+remove), and a row of each guide's own background without its animal: what ``remove`` should
+come to. Labels are always the guide's, so on removed images the fg oracle's accuracy is how
+often it still names the removed animal; *no animal* is the share of images on which the fg
+oracle is less sure than on 95 % of the guides (its top probability below their 5th
+percentile; the oracle has no "no animal" class).
 
 Run it with ``dreamshift world evaluate-dream --out DIR`` (about 15 minutes on 2 CPU cores).
 """
@@ -35,8 +41,11 @@ from dreamshift.world.animals import CLASSES
 from dreamshift.world.backgrounds import BACKGROUNDS
 
 STRENGTHS = (0.3, 0.5, 0.7, 0.8, 1.0)
-# the modes that keep the object (or remove it) by its mask: (mode, strength)
-MASKED = (("inpaint", 1.0), ("harmonize", 0.3), ("remove", 1.0))
+# the modes that keep the object (or remove it) by its mask: (mode, strength, class context)
+MASKED = (
+    ("inpaint", 1.0, True), ("inpaint", 0.8, True), ("inpaint", 0.6, False),
+    ("harmonize", 0.3, True), ("remove", 1.0, True),
+)  # fmt: skip
 PRESENT_QUANTILE = 0.05  # "no animal": the fg oracle less sure than on 95 % of the guides
 REFERENCE_PHOTOS_PER_GROUP = 10
 
@@ -192,7 +201,7 @@ def evaluate_dream(
     out: str | Path,
     model: str = "tiny-dream",
     strengths: tuple[float, ...] = STRENGTHS,
-    masked: tuple[tuple[str, float], ...] = MASKED,
+    masked: tuple[tuple[str, float, bool], ...] = MASKED,
     per_group: int = 2,
     steps: int = 30,
     guidance_scale: float = 7.5,
@@ -229,21 +238,26 @@ def evaluate_dream(
         scored("the guides' own backgrounds, no animal", [_backgrounds_alone(guides)], guides),
     ]
     wrong_recipe = write_wrong_class_recipe(out / "wrong-class-recipe.yaml")
-    settings = [(f"img2img {s:g}", "img2img", s, "d3s") for s in strengths]
+    settings = [(f"img2img {s:g}", "img2img", s, "d3s", True) for s in strengths]
     settings += [
-        ("txt2img", "txt2img", 1.0, "d3s"),
-        ("img2img 1, wrong class in prompt", "img2img", 1.0, str(wrong_recipe)),
+        ("txt2img", "txt2img", 1.0, "d3s", True),
+        ("img2img 1, wrong class in prompt", "img2img", 1.0, str(wrong_recipe), True),
     ]
-    settings += [(f"{mode} {s:g}", mode, s, "d3s") for mode, s in masked]
+    settings += [
+        (f"{mode} {s:g}" + ("" if context or mode == "remove" else ", background prompt only"),
+         mode, s, "d3s", context)
+        for mode, s, context in masked
+    ]  # fmt: skip
     dreamed = {}
-    for name, mode, strength, prompts in settings:
+    for name, mode, strength, prompts, context in settings:
         runs = []
         for seed in (0, 1):
             cfg = DreamConfig(
                 source=str(guides_dir), mode=mode, model=model, steps=steps, strength=strength,
                 guidance_scale=guidance_scale, seed=seed, shard_size=100, prompts=prompts,
+                class_context=context,
             )  # fmt: skip
-            tag = "-wrong" if prompts != "d3s" else ""
+            tag = "-wrong" if prompts != "d3s" else "" if context else "-no-class"
             target = out / f"{mode}-{strength:g}{tag}-seed{seed}"
             dream(cfg, target, workers=workers, batch_size=4, progress=progress)
             runs.append(_images(target))
