@@ -207,6 +207,10 @@ def test_removed_scenes_serve_as_backgrounds_and_as_the_audits_spurious_split(
     recipe = ShiftRecipe(train_size=0, val_per_group=0, test_per_group=1, anti_per_group=0)
     again = ComposeConfig(classes=("cat",), backgrounds=str(scenes), recipe=recipe)
     compose(again, tmp_path / "pasted", progress=False)  # scenes as compose's backgrounds
+    assert main(["grid", str(scenes), "--out", str(tmp_path / "grid.png")]) == 0
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape[0] == 14 + 64 + 2  # one row: the backgrounds alone, not empty classes
+    assert grid[14:78].std() > 10  # holding the scenes, not grey cells
     used = {r.bg_source for r in ds.read_rows(tmp_path / "pasted")}
     assert used <= {r.path for r in ds.read_rows(scenes)} and len(used) == 2
     results = tmp_path / "audit.jsonl"

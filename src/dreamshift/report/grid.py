@@ -1,7 +1,8 @@
 """``dreamshift grid``: one PNG with a sample image per (class, background) group.
 
-Rows are foreground classes, columns backgrounds; a group with no ok sample shows an empty
-grey cell. The first ok sample (lowest index) of each group is shown.
+Rows are foreground classes (and a last row for backgrounds alone, when there are some),
+columns backgrounds; a group with no ok sample shows an empty grey cell. The first ok sample
+(lowest index) of each group is shown.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def make_grid(root: str | Path, out: str | Path, split: str | None = None, cell:
         if r["status"] == ds.OK and (split is None or r["split"] == split):
             chosen.setdefault((r["fg_class"], r["bg_class"]), r["path"])
 
-    names: list[str | None] = list(classes) or [None]  # no classes: backgrounds alone, one row
+    with_class = any(c is not None for c, _ in chosen)
+    alone = any(c is None for c, _ in chosen) or not classes
+    # a row per class when any image has one; a last row for backgrounds alone (split spurious,
+    # a `dream --mode remove` run) when there are some
+    names: list[str | None] = (list(classes) if with_class else []) + ([None] if alone else [])
     label_w, label_h, gap = 8 * max(len(c or "background") for c in names) + 8, 14, 2
     width = label_w + len(bgs) * (cell + gap)
     height = label_h + len(names) * (cell + gap)
