@@ -32,7 +32,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --out $(DEMO)/dream --steps 20 --batch-size 4 --workers 2 --shard-size 50
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift regenerate $(DEMO)/dream $$($(PY) -c "import dreamshift.data.dataset as d; print(d.read_manifest('$(DEMO)/dream')['sample_id'][0])")
 	$(VENV)/bin/dreamshift grid $(DEMO)/dream --out $(DEMO)/dream_grid.png
-	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --mode inpaint --strength 1 --out $(DEMO)/inpaint --steps 20 --batch-size 4 --workers 2 --shard-size 50
+	HF_HUB_OFFLINE=1 $(VENV)/bin/dreamshift dream $(DEMO)/paste --splits test --mode inpaint --strength 0.6 --no-class-context --out $(DEMO)/inpaint --steps 20 --batch-size 4 --workers 2 --shard-size 50
 	$(VENV)/bin/dreamshift grid $(DEMO)/inpaint --out $(DEMO)/inpaint_grid.png
 	$(VENV)/bin/dreamshift verify $(DEMO)/dream --oracle world --oracle world-cnn
 	rm -f $(DEMO)/audit.jsonl
