@@ -106,6 +106,7 @@ def test_masked_modes_keep_the_guides_pixels_outside_the_band(
                 ds.SPURIOUS, None, None, None)  # fmt: skip
             assert row.bg_class == g.bg_class and "cat" not in str(row.prompt)
             assert row.prompt == f"a photo {'on grass' if g.bg_class == 'grass' else 'in snow'}"
+            assert row.prompt_template == "a photo ${background}"
         else:  # the object is where its mask says: the mask is carried
             assert (row.split, row.fg_class) == (g.split, g.fg_class)
             assert np.array_equal(_pixels(tmp_path / mode, row.mask_path), mask)

@@ -44,6 +44,8 @@ PLACEHOLDERS = {
     "background": "the background label's phrase in the recipe's 'backgrounds'",
     "background_name": "the background label, underscores read as spaces",
 }
+# the prompt for a scene alone: with the recipe's phrase for its background, or its label
+BACKGROUND_TEMPLATES = ("a photo ${background}", "a photo of ${background_name}")
 WNID_SUFFIX = re.compile(r"_n\d{8}$")  # ImageNet's twice-used lemmas: crane_n02012849
 _KEYS = {"name", "templates", "negative_prompt", "backgrounds", "definitions", "definitions_from"}
 
@@ -74,16 +76,23 @@ class Recipe:
         }
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
-    def render_background(self, bg_class: str | None) -> str:
-        """A prompt for the scene alone (``dream --mode remove``; ``inpaint`` without class
-        context): "a photo" and the background's phrase, or its label where the recipe has
-        no phrase for it.
+    def background_template(self, bg_class: str | None) -> str:
+        """The template of the prompt for the scene alone (``dream --mode remove``; ``inpaint``
+        without class context): "a photo" and the background's phrase, or its label where the
+        recipe has no phrase for it."""
+        return BACKGROUND_TEMPLATES[0 if self.backgrounds.get(bg_class or "") else 1]
 
-        >>> load_recipe("d3s").render_background("grass")
-        'a photo on grass'
+    def render_background(self, bg_class: str | None) -> str:
+        """The prompt for the scene alone (see :meth:`background_template`).
+
+        >>> d3s, imagenet_g = load_recipe("d3s"), load_recipe("imagenet-g")
+        >>> d3s.render_background("grass"), imagenet_g.render_background("snow")
+        ('a photo on grass', 'a photo of snow')
         """
-        phrase = self.backgrounds.get(bg_class or "")
-        return f"a photo {phrase}" if phrase else f"a photo of {(bg_class or '').replace('_', ' ')}"
+        return Template(self.background_template(bg_class)).substitute(
+            background=self.backgrounds.get(bg_class or "", ""),
+            background_name=(bg_class or "").replace("_", " "),
+        )
 
     def uses(self, placeholder: str) -> bool:
         return any(placeholder in Template(t).get_identifiers() for t in self.templates)

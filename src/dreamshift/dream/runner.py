@@ -89,7 +89,6 @@ _COMPOSITION = (
     "appearance", "coat_class",
 )  # fmt: skip
 _LIBRARIES = ("torch", "diffusers", "transformers", "numpy", "pillow", "safetensors")
-BACKGROUND_TEMPLATE = "a photo ${background}"  # the scene alone: Recipe.render_background
 
 
 @dataclass(frozen=True)
@@ -313,7 +312,8 @@ def _plan_specs(
             template = recipe.templates[t]
             prompt = recipe.render(t, row.fg_class, row.bg_class)
             if cfg.mode == "remove" or (cfg.mode == "inpaint" and not cfg.class_context):
-                template, prompt = BACKGROUND_TEMPLATE, recipe.render_background(row.bg_class)
+                template = recipe.background_template(row.bg_class)
+                prompt = recipe.render_background(row.bg_class)
             negative = resolved["negative_prompt"]
         specs.append(DreamSpec(index, sample_id, seed, prompt, negative, template, row))
     return specs
