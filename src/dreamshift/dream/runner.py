@@ -544,7 +544,7 @@ def _make_batch(
             [request for _, request, _ in todo], cfg.steps, cfg.strength, cfg.guidance_scale, w, h
         )
         for (i, request, keep), pixels in zip(todo, images, strict=True):
-            if keep is not None and mode in MASKED_MODES:
+            if keep is not None:  # a masked mode
                 pixels = restore(pixels, np.asarray(request.guide), keep, cfg.feather)
             rows[i] = _finished(rows[i], pixels, writer)
     return rows
@@ -718,7 +718,7 @@ def _remake(
     if mode in MASKED_MODES:
         keep = kept_region(mode, guide_mask(plan.source, guide, size), int(row.grow or 0))
     req = _request(str(row.prompt), str(row.negative_prompt), int(row.seed or 0), img, keep,
-                   row.fg_class or guide.fg_class, mode)  # fmt: skip
+                   guide.fg_class, mode)  # fmt: skip
     pixels = dreamer.generate(
         [req], int(row.steps or 0), row.strength or 0.0, float(row.guidance_scale or 0), *size
     )[0]

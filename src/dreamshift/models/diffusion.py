@@ -437,7 +437,6 @@ class Dreamer:
         import torch
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        self.mode = mode
         self.device = runtime["device"]
         if self.device == "cpu":
             torch.set_num_threads(int(runtime["threads"]))

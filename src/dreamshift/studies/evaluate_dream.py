@@ -82,8 +82,8 @@ def wrong_class(c: str) -> str:
     return CLASSES[(CLASSES.index(c) + 1) % len(CLASSES)]
 
 
-def _top_probability(oracle: Any, images: np.ndarray) -> np.ndarray:
-    logits = oracle.logits(images)
+def _top_probability(logits: np.ndarray) -> np.ndarray:
+    """The softmax probability of each row's top class."""
     p = np.exp(logits - logits.max(1, keepdims=True))
     return (p / p.sum(1, keepdims=True)).max(1)
 
@@ -104,16 +104,16 @@ def _score(
     ids = [k for k in first if all(k in r for r in runs)]
     images = np.stack([first[k][0] for k in ids])
     labels = [(guides.get(k) or first[k])[1] for k in ids]
-    hits, named = {}, {}
+    hits, logits = {}, {}
     for kind, col, names in (("fg", "fg_class", CLASSES), ("shape", "fg_class", CLASSES),
                              ("bg", "bg_class", BACKGROUNDS)):  # fmt: skip
         truth = np.array([names.index(label[col]) for label in labels])
-        named[kind] = oracles[kind].logits(images).argmax(1)
-        hits[kind] = float((named[kind] == truth).mean())
+        logits[kind] = oracles[kind].logits(images)
+        hits[kind] = float((logits[kind].argmax(1) == truth).mean())
     followed = None
     if prompted:
         truth = np.array([CLASSES.index(wrong_class(first[k][1]["fg_class"])) for k in ids])
-        followed = float((named["fg"] == truth).mean())
+        followed = float((logits["fg"].argmax(1) == truth).mean())
     distance = frechet_distance(oracles["fg"].features(images), reference)
     guide = np.stack([guides[k][0] for k in ids]).astype(np.float32) if guides else None
     change = float(np.abs(images.astype(np.float32) - guide).mean()) if guide is not None else 0.0
@@ -123,7 +123,7 @@ def _score(
         diversity = float(np.abs(images.astype(np.float32) - other).mean())
     no_animal = None
     if present is not None:
-        no_animal = float((_top_probability(oracles["fg"], images) < present).mean())
+        no_animal = float((_top_probability(logits["fg"]) < present).mean())
     return Row(name, len(ids), hits["fg"], hits["shape"], hits["bg"], distance, change,
                diversity, followed, no_animal)  # fmt: skip
 
@@ -228,7 +228,9 @@ def evaluate_dream(
     reference_features = oracle["fg"].features(reference)
     guides = _images(guides_dir)
     guide_pixels = np.stack([v[0] for v in guides.values()])
-    present = float(np.quantile(_top_probability(oracle["fg"], guide_pixels), PRESENT_QUANTILE))
+    present = float(
+        np.quantile(_top_probability(oracle["fg"].logits(guide_pixels)), PRESENT_QUANTILE)
+    )
     scored = functools.partial(_score, oracles=oracle, reference=reference_features,
                                present=present)  # fmt: skip
     rows = [
