@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import tree_digest
 from dreamshift.cli import main
-from dreamshift.compose.sources import FolderBackgrounds, FolderForegrounds
+from dreamshift.world.sources import FolderBackgrounds, FolderForegrounds
 from dreamshift.data import dataset as ds
 from dreamshift.errors import BadInputError
 from dreamshift.seeding import rng_for

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dreamshift.cli import main
-from dreamshift.compose.sources import _split_of
+from dreamshift.world.sources import _split_of
 from dreamshift.data import dataset as ds
 from dreamshift.data.imagenet import synset_table
 from dreamshift.dream.prompts import load_recipe

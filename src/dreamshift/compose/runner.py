@@ -34,13 +34,8 @@ from PIL import Image, ImageFilter
 
 import dreamshift
 from dreamshift.compose.config import ComposeConfig, saved_config
-from dreamshift.compose.sources import (
-    BackgroundSource,
-    ForegroundSource,
-    background_source,
-    foreground_source,
-)
 from dreamshift.data import dataset as ds
+from dreamshift.data.recombine import BackgroundSource
 from dreamshift.data.schema import SplitCounts
 from dreamshift.engine.executors import Executor, LocalPool
 from dreamshift.engine.output import claim_output
@@ -55,6 +50,7 @@ from dreamshift.engine.shards import (
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.seeding import derive_seed, rng_for
 from dreamshift.world.photo import render_photo
+from dreamshift.world.sources import ForegroundSource, background_source, foreground_source
 
 # which held-out silhouettes each split draws from: anti-correlated images are test images
 FOREGROUND_SPLIT = {

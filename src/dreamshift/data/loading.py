@@ -27,6 +27,7 @@ from PIL import Image
 
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import read_checked
+from dreamshift.data.masks import read_mask
 from dreamshift.data.verification import verified_ids
 from dreamshift.errors import BadInputError, DreamshiftError
 
@@ -146,6 +147,11 @@ def source_key(text: str, split: str) -> list[Any]:
     return [content or path, named_split or split, weight]
 
 
+def _bytes(texts: Sequence[str | None]) -> np.ndarray:
+    """A flat array of ``texts`` as bytes ('' for None)."""
+    return np.array([(t or "").encode() for t in texts], dtype=bytes)
+
+
 @dataclass(frozen=True)
 class ImageTable:
     """The images of one or several (dataset directory, split)s, by reference: where each file
@@ -161,6 +167,8 @@ class ImageTable:
     sha256: np.ndarray  # (N,) bytes: the manifest's sha256 ('' when it records none)
     y: torch.Tensor  # (N,) class index (-1: a background alone)
     bg: torch.Tensor  # (N,) background index
+    mask_paths: np.ndarray  # (N,) bytes: the object's mask, relative to its root ('': none)
+    mask_sha256: np.ndarray  # (N,) bytes
 
     @classmethod
     def of_rows(
@@ -178,6 +186,8 @@ class ImageTable:
             sha256=np.array([(r.get("sha256") or "").encode() for r in rows], dtype=bytes),
             y=torch.tensor([class_index.get(r["fg_class"], -1) for r in rows], dtype=torch.long),
             bg=torch.tensor([bg_index[r["bg_class"]] for r in rows], dtype=torch.long),
+            mask_paths=_bytes([r.get("mask_path") for r in rows]),
+            mask_sha256=_bytes([r.get("mask_sha256") for r in rows]),
         )
 
     @classmethod
@@ -191,12 +201,15 @@ class ImageTable:
             sha256=np.concatenate([t.sha256 for t in tables]),
             y=torch.cat([t.y for t in tables]),
             bg=torch.cat([t.bg for t in tables]),
+            mask_paths=np.concatenate([t.mask_paths for t in tables]),
+            mask_sha256=np.concatenate([t.mask_sha256 for t in tables]),
         )
 
     def take(self, keep: torch.Tensor) -> ImageTable:
         idx = keep.numpy()
         return ImageTable(self.roots, self.made_by, self.source[idx], self.paths[idx],
-                          self.sha256[idx], self.y[keep], self.bg[keep])  # fmt: skip
+                          self.sha256[idx], self.y[keep], self.bg[keep],
+                          self.mask_paths[idx], self.mask_sha256[idx])  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.y)
@@ -212,8 +225,21 @@ class ImageTable:
                   f"command that made {root}")  # fmt: skip
         return read_checked(self.path(i), self.sha256[i].decode(), remedy)
 
+    def read_mask(self, i: int, size: tuple[int, int]) -> np.ndarray:
+        """Image ``i``'s object mask, (H, W) bool for ``size`` (width, height), checked against
+        the manifest's sha256; all False where it has none. A missing or changed file raises
+        :class:`BadInputError` naming it."""
+        rel = self.mask_paths[i].decode()
+        if not rel:
+            return np.zeros(size[::-1], bool)
+        root = self.roots[int(self.source[i])]
+        remedy = (f"restore it, or re-run the `dreamshift {self.made_by[int(self.source[i])]}` "
+                  f"command that made {root}")  # fmt: skip
+        return read_mask(root / rel, self.mask_sha256[i].decode() or None, size, remedy)
 
-READ_COLUMNS = ("sample_id", "status", "split", "path", "sha256", "fg_class", "bg_class")
+
+READ_COLUMNS = ("sample_id", "status", "split", "path", "sha256", "fg_class", "bg_class",
+                "mask_path", "mask_sha256")  # fmt: skip
 
 
 def split_table(
@@ -249,6 +275,8 @@ def split_table(
         sha256=np.array([h or "" for h in table["sha256"].to_pylist()], dtype=bytes),
         y=torch.from_numpy(y.to_numpy(zero_copy_only=False).astype(np.int64)),
         bg=torch.from_numpy(bg.to_numpy(zero_copy_only=False).astype(np.int64)),
+        mask_paths=_bytes(table["mask_path"].to_pylist()),
+        mask_sha256=_bytes(table["mask_sha256"].to_pylist()),
     )
 
 

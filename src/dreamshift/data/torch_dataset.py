@@ -63,6 +63,7 @@ from PIL import Image
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import ImageTable, usable_rows
 from dreamshift.data.masks import MASK_CARRYING_MODES, read_mask
+from dreamshift.data.recombine import Recombination
 from dreamshift.data.transforms import Preprocessing, augment_image
 from dreamshift.data.verification import only_verified
 from dreamshift.errors import BadInputError, DreamshiftError
@@ -92,25 +93,39 @@ class StreamedImages(torch.utils.data.Dataset):
     """The images of ``table`` as model inputs, preprocessed by ``prep``. With ``seed``,
     items are keyed by ``(epoch, draw, index)`` and augmented (flip + padded crop,
     :func:`~dreamshift.data.transforms.augment_image`) from a generator seeded by
-    (seed, epoch, draw); without, keyed by the index and not augmented."""
+    (seed, epoch, draw); without, keyed by the index and not augmented. ``recombine`` (with
+    ``seed``): each image first goes through it (ForAug's recombination, its object on a new
+    background), drawn from a generator seeded by (seed, "recombine", epoch, draw); the item's
+    background is then the new one."""
 
-    def __init__(self, table: ImageTable, prep: Preprocessing, seed: int | None = None):
-        self.table, self.prep, self.seed = table, prep, seed
+    def __init__(
+        self,
+        table: ImageTable,
+        prep: Preprocessing,
+        seed: int | None = None,
+        recombine: Recombination | None = None,
+    ):
+        self.table, self.prep, self.seed, self.recombine = table, prep, seed, recombine
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, key: int | Key) -> tuple[torch.Tensor, int, int, int] | BadImage:
         epoch, draw, i = key if isinstance(key, tuple) else (-1, -1, key)
+        bg = int(self.table.bg[i])
         try:
             pixels = self.table.read(i)
+            if self.recombine is not None and self.seed is not None:
+                rng = np.random.default_rng(derive_seed(self.seed, "recombine", epoch, draw))
+                mask = self.table.read_mask(i, (pixels.shape[1], pixels.shape[0]))
+                pixels, bg = self.recombine(pixels, mask, bg, rng)
         except BadInputError as exc:
             return BadImage(str(exc))
         x = self.prep(pixels[None])[0]  # (3, S, S)
         if self.seed is not None:
             g = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, draw))
             x = augment_image(x, g)
-        return x, int(self.table.y[i]), int(self.table.bg[i]), i
+        return x, int(self.table.y[i]), bg, i
 
 
 def collate(items: list[Any]) -> Images | BadImage:

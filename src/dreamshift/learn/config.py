@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from dreamshift.config import Choices, Config, option
 from dreamshift.data import dataset as ds
+from dreamshift.data.recombine import POSITIONS as RECOMBINE_POSITIONS
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.hparams import Hparams
 from dreamshift.train.run_folder import CONFIG, DONE
@@ -100,6 +101,29 @@ class LearnConfig(Config):
     train_size: int = option(
         0, "images kept of each source (0: all), class-balanced, nested across sizes"
     )
+    recombine: str = option(
+        "",
+        "ForAug (Nauen et al. 2025): paste each training image's object, cut by its mask, on "
+        "a background drawn afresh at every step from SOURCE: world (the world's scenes), a "
+        "folder of SOURCE/<background>/ images, or a dataset of backgrounds alone (`dreamshift "
+        "backgrounds`, `dream --mode remove`)",
+        metavar="SOURCE", shown="no recombination",
+    )  # fmt: skip
+    recombine_p: float = option(1.0, "--recombine: the share of draws recombined")
+    recombine_rho: float = option(
+        0.0,
+        "--recombine: how often the new background keeps the image's own background label; "
+        "else any label, uniformly (0: uniform)",
+    )
+    recombine_scale: tuple[float, float] | None = option(
+        None, "--recombine: the object's longer side / the image's shorter side, S or MIN,MAX",
+        shown="the object's own size", metavar="SCALE")  # fmt: skip
+    recombine_position: str = option(
+        "uniform", "--recombine: where the object goes: uniform (anywhere it fits), center, or "
+        "keep (its own place and size)")  # fmt: skip
+    recombine_feather: float = option(
+        1.0, "--recombine: radius in px of the smoothing of the object's edge"
+    )
     mixed_precision: str = option("no", "bf16 autocast (on GPUs; 10-30x slower on most CPUs)")
     grad_accumulation: int = option(
         1,
@@ -142,6 +166,7 @@ class LearnConfig(Config):
         "use": ("all", "real", "generated"),
         "mixed_precision": PRECISIONS,
         "finetune": _finetune_methods,
+        "recombine_position": RECOMBINE_POSITIONS,
     }
 
     def validate(self) -> None:
@@ -175,6 +200,8 @@ class LearnConfig(Config):
             )
         if not 0.0 < self.real_weight < 1.0:
             raise DreamshiftError(f"--real-weight {self.real_weight} must lie in (0, 1)")
+        if self.recombine:
+            self._check_recombine()
         if self.train_size < 0:
             raise DreamshiftError(f"--train-size {self.train_size} must be >= 0 (0: all)")
         sources = [parse_source(t) for t in self.train]
@@ -212,6 +239,25 @@ class LearnConfig(Config):
                     f"--features-from {self.features_from} was trained at input size {size}, "
                     f"this run at {self.input_size}: pass --input-size {size}"
                 )
+
+    def _check_recombine(self) -> None:
+        if not (0.0 <= self.recombine_p <= 1.0 and 0.0 <= self.recombine_rho <= 1.0):
+            raise DreamshiftError(
+                f"--recombine-p {self.recombine_p} and --recombine-rho {self.recombine_rho} "
+                "must lie in [0, 1]"
+            )
+        scale = self.recombine_scale
+        if scale is not None and not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise DreamshiftError(
+                f"--recombine-scale {scale[0]},{scale[1]}: give MIN,MAX with 0 < MIN <= MAX <= 1"
+            )
+        if self.recombine_feather < 0:
+            raise DreamshiftError(f"--recombine-feather {self.recombine_feather} must be >= 0")
+        if self.recombine != "world" and not Path(self.recombine).is_dir():
+            raise DreamshiftError(
+                f"--recombine {self.recombine}: no such folder; give world, a folder of "
+                "<background>/ images or a dataset of backgrounds alone"
+            )
 
     def tuning(self) -> Any:
         """The fine-tuning this run asks for (a ``dreamshift.models.finetune.Finetune``)."""

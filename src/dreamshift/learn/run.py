@@ -45,6 +45,7 @@ from dreamshift.data.loading import (
     split_table,
     training_sources,
 )
+from dreamshift.data.recombine import Recombination
 from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images, StreamedImages, loader
 from dreamshift.data.transforms import Preprocessing
 from dreamshift.engine.results import RESULTS, append_record
@@ -76,6 +77,7 @@ from dreamshift.train.run_folder import (
     check_sweep,
 )
 from dreamshift.train.schedules import lr_factor
+from dreamshift.world.sources import background_source
 
 LEGACY_CHECKPOINT = "checkpoint.pt"  # earlier versions: read with weights_only=True only
 
@@ -110,6 +112,11 @@ def run_folder(out: Path, cfg: LearnConfig, dataset_hash: str, processes: int = 
     if cfg.features_from:  # the source run by its weights, not by where it lies
         config.pop("features_from")
         payload["features_from"] = classifier_fingerprint(cfg.features_from)
+    if cfg.recombine not in ("", "world"):  # a dataset of backgrounds by its content
+        meta_path = Path(cfg.recombine) / ds.DATASET_JSON
+        if meta_path.is_file() and ds.DatasetMeta.read(cfg.recombine).content_hash:
+            config.pop("recombine")
+            payload["recombine"] = ds.DatasetMeta.read(cfg.recombine).content_hash
     if processes > 1:
         payload["processes"] = processes
     text = json.dumps(payload, sort_keys=True)
@@ -333,6 +340,7 @@ def learn(
         log(f"{folder} is done: skipped")
         return folder
     data = _training_data(root, cfg, classes, backgrounds, procs.size)
+    recombine = recombination(cfg, data.table, backgrounds)
     resuming = (folder / CHECKPOINT).exists()  # the checkpoint holds a fitted eraser
     algo, prep = build(cfg, classes, len(backgrounds), fit_eraser=not resuming)
     if cfg.finetune:
@@ -344,8 +352,8 @@ def learn(
         write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
         mark_folder(folder, "learn-run")
     end_epoch = _per_epoch_validation(algo, root, cfg, prep, procs, loader_workers, log)
-    history = _fit(algo, cfg, data, prep, procs, folder, loader_workers, checkpoint_every,
-                   log, end_epoch)  # fmt: skip
+    history = _fit(algo, cfg, data, recombine, prep, procs, folder, loader_workers,
+                   checkpoint_every, log, end_epoch)  # fmt: skip
     split_metrics = _evaluate_run(algo, root, cfg, data, prep, procs, loader_workers)
     results = {"run": folder.name, **record, "history": history, "splits": split_metrics}
     if procs.is_main:
@@ -377,6 +385,36 @@ def _training_data(
     return data
 
 
+def recombination(
+    cfg: LearnConfig, table: ImageTable, backgrounds: list[str]
+) -> Recombination | None:
+    """ForAug's recombination of the training images that ``--recombine`` asks for (Nauen et
+    al. 2025), checked: every training image has its object's mask, and the source has every
+    background of the dataset."""
+    if not cfg.recombine:
+        return None
+    lacking = np.flatnonzero(table.mask_paths == b"")
+    if len(lacking):
+        i = int(lacking[0])
+        root, stage = table.roots[int(table.source[i])], table.made_by[int(table.source[i])]
+        remedy = (
+            "it was dreamed with a mode that draws the object anew (train on its guides, or "
+            "dream them with --mode inpaint, harmonize or paste, which keep their masks)"
+            if stage == "dream"
+            else f"compose it again with masks, same settings: dreamshift compose --config "
+            f"{root}/dataset.json --out NEW"
+        )
+        raise DreamshiftError(
+            f"--recombine cuts each training image's object out by its mask, and {len(lacking)} "
+            f"of the {len(table)} training images have none (e.g. {table.path(i)} of {root}): "
+            + remedy
+        )
+    return Recombination(
+        background_source(cfg.recombine), tuple(backgrounds), cfg.recombine_p,
+        cfg.recombine_rho, cfg.recombine_scale, cfg.recombine_position, cfg.recombine_feather,
+    )  # fmt: skip
+
+
 def _run_record(
     cfg: LearnConfig,
     root: Path,
@@ -406,6 +444,7 @@ def _fit(
     algo: Algorithm,
     cfg: LearnConfig,
     data: TrainingSources,
+    recombine: Recombination | None,
     prep: Preprocessing,
     procs: Processes,
     folder: Path,
@@ -414,13 +453,14 @@ def _fit(
     log: Any,
     end_epoch: Callable[[int], dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
-    """Train ``algo`` for ``cfg.epochs`` on the streamed images, checkpointing into
+    """Train ``algo`` for ``cfg.epochs`` on the streamed images (recombined by
+    ``recombine``), checkpointing into
     ``folder`` (and resuming from its checkpoint); returns the per-epoch history."""
     algo.to(procs.device)
     algo.average_gradients = procs.average_gradients
     batches = EpochBatches(len(data.table), cfg.batch_size, cfg.seed, data.sampling_weights,
                            procs.rank, procs.size)  # fmt: skip
-    images = StreamedImages(data.table, prep, seed=cfg.seed)
+    images = StreamedImages(data.table, prep, seed=cfg.seed, recombine=recombine)
     total_steps = cfg.epochs * batches.steps
     bf16 = cfg.mixed_precision == "bf16"
 

@@ -276,7 +276,7 @@ def evaluate_dream(
 
 def _backgrounds_alone(guides: Images) -> Images:
     """Each guide's own background without its animal: what ``remove`` should come to."""
-    from dreamshift.compose.sources import WorldBackgrounds
+    from dreamshift.world.sources import WorldBackgrounds
 
     scenes = WorldBackgrounds()
     return {k: (np.asarray(scenes.image(r["bg_source"], img.shape[0])), r)

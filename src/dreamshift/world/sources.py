@@ -24,6 +24,7 @@ from PIL import Image
 from dreamshift.data.imagenet import synset_table
 from dreamshift.data.images import flip_rotate, load_image
 from dreamshift.data.masks import MASK_SUFFIX
+from dreamshift.data.recombine import BackgroundSource
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.world import animals, appearance, backgrounds
 
@@ -46,14 +47,6 @@ class ForegroundSource(Protocol):
         ``coat_class``: paint the world's silhouette in that class's typical coat (None: a
         random coat); other sources keep their own pixels."""
         ...
-
-
-class BackgroundSource(Protocol):
-    names: tuple[str, ...]
-
-    def choose(self, name: str, rng: np.random.Generator) -> str: ...
-
-    def image(self, source_id: str, size: int) -> Image.Image: ...
 
 
 class WorldForegrounds:
@@ -290,15 +283,21 @@ def foreground_source(
 
 
 def _dataset_backgrounds(root: Path) -> dict[str, list[str]]:
-    """label -> image paths of a dataset directory's usable rows, by ``bg_class``."""
+    """label -> image paths of a dataset directory's usable images of backgrounds alone (no
+    object: ``dreamshift backgrounds``, ``dream --mode remove``, a split ``spurious``), by
+    ``bg_class``."""
     from dreamshift.data import dataset as ds
 
     out: dict[str, list[str]] = {}
     for r in ds.read_rows(root):
-        if r.status == ds.OK and r.bg_class and r.path:
+        if r.status == ds.OK and r.bg_class and r.path and not r.fg_class:
             out.setdefault(r.bg_class, []).append(r.path)
     if not out:
-        raise DreamshiftError(f"background dataset {root} has no usable images")
+        raise DreamshiftError(
+            f"background dataset {root} has no usable images of backgrounds alone (rows "
+            "without fg_class): make them with `dreamshift backgrounds` or `dreamshift dream "
+            "--mode remove`"
+        )
     return {label: sorted(paths) for label, paths in out.items()}
 
 
