@@ -16,7 +16,9 @@ both its training loop alone (the per-epoch figure a run records) and the whole 
 costs weigh heavily on a run this short). The same for a run on two training sources (the
 dataset and its paste-mode "dream", a generated source) drawn by DataDream's weighted mix
 (``--train A --train B --mix weighted``): the mixed loader must keep the loop's ratio. Also
-printed: the same bare loop under bfloat16 autocast, to show whether it helps on this CPU.
+printed: the same bare loop under bfloat16 autocast, to show whether it helps on this CPU, and
+`learn --recombine world` (ForAug's recombination in the loader workers; aim: >= 0.8 of learn
+without it).
 Run: `make bench-learn` or `.venv/bin/python bench/learn.py`.
 """
 
@@ -110,13 +112,20 @@ def handwritten_loop(
 
 
 def learn_run(
-    root: Path, out: Path, arch: str, batch: int, epochs: int, train: tuple[str, ...] = ()
+    root: Path,
+    out: Path,
+    arch: str,
+    batch: int,
+    epochs: int,
+    train: tuple[str, ...] = (),
+    recombine: str = "",
 ) -> tuple[float, float]:
     """Seconds of the whole `learn` call, and the images/s of its training loop alone (batch
     assembly, augmentation and update; the mean of the per-epoch figures it records). With
-    ``train``, those sources in DataDream's weighted mix."""
+    ``train``, those sources in DataDream's weighted mix; with ``recombine``, ForAug's
+    recombination on backgrounds from it."""
     cfg = LearnConfig(algorithm="erm", arch=arch, epochs=epochs, batch_size=batch, train=train,
-                      mix="weighted" if train else "concat")  # fmt: skip
+                      mix="weighted" if train else "concat", recombine=recombine)  # fmt: skip
     start = time.perf_counter()
     folder = learn(root, out, cfg, log=lambda *_: None)
     seconds = time.perf_counter() - start
@@ -154,7 +163,7 @@ def main() -> None:
         dream(DreamConfig(source=str(root), mode="paste", splits=("train",)), generated,
               progress=False)  # fmt: skip
         sources = (f"{root}:train", f"{generated}:train")
-        bare, hand, ours, loops, mixed = [], [], [], [], []
+        bare, hand, ours, loops, mixed, recombined = [], [], [], [], [], []
         for k in range(args.repeats):
             bare.append(bare_loop(args.arch, x, y, args.batch, args.epochs))
             hand.append(handwritten_loop(args.arch, paths, labels, args.batch, args.epochs))
@@ -165,7 +174,10 @@ def main() -> None:
             loops.append(loop)
             mixed.append(learn_run(root, Path(tmp) / f"mixed{k}", args.arch, args.batch,
                                    args.epochs, sources)[1])  # fmt: skip
+            recombined.append(learn_run(root, Path(tmp) / f"recombined{k}", args.arch,
+                                        args.batch, args.epochs, recombine="world")[1])  # fmt: skip
         b, h, o, lo, mi = n / min(bare), n / min(hand), n / min(ours), max(loops), max(mixed)
+        re = max(recombined)
         few = x[: 4 * args.batch]  # bf16 can be far slower on CPUs without AMX: 4 steps
         bf16 = len(few) / bare_loop(args.arch, few, y, args.batch, 1, bf16=True)
         print(f"bare loop          {b:7.1f} img/s")
@@ -175,6 +187,8 @@ def main() -> None:
               f"to the hand-written loader {lo / h:.2f}")  # fmt: skip
         print(f"dreamshift learn, end to end      {o:7.1f} img/s   ratio {o / b:.2f}")
         print(f"learn, 2 sources weighted, loop   {mi:7.1f} img/s   ratio {mi / b:.2f}")
+        print(f"learn --recombine world, loop     {re:7.1f} img/s   ratio {re / b:.2f}   "
+              f"to learn without {re / lo:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from PIL import Image
 
 from conftest import tree_digest
 from dreamshift.cli import main
-from dreamshift.world.sources import FolderBackgrounds, FolderForegrounds
 from dreamshift.data import dataset as ds
 from dreamshift.errors import BadInputError
 from dreamshift.seeding import rng_for
+from dreamshift.world.sources import FolderBackgrounds, FolderForegrounds
 
 
 @pytest.fixture

@@ -278,13 +278,15 @@ def _other_value(f, default, owner):
     hint = typing.get_type_hints(owner)[f.name]
     if f.name == "assignment":
         return (("cat", "grass"),), [flag, "cat=grass"]
-    if f.name == "scale":
+    if f.name in ("scale", "recombine_scale"):
         return (0.3, 0.5), [flag, "0.3,0.5"]
     if typing.get_origin(hint) is tuple:
         if f.metadata["repeat"]:
             return ("a", "b"), [flag, "a", flag, "b"]
         if typing.get_args(hint)[0] is int:
             return (7, 8), [flag, "7,8"]
+        if typing.get_args(hint)[0] is float:
+            return (0.25, 0.5), [flag, "0.25,0.5"]
         return ("a", "b"), [flag, "a,b"]
     if isinstance(default, float):
         return default + 0.25, [flag, str(default + 0.25)]

@@ -189,7 +189,7 @@ def test_content_hash_of_random_pastes_is_the_hash_from_before_coats_existed():
     d = legacy.to_dict()  # the dict dreamshift hashed before coat, render, ... existed
     for key in ("shard_size", "coat", "render", "paste", "class_names", "per_class"):
         d.pop(key)
-    for key in ("spurious_per_class", "conflict_per_group"):
+    for key in ("spurious_per_class", "conflict_per_group", "scale_bins", "position_bins"):
         d["recipe"].pop(key)
     digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
     assert legacy.content_hash() == digest
@@ -424,3 +424,98 @@ def test_d3s_presets_resolve_to_the_official_settings_and_flags_win(tmp_path):
         0.0,
     )
     assert "d3s" in parser._subparsers._group_actions[0].choices["dream"].format_help()
+
+
+# ForAug's size and center bias: the test samples again at fixed scales and grid positions
+BINS = ShiftRecipe(train_size=0, val_per_group=0, test_per_group=1, anti_per_group=0,
+                   scale_bins=(0.25, 0.5), position_bins=3)  # fmt: skip
+NO_TURN = Placement(scale=(0.2, 0.4), max_rotation=0)  # the cut-out's side is exactly the scale's
+
+
+@pytest.fixture(scope="module")
+def bins_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bins") / "ds"
+    result = compose(small_config(size=48, recipe=BINS, placement=NO_TURN), root, progress=False)
+    assert result.num_failed == 0
+    return root
+
+
+def _copies(rows, split):
+    """Each test row with its rows in ``split``, in index order (made from its seed)."""
+    tests = [r for r in rows if r["split"] == ds.TEST]
+    return [(t, [r for r in rows if r["split"] == split and r["seed"] == t["seed"]])
+            for t in tests]  # fmt: skip
+
+
+def test_size_split_holds_every_test_sample_at_each_scale_at_the_centre(bins_dataset):
+    rows = ds.read_manifest(bins_dataset).to_pylist()
+    assert Counter(r["split"] for r in rows) == {"test": 9, "size": 18, "position": 81}
+    meta = ds.DatasetMeta.read(bins_dataset)
+    assert meta.splits["size"].num_samples == 18 and meta.splits["position"].num_samples == 81
+    chash = meta.content_hash
+    assert [r["sample_id"] for r in rows] == [f"{chash}-{i:07d}" for i in range(len(rows))]
+    for t, copies in _copies(rows, ds.SIZE):
+        assert [r["scale"] for r in copies] == [0.25, 0.5]
+        for r in copies:
+            same = ("fg_class", "bg_class", "fg_source", "bg_source", "coat_class", "aligned")
+            assert all(r[k] == t[k] for k in same) and r["status"] == ds.OK
+            w, h = r["box_w"], r["box_h"]
+            assert max(w, h) == max(4, round(r["scale"] * 48))  # as compose sizes the cut-out
+            assert (r["box_x"], r["box_y"]) == ((48 - w) // 2, (48 - h) // 2)
+            mask = np.asarray(Image.open(bins_dataset / r["mask_path"]))
+            ys, xs = np.nonzero(mask)
+            assert (xs.min(), ys.min()) >= (r["box_x"], r["box_y"])
+            assert (xs.max(), ys.max()) < (r["box_x"] + w, r["box_y"] + h)
+
+
+def test_position_split_centres_every_test_sample_in_each_grid_cell(bins_dataset):
+    rows = ds.read_manifest(bins_dataset).to_pylist()
+    cell = 48 / 3
+    for t, copies in _copies(rows, ds.POSITION):
+        assert len(copies) == 9 and all(r["fg_source"] == t["fg_source"] for r in copies)
+        for k, r in enumerate(copies):  # row by row
+            assert r["scale"] == 0.2 and r["mask_path"] is not None
+            x, y, w, h = (r[f"box_{c}"] for c in "xywh")
+            assert 0 <= x <= 48 - w and 0 <= y <= 48 - h  # inside the image
+            row, col = divmod(k, 3)
+            assert col * cell <= x + w / 2 < (col + 1) * cell
+            assert row * cell <= y + h / 2 < (row + 1) * cell
+
+
+def test_datasets_without_bins_keep_their_hash_sample_ids_and_dataset_json(small_dataset):
+    assert small_config().content_hash() == "c743b5421ce5"  # computed before the bins existed
+    explicit = small_config(recipe=replace(small_config().recipe, scale_bins=(), position_bins=0))
+    assert explicit.content_hash() == "c743b5421ce5"
+    run = resolve(small_config())  # sample ids: the resolved config's hash, also unchanged
+    assert run.cfg.content_hash() == "b5633de41f6a"
+    assert {s.split for s in plan_samples(run)} == {"train", "val", "test", "anti"}
+    rows = ds.read_manifest(small_dataset).to_pylist()
+    assert [r["sample_id"] for r in rows] == [f"b5633de41f6a-{i:07d}" for i in range(len(rows))]
+    splits = json.loads((small_dataset / "dataset.json").read_text())["splits"]
+    assert not {"size", "position"} & set(splits)  # listed only when planned
+    with_bins = small_config(recipe=replace(small_config().recipe, scale_bins=(0.5,)))
+    assert with_bins.content_hash() != "c743b5421ce5"
+
+
+def test_bins_are_checked_before_anything_is_written(tmp_path, capsys):
+    for recipe, message in (
+        (replace(BINS, position_bins=2), "at least 3 x 3"),
+        (replace(BINS, scale_bins=(0.3, 0.3)), "distinct scales in"),
+        (replace(BINS, scale_bins=(0.0, 0.5)), "distinct scales in"),
+        (replace(BINS, scale_bins=(1.5,)), "distinct scales in"),
+    ):
+        with pytest.raises(DreamshiftError, match=message):
+            compose(small_config(size=48, recipe=recipe), tmp_path / "a")
+    wide = small_config(size=32, recipe=replace(BINS, position_bins=4),
+                        placement=Placement(scale=(0.5, 0.5), max_rotation=10))  # fmt: skip
+    with pytest.raises(DreamshiftError, match=r"up to 20 px wide .* would lie in the next one"):
+        compose(wide, tmp_path / "b")
+    args = ["compose", "--out", str(tmp_path / "c"), "--size", "32", "--test-per-group", "1",
+            "--train-size", "0", "--classes", "cat,dog",
+            "--background-names", "grass,snow"]  # fmt: skip
+    assert main([*args, "--scale-bins", "0.3,0.3"]) == 1
+    assert "distinct scales" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    assert main([*args, "--scale-bins", "0.3,0.6", "--position-bins", "3", "--no-progress"]) == 0
+    recipe = ds.DatasetMeta.read(tmp_path / "c").recipe
+    assert (recipe["scale_bins"], recipe["position_bins"]) == ([0.3, 0.6], 3)

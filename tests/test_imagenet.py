@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from dreamshift.cli import main
-from dreamshift.world.sources import _split_of
 from dreamshift.data import dataset as ds
 from dreamshift.data.imagenet import synset_table
 from dreamshift.dream.prompts import load_recipe
 from dreamshift.errors import DreamshiftError
+from dreamshift.world.sources import _split_of
 
 SYNSETS = {  # wnid: (lemmas, gloss), in timm's file formats
     "n01440764": ("tench, Tinca tinca", "freshwater dace-like game fish"),

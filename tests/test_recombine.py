@@ -19,11 +19,12 @@ from conftest import small_config
 from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
-from dreamshift.data.loading import split_table
+from dreamshift.data.loading import ImageTable, split_table
 from dreamshift.data.masks import erode
 from dreamshift.data.recombine import Recombination, object_box, paste_object
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.run import LearnConfig, learn
+from dreamshift.models.classifier import Classifier
 from dreamshift.train.checkpoint import load_state
 from dreamshift.world.sources import background_source
 
@@ -172,3 +173,66 @@ def test_training_images_without_masks_are_refused_naming_the_command_that_adds_
     with pytest.raises(DreamshiftError, match=f"dreamshift compose --config {old}/dataset.json"):
         learn(old, tmp_path / "runs", cfg, log=lambda *_: None)
     assert not (tmp_path / "runs").exists()  # refused before any folder is made
+
+
+class Looks(torch.nn.Module):
+    """A classifier by hand: ``where`` (S, S) is the only input it reads (its saliency lies
+    there); with ``shades`` it names the class whose index is the label of the background
+    shade it sees most of (a pure background classifier)."""
+
+    def __init__(self, where: torch.Tensor | None = None, shades: tuple[float, ...] = ()):
+        super().__init__()
+        self.where, self.shades = where, shades
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shades:
+            seen = x[:, 0].flatten(1).median(1).values
+            return torch.stack([-((seen - s) ** 2) for s in self.shades], 1)
+        assert self.where is not None
+        read = (x * self.where).flatten(1).sum(1)
+        return torch.stack([read, -read, 2 * read], 1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def classifier(net: torch.nn.Module, classes) -> Classifier:
+    from dreamshift.data.transforms import Preprocessing
+
+    return Classifier("by-hand", net, tuple(classes), Preprocessing.world(64))
+
+
+def test_foreground_focus_and_background_robustness_by_hand(world):
+    from dreamshift.audit.biases import background_robustness, foreground_focus, ratio_ci
+    from dreamshift.data.loading import usable_rows
+    from dreamshift.models.labels import LabelMap
+
+    meta = ds.DatasetMeta.read(world)
+    classes, names = list(meta.classes), list(meta.backgrounds)
+    labels = LabelMap.build(tuple(classes), classes, None, "by-hand", "")
+    rows = usable_rows(ds.read_manifest(world).to_pylist(), "test")
+    # a model that reads exactly the first test object's pixels: all its saliency is there,
+    # so its focus on that image is 1 / the object's share of the image
+    mask = ImageTable.of_rows(world, rows[:1], classes, names).read_mask(0, (64, 64))
+    net = Looks(where=torch.from_numpy(mask).float())
+    focus = foreground_focus(classifier(net, classes), labels, world, rows[:1], names, 8, 50, 0)
+    assert focus is not None and focus["share_on_object"] == pytest.approx(1.0)
+    assert focus["summary"]["foreground_focus"] == pytest.approx(64 * 64 / mask.sum(), rel=1e-6)
+
+    # a pure background classifier: class i <=> background i. On the images whose class is
+    # their background's, it is right on their own kind of background and wrong on any other
+    shades = tuple(float((10 + 40 * i) / 127.5 - 1) for i in range(len(names)))
+    mine = [r for r in rows if classes.index(r["fg_class"]) == names.index(r["bg_class"])]
+    by_bg = classifier(Looks(shades=shades), classes)
+    robust = background_robustness(by_bg, labels, world, mine, Flat(tuple(names)), names, 4,
+                                   50, 0)  # fmt: skip
+    assert robust is not None and robust["n"] == len(mine) == 3
+    assert (robust["acc_own"], robust["acc_foreign"]) == (1.0, 0.0)
+    assert robust["summary"]["background_robustness"] == 0.0
+    # one blind to the background: the same answers on both, robustness 1
+    blind = classifier(Looks(where=torch.zeros(64, 64)), classes)
+    robust = background_robustness(blind, labels, world, rows, Flat(tuple(names)), names, 8, 50, 0)
+    assert robust is not None and robust["summary"]["background_robustness"] == 1.0
+    assert robust["acc_own"] == pytest.approx(sum(r["fg_class"] == classes[0] for r in rows)
+                                              / len(rows))  # fmt: skip
+    assert ratio_ci(np.ones(5), np.full(5, 2.0), 20, 0) == (0.5, 0.5)

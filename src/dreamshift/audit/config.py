@@ -15,7 +15,10 @@ class AuditConfig(Config):
     dataset's ``split``, grouped by ``group_by``."""
 
     models: tuple[str, ...]
-    split: str = option("", "split to audit", shown="test if present, else all but spurious")
+    split: str = option(
+        "", "split to audit",
+        shown="test if present, else all but the probes: spurious, conflict, size, "
+        "position")  # fmt: skip
     group_by: tuple[str, ...] = option(
         ("fg_class", "bg_class"), "comma-separated manifest columns forming groups",
         metavar="COLUMNS")  # fmt: skip
@@ -26,6 +29,15 @@ class AuditConfig(Config):
         "", "a dataset whose split 'spurious' holds the backgrounds alone for the spurious "
         "accuracy and AUC, e.g. a `dream --mode remove` run of the audited images' guides",
         metavar="DATASET", shown="the audited dataset's, else its source's")  # fmt: skip
+    backgrounds: str = option(
+        "", "ForAug's background robustness: where the backgrounds the audited objects (by "
+        "their masks) are pasted on come from: world, a folder of <background>/ images, a "
+        "dataset of backgrounds alone, or none",
+        metavar="SOURCE", shown="world for a dataset of the world's backgrounds, else none",
+    )  # fmt: skip
+    mask_metrics: bool = option(
+        True, "ForAug's foreground focus and background robustness on the images with masks "
+        "(one backward and two more forward passes per image)")  # fmt: skip
     label_map: str = option(
         "", "YAML {class: [model label names or output indices]}; extends the shipped map"
     )

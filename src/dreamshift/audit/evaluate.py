@@ -7,9 +7,11 @@ Everything comes from the manifest and ``dataset.json``: the groups (any manifes
 an error: its accuracy is missing, not high), each class's usual background (for the BG-gap)
 and the spurious-only images (split ``spurious``: a background without an animal). A dataset
 with a ``conflict`` split (one class's shape in another class's coat) also gets each model's
-shape bias (Geirhos et al. 2019). Results are appended to ``results.jsonl``, one record per
-model x dataset x split, and each model's per-sample predictions are kept next to it for the
-report.
+shape bias (Geirhos et al. 2019); one with a ``size`` or ``position`` split (the test samples
+again at fixed scales, or centred in each cell of a grid) gets ForAug's size and center bias
+(Nauen et al. 2025; :mod:`dreamshift.audit.biases`). Results are appended to
+``results.jsonl``, one record per model x dataset x split, and each model's per-sample
+predictions are kept next to it for the report.
 
 >>> import tempfile
 >>> from dreamshift.compose.config import ComposeConfig, ShiftRecipe
@@ -27,6 +29,7 @@ report.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -39,9 +42,11 @@ import pyarrow as pa
 
 import dreamshift
 from dreamshift import metrics as M
+from dreamshift.audit import biases
 from dreamshift.audit.config import AuditConfig
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import iter_batches, usable_rows
+from dreamshift.data.recombine import BackgroundSource
 from dreamshift.data.verification import only_verified
 from dreamshift.engine.executors import Executor, InProcess
 from dreamshift.engine.results import RESULTS, append_records, read_records
@@ -50,6 +55,8 @@ from dreamshift.models.classifier import Classifier
 from dreamshift.models.labels import LabelMap, read_label_map
 from dreamshift.models.loading import load_classifier
 from dreamshift.train.run_folder import sweep_members
+from dreamshift.world.backgrounds import BACKGROUNDS
+from dreamshift.world.sources import background_source
 
 
 @dataclass(frozen=True)
@@ -330,6 +337,10 @@ class AuditJob:
     in_distribution: tuple[Path, str, list[dict[str, Any]], ds.DatasetMeta] | None
     mapping: dict[str, Any] | None
     results_path: Path
+    size_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    position_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    grid: tuple[int, int] | None = None  # (K, image side) of the position split's grid
+    backgrounds: BackgroundSource | None = None  # for the background robustness
 
 
 def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> AuditJob:
@@ -360,6 +371,7 @@ def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> Audi
             "or pass --allow-empty-groups"
         )
     spurious_root, spurious_rows = root, usable_rows(manifest, ds.SPURIOUS)
+    position_rows = usable_rows(manifest, ds.POSITION)
     source = meta.source
     if cfg.spurious:  # backgrounds alone from elsewhere, e.g. `dream --mode remove`
         spurious_root = Path(cfg.spurious)
@@ -379,7 +391,42 @@ def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> Audi
         _in_distribution(cfg.in_distribution) if cfg.in_distribution else None,
         read_label_map(cfg.label_map) if cfg.label_map else None,
         Path(results) if results else root / "audit" / RESULTS,
+        usable_rows(manifest, ds.SIZE), position_rows,
+        position_grid(root, meta) if position_rows else None,
+        background_source_of(cfg.backgrounds, meta),
     )  # fmt: skip
+
+
+def background_source_of(spec: str, meta: ds.DatasetMeta) -> BackgroundSource | None:
+    """The source of ``--backgrounds``: by default the world's scenes for a dataset whose
+    backgrounds are all the world's, else none."""
+    if spec == "none" or (not spec and not set(meta.backgrounds) <= set(BACKGROUNDS)):
+        return None
+    source = background_source(spec or "world")
+    missing = [b for b in meta.backgrounds if b not in source.names]
+    if missing:
+        raise DreamshiftError(
+            f"--backgrounds {spec} has no {', '.join(missing)} (it has "
+            f"{', '.join(source.names)}): give a source with every background of the dataset, "
+            "or --backgrounds none"
+        )
+    return source
+
+
+def position_grid(root: Path, meta: ds.DatasetMeta) -> tuple[int, int] | None:
+    """(K, image side) of the grid that placed split ``position``: the recipe of the composed
+    dataset, found through the sources of dreams (their boxes are their guides'); None when
+    that dataset is gone."""
+    seen, where = [root], meta
+    while True:
+        k, side = where.recipe.get("position_bins"), where.config.get("size")
+        if where.stage == "compose" and isinstance(k, int) and k and isinstance(side, int):
+            return k, side
+        source = Path(where.source) if where.source else None
+        if source is None or source in seen or not (source / ds.DATASET_JSON).is_file():
+            return None
+        seen.append(source)
+        where = ds.DatasetMeta.read(source)
 
 
 def _in_distribution(text: str) -> tuple[Path, str, list[dict[str, Any]], ds.DatasetMeta]:
@@ -415,6 +462,11 @@ def evaluate_model(
         notes.append(
             f"note: {spec} takes {clf.input_size} px inputs; the {side} px images of "
             f"{root} are upsampled (compose --size {clf.input_size} makes them at its size)"
+        )
+    if job.position_rows and job.grid is None:
+        notes.append(
+            f"note: split 'position' of {root} left out: the composed dataset whose recipe "
+            "holds its grid (position_bins) cannot be read; restore it for the center bias"
         )
     restrict = cfg.restrict_labels or labels.identity
     start = time.perf_counter()
@@ -453,18 +505,36 @@ def evaluate_model(
         ),
         "images_per_s": round(len(job.rows) / seconds, 1),
     }
-    ev_spurious = None
+    probes: dict[str, Evaluated] = {}  # predictions of the probe splits, kept beside the split's
     if job.spurious_rows:
         ev_spurious = predict(clf, labels, job.spurious_root, job.spurious_rows, cfg.batch_size,
                               restrict)  # fmt: skip
         record.update(_spurious_metrics(ev, ev_spurious, job.classes, job.usual_bg))
         record["spurious_from"] = str(job.spurious_root)
+        probes[ds.SPURIOUS] = ev_spurious
     if job.conflict_rows:
         ev_conflict = predict(clf, labels, root, job.conflict_rows, cfg.batch_size, restrict)
         record.update(shape_bias(ev_conflict.rows, ev_conflict.predicted))
+    if job.size_rows:  # ForAug's size bias: the test samples at fixed scales
+        ev_size = predict(clf, labels, root, job.size_rows, cfg.batch_size, restrict)
+        record["size_bias"] = biases.size_bias(
+            ev_size.rows, ev_size.predicted, cfg.bootstrap, cfg.seed
+        )
+        probes[ds.SIZE] = ev_size
+    if job.position_rows and job.grid is not None:  # and center bias: in every grid cell
+        ev_position = predict(clf, labels, root, job.position_rows, cfg.batch_size, restrict)
+        record["center_bias"] = biases.center_bias(
+            ev_position.rows, ev_position.predicted, *job.grid, cfg.bootstrap, cfg.seed
+        )
+        probes[ds.POSITION] = ev_position
+    if cfg.mask_metrics:  # ForAug's foreground focus and background robustness
+        record.update(biases.mask_metrics(clf, labels, root, ev.rows, job.meta, job.backgrounds,
+                                          cfg.batch_size, cfg.bootstrap, cfg.seed))  # fmt: skip
+        if "background_robustness" in record:
+            record["background_robustness"]["backgrounds"] = cfg.backgrounds or "world"
     if job.in_distribution is not None:
         record.update(_drop(job, clf, labels, restrict, record["acc_avg"]))
-    record.update(_prediction_files(job, spec, clf, restrict, record, ev, ev_spurious))
+    record.update(_prediction_files(job, spec, clf, restrict, record, ev, probes))
     done = (
         f"audited {spec} on {root} ({job.split or 'all splits'}): {len(job.rows)} images in "
         f"{seconds:.1f} s"
@@ -504,11 +574,11 @@ def _prediction_files(
     restrict: bool,
     record: dict[str, Any],
     ev: Evaluated,
-    ev_spurious: Evaluated | None,
+    probes: dict[str, Evaluated],
 ) -> dict[str, str]:
     """The per-image predictions, one file per model, weights, dataset and split (a later
     audit never overwrites the predictions an earlier record points to unless they are the
-    same), and the spurious split's beside it."""
+    same), and each probe split's (spurious, size, position) beside it."""
     name = (
         f"{_slug(spec.partition('@')[0])}-{clf.weights_sha256[:12] or 'noweights'}-"
         f"{record['dataset_hash'] or _slug(job.root.name)}-{job.split or 'all'}"
@@ -517,10 +587,11 @@ def _prediction_files(
     pred_path = job.results_path.parent / "predictions" / name
     _write_predictions(pred_path, ev, job.classes, clf.classes)
     out = {"predictions": str(pred_path)}
-    if ev_spurious is not None:  # the background-only images, for the spurious accuracy and AUC
-        spurious_path = pred_path.with_name(pred_path.stem + "-spurious.parquet")
-        _write_predictions(spurious_path, ev_spurious, job.classes, clf.classes)
-        out["predictions_spurious"] = str(spurious_path)
+    for split, ev_probe in probes.items():  # e.g. the background-only images, for the
+        # spurious accuracy and AUC
+        probe_path = pred_path.with_name(f"{pred_path.stem}-{split}.parquet")
+        _write_predictions(probe_path, ev_probe, job.classes, clf.classes)
+        out[f"predictions_{split}"] = str(probe_path)
     return out
 
 

@@ -33,6 +33,10 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in names(text))
 
 
+def numbers(text: str) -> tuple[float, ...]:
+    return tuple(float(p) for p in names(text))
+
+
 def pairs(text: str) -> tuple[tuple[str, str], ...]:
     out = []
     for item in names(text):
@@ -159,6 +163,8 @@ def _parser_of(hint: Any) -> tuple[Callable[[str], Any], bool]:
         return pairs, True
     if args == (int, Ellipsis):
         return ints, True
+    if args == (float, Ellipsis):
+        return numbers, True
     if args == (str, Ellipsis):
         return names, True
     raise TypeError(f"no flag type for a config field of type {hint}")

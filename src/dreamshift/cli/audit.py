@@ -46,7 +46,8 @@ def _add_audit(sub: Any) -> None:
         help="accuracy of classifiers per foreground class and background, and shift metrics",
         description="Evaluate classifiers on a dataset: accuracy overall, per background, per "
         "class and per group, worst group, BG-gap, spurious accuracy and AUC (split "
-        "'spurious'), drop against an in-distribution dataset and effective robustness, "
+        "'spurious'), shape bias (split 'conflict'), ForAug's size and center bias (splits "
+        "'size' and 'position'), drop against an in-distribution dataset and effective robustness, "
         "with bootstrap intervals. One record per model is appended to the results file.",
         epilog="Weights of zoo models are looked up in this order: a file named with "
         "SPEC@FILE (or --weights FILE); torchvision: $TORCH_HOME/hub/checkpoints/<the file "

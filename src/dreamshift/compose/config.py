@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -69,7 +70,11 @@ class ShiftRecipe(Config):
     ``assignment``: (class, background) pairs; classes not listed get background
     ``i mod n_backgrounds`` in order. ``conflict`` holds ``conflict_per_group`` images of every
     class x background whose animal wears another class's typical coat (Geirhos et al. 2019's
-    cue conflict; world foregrounds only).
+    cue conflict; world foregrounds only). ``size`` holds every test sample again once per
+    scale of ``scale_bins`` (the cut-out's longer side = scale x image side) at the image's
+    centre; ``position`` holds it once per cell of a ``position_bins`` x ``position_bins``
+    grid, centred in that cell, at the placement's minimum scale: the evaluation splits of
+    ForAug's size and center bias (Nauen et al. 2025).
     """
 
     rho: float = option(0.95, "confounder strength of the train split")
@@ -86,6 +91,20 @@ class ShiftRecipe(Config):
         0,
         "images per class x background of one class's shape in another class's coat: split "
         "'conflict', for the audit's shape bias (world, --coat typical)",
+    )
+    scale_bins: tuple[float, ...] = option(
+        (),
+        "cut-out side / image side of each copy of the test samples in split 'size', pasted "
+        "at the centre: the audit's size bias (ForAug), e.g. 0.2,0.3,0.4,0.6",
+        shown="none",
+        metavar="SCALES",
+    )
+    position_bins: int = option(
+        0,
+        "K: each test sample again centred in every cell of a K x K grid (K >= 3), at the "
+        "minimum --scale, in split 'position': the audit's center bias (ForAug)",
+        shown="0: none",
+        metavar="K",
     )
     assignment: tuple[tuple[str, str], ...] = option(
         (),
@@ -110,6 +129,16 @@ class ShiftRecipe(Config):
         for name in counts:
             if getattr(self, name) < 0:
                 raise DreamshiftError(f"{name} = {getattr(self, name)} must be >= 0")
+        bad = [s for s in self.scale_bins if not 0.0 < s <= 1.0]
+        if bad or len(set(self.scale_bins)) != len(self.scale_bins):
+            raise DreamshiftError(
+                f"scale_bins = {list(self.scale_bins)}: give distinct scales in (0, 1]"
+            )
+        if self.position_bins in (1, 2) or self.position_bins < 0:
+            raise DreamshiftError(
+                f"position_bins = {self.position_bins}: choose 0 (no split 'position') or a grid "
+                "of at least 3 x 3 (with 1 or 2 every cell touches the centre: no center bias)"
+            )
 
 
 LEGACY = {
@@ -211,6 +240,25 @@ class ComposeConfig(Config):
             raise DreamshiftError(f"size = {self.size}: choose a side between 8 and 4096 pixels")
         if self.shard_size < 1:
             raise DreamshiftError(f"shard_size = {self.shard_size} must be >= 1")
+        self._check_grid()
+
+    def _check_grid(self) -> None:
+        """Split ``position`` centres the cut-out in each grid cell, moved inward where it would
+        leave the image: refuse a cut-out so wide that a border cell's copy would then be
+        centred in the next cell (the audit bins each image by where its object lies)."""
+        k = self.recipe.position_bins
+        if not k:
+            return
+        side = max(4, round(self.placement.scale[0] * self.size))
+        turn = math.radians(min(self.placement.max_rotation, 45.0))
+        widest = side if not turn else math.ceil(side * (math.cos(turn) + math.sin(turn))) + 1
+        if widest * k >= 2 * self.size:
+            raise DreamshiftError(
+                f"--position-bins {k}: at the minimum scale {self.placement.scale[0]:g} the "
+                f"cut-out is up to {widest} px wide (rotation included), two {self.size}/{k} px "
+                "cells or more: a copy in a border cell would lie in the next one. Choose fewer "
+                "bins, a smaller minimum --scale, less --max-rotation or a larger --size"
+            )
 
     def content_hash(self) -> str:
         """Hash of what decides the pixels (not the shard layout); it prefixes sample ids."""
@@ -219,7 +267,7 @@ class ComposeConfig(Config):
         for key, before in LEGACY.items():  # added later: at the old value, old hashes stand
             if d[key] == before:
                 d.pop(key)
-        for key in ("spurious_per_class", "conflict_per_group"):
+        for key in ("spurious_per_class", "conflict_per_group", "scale_bins", "position_bins"):
             if not d["recipe"][key]:
                 d["recipe"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

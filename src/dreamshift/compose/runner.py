@@ -72,6 +72,10 @@ class SampleSpec:
     fg_source: str | None
     bg_source: str
     coat_class: str | None = None  # whose typical coat the animal wears; None: a random coat
+    # splits size and position: a fixed scale, and the object's centre (x, y) as fractions of
+    # the image side (moved inward where the object would leave the image); None: as drawn
+    scale: float | None = None
+    at: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,26 @@ def plan_samples(run: Resolved) -> list[SampleSpec]:
                     index, sample_id, split, c, b, assigned[c] == b, seed, fg_id, bg_id, coat
                 )
             )
-    return specs
+    return specs + copies_of_test(cfg, specs, chash)
+
+
+def copies_of_test(cfg: ComposeConfig, specs: list[SampleSpec], chash: str) -> list[SampleSpec]:
+    """Splits ``size`` and ``position``: every test sample again (same foreground, background
+    and seed), at each scale of ``scale_bins`` at the centre, then centred in each cell of the
+    ``position_bins`` grid (row by row) at the placement's minimum scale. Their indices follow
+    every other split's, so a dataset without them keeps its sample ids."""
+    tests = [s for s in specs if s.split == ds.TEST]
+    k = cfg.recipe.position_bins
+    cells = [((2 * col + 1) / (2 * k), (2 * row + 1) / (2 * k))
+             for row in range(k) for col in range(k)]  # fmt: skip
+    wanted = [(ds.SIZE, scale, (0.5, 0.5)) for scale in cfg.recipe.scale_bins]
+    plan = [(t, *w) for t in tests for w in wanted]
+    plan += [(t, ds.POSITION, cfg.placement.scale[0], at) for t in tests for at in cells]
+    out = []
+    for i, (t, split, scale, at) in enumerate(plan, start=len(specs)):
+        out.append(replace(t, index=i, sample_id=f"{chash}-{i:07d}", split=split, scale=scale,
+                           at=at))  # fmt: skip
+    return out
 
 
 def group_counts(specs: list[SampleSpec]) -> dict[str, dict[str, dict[str, int]]]:
@@ -230,6 +253,12 @@ def _feathered(cut: Image.Image, radius: float) -> tuple[Image.Image, int]:
     return padded, pad
 
 
+def _centred(at: float, w: int, size: int) -> int:
+    """Where an object ``w`` wide starts to be centred at ``at`` x ``size`` (half pixels
+    rounded; ``(size - w) // 2`` at 0.5), kept inside ``[0, size)``."""
+    return min(max((round(2 * at * size) - w) // 2, 0), size - w)
+
+
 def compose_image(
     spec: SampleSpec, cfg: ComposeConfig, fg: ForegroundSource, bg: BackgroundSource
 ) -> tuple[Image.Image, dict[str, Any], np.ndarray | None]:
@@ -241,7 +270,9 @@ def compose_image(
     canvas = bg.image(spec.bg_source, size)
     if spec.fg_source is None:
         return canvas, {}, None
+    # drawn even for a fixed scale, so that a copy's coat colours are its test sample's
     scale = float(rng.uniform(p.scale[0], p.scale[1]))
+    scale = scale if spec.scale is None else spec.scale
     cut, mask_id, appearance = fg.cutout(
         spec.fg_source, rng, max(4, round(scale * size)), p.flip, p.max_rotation, spec.coat_class
     )
@@ -249,7 +280,9 @@ def compose_image(
         k = size / max(cut.size)
         cut = cut.resize((max(1, int(cut.width * k)), max(1, int(cut.height * k))))
     w, h = cut.size
-    if p.position == "center":
+    if spec.at is not None:  # splits size and position
+        x, y = _centred(spec.at[0], w, size), _centred(spec.at[1], h, size)
+    elif p.position == "center":
         x, y = (size - w) // 2, (size - h) // 2
     else:
         x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
@@ -335,7 +368,12 @@ def _metadata(cfg: ComposeConfig, specs: list[SampleSpec], num_shards: int) -> d
         classes=cfg.classes,
         backgrounds=cfg.background_names,
         assignment=dict(cfg.recipe.assignment),
-        splits={s: SplitCounts.of(counts.get(s, {})) for s in ds.SPLITS},
+        # splits added later are listed only when planned, as before they existed
+        splits={
+            s: SplitCounts.of(counts.get(s, {}))
+            for s in ds.SPLITS
+            if s in counts or s not in (ds.SIZE, ds.POSITION)
+        },
         num_samples=len(specs),
         num_shards=num_shards,
         versions=library_versions(("numpy", "pillow", "pyarrow")),

@@ -44,9 +44,15 @@ OK, FAILED, FLAGGED = "ok", "failed", "flagged"  # flagged: made, but unusable (
 
 # split names, in the order a composed dataset lists them. "anti" holds every class on every
 # background but its assigned one; "spurious" holds backgrounds alone (fg_class is None);
-# "conflict" holds one class's shape in another class's coat (coat_class names it).
+# "conflict" holds one class's shape in another class's coat (coat_class names it); "size" and
+# "position" hold every test sample again, at fixed scales at the centre and at the centre of
+# each cell of a grid (ForAug's size and center bias, Nauen et al. 2025).
 TRAIN, VAL, TEST, ANTI, SPURIOUS, CONFLICT = "train", "val", "test", "anti", "spurious", "conflict"
-SPLITS = (TRAIN, VAL, TEST, ANTI, SPURIOUS, CONFLICT)
+SIZE, POSITION = "size", "position"
+SPLITS = (TRAIN, VAL, TEST, ANTI, SPURIOUS, CONFLICT, SIZE, POSITION)
+# probes: no sample of their labels' distribution, so never part of "every split" (training, the
+# audit's default rows); each is read only by its own metric
+PROBES = (SPURIOUS, CONFLICT, SIZE, POSITION)
 NO_CLASS = "(none)"  # the class key of split counts for images without an object
 
 

@@ -34,9 +34,10 @@ from dreamshift.errors import BadInputError, DreamshiftError
 
 def usable_rows(manifest: list[dict[str, Any]], split: str | None) -> list[dict[str, Any]]:
     """The rows of ``manifest`` (``read_manifest(...).to_pylist()``) with status ok in
-    ``split``; no split: every split but ``spurious`` and ``conflict`` (probes that are no
-    sample of their labels' distribution)."""
-    probes = (ds.SPURIOUS, ds.CONFLICT)
+    ``split``; no split: every split but the probes ``spurious``, ``conflict``, ``size`` and
+    ``position`` (:data:`~dreamshift.data.dataset.PROBES`: no sample of their labels'
+    distribution, or copies of the test split's)."""
+    probes = ds.PROBES
     return [
         r
         for r in manifest
@@ -253,7 +254,7 @@ def split_table(
     that passed review), selected column by column: no Python object per row, even for the
     1.3 M rows of an ImageNet-sized manifest."""
     table = ds.read_manifest(root, READ_COLUMNS)
-    probes = pa.array([ds.SPURIOUS, ds.CONFLICT])
+    probes = pa.array(ds.PROBES)
     in_split = (
         pc.equal(table["split"], split) if split else pc.invert(pc.is_in(table["split"], probes))
     )

@@ -123,8 +123,8 @@ class DreamConfig(Config):
     splits: tuple[str, ...] = option(
         (),
         "comma-separated splits to dream",
-        shown="all but 'conflict', whose coats the "
-        "prompt's class tends to repaint: name it to dream it",
+        shown="all but 'conflict', whose coats the prompt's class tends to repaint, and the "
+        "test copies 'size' and 'position': name them to dream them",
     )
     seed: int = option(0, "run seed")
     device: str = option("auto", "where the model runs")

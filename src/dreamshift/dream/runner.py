@@ -155,8 +155,9 @@ def _source_rows(cfg: DreamConfig) -> tuple[ds.DatasetMeta, list[ds.SampleRow]]:
     if cfg.splits:
         rows = [r for r in rows if r.split in cfg.splits]
     else:  # a cue conflict is dreamed only on request: its prompt names the shape's class, and
-        # the dream tends to repaint the coat to match, so the conflict (and shape bias) is lost
-        rows = [r for r in rows if r.split != ds.CONFLICT]
+        # the dream tends to repaint the coat to match, so the conflict (and shape bias) is lost;
+        # the size and position bins (copies of the test split, 1 + bins times its cost) too
+        rows = [r for r in rows if r.split not in (ds.CONFLICT, ds.SIZE, ds.POSITION)]
     if not rows:
         raise DreamshiftError(f"source {cfg.source} has no usable (status ok) samples")
     if cfg.mode in MASKED_MODES:

@@ -3,6 +3,9 @@ goes into the page, both lie beside it for papers.
 
 - :func:`background_bars`: accuracy per background with 95 % bootstrap intervals;
 - :func:`class_background_heatmap`: accuracy per class x background of one model;
+- :func:`size_curve` and :func:`position_heatmaps`: ForAug's size and center bias (Nauen et
+  al. 2025), accuracy per scale with 95 % intervals and per grid cell, every model;
+  :func:`ratio_bars`: its foreground focus (and any ratio), one bar per model;
 - :func:`robustness_plot`: shifted vs in-distribution accuracy on logit axes (Taori et al.
   2020), the fitted family's line (ImageNet-G's real-only family where there is one; Bansal &
   Grover 2023), y = x, and every model as a numbered marker coloured by its family, so that
@@ -12,6 +15,7 @@ goes into the page, both lie beside it for papers.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,4 +138,95 @@ def robustness_plot(er: dict[str, Any], title: str = "") -> Any:
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return fig
+
+
+def size_curve(series: dict[str, list[tuple[float, float | None, Any]]]) -> Any:
+    """Accuracy by object scale: ``series[model] = [(scale, accuracy, (lo, hi) or None)]``,
+    one line with 95 % error bars per model, slightly staggered so that the bars stay apart."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.0))
+    scales = sorted({s for values in series.values() for s, _, _ in values})
+    step = min((b - a for a, b in itertools.pairwise(scales)), default=0.1)
+    for j, (name, values) in enumerate(series.items()):
+        shift = (j - (len(series) - 1) / 2) * 0.06 * step
+        xs = np.array([s for s, _, _ in values]) + shift
+        acc = np.array([np.nan if v is None else 100 * v for _, v, _ in values])
+        err = np.array(
+            [[0, 0] if ci is None or v is None else [100 * (v - ci[0]), 100 * (ci[1] - v)]
+             for _, v, ci in values]
+        ).T  # fmt: skip
+        ax.errorbar(xs, acc, yerr=err, marker="o", ms=4, lw=1.2, capsize=2, label=name,
+                    elinewidth=0.8)  # fmt: skip
+    ax.set_xticks(scales, [f"{s:g}" for s in scales])
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("object side / image side")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return fig
+
+
+def position_heatmaps(
+    grids: dict[str, tuple[int, list[dict[str, Any]], list[list[int]]]],
+) -> Any:
+    """Accuracy (%) per cell of the K x K grid where the object was centred, one panel per
+    model: ``grids[model] = (K, [{"row", "col", "acc"}, ...], centre cells [[row, col]])``;
+    the centre is framed; blank: no images."""
+    plt = _pyplot()
+    n = max(1, len(grids))
+    cols = min(n, 4)
+    lines = -(-n // cols)
+    k_max = max((g[0] for g in grids.values()), default=3)
+    panel = 0.38 * k_max + 0.9
+    fig, axes = plt.subplots(lines, cols, figsize=(cols * panel + 0.8, lines * (panel + 0.3)),
+                             squeeze=False)  # fmt: skip
+    image = None
+    for ax, (name, (k, cells, centre)) in zip(axes.flat, grids.items(), strict=False):
+        values = np.full((k, k), np.nan)
+        for c in cells:
+            if c.get("acc") is not None:
+                values[c["row"], c["col"]] = 100 * c["acc"]
+        image = ax.imshow(values, cmap="Greens", vmin=0, vmax=100)
+        for i in range(k):
+            for j in range(k):
+                if not np.isnan(values[i, j]):
+                    colour = "white" if values[i, j] > 60 else "black"
+                    ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color=colour)  # fmt: skip
+        if centre:
+            ys, xs = [r for r, _ in centre], [c for _, c in centre]
+            ax.add_patch(plt.Rectangle((min(xs) - 0.5, min(ys) - 0.5),
+                                       max(xs) - min(xs) + 1, max(ys) - min(ys) + 1,
+                                       fill=False, lw=1.5, ec="black"))  # fmt: skip
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+            spine.set_color("#999")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name if len(name) <= 28 else "…" + name[-27:], fontsize=8)
+    for ax in list(axes.flat)[len(grids) :]:
+        ax.axis("off")
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.04)
+        bar.set_label("accuracy (%)", fontsize=8)
+    return fig
+
+
+def ratio_bars(values: dict[str, tuple[float | None, Any]], label: str) -> Any:
+    """One horizontal bar per model: ``values[model] = (ratio, (lo, hi) or None)``, with its
+    95 % interval and a line at 1 (no preference)."""
+    plt = _pyplot()
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(5.0, 0.32 * len(names) + 1.0))
+    ys = np.arange(len(names))
+    ratio = np.array([np.nan if v is None else v for v, _ in values.values()])
+    err = np.array(
+        [[0, 0] if ci is None or v is None else [v - ci[0], ci[1] - v]
+         for v, ci in values.values()]
+    ).T  # fmt: skip
+    ax.barh(ys, ratio, 0.6, xerr=err, capsize=2, color="#4c72b0", error_kw={"lw": 0.8})
+    ax.axvline(1.0, color="#999", lw=0.8, ls="--")
+    ax.set_yticks(ys, [n if len(n) <= 36 else "…" + n[-35:] for n in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(label)
     return fig

@@ -3,7 +3,10 @@
 Per dataset and split it shows the audit table, accuracy by background (with 95 % bootstrap
 intervals), the class x background accuracy heatmap of each model, the effective-robustness
 plot with its numbered models and their table (Taori et al. 2020; the real-only family's line
-where a sweep made one, Bansal & Grover 2023), and a grid of sample images with each model's
+where a sweep made one, Bansal & Grover 2023), ForAug's size and center bias where the dataset
+has splits ``size`` / ``position`` (accuracy by object scale, and per grid cell the object was
+centred in; Nauen et al. 2025) and its background robustness and foreground focus where the
+images have masks, and a grid of sample images with each model's
 prediction, wrong ones framed in red. For ``dreamshift learn`` results it shows the
 spurious-task table (accuracy and worst-group accuracy per split, per run) and the probe
 matrix of every probed run. Tables are HTML tables; figures are drawn with matplotlib
@@ -56,6 +59,7 @@ from dreamshift.report.tables import (
     probe_rows,
     read_predictions,
     read_probes,
+    size_rows,
 )
 
 MAX_DETAILED = 8  # models whose heatmaps and sample grids a section shows
@@ -211,6 +215,59 @@ def robustness_section(
             f'<div class="er">{figure}{html_table(rows, "er-table")}</div>']  # fmt: skip
 
 
+def bias_section(
+    recs: Sequence[dict[str, Any]], figures: Figures, title: str, md: list[str]
+) -> list[str]:
+    """ForAug's biases of the records that hold them: accuracy by object scale (one line per
+    model, with the table beside it), per grid cell (one panel per model), on the objects'
+    own kind of background and on others, and the foreground focus (one bar per model)."""
+    body = []
+    sized = [r for r in recs if r.get("size_bias")]
+    if sized:
+        series = {r["model"]: [(b["scale"], b["acc"], b["ci"]) for b in r["size_bias"]["bins"]]
+                  for r in sized}  # fmt: skip
+        rows = size_rows(sized)
+        figure = figures.img(F.size_curve(series), f"size-{title}",
+                             f"accuracy by object scale (split size), {title}")  # fmt: skip
+        body += ["<h3>Size bias (ForAug): accuracy by object scale</h3>", figure,
+                 html_table(rows, "size")]  # fmt: skip
+        md += [f"### Accuracy (%) by object scale, {title}", "", markdown(rows), ""]
+    placed = [r for r in recs if r.get("center_bias")]
+    if placed:
+        grids = {}
+        for r in placed:
+            bias = r["center_bias"]
+            grids[r["model"]] = (bias["grid"], bias["cells"], bias["summary"]["center_cells"])
+        figure = figures.img(F.position_heatmaps(grids), f"position-{title}",
+                             f"accuracy (%) per grid cell the object is centred in (split "
+                             f"position; the centre framed), {title}")  # fmt: skip
+        body += ["<h3>Center bias (ForAug): accuracy by object position</h3>", figure]
+    robust = [r for r in recs if r.get("background_robustness")]
+    if robust:
+        arms = {r["model"]: [(r["background_robustness"][f"acc_{arm}"],
+                              r["background_robustness"][f"acc_{arm}_ci"])
+                             for arm in ("own", "foreign")] for r in robust}  # fmt: skip
+        figure = figures.img(F.background_bars(["own kind", "foreign"], arms),
+                             f"bg-robustness-{title}",
+                             "accuracy (%) of the same objects pasted on a background of their "
+                             f"own label and of another (ForAug's background robustness: "
+                             f"their ratio), {title}")  # fmt: skip
+        body += ["<h3>Background robustness (ForAug): the same objects on other "
+                 "backgrounds</h3>", figure]  # fmt: skip
+    focused = [r for r in recs if r.get("foreground_focus")]
+    if focused:
+        focus = {r["model"]: (r["foreground_focus"]["summary"]["foreground_focus"],
+                              r["foreground_focus"]["summary"]["ci"]) for r in focused}  # fmt: skip
+        figure = figures.img(F.ratio_bars(focus, "saliency share on the object / its area"),
+                             f"fg-focus-{title}",
+                             "foreground focus (ForAug; input-gradient saliency on the "
+                             f"object over the object's share of the image; 1: none), "
+                             f"{title}")  # fmt: skip
+        body += ["<h3>Foreground focus (ForAug): how much the saliency lies on the object</h3>",
+                 figure]  # fmt: skip
+    return body
+
+
 def render(records: Sequence[dict[str, Any]], figures: Figures) -> tuple[str, str]:
     """The report page of ``records`` and its tables as Markdown: audit records (the latest
     per model, per dataset and split) and learn records (those with a ``run``)."""
@@ -239,6 +296,7 @@ def render(records: Sequence[dict[str, Any]], figures: Figures) -> tuple[str, st
         body.append(html_table(background_rows(recs), "backgrounds"))
         body += robustness_section(recs, figures, title, md)
         shown = recs[:MAX_DETAILED]
+        body += bias_section(shown, figures, title, md)
         body.append("<h3>Accuracy per class × background</h3>")
         for r in shown:
             fig = F.class_background_heatmap(r["model"], list(r["matrix"]), bgs, r["matrix"])

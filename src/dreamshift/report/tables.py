@@ -26,9 +26,11 @@ def percent(v: float | None) -> str:
 
 def audit_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
     """The audit table as rows of cells, the header first: one line per model. A dataset with
-    a cue-conflict split adds the shape bias (shape decisions / shape-or-coat decisions); a
-    model with more outputs than the dataset has classes adds its full-label-space top-1 and
-    top-5."""
+    a cue-conflict split adds the shape bias (shape decisions / shape-or-coat decisions), one
+    with split ``size`` or ``position`` ForAug's size bias (accuracy at the largest scale minus
+    the smallest) or center bias (centre cell minus the others), in points, and images with
+    masks its background robustness and foreground focus (ratios); a model with more
+    outputs than the dataset has classes adds its full-label-space top-1 and top-5."""
     head = ["model", "n", "acc_avg [95% CI]", "acc_wg (group)", "bg_gap"]
     has_full = any(
         r.get("acc_full_top1") is not None and r.get("label_map", {}).get("kind") != "identity"
@@ -40,6 +42,10 @@ def audit_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
     has_conflict = any("shape_bias" in r for r in records)
     head += ["acc_id", "rel. drop", "ER logit"] * has_id + ["spur. acc", "spur. AUC"] * has_spurious
     head += ["shape bias (shape/cue)"] * has_conflict
+    biases = [b for b in ("size_bias", "center_bias") if any(b in r for r in records)]
+    head += [f"{b.replace('_', ' ')} [95% CI]" for b in biases]
+    ratios = [b for b in RATIO_BIASES if any(b in r for r in records)]
+    head += [f"{RATIO_BIASES[b]} [95% CI]" for b in ratios]
     lines = [head]
     for r in records:
         ci = r.get("acc_avg_ci")
@@ -63,6 +69,8 @@ def audit_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
             cells += [percent(r.get("spurious_acc")), percent(r.get("spurious_auc"))]
         if has_conflict:
             cells.append(_shape_bias_cell(r))
+        cells += [_bias_cell(r, b) for b in biases]
+        cells += [_ratio_cell(r, b) for b in ratios]
         lines.append(cells)
     return lines
 
@@ -75,6 +83,16 @@ def background_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
         [b, *(percent(r["per_background"].get(b, {}).get("acc")) for r in records)]
         for b in backgrounds
     ]
+    return rows
+
+
+def size_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Accuracy (%) per scale of split ``size`` (rows) of each model with one (columns)."""
+    recs = [r for r in records if r.get("size_bias")]
+    scales = sorted({b["scale"] for r in recs for b in r["size_bias"]["bins"]})
+    acc = [{b["scale"]: b["acc"] for b in r["size_bias"]["bins"]} for r in recs]
+    rows = [["scale", *(r["model"] for r in recs)]]
+    rows += [[f"{s:g}", *(percent(a.get(s)) for a in acc)] for s in scales]
     return rows
 
 
@@ -93,6 +111,25 @@ def _shape_bias_cell(r: dict[str, Any]) -> str:
         return "–"
     decided = r["shape_decisions"] + r["coat_decisions"]
     return f"{percent(r['shape_bias'])} ({r['shape_decisions']}/{decided})"
+
+
+def _bias_cell(r: dict[str, Any], name: str) -> str:
+    """'-12.5 [-30.0, 5.0]': a ForAug bias (``size_bias``, ``center_bias``) in points."""
+    summary = (r.get(name) or {}).get("summary") or {}
+    value, ci = summary.get(name), summary.get("ci")
+    return f"{percent(value)} [{percent(ci[0])}, {percent(ci[1])}]" if ci else percent(value)
+
+
+RATIO_BIASES = {"background_robustness": "bg robustness", "foreground_focus": "fg focus"}
+
+
+def _ratio_cell(r: dict[str, Any], name: str) -> str:
+    """'0.79 [0.63, 0.96]': a ForAug ratio (``background_robustness``, ``foreground_focus``)."""
+    summary = (r.get(name) or {}).get("summary") or {}
+    value, ci = summary.get(name), summary.get("ci")
+    if value is None:
+        return "–"
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.2f}"
 
 
 def _align(rows: list[list[str]]) -> str:
