@@ -236,3 +236,33 @@ def test_foreground_focus_and_background_robustness_by_hand(world):
     assert robust["acc_own"] == pytest.approx(sum(r["fg_class"] == classes[0] for r in rows)
                                               / len(rows))  # fmt: skip
     assert ratio_ci(np.ones(5), np.full(5, 2.0), 20, 0) == (0.5, 0.5)
+
+
+def test_the_recombine_study_end_to_end_at_toy_size(tmp_path, capsys):
+    """Every method and column of the study's table, from the runs' own audit records (the
+    mean over seeds and its t-interval: :func:`~dreamshift.studies.recombine.mean_interval`'s
+    doctest); a relaunch redoes nothing."""
+    from dreamshift.cli import main
+    from dreamshift.engine.results import read_records
+    from dreamshift.studies.recombine import COLUMNS, METHODS
+
+    out = tmp_path / "study"
+    args = ["world", "recombine-study", "--out", str(out), "--archs", "world-cnn", "--seeds",
+            "0", "--train-size", "200", "--epochs", "1", "--per-group", "1", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert "| world-cnn | erm + recombine p 1 |" in capsys.readouterr().out
+    rows = json.loads((out / "recombine-study.json").read_text())
+    assert [r["method"] for r in rows] == list(METHODS)
+    records = read_records(out / "audit.jsonl")
+    assert len(records) == 4 * len(METHODS)  # 4 audited splits x methods
+    for row in rows:
+        config = {"algorithm": "erm", "recombine": "", "recombine_p": 1.0,
+                  **METHODS[row["method"]]}  # fmt: skip
+        config.pop("mi_anneal_steps", None)
+        (anti,) = [r for r in records if r["split"] == "anti" and {
+            k: v for k, v in json.loads((Path(r["model"]) / "config.json").read_text())
+            ["config"].items() if k in config} == config]  # fmt: skip
+        assert row["anti"] == {"mean": anti["acc_avg"], "ci": None, "n": 1}
+        assert all(row[c]["n"] == 1 for c, *_ in COLUMNS)  # every column filled
+    assert main(args) == 0  # a relaunch skips the finished runs and audits
+    assert len(read_records(out / "audit.jsonl")) == len(records)

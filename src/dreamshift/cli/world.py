@@ -1,5 +1,6 @@
 """``dreamshift world ...``: the embedded world (info, export, preview) and the jobs that build
-its models (tiny-sd, train-dream, train-oracles, evaluate-dream, evaluate-verify)."""
+its models (tiny-sd, train-dream, train-oracles), and its studies (evaluate-dream,
+evaluate-verify, spurious-features, recombine-study)."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def _add_measures(wsub: Any) -> None:
 
 
 def _add_studies(wsub: Any) -> None:
-    """evaluate-dream, evaluate-verify, spurious-features: the world's studies."""
+    """evaluate-dream, evaluate-verify, spurious-features, recombine-study: the world's
+    studies."""
     ev = wsub.add_parser(
         "evaluate-dream",
         help="label fidelity (oracles), change from the guide and diversity of a model's "
@@ -137,6 +139,19 @@ def _add_studies(wsub: Any) -> None:
     sf.add_argument("--steps", type=int, default=200, help="DreamBooth steps per run (200)")
     sf.add_argument("--kappas", type=float, nargs="+", default=[0.1, 1.0], help="SFSL weights")
     sf.add_argument("--quiet", action="store_true", help="no progress bars")
+    rc = wsub.add_parser(
+        "recombine-study",
+        help="ForAug's recombination against a background shortcut (rho 0.95 pastes): ERM, "
+        "ERM + --recombine (p 0.5, 1), GroupDRO and D3S over seeds; accuracy, BG-gap, photos "
+        "and ForAug's four biases",
+    )
+    rc.add_argument("--out", required=True, type=Path, help="folder for datasets, runs, audit")
+    rc.add_argument("--archs", nargs="+", default=["world-cnn", "world-resnet18"])
+    rc.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    rc.add_argument("--train-size", type=int, default=4000, help="training pastes (4000)")
+    rc.add_argument("--epochs", type=int, default=10)
+    rc.add_argument("--per-group", type=int, default=10, help="test images per group (10)")
+    rc.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def info(args: argparse.Namespace) -> int:
@@ -261,6 +276,16 @@ def spurious_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def recombine_study(args: argparse.Namespace) -> int:
+    from dreamshift.studies.recombine import format_table, recombine_study
+
+    rows = recombine_study(args.out, tuple(args.archs), tuple(args.seeds), args.train_size,
+                           args.epochs, args.per_group, progress=not args.quiet)  # fmt: skip
+    print(format_table(rows))
+    print(f"datasets, runs, audit.jsonl and recombine-study.json in {args.out}")
+    return 0
+
+
 COMMANDS = {
     "info": info,
     "export": export,
@@ -273,4 +298,5 @@ COMMANDS = {
     "evaluate-verify": evaluate_verify,
     "distance": distance,
     "spurious-features": spurious_features,
+    "recombine-study": recombine_study,
 }
