@@ -186,7 +186,7 @@ def _images_and_masks(
     root: Path, rows: Sequence[dict[str, Any]], classes: Sequence[str], backgrounds: Sequence[str]
 ) -> tuple[list[dict[str, Any]], list[np.ndarray], list[np.ndarray]]:
     """The readable rows' pixels and masks (an unreadable file is left out, as the audit's
-    own accuracy leaves it out and records it)."""
+    own accuracy leaves it out and records it; an empty mask too)."""
     table = ImageTable.of_rows(root, rows, list(classes), list(backgrounds))
     kept, images, masks = [], [], []
     for i, row in enumerate(rows):
@@ -194,6 +194,8 @@ def _images_and_masks(
             pixels = table.read(i)
             mask = table.read_mask(i, (pixels.shape[1], pixels.shape[0]))
         except BadInputError:
+            continue
+        if not mask.any():  # an object the paste left no pixel of
             continue
         kept.append(row)
         images.append(pixels)

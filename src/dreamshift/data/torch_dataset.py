@@ -62,7 +62,7 @@ from PIL import Image
 
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import ImageTable, usable_rows
-from dreamshift.data.masks import MASK_CARRYING_MODES, read_mask
+from dreamshift.data.masks import MASK_CARRYING_MODES
 from dreamshift.data.recombine import Recombination
 from dreamshift.data.transforms import Preprocessing, augment_image
 from dreamshift.data.verification import only_verified
@@ -296,12 +296,7 @@ class ShiftDataset(torch.utils.data.Dataset):
     def mask(self, i: int, size: tuple[int, int]) -> torch.Tensor:
         """Item ``i``'s object mask as a bool tensor of ``size`` (width, height): its
         ``mask_path`` file, checked against its sha256; all False where there is no object."""
-        row = self.rows[i]
-        if not row.get("mask_path"):
-            return torch.zeros(size[::-1], dtype=torch.bool)
-        remedy = f"restore it, or re-run the command that made {self.root}"
-        mask = read_mask(self.root / row["mask_path"], row.get("mask_sha256"), size, remedy)
-        return torch.from_numpy(mask.copy())
+        return torch.from_numpy(self.table.read_mask(i, size).copy())
 
     def group_name(self, group: int) -> str:
         """``class/background`` of a group id."""
