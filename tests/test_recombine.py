@@ -155,7 +155,14 @@ def test_backgrounds_from_a_folder_or_a_dataset_of_backgrounds_alone(world, tmp_
     (folder / meta.backgrounds[0]).rmdir()
     with pytest.raises(DreamshiftError, match=f"have no {meta.backgrounds[0]}"):
         learn(world, tmp_path / "runs2", cfg, log=lambda *_: None)
-    # a dataset with objects in every image is no source of backgrounds
+    # a dataset's backgrounds alone (its split spurious here; `dream --mode remove` makes them
+    # from photos) are one; its images with objects are not
+    scenes = tmp_path / "scenes-ds"
+    recipe = ShiftRecipe(train_size=0, val_per_group=0, test_per_group=1, anti_per_group=0,
+                         spurious_per_class=2)  # fmt: skip
+    compose(small_config(recipe=recipe), scenes, progress=False)
+    run = learn(world, tmp_path / "runs4", replace(cfg, recombine=str(scenes)), log=lambda *_: None)
+    assert json.loads((run / "config.json").read_text())["config"]["recombine"] == str(scenes)
     with pytest.raises(DreamshiftError, match="no usable images of backgrounds alone"):
         learn(world, tmp_path / "runs3", replace(cfg, recombine=str(world)), log=lambda *_: None)
 
