@@ -359,7 +359,8 @@ def test_report_renders_every_plot(world, cnn, tmp_path):
             assert head.startswith(b"\x89PNG")
         elif name.endswith(".pdf"):
             assert head.startswith(b"%PDF")
-    assert page.count('<img class="figure"') == 1 + 1 + 3  # bars, ER, heatmaps
+    # bars, ER, background robustness, foreground focus (the images have masks), heatmaps
+    assert page.count('<img class="figure"') == 1 + 1 + 2 + 3
     assert page.count('<img class="samples"') == 3 and "data:image/png;base64," in page
     assert "a&lt;b&amp;c" in page and "a<b&c" not in page
     assert "a<b&c |" in (files / "tables.md").read_text()  # Markdown tables for papers

@@ -330,8 +330,6 @@ def foreground_focus(
     if not rows:
         return None
     shares, areas = [], []
-    was_training = clf.net.training
-    clf.net.eval()
     for start in range(0, len(rows), batch_size):
         part = slice(start, start + batch_size)
         truth = np.array([classes.index(r["fg_class"]) for r in rows[part]])
@@ -340,7 +338,6 @@ def foreground_focus(
         total = maps.flatten(1).sum(1).clamp_min(1e-30)
         shares.append(((maps * inside).flatten(1).sum(1) / total).numpy())
         areas.append(inside.flatten(1).float().mean(1).numpy())
-    clf.net.train(was_training)
     share, area = (
         np.concatenate(shares).astype(np.float64),
         np.concatenate(areas).astype(np.float64),
