@@ -28,8 +28,8 @@ alone, and each is also saved as PNG and PDF in ``<page>_files/`` with the table
 >>> page = write_report([f"{tmp}/results.jsonl"], f"{tmp}/report.html")
 >>> "Accuracy by background" in page.read_text()
 True
->>> sorted(p.suffix for p in (page.parent / "report_files").iterdir())
-['.md', '.pdf', '.pdf', '.png', '.png']
+>>> sorted({p.stem.split("-world-test")[0] for p in (page.parent / "report_files").iterdir()})
+['backgrounds', 'bg-robustness', 'fg-focus', 'heatmap', 'tables']
 """
 
 from __future__ import annotations
