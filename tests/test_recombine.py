@@ -236,6 +236,15 @@ def test_foreground_focus_and_background_robustness_by_hand(world):
     assert robust is not None and robust["n"] == len(mine) == 3
     assert (robust["acc_own"], robust["acc_foreign"]) == (1.0, 0.0)
     assert robust["summary"]["background_robustness"] == 0.0
+    # on a balanced split, with each class's usual background as the objects' home: the same
+    # verdict for every image, where their own backgrounds would be as foreign as any other
+    usual = {c: names[i] for i, c in enumerate(classes)}
+    robust = background_robustness(by_bg, labels, world, rows, Flat(tuple(names)), names, 4,
+                                   50, 0, usual)  # fmt: skip
+    assert robust is not None and robust["n"] == len(rows) == 9
+    assert (robust["acc_own"], robust["acc_foreign"]) == (1.0, 0.0)
+    own = background_robustness(by_bg, labels, world, rows, Flat(tuple(names)), names, 4, 50, 0)
+    assert own is not None and own["acc_own"] == pytest.approx(1 / 3)
     # one blind to the background: the same answers on both, robustness 1
     blind = classifier(Looks(where=torch.zeros(64, 64)), classes)
     robust = background_robustness(blind, labels, world, rows, Flat(tuple(names)), names, 8, 50, 0)

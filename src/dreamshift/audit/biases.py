@@ -14,10 +14,12 @@ of a K x K grid (split ``position``), pure functions of the rows and the predict
 From the masks of the audited images, running the model:
 
 - :func:`background_robustness`: accuracy on the same objects over foreign backgrounds,
-  divided by their accuracy over backgrounds of their own label. Both arms paste the object,
-  cut by its mask at its own place and size, on a fresh background of a background source
-  (:class:`~dreamshift.data.recombine.Recombination`), so the paste itself cancels out and
-  only the background's label differs. 1: the background does not matter; below 1: the
+  divided by their accuracy over backgrounds of their home label: their class's usual one
+  where the dataset assigns one (on a balanced test split an image's own background is as
+  foreign as any other to a classifier of the shortcut), else their own. Both arms paste the
+  object, cut by its mask at its own place and size, on a fresh background of a background
+  source (:class:`~dreamshift.data.recombine.Recombination`), so the paste itself cancels out
+  and only the background's label differs. 1: the background does not matter; below 1: the
   classifier needs its usual kind of background.
 - :func:`foreground_focus`: the share of an input-gradient saliency map (Simonyan et al. 2014:
   the gradient of the true class's score with respect to the model's input, summed over
@@ -252,11 +254,15 @@ def background_robustness(
     batch_size: int,
     n_boot: int,
     seed: int,
+    usual_bg: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """ForAug's background robustness of ``clf`` on the objects of ``rows`` (see the module's
-    docstring): each object at its own place, on a background of its own label and on one of
+    docstring): each object at its own place, on a background of its home label and on one of
     another label drawn uniformly, both drawn by a generator seeded by (seed, sample id), so
-    every model of an audit sees the same images. None where no row has a mask."""
+    every model of an audit sees the same images. The home label is the class's usual
+    background where ``usual_bg`` names one (the dataset's spurious assignment: what a
+    classifier trained on it may lean on), else the image's own, as ForAug takes an ImageNet
+    photo's own background. None where no row has a mask."""
     classes = labels.classes
     rows, images, masks = _images_and_masks(root, object_rows(rows, classes), classes,
                                             background_names)  # fmt: skip
@@ -266,10 +272,10 @@ def background_robustness(
     own, foreign = [], []
     for row, pixels, mask in zip(rows, images, masks, strict=True):
         rng = np.random.default_rng(derive_seed(seed, "background-robustness", row["sample_id"]))
-        bg = background_names.index(row["bg_class"])
+        home = background_names.index((usual_bg or {}).get(row["fg_class"], row["bg_class"]))
         other = int(rng.integers(len(background_names) - 1))
-        other += other >= bg  # any label but its own
-        own.append(mix.onto(pixels, mask, bg, rng))
+        other += other >= home  # any label but the home one
+        own.append(mix.onto(pixels, mask, home, rng))
         foreign.append(mix.onto(pixels, mask, other, rng))
     truth = np.array([classes.index(r["fg_class"]) for r in rows])
     ok_own = _predict_arrays(clf, labels, own, batch_size) == truth
@@ -377,7 +383,7 @@ def mask_metrics(
         out["foreground_focus"] = focus
     if backgrounds is not None:
         robust = background_robustness(clf, labels, root, rows, backgrounds, names, batch_size,
-                                       n_boot, seed)  # fmt: skip
+                                       n_boot, seed, dict(meta.assignment))  # fmt: skip
         if robust is not None:
             out["background_robustness"] = robust
     return out
