@@ -1,8 +1,9 @@
 """``dreamshift world recombine-study``: does ForAug's recombination (Nauen et al. 2025) undo a
 background shortcut? Classifiers trained on world pastes whose background predicts the class
-(ρ 0.95): ERM, ERM with ``--recombine world`` (p 0.5 and 1), GroupDRO (Sagawa et al. 2020) and
-the D3S algorithm (Kattakinda et al. 2022), each over several seeds, then audited for balanced,
-worst-group and anti-correlated accuracy, BG-gap, accuracy on photos and ForAug's four biases.
+(ρ 0.95): ERM, ERM with ``--recombine world`` (p 0.5 and 1, and 1 with the object's size
+drawn from 0.2-0.6 of the image), GroupDRO (Sagawa et al. 2020) and the D3S algorithm
+(Kattakinda et al. 2022), each over several seeds, then audited for balanced, worst-group and
+anti-correlated accuracy, BG-gap, accuracy on photos and ForAug's four biases.
 
 Datasets (made once under ``OUT``): ``paste`` (the training data, with val, test and anti
 splits), ``photos`` (balanced photos of unseen silhouettes) and ``bins`` (balanced pastes with
@@ -37,6 +38,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "erm": {},
     "erm + recombine p 0.5": {"recombine": "world", "recombine_p": 0.5},
     "erm + recombine p 1": {"recombine": "world", "recombine_p": 1.0},
+    "erm + recombine p 1, scale 0.2-0.6": {"recombine": "world", "recombine_scale": (0.2, 0.6)},
     "groupdro": {"algorithm": "groupdro"},
     "d3s": {"algorithm": "d3s", "mi_anneal_steps": 100},
 }
