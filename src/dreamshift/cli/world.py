@@ -151,6 +151,7 @@ def _add_studies(wsub: Any) -> None:
     rc.add_argument("--train-size", type=int, default=4000, help="training pastes (4000)")
     rc.add_argument("--epochs", type=int, default=10)
     rc.add_argument("--per-group", type=int, default=10, help="test images per group (10)")
+    rc.add_argument("--methods", nargs="+", help="a subset of the methods (default: all)")
     rc.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -277,10 +278,11 @@ def spurious_features(args: argparse.Namespace) -> int:
 
 
 def recombine_study(args: argparse.Namespace) -> int:
-    from dreamshift.studies.recombine import format_table, recombine_study
+    from dreamshift.studies.recombine import METHODS, format_table, recombine_study
 
     rows = recombine_study(args.out, tuple(args.archs), tuple(args.seeds), args.train_size,
-                           args.epochs, args.per_group, progress=not args.quiet)  # fmt: skip
+                           args.epochs, args.per_group, tuple(args.methods or METHODS),
+                           progress=not args.quiet)  # fmt: skip
     print(format_table(rows))
     print(f"datasets, runs, audit.jsonl and recombine-study.json in {args.out}")
     return 0

@@ -29,6 +29,7 @@ from dreamshift.compose.config import ComposeConfig, ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.engine.results import read_records
+from dreamshift.errors import DreamshiftError
 from dreamshift.learn.config import LearnConfig
 from dreamshift.learn.hparams import Hparams
 from dreamshift.learn.run import learn
@@ -117,16 +118,21 @@ def recombine_study(
     train_size: int = 4000,
     epochs: int = 10,
     per_group: int = 10,
+    methods: Sequence[str] = tuple(METHODS),
     progress: bool = True,
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Train every (architecture, method, seed), audit each run on the three datasets, and
-    return (and write to ``out/recombine-study.json``) one row per architecture and method."""
+    """Train every (architecture, method of ``methods``, seed), audit each run on the three
+    datasets, and return (and write to ``out/recombine-study.json``) one row per architecture
+    and method."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DreamshiftError(f"no method {unknown} in the study: choose among {list(METHODS)}")
     out = Path(out)
     data = datasets(out, train_size, per_group, progress)
     folders: dict[tuple[str, str], list[Path]] = {}
     for arch in archs:
-        for method in METHODS:
+        for method in methods:
             for seed in seeds:
                 cfg = run_config(arch, method, seed, epochs)
                 folders.setdefault((arch, method), []).append(
