@@ -220,7 +220,7 @@ def bias_section(
 ) -> list[str]:
     """ForAug's biases of the records that hold them: accuracy by object scale (one line per
     model, with the table beside it), per grid cell (one panel per model), on the objects'
-    own kind of background and on others, and the foreground focus (one bar per model)."""
+    home kind of background and on others, and the foreground focus (one bar per model)."""
     body = []
     sized = [r for r in recs if r.get("size_bias")]
     if sized:
@@ -247,11 +247,12 @@ def bias_section(
         arms = {r["model"]: [(r["background_robustness"][f"acc_{arm}"],
                               r["background_robustness"][f"acc_{arm}_ci"])
                              for arm in ("own", "foreign")] for r in robust}  # fmt: skip
-        figure = figures.img(F.background_bars(["own kind", "foreign"], arms),
+        figure = figures.img(F.background_bars(["home", "foreign"], arms),
                              f"bg-robustness-{title}",
                              "accuracy (%) of the same objects pasted on a background of their "
-                             f"own label and of another (ForAug's background robustness: "
-                             f"their ratio), {title}")  # fmt: skip
+                             "home label (their class's usual one where the dataset assigns "
+                             "one, else their own) and of another (ForAug's background "
+                             f"robustness: their ratio), {title}")  # fmt: skip
         body += ["<h3>Background robustness (ForAug): the same objects on other "
                  "backgrounds</h3>", figure]  # fmt: skip
     focused = [r for r in recs if r.get("foreground_focus")]
