@@ -505,6 +505,29 @@ def evaluate_model(
         ),
         "images_per_s": round(len(job.rows) / seconds, 1),
     }
+    probes = _probe_metrics(job, clf, labels, restrict, ev, record)
+    if job.in_distribution is not None:
+        record.update(_drop(job, clf, labels, restrict, record["acc_avg"]))
+    record.update(_prediction_files(job, spec, clf, restrict, record, ev, probes))
+    done = (
+        f"audited {spec} on {root} ({job.split or 'all splits'}): {len(job.rows)} images in "
+        f"{seconds:.1f} s"
+    )
+    return index, record, [*notes, done]
+
+
+def _probe_metrics(
+    job: AuditJob,
+    clf: Classifier,
+    labels: LabelMap,
+    restrict: bool,
+    ev: Evaluated,
+    record: dict[str, Any],
+) -> dict[str, Evaluated]:
+    """Add to ``record`` the metrics of the probe splits (spurious accuracy and AUC, shape
+    bias, ForAug's size and center bias) and of the audited images' masks (foreground focus,
+    background robustness); returns the probe splits' predictions, kept beside the split's."""
+    cfg, root = job.cfg, job.root
     probes: dict[str, Evaluated] = {}  # predictions of the probe splits, kept beside the split's
     if job.spurious_rows:
         ev_spurious = predict(clf, labels, job.spurious_root, job.spurious_rows, cfg.batch_size,
@@ -532,14 +555,7 @@ def evaluate_model(
                                           cfg.batch_size, cfg.bootstrap, cfg.seed))  # fmt: skip
         if "background_robustness" in record:
             record["background_robustness"]["backgrounds"] = cfg.backgrounds or "world"
-    if job.in_distribution is not None:
-        record.update(_drop(job, clf, labels, restrict, record["acc_avg"]))
-    record.update(_prediction_files(job, spec, clf, restrict, record, ev, probes))
-    done = (
-        f"audited {spec} on {root} ({job.split or 'all splits'}): {len(job.rows)} images in "
-        f"{seconds:.1f} s"
-    )
-    return index, record, [*notes, done]
+    return probes
 
 
 def _drop(
