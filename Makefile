@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 
-.PHONY: setup demo test test-shapes test-all lint bench bench-dream bench-audit bench-learn bench-learn-memory bench-learn-device bench-gpu bench-ray bench-tune evaluate-dream clean
+.PHONY: setup demo test test-shapes test-all lint docs docs-serve bench bench-dream bench-audit bench-learn bench-learn-memory bench-learn-device bench-gpu bench-ray bench-tune evaluate-dream clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,17 @@ test-shapes: $(STAMP)
 
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m ''
+
+# the documentation site into site/ (--strict: a broken link, anchor or API reference fails),
+# then every shell block the pages mark runnable, on the embedded world, and the built site's
+# navigation and search in a browser with every request outside this machine refused
+docs: $(STAMP) $(CHROMIUM)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m docs tests/test_docs.py
+
+# the site on http://127.0.0.1:8000 (search runs in a web worker, which needs http)
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
