@@ -25,7 +25,9 @@ from dreamshift.cli.reference import commands, markdown_reference
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 RUNNABLE = "<!-- runnable -->"
-FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.S | re.M)
+FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.S | re.M
+)
 BIN = Path(sys.executable).parent
 
 
@@ -50,6 +52,7 @@ def runnable_pages() -> list[Path]:
 
 
 # -- command lines name real commands and options ---------------------------------------------
+
 
 def command_lines(body: str) -> Iterator[list[str]]:
     """Every `dreamshift ...` invocation of a shell block, as words (comments, continuation
@@ -115,7 +118,10 @@ def test_the_cli_reference_lists_every_command_and_option() -> None:
 
 
 def test_shell_blocks_are_found_with_their_marks() -> None:
-    text = f"text\n\n{RUNNABLE}\n```bash\necho a\n```\n\n```bash\necho b\n```\n\n  {RUNNABLE}\n  ```bash\n  echo c\n  ```\n"
+    text = (
+        f"text\n\n{RUNNABLE}\n```bash\necho a\n```\n\n```bash\necho b\n```\n\n"
+        f"  {RUNNABLE}\n  ```bash\n  echo c\n  ```\n"
+    )
     assert list(shell_blocks(text)) == [(True, "echo a"), (False, "echo b"), (True, "echo c")]
     line = "dreamshift learn runs/x --algorithm erm [--erase background] \\\n   --out r  # note"
     assert list(command_lines(line)) == [
@@ -124,6 +130,7 @@ def test_shell_blocks_are_found_with_their_marks() -> None:
 
 
 # -- make docs: the runnable blocks and the built site ----------------------------------------
+
 
 @pytest.mark.docs
 @pytest.mark.parametrize("page", runnable_pages(), ids=lambda p: str(p.relative_to(DOCS)))
@@ -148,6 +155,7 @@ def served_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [str(BIN / "mkdocs"), "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
          "-d", str(site)], check=True, cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )  # fmt: skip
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *_: object) -> None:
             pass

@@ -6,7 +6,7 @@ it at build time), so it says what ``dreamshift CMD --help`` says and cannot dri
 >>> text = markdown_reference()
 >>> "## dreamshift compose {#dreamshift-compose}" in text
 True
->>> "`--rho`" in text and "#dreamshift-world-train-dream" in text
+>>> "`--rho RHO`" in text and "#dreamshift-world-train-dream" in text
 True
 """
 
@@ -61,7 +61,8 @@ def _section(words: tuple[str, ...], parser: argparse.ArgumentParser, summary: s
     formatter = argparse.HelpFormatter(title, width=USAGE_WIDTH)
     formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups, "")
     out.append("```text\n" + formatter.format_help().strip() + "\n```")
-    positionals, options = [], []
+    positionals: list[argparse.Action] = []
+    options: list[argparse.Action] = []
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
             continue
@@ -81,8 +82,10 @@ def _table(kind: str, actions: list[argparse.Action], formatter: argparse.HelpFo
     rows = [f"| {kind} | meaning |", "|---|---|"]
     for action in actions:
         if action.option_strings:
-            metavar = "" if action.nargs == 0 else " " + formatter._format_args(
-                action, action.dest.upper()
+            metavar = (
+                ""
+                if action.nargs == 0
+                else " " + formatter._format_args(action, action.dest.upper())
             )
             name = ", ".join(f"`{flag}{metavar}`" for flag in action.option_strings)
         else:
