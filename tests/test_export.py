@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +204,30 @@ def test_export_refuses_a_full_folder_and_keeps_it(dreamed, tmp_path, capsys):
     assert main(["export", str(dreamed), "--format", "hf", "--out", str(out)]) == 1
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_export_clears_what_a_killed_export_left_and_refuses_a_file_in_one_line(
+    dreamed, tmp_path, capsys
+):
+    out = tmp_path / "exports" / "wds"
+    out.parent.mkdir()
+    for name in (".wds.partial-a1b2", ".wds.partial-c3d4"):  # two exports SIGKILLed mid-write
+        (out.parent / name / "part").mkdir(parents=True)
+        (out.parent / name / "part" / "test-00000.tar").write_bytes(b"half")
+    (out.parent / ".other.partial-e5f6").mkdir()  # another --out's: not ours to remove
+    assert main(["export", str(dreamed), "--format", "webdataset", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [".other.partial-e5f6", "wds"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # as mkdir makes it, not 0700
+
+    taken = tmp_path / "a-file"
+    taken.write_text("keep")
+    capsys.readouterr()
+    assert main(["export", str(dreamed), "--format", "hf", "--out", str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {taken} is a file" in err
+    assert taken.read_text() == "keep"
 
 
 def test_shift_dataset_items_groups_and_verified_only(dreamed):

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from dreamshift.data import dataset as ds
 from dreamshift.data import verification as vt
 from dreamshift.data.masks import MASK_SUFFIX
+from dreamshift.engine.output import claim_output
 from dreamshift.errors import DreamshiftError
 from dreamshift.export.card import write_card
 
@@ -85,10 +86,21 @@ def _read(root: Path, relative: str) -> bytes:
         ) from exc
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
+def _prepare_out(out: Path) -> Path:
+    """Check ``out``, remove what killed exports into it left, and return the hidden folder
+    beside it to write into (mode 0777 less the umask, as ``mkdir`` makes, not mkdtemp's 0700)."""
+    if out.exists() and not out.is_dir():
+        raise DreamshiftError(f"--out {out} is a file: name a new folder to export into")
+    if out.is_dir() and any(out.iterdir()):
         raise DreamshiftError(f"--out {out} is not empty: export into a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # an export killed before its rename
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o777 & ~umask)
+    return partial
 
 
 def _features(meta: ds.DatasetMeta, schema: pa.Schema) -> dict[str, Any]:
@@ -187,22 +199,24 @@ def export_imagefolder(root: Path, out: Path) -> dict[str, int]:
 def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
     """Export the usable rows of ``dataset`` into ``out`` (a new or empty folder) in ``fmt``;
     returns the image count per split. It is written to a hidden folder beside ``out`` and
-    renamed when complete."""
+    renamed when complete; what an export killed before that left beside ``out`` is removed by
+    the next one into it."""
     if fmt not in FORMATS:
         raise DreamshiftError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     root, out = Path(dataset), Path(out)
     meta = ds.DatasetMeta.read(root)
     if not meta.complete:
         raise DreamshiftError(f"{root} is unfinished: run the command that made it again first")
-    _prepare_out(out)
-    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     writer = {"hf": export_hf, "webdataset": export_webdataset,
               "imagefolder": export_imagefolder}[fmt]  # fmt: skip
-    try:
-        counts = writer(root, partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    out.rmdir()
-    os.replace(partial, out)  # complete, or not there
+    with claim_output(out):  # a second export into out stops at once, naming this one
+        partial = _prepare_out(out)
+        try:
+            counts = writer(root, partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if out.is_dir():
+            out.rmdir()
+        os.replace(partial, out)  # complete, or not there
     return counts
