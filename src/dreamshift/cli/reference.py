@@ -98,8 +98,11 @@ def _table(kind: str, actions: list[argparse.Action], formatter: argparse.HelpFo
 
 
 def _prose(text: str) -> str:
-    """argparse text as a Markdown paragraph: HTML and emphasis characters escaped."""
-    return " ".join(html.escape(text, quote=False).replace("*", r"\*").split())
+    """argparse text as a Markdown paragraph: HTML, emphasis and link brackets escaped."""
+    escaped = html.escape(text, quote=False)
+    for char in "*[]":
+        escaped = escaped.replace(char, "\\" + char)
+    return " ".join(escaped.split())
 
 
 def _cell(text: str) -> str:

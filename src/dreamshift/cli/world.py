@@ -52,7 +52,7 @@ def _add_model_jobs(wsub: Any) -> None:
     train = wsub.add_parser(
         "train-dream",
         help="train tiny-dream (tokenizer, text encoder, VAE, UNet) on world renders; "
-        "resumes from OUT's checkpoints (about an hour on 2 CPU cores)",
+        "resumes from OUT's checkpoints (about 90 min on 2 CPU cores)",
     )
     train.add_argument("--out", required=True, type=Path)
     train.add_argument("--seed", type=int, help="(default 0)")
@@ -63,8 +63,8 @@ def _add_model_jobs(wsub: Any) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     orc = wsub.add_parser(
         "train-oracles",
-        help="train the fg, bg and shape oracles on world photos and pastes (about 20 min on "
-        "2 CPU cores)",
+        help="train the fg, bg and shape oracles on world photos and pastes (30 to 40 min "
+        "on 2 CPU cores)",
     )
     orc.add_argument("--out", required=True, type=Path)
     orc.add_argument("--seed", type=int, help="(0)")
