@@ -21,8 +21,8 @@ def add(sub: Any) -> None:
         "run gets a folder named by a hash of its config under --out (resumable; finished runs "
         "are skipped); results are appended to OUT/results.jsonl. Images stream from the "
         "dataset directory (memory does not grow with it). Several processes or GPUs: "
-        "`accelerate launch --multi_gpu --num_processes N -m dreamshift.cli learn ...` (--batch-size "
-        "is per process; only the main process writes).",
+        "`accelerate launch --multi_gpu --num_processes N -m dreamshift.cli learn ...` "
+        "(--batch-size is per process; only the main process writes).",
     )
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", required=True, type=Path, help="folder of runs")
