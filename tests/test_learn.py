@@ -260,6 +260,12 @@ def test_a_head_on_frozen_features_leaves_the_source_untouched(world, tmp_path):
     original, _ = load_run(source)
     frozen = trained.backbone.source.state_dict()
     assert all(torch.equal(v, frozen[k]) for k, v in original.state_dict().items())
+    # the audit's foreground focus takes its input gradient through the frozen block
+    from dreamshift.audit.evaluate import AuditConfig, audit
+
+    (record,) = audit(AuditConfig(models=(str(head),), bootstrap=20), world,
+                      tmp_path / "audit.jsonl", log=lambda *_: None)  # fmt: skip
+    assert record["foreground_focus"]["summary"]["foreground_focus"] > 0
     assert trained.classifier.in_features == original.k  # the fg block alone
     assert not torch.equal(trained.classifier.weight, original.classifier.weight)
     with pytest.raises(DreamshiftError, match="not a finished learn run"):

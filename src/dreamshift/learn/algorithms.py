@@ -164,7 +164,8 @@ class FrozenFeatures(nn.Module):
         return self  # stays in eval mode
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        # no graph in training; one to the input where it asks for one (the audit's saliency)
+        with torch.set_grad_enabled(x.requires_grad and torch.is_grad_enabled()):
             f = self.source.features(x)[self.block]
             return f if self.eraser is None else self.eraser(f)
 
