@@ -293,7 +293,6 @@ def test_shift_dataset_items_groups_and_verified_only(dreamed):
 
 
 def test_hf_export_streams_images_a_row_group_at_a_time(part_masked, tmp_path, monkeypatch):
-
     from dreamshift.export import formats
 
     dreamed = part_masked
