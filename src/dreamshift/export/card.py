@@ -164,7 +164,7 @@ def write_card(
         "tags": ["dreamshift", "distribution-shift", kind],
         "configs": [{
             "config_name": "default",
-            "data_files": _data_files(fmt, counts),
+            "data_files": _data_files(fmt, list(counts)),
             **({"features": features} if features else {}),
         }],
     }  # fmt: skip

@@ -48,7 +48,7 @@ from dreamshift.data.loading import (
 from dreamshift.data.recombine import Recombination
 from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images, StreamedImages, loader
 from dreamshift.data.transforms import Preprocessing
-from dreamshift.engine.results import RESULTS, append_record
+from dreamshift.engine.results import RESULTS, append_record, located_record, portable_record
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.folders import mark_folder
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures
@@ -349,7 +349,8 @@ def learn(
     record = _run_record(cfg, root, meta, data, prep, procs.size, algo)
     if procs.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+        portable = portable_record(record, folder)  # its datasets named from the run folder
+        write_atomic(folder / CONFIG, (json.dumps(portable, indent=2) + "\n").encode())
         mark_folder(folder, "learn-run")
     end_epoch = _per_epoch_validation(algo, root, cfg, prep, procs, loader_workers, log)
     history = _fit(algo, cfg, data, recombine, prep, procs, folder, loader_workers,
@@ -575,6 +576,7 @@ def _read_record(path: Path) -> tuple[dict[str, Any], LearnConfig]:
         record = json.loads(path.read_text())
         if not isinstance(record, dict):
             raise TypeError(f"it holds a {type(record).__name__}, not a mapping")
+        record = located_record(record, path.parent)
         cfg = LearnConfig.from_dict(record["config"], str(path))
         classes, backgrounds = record["classes"], record["backgrounds"]
         if not all(isinstance(x, list) and x and all(isinstance(n, str) for n in x)

@@ -39,7 +39,7 @@ from PIL import Image
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import IMAGE_SUFFIXES, sha256_file, write_atomic
 from dreamshift.data.loading import iter_batches, usable_rows
-from dreamshift.engine.results import RESULTS, append_record
+from dreamshift.engine.results import RESULTS, append_record, portable_record
 from dreamshift.errors import DreamshiftError
 from dreamshift.folders import mark_folder
 from dreamshift.models.diffusion import (
@@ -731,7 +731,8 @@ def _write_config(folder: Path, record: dict[str, Any]) -> None:
     """Create the run folder, marked as a tune run, and write the run's record into its
     ``config.json``."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+    portable = portable_record(record, folder)  # its source and model named from the folder
+    write_atomic(folder / CONFIG, (json.dumps(portable, indent=2) + "\n").encode())
     mark_folder(folder, TUNE_RUN)
 
 
