@@ -22,7 +22,7 @@ from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file
-from dreamshift.engine.results import read_records
+from dreamshift.engine.results import append_records, read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.run import LearnConfig, learn
 from dreamshift.models.architectures import ARCHITECTURES
@@ -340,7 +340,8 @@ def test_report_renders_every_plot(world, cnn, tmp_path):
     records = read_records(results)
     for r, acc_id in zip(records, (0.6, 0.7, 0.8), strict=True):
         r["acc_id"] = acc_id
-    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    results.unlink()
+    append_records(results, records)
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
     page = out.read_text()

@@ -492,7 +492,7 @@ def evaluate_model(
         "verified_only": cfg.verified_only,
         "group_by": list(cfg.group_by),
         "n_unreadable": len(ev.unreadable),
-        "unreadable": [list(u) for u in ev.unreadable],
+        "unreadable": [[sample, _without_root(error, root)] for sample, error in ev.unreadable],
         **measure(
             ev,
             job.classes,
@@ -583,6 +583,13 @@ def _drop(
     return out
 
 
+def _without_root(text: str, root: Path) -> str:
+    """An error message with the dataset's folder named as the dataset (records travel)."""
+    for prefix in {str(root.resolve()), str(root)}:
+        text = text.replace(prefix, root.name)
+    return text
+
+
 def _prediction_files(
     job: AuditJob,
     spec: str,
@@ -595,8 +602,9 @@ def _prediction_files(
     """The per-image predictions, one file per model, weights, dataset and split (a later
     audit never overwrites the predictions an earlier record points to unless they are the
     same), and each probe split's (spurious, size, position) beside it."""
+    model = Path(spec).name if Path(spec).is_dir() else spec.partition("@")[0]  # no folder path
     name = (
-        f"{_slug(spec.partition('@')[0])}-{clf.weights_sha256[:12] or 'noweights'}-"
+        f"{_slug(model)}-{clf.weights_sha256[:12] or 'noweights'}-"
         f"{record['dataset_hash'] or _slug(job.root.name)}-{job.split or 'all'}"
         f"{'' if restrict else '-full'}.parquet"
     )

@@ -48,7 +48,7 @@ from dreamshift.data.loading import (
 from dreamshift.data.recombine import Recombination
 from dreamshift.data.torch_dataset import BadImage, EpochBatches, Images, StreamedImages, loader
 from dreamshift.data.transforms import Preprocessing
-from dreamshift.engine.results import RESULTS, append_record, located_record, portable_record
+from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import BadInputError, DreamshiftError
 from dreamshift.folders import mark_folder
 from dreamshift.learn.algorithms import ALGORITHMS, Algorithm, Batch, FrozenFeatures
@@ -63,6 +63,7 @@ from dreamshift.models.loading import (
     classifier_fingerprint,
     load_classifier,
 )
+from dreamshift.portable import located_record, portable_record
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import damaged, load_state
 from dreamshift.train.distributed import Processes, processes

@@ -39,7 +39,7 @@ from PIL import Image
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import IMAGE_SUFFIXES, sha256_file, write_atomic
 from dreamshift.data.loading import iter_batches, usable_rows
-from dreamshift.engine.results import RESULTS, append_record, portable_record
+from dreamshift.engine.results import RESULTS, append_record
 from dreamshift.errors import DreamshiftError
 from dreamshift.folders import mark_folder
 from dreamshift.models.diffusion import (
@@ -54,6 +54,7 @@ from dreamshift.models.diffusion import (
     resolve_runtime,
 )
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
+from dreamshift.portable import portable_record
 from dreamshift.seeding import derive_seed
 from dreamshift.train.distributed import Processes, processes
 from dreamshift.train.loop import TrainState, fit_steps
