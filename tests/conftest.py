@@ -68,3 +68,62 @@ def guides(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("guides") / "paste"
     compose(cfg, out, progress=False)
     return out
+
+
+# -- what travels names no folder of this machine ---------------------------------------------
+
+SHARED_TEXT = (
+    "README.md", "dreamshift-config.yaml", "dreamshift-source-config.yaml", "tables.md",
+    "results.jsonl", "probes.jsonl", "sweep.json", "audit.jsonl",
+)  # fmt: skip
+
+
+def shared_artefacts(root: Path) -> list[Path]:
+    """The files of ``root`` that are meant to leave the machine: exports (their card, configs,
+    metadata and rows), reports and their tables, run records (results, probes, sweeps, a
+    learn run's config)."""
+    exports = {p.parent for p in root.rglob("dreamshift-config.yaml")}
+    found = []
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        in_export = any(e in path.parents for e in exports)
+        learn_run = (
+            path.name == "config.json" and (path.parent / "dreamshift-folder.json").is_file()
+        )
+        if (path.name in SHARED_TEXT or path.suffix == ".html" or learn_run
+                or (in_export and path.suffix in (".parquet", ".tar", ".jsonl"))):  # fmt: skip
+            found.append(path)
+    return found
+
+
+def machine_paths_in(path: Path, needles: tuple[str, ...]) -> bool:
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        text = [str(v) for col in table.columns if pa.types.is_string(col.type)
+                for v in col.to_pylist() if v]  # fmt: skip
+        return any(n in t for t in text for n in needles)
+    if path.suffix == ".tar":
+        import tarfile
+
+        with tarfile.open(path) as tar:
+            data = b"".join(tar.extractfile(m).read() for m in tar if m.name.endswith(".json"))
+        return any(n.encode() in data for n in needles)
+    data = path.read_bytes()
+    return any(n.encode() in data for n in needles)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_artefacts_name_no_folder_of_this_machine(tmp_path_factory):
+    """After the whole suite: every export, report and run record any test wrote names its
+    inputs by relative paths and hashes, never by the test's temporary folder."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    needles = tuple({str(base), str(base.resolve())})
+    leaks = [p for p in shared_artefacts(base) if machine_paths_in(p, needles)]
+    if leaks:
+        listed = "\n  ".join(str(p.relative_to(base)) for p in leaks[:30])
+        pytest.fail(f"{len(leaks)} shared artefacts name {base}:\n  {listed}", pytrace=False)

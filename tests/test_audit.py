@@ -22,6 +22,7 @@ from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file
+from dreamshift.engine.results import append_records, read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.learn.run import LearnConfig, learn
 from dreamshift.models.architectures import ARCHITECTURES
@@ -183,7 +184,7 @@ def test_folders_of_the_earlier_train_classifier_still_audit(world, tmp_path, ca
     results = tmp_path / "r.jsonl"
     assert main(["audit", str(world), "--model", str(sweep), "--model", str(legacy),
                  "--results", str(results), "--bootstrap", "10"]) == 0  # fmt: skip
-    records = [json.loads(line) for line in results.read_text().splitlines()]
+    records = read_records(results)
     assert [(r.get("family"), r.get("train_size")) for r in records] == [
         ("real", 6), ("real", 12), (None, None)]  # fmt: skip
     assert records[2]["acc_avg"] == records[1]["acc_avg"]  # the same folder, twice
@@ -211,7 +212,7 @@ def test_train_classifier_prints_the_learn_command_that_replaces_it(world, tmp_p
     cfg = record["config"]
     assert (cfg["epochs"], cfg["batch_size"], cfg["seed"], cfg["hparams"]["lr"]) == (1, 8, 3, 1e-3)
     assert cfg["lr_schedule"] == "onecycle" and cfg["algorithm"] == "erm"
-    (result,) = [json.loads(line) for line in (out / "results.jsonl").open()]
+    (result,) = read_records(out / "results.jsonl")
     assert 0.0 <= result["history"][0]["val_acc"] <= 1.0  # scored after every epoch, as it was
 
 
@@ -236,7 +237,7 @@ def test_audit_cli_end_to_end_matches_hand_computed_accuracies(world, cnn, tmp_p
     assert status == 0
     out = capsys.readouterr().out
     assert "acc_avg [95% CI]" in out and "accuracy (%) per background" in out
-    records = [json.loads(line) for line in results.read_text().splitlines()]
+    records = read_records(results)
     assert [r["model"] for r in records] == [str(cnn), "world-cnn"]
     for r in records:
         preds = pq.read_table(r["predictions"]).to_pylist()
@@ -336,10 +337,11 @@ def test_report_renders_every_plot(world, cnn, tmp_path):
             == 0
         )
     # three models on 3 x 3 groups may tie in-distribution; spread them so that a line exists
-    records = [json.loads(line) for line in results.read_text().splitlines()]
+    records = read_records(results)
     for r, acc_id in zip(records, (0.6, 0.7, 0.8), strict=True):
         r["acc_id"] = acc_id
-    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    results.unlink()
+    append_records(results, records)
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
     page = out.read_text()
@@ -391,7 +393,7 @@ def test_a_dreamed_dataset_skips_backgrounds_alone_and_audits_them_from_its_guid
     assert "nothing to dream" in capsys.readouterr().err
     results = tmp_path / "r.jsonl"
     assert main(["audit", str(out), "--model", str(cnn), "--results", str(results)]) == 0
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = read_records(results)
     assert record["spurious_from"] == str(world) and record["n_spurious"] == 6
 
 
@@ -481,7 +483,7 @@ def test_a_real_imagenet_checkpoint_audits_a_folder_dataset_of_real_photographs(
             str(weights), "--results", str(results), "--bootstrap", "10"]  # fmt: skip
     assert main(argv) == 0
     assert main([*argv, "--no-restrict-labels"]) == 0
-    restricted, full = [json.loads(line) for line in results.read_text().splitlines()]
+    restricted, full = read_records(results)
     assert restricted["weights_sha256"] == sha256_file(weights)
     assert restricted["weights_sha256"].startswith("57934424")  # the hash its file name gives
     assert restricted["label_map"]["members"]["espresso"] == [967]

@@ -4,7 +4,6 @@ and masks (background robustness and foreground focus by hand: test_recombine.py
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from dreamshift.audit.biases import center_bias, center_cells, position_cell, si
 from dreamshift.cli import main
 from dreamshift.data import dataset as ds
 from dreamshift.data.loading import split_table, usable_rows
+from dreamshift.engine.results import read_records
 from dreamshift.report.tables import format_table
 
 
@@ -123,7 +123,7 @@ def test_audit_and_report_of_a_dataset_with_size_and_position_splits(bins_world,
     results = tmp_path / "results.jsonl"
     args = ["audit", str(bins_world), "--model", "world-cnn", "--bootstrap", "20"]
     assert main([*args, "--results", str(results)]) == 0
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = read_records(results)
     assert record["split"] == "test" and record["n"] == 4  # the copies stay out of the test
     size = record["size_bias"]
     assert [(b["scale"], b["n"]) for b in size["bins"]] == [(0.3, 4), (0.6, 4)]
@@ -156,7 +156,7 @@ def test_audit_and_report_of_a_dataset_with_size_and_position_splits(bins_world,
                                                      "foreground_focus"})):  # fmt: skip
         again = tmp_path / f"again{len(left_out)}.jsonl"
         assert main([*args, *flags, "--results", str(again)]) == 0
-        (other,) = [json.loads(line) for line in again.read_text().splitlines()]
+        (other,) = read_records(again)
         assert not left_out & set(other) and other["acc_avg"] == record["acc_avg"]
 
     out = tmp_path / "report.html"
@@ -186,7 +186,7 @@ def test_a_dream_of_the_splits_gets_its_grid_from_its_guides(bins_world, tmp_pat
     results = tmp_path / "r.jsonl"
     assert main(["audit", str(dreamed), "--model", "world-cnn", "--bootstrap", "10",
                  "--results", str(results)]) == 0  # fmt: skip
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = read_records(results)
     assert (record["center_bias"]["grid"], record["center_bias"]["side"]) == (3, 32)
     assert Counter(c["n"] for c in record["center_bias"]["cells"]) == {4: 9}
 
@@ -197,7 +197,7 @@ def test_a_dataset_without_the_splits_has_no_size_or_center_bias(tmp_path):
     results = tmp_path / "r.jsonl"
     assert main(["audit", str(root), "--model", "world-cnn", "--bootstrap", "10",
                  "--results", str(results)]) == 0  # fmt: skip
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = read_records(results)
     assert not {"size_bias", "center_bias", "predictions_size"} & set(record)
     assert "size bias" not in format_table([record])
 

@@ -4,19 +4,21 @@ the torch Dataset."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import stat
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
 
 from dreamshift.cli import main
-from dreamshift.compose.config import ComposeConfig
+from dreamshift.compose.config import ComposeConfig, ShiftRecipe
+from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.data import verification as vt
 from dreamshift.data.torch_dataset import METADATA_FIELDS, ShiftDataset
@@ -130,8 +132,11 @@ def test_hf_export_loads_with_datasets_pixels_masks_labels_and_card(part_masked,
     assert meta["content_hash"] in card and "dreamshift dream SOURCE --config" in card
     assert "`mask` (the object's mask" in card
     # the configs beside the card are what `--config` reads back: the runs can be made again
+    # (their paths relative to the dataset's folder: no folder of this machine travels)
     run = DreamConfig.from_yaml(out / "dreamshift-config.yaml")
-    assert run.to_dict() == {k: v for k, v in meta["config"].items() if k != "resolved"}
+    want = {k: v for k, v in meta["config"].items() if k != "resolved"}
+    want["source"] = os.path.relpath(want["source"], dreamed.resolve().parent)
+    assert run.to_dict() == want and not os.path.isabs(run.source)
     source = ComposeConfig.from_yaml(out / "dreamshift-source-config.yaml")
     assert source.to_dict() == ds.DatasetMeta.read(meta["config"]["source"]).to_dict()["config"]
 
@@ -174,7 +179,7 @@ def test_imagefolder_export_reads_back_with_datasets_masks_beside_images(part_ma
     out = tmp_path / "folder"
     assert main(["export", str(dreamed), "--format", "imagefolder", "--out", str(out)]) == 0
     truth = expected(dreamed)
-    lines = [json.loads(x) for x in (out / "test" / "metadata.jsonl").read_text().splitlines()]
+    lines = pq.read_table(out / "test" / "metadata.parquet").to_pylist()
     for m in lines:
         assert m["file_name"].split("/")[0] == truth[m["sample_id"]]["row"]["fg_class"]
         want = truth[m["sample_id"]]
@@ -183,8 +188,7 @@ def test_imagefolder_export_reads_back_with_datasets_masks_beside_images(part_ma
         else:  # FILE.mask.png beside FILE.png, the dataset's mask file byte for byte
             assert m["mask_file_name"] == m["file_name"].removesuffix(".png") + ".mask.png"
             assert (out / "test" / m["mask_file_name"]).read_bytes() == want["mask_bytes"]
-    loaded = datasets.load_dataset("imagefolder", data_dir=str(out / "test"), split="train",
-                                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    loaded = datasets.load_dataset(str(out), split="test", cache_dir=str(tmp_path / "cache"))
     assert len(loaded) == len(lines)
     for item in loaded:
         want = truth[item["sample_id"]]
@@ -195,6 +199,37 @@ def test_imagefolder_export_reads_back_with_datasets_masks_beside_images(part_ma
             assert item["mask"] is None
         else:
             assert same_mask(item["mask"], want["mask"])
+
+
+def test_every_split_loads_under_its_own_name_from_each_format_with_class_labels(tmp_path):
+    """`imagefolder` alone would keep train/validation/test (val renamed) with plain integer
+    labels: each export's card maps every split to its files and declares the features."""
+    datasets = pytest.importorskip("datasets")
+    root = tmp_path / "paste"
+    cfg = ComposeConfig(
+        classes=("cat", "dog"), background_names=("grass", "snow"),
+        recipe=ShiftRecipe(rho=1.0, train_size=4, val_per_group=1, test_per_group=1,
+                           anti_per_group=1, spurious_per_class=1),
+    )  # fmt: skip
+    compose(cfg, root, progress=False)
+    counts = Counter(r["split"] for r in ds.read_manifest(root).to_pylist())
+    assert set(counts) == {"train", "val", "test", "anti", "spurious"}
+    for fmt in ("imagefolder", "hf", "webdataset"):
+        out = tmp_path / fmt
+        assert main(["export", str(root), "--format", fmt, "--out", str(out)]) == 0
+        loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / f"cache-{fmt}"))
+        assert {split: len(part) for split, part in loaded.items()} == counts, fmt
+        if fmt == "webdataset":  # labels inside each sample's JSON
+            continue
+        label = loaded["train"].features["label"]
+        assert isinstance(label, datasets.ClassLabel) and label.names == ["cat", "dog"], fmt
+        assert loaded["train"].features["background"].names == ["grass", "snow"]
+        for split, part in loaded.items():
+            for item in part:
+                name = label.int2str(item["label"]) if item["label"] >= 0 else None
+                assert name == item["fg_class"] and item["split"] == split
+        card = (out / "README.md").read_text()
+        assert f'load_dataset("{fmt}")' in card and "force_redownload" in card
 
 
 def test_export_refuses_a_full_folder_and_keeps_it(dreamed, tmp_path, capsys):
@@ -258,8 +293,6 @@ def test_shift_dataset_items_groups_and_verified_only(dreamed):
 
 
 def test_hf_export_streams_images_a_row_group_at_a_time(part_masked, tmp_path, monkeypatch):
-    import pyarrow.parquet as pq
-
     from dreamshift.export import formats
 
     dreamed = part_masked

@@ -6,6 +6,7 @@ where an uninterrupted one does), and images without masks are refused up front.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -162,7 +163,8 @@ def test_backgrounds_from_a_folder_or_a_dataset_of_backgrounds_alone(world, tmp_
                          spurious_per_class=2)  # fmt: skip
     compose(small_config(recipe=recipe), scenes, progress=False)
     run = learn(world, tmp_path / "runs4", replace(cfg, recombine=str(scenes)), log=lambda *_: None)
-    assert json.loads((run / "config.json").read_text())["config"]["recombine"] == str(scenes)
+    recorded = json.loads((run / "config.json").read_text())["config"]["recombine"]
+    assert recorded == os.path.relpath(scenes, run)  # named from the run folder
     with pytest.raises(DreamshiftError, match="no usable images of backgrounds alone"):
         learn(world, tmp_path / "runs3", replace(cfg, recombine=str(world)), log=lambda *_: None)
 

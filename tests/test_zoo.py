@@ -24,6 +24,7 @@ from dreamshift.compose.config import ShiftRecipe
 from dreamshift.compose.runner import compose
 from dreamshift.data import dataset as ds
 from dreamshift.data.images import sha256_file
+from dreamshift.engine.results import read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.labels import LabelMap
 from dreamshift.models.loading import load_classifier
@@ -93,7 +94,7 @@ def test_torchvision_mobilenet_v2_audits_as_its_own_transforms_classify(
     argv = ["audit", str(photos), "--model", "torchvision:mobilenet_v2:IMAGENET1K_V1",
             "--results", str(results), "--bootstrap", "10"]  # fmt: skip
     assert main(argv) == 0 and main([*argv, "--no-restrict-labels"]) == 0
-    restricted, full = [json.loads(line) for line in results.read_text().splitlines()]
+    restricted, full = read_records(results)
     assert restricted["weights_sha256"].startswith("b0353104")  # the file name's hash prefix
 
     weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
@@ -152,7 +153,7 @@ def test_torchvision_specs_files_and_folders_are_checked(world, tmp_path, monkey
     results = tmp_path / "r.jsonl"
     argv = ["audit", str(world), "--results", str(results), "--bootstrap", "10"]
     assert main([*argv, "--model", "torchvision:mobilenet_v2", "--weights", str(file)]) == 0
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = read_records(results)
     assert record["weights_file"] == str(file) and record["weights_sha256"] == sha256_file(file)
     assert record["weights_sha256"][:12] in Path(record["predictions"]).name
     assert main([*argv, "--model", str(file)]) == 1  # a bare file: which architecture?
@@ -218,7 +219,7 @@ def test_depthwise_imagenet_models_finetune_by_default_and_audit_from_elsewhere(
     results = elsewhere / "r.jsonl"
     assert main(["audit", str(world), "--model", str(run), "--results", str(results),
                  "--bootstrap", "10"]) == 0  # fmt: skip
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = read_records(results)
     assert record["acc_avg"] == pytest.approx(ours["acc_avg"]) and record["n"] == ours["n"]
 
 
@@ -244,7 +245,7 @@ def test_timm_random_weights_from_a_local_file(world, tmp_path, monkeypatch):
     results = tmp_path / "r.jsonl"
     spec = f"timm:mobilenetv2_100@{weights}"
     assert main(["audit", str(world), "--model", spec, "--results", str(results)]) == 0
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = read_records(results)
     assert record["label_map"]["kind"] == "max over members"
     assert record["label_map"]["members"]["bear"] == [294, 295, 296, 297]
     assert record["weights_sha256"] == sha256_file(weights)
@@ -301,7 +302,7 @@ def test_open_clip_takes_a_local_file_and_refuses_random_weights_unless_asked(
     assert "--allow-random-weights" in capsys.readouterr().err and not results.exists()
     assert main([*argv, "--allow-random-weights"]) == 0
     assert main([*argv, "--allow-random-weights"]) == 0
-    first, again = [json.loads(line) for line in results.read_text().splitlines()]
+    first, again = read_records(results)
     assert first["weights_sha256"] == again["weights_sha256"]  # seeded: the same weights
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -53,7 +53,7 @@ from dreamshift.engine.results import RESULTS, append_records, read_records
 from dreamshift.errors import DreamshiftError
 from dreamshift.models.classifier import Classifier
 from dreamshift.models.labels import LabelMap, read_label_map
-from dreamshift.models.loading import load_classifier
+from dreamshift.models.loading import absolute_spec, load_classifier
 from dreamshift.train.run_folder import sweep_members
 from dreamshift.world.backgrounds import BACKGROUNDS
 from dreamshift.world.sources import background_source
@@ -307,7 +307,7 @@ def expand_models(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
             out.append((spec, {}))
             continue
         for m in members:
-            out.append((m["folder"], {"sweep": spec, "family": m["mix"],
+            out.append((m["folder"], {"sweep": str(Path(spec).resolve()), "family": m["mix"],
                                       "train_size": m["train_size"]}))  # fmt: skip
     return out
 
@@ -390,7 +390,7 @@ def plan_audit(cfg: AuditConfig, root: Path, results: str | Path | None) -> Audi
         [r for r in usable_rows(manifest, ds.CONFLICT) if is_cue_conflict(r, classes)],
         _in_distribution(cfg.in_distribution) if cfg.in_distribution else None,
         read_label_map(cfg.label_map) if cfg.label_map else None,
-        Path(results) if results else root / "audit" / RESULTS,
+        (Path(results) if results else root / "audit" / RESULTS).resolve(),
         usable_rows(manifest, ds.SIZE), position_rows,
         position_grid(root, meta) if position_rows else None,
         background_source_of(cfg.backgrounds, meta),
@@ -475,7 +475,7 @@ def evaluate_model(
     record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dreamshift_version": dreamshift.__version__,
-        "model": spec,
+        "model": absolute_spec(spec),  # written relative to the records file
         "model_name": clf.name,
         **lineage,
         "weights_sha256": clf.weights_sha256,
@@ -485,14 +485,14 @@ def evaluate_model(
         "label_map": labels.describe(),
         "headline": "restricted to the dataset's classes" if restrict else "full label space",
         **label_space_accuracy(ev, labels, len(clf.classes)),
-        "dataset": str(root),
+        "dataset": str(root.resolve()),
         "dataset_hash": job.meta.content_hash,
         "stage": job.meta.stage,
         "split": job.split,
         "verified_only": cfg.verified_only,
         "group_by": list(cfg.group_by),
         "n_unreadable": len(ev.unreadable),
-        "unreadable": [list(u) for u in ev.unreadable],
+        "unreadable": [[sample, _without_root(error, root)] for sample, error in ev.unreadable],
         **measure(
             ev,
             job.classes,
@@ -570,7 +570,7 @@ def _drop(
     )
     out: dict[str, Any] = {
         "in_distribution": {
-            "dataset": str(id_root),
+            "dataset": str(id_root.resolve()),
             "split": id_split,
             "dataset_hash": id_meta.content_hash,
         },
@@ -581,6 +581,13 @@ def _drop(
     if acc_id is not None and acc is not None:
         out["drop"], out["relative_drop"] = acc_id - acc, M.relative_drop(acc_id, acc)
     return out
+
+
+def _without_root(text: str, root: Path) -> str:
+    """An error message with the dataset's folder named as the dataset (records travel)."""
+    for prefix in {str(root.resolve()), str(root)}:
+        text = text.replace(prefix, root.name)
+    return text
 
 
 def _prediction_files(
@@ -595,8 +602,9 @@ def _prediction_files(
     """The per-image predictions, one file per model, weights, dataset and split (a later
     audit never overwrites the predictions an earlier record points to unless they are the
     same), and each probe split's (spurious, size, position) beside it."""
+    model = Path(spec).name if Path(spec).is_dir() else spec.partition("@")[0]  # no folder path
     name = (
-        f"{_slug(spec.partition('@')[0])}-{clf.weights_sha256[:12] or 'noweights'}-"
+        f"{_slug(model)}-{clf.weights_sha256[:12] or 'noweights'}-"
         f"{record['dataset_hash'] or _slug(job.root.name)}-{job.split or 'all'}"
         f"{'' if restrict else '-full'}.parquet"
     )

@@ -47,6 +47,26 @@ class _Worker:
         return fn(self.state, item)
 
 
+def refused_token(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it came from says the cluster refused our auth token
+    (Ray >= 2.52's token authentication, on by default for clusters in later releases: the
+    error comes wrapped in a ConnectionError that only names the address).
+
+    >>> cause = RuntimeError("Failed to connect to GCS: RPC error: InvalidAuthToken: ...")
+    >>> try:
+    ...     raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    ... except ConnectionError as exc:
+    ...     refused_token(exc), refused_token(cause.__class__("timed out"))
+    (True, False)
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        if "InvalidAuthToken" in str(exc) or type(exc).__name__ == "AuthenticationError":
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class RayExecutor:
     """Runs items on ``actors`` Ray actors (default: one per CPU of the cluster; with
     ``use_gpus``, one per GPU with ``num_gpus=1`` each when the cluster has GPUs).
@@ -67,7 +87,17 @@ class RayExecutor:
         try:
             ray.init(address=self.address or None, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)  # fmt: skip
-        except ConnectionError as exc:
+        except (ConnectionError, RuntimeError) as exc:
+            if refused_token(exc):
+                raise DreamshiftError(
+                    f"the Ray cluster at {self.address!r} refused this process's auth token "
+                    "(Ray's token authentication): give every node and this driver the "
+                    "cluster's token, e.g. RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<the output of "
+                    "`ray get-auth-token` on the head node>, or copy the head's "
+                    "~/.ray/auth_token here"
+                ) from exc
+            if not isinstance(exc, ConnectionError):
+                raise
             raise DreamshiftError(
                 f"cannot reach the Ray cluster at {self.address!r} ({exc}): start one with "
                 "`ray start --head` or drop --ray-address to run on this machine"

@@ -1,9 +1,13 @@
-"""The dataset card (``README.md``) of an ``hf`` export: the Hub's YAML header and a body that
-says how the images were made, how to make them again, and what each split holds."""
+"""The dataset card (``README.md``) of an export, in every format: the Hub's YAML header, whose
+``configs`` map each split to its files (so ``datasets.load_dataset(OUT)`` returns every split
+under its own name, with the labels as ClassLabels), and a body that says how to load it, how
+the images were made, how to make them again and what each split holds."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,34 @@ def size_category(n: int) -> str:
     return "n>10M"
 
 
-def _run_config(meta: ds.DatasetMeta) -> dict[str, Any]:
+PATH_FIELDS = ("source", "foregrounds", "backgrounds", "class_names", "prompts", "model")
+
+
+def portable_path(value: str, base: Path) -> str:
+    """``value`` relative to ``base`` where it is an absolute path, else as it is: a config
+    that travels names no folder of the machine that made it.
+
+    >>> portable_path("/data/runs/paste", Path("/data/runs")), portable_path("world", Path("/x"))
+    ('paste', 'world')
+    >>> portable_path("/data/lora:0.8", Path("/data/runs"))
+    '../lora:0.8'
+    """
+    path, colon, scale = value.rpartition(":")
+    if colon and path and scale.replace(".", "", 1).isdigit():  # an adapter: PATH:SCALE
+        return portable_path(path, base) + colon + scale
+    return os.path.relpath(value, base) if os.path.isabs(value) else value
+
+
+def _run_config(meta: ds.DatasetMeta, base: Path) -> dict[str, Any]:
     """The run's config as ``--config`` reads it back (what it resolved at run time is no
-    field)."""
-    return {k: v for k, v in meta.config.items() if k != "resolved"}
+    field), its paths relative to ``base``."""
+    config = {k: v for k, v in meta.config.items() if k != "resolved"}
+    for key in PATH_FIELDS:
+        if isinstance(config.get(key), str):
+            config[key] = portable_path(config[key], base)
+    if config.get("adapters"):
+        config["adapters"] = [portable_path(a, base) for a in config["adapters"]]
+    return config
 
 
 def _command(stage: str, config_file: str, source: str | None) -> str:
@@ -57,16 +85,71 @@ def _groups(root: Path, meta: ds.DatasetMeta) -> str:
     return "\n".join(lines)
 
 
-def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
-    """``out/README.md`` and the run's config(s) beside it."""
+def class_label(names: Sequence[str]) -> dict[str, Any]:
+    """A ClassLabel in the card's YAML form of ``datasets`` features."""
+    return {"class_label": {"names": {str(i): name for i, name in enumerate(names)}}}
+
+
+def _data_files(fmt: str, splits: Sequence[str]) -> list[dict[str, str]]:
+    pattern = {"hf": "data/{s}-*.parquet", "webdataset": "{s}-*.tar", "imagefolder": "{s}/**"}
+    return [{"split": s, "path": pattern[fmt].format(s=s)} for s in sorted(splits)]
+
+
+def _loading(fmt: str, name: str) -> list[str]:
+    """How to read the export back, with the caveat of ``datasets``' cache."""
+    first = {
+        "hf": "One Parquet file per split under `data/`, images and masks inside.",
+        "imagefolder": "One folder per split, `SPLIT/CLASS/FILE.png` with its mask "
+        "`FILE.mask.png` beside it and the rows in `SPLIT/metadata.jsonl`. Load it by the "
+        'folder, as below: `load_dataset("imagefolder", data_dir=...)` ignores this card and '
+        "keeps only splits named train, validation and test (val becomes validation), with "
+        "`label` as a plain integer.",
+        "webdataset": "Tar shards `SPLIT-00000.tar` of `KEY.png`, `KEY.mask.png` (where the "
+        "image has a mask) and `KEY.json` (the row).",
+    }[fmt]
+    lines = [
+        first,
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("{name}")  # every split, by its name',
+    ]
+    if fmt == "webdataset":
+        lines += ["", "import webdataset as wds  # or stream it with webdataset itself",
+                  f'test = wds.WebDataset("{name}/test-00000.tar").decode("pil")']  # fmt: skip
+    lines += [
+        "```",
+        "",
+        "`datasets` caches what it loads from a local folder by the folder's path: after "
+        "exporting again into the same folder, load it with "
+        '`download_mode="force_redownload"` (or a fresh `cache_dir`) to read the new rows.',
+    ]
+    return lines
+
+
+def write_card(
+    root: Path,
+    out: Path,
+    counts: dict[str, int],
+    fmt: str = "hf",
+    features: list[dict[str, Any]] | None = None,
+    final_name: str | None = None,
+) -> Path:
+    """``out/README.md`` and the run's config(s) beside it. ``features``: the ``datasets``
+    features of every column, in the card's YAML form, where the files do not state them;
+    ``final_name``: the folder's name once renamed (the card is written before)."""
     meta = ds.DatasetMeta.read(root)
-    stage, config, resolved = meta.stage, _run_config(meta), meta.resolved
+    out_name = final_name or out.name
+    base = root.resolve().parent  # paths in the configs: relative to the dataset's folder
+    stage, config, resolved = meta.stage, _run_config(meta, base), meta.resolved
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=True))
-    source = config.get("source")
+    source = meta.config.get("source")
     source_meta = None
     if source and (Path(source) / ds.DATASET_JSON).is_file():
         source_meta = ds.DatasetMeta.read(source)
-        (out / SOURCE_CONFIG_FILE).write_text(yaml.safe_dump(_run_config(source_meta)))
+        source_config = _run_config(source_meta, Path(source).resolve().parent)
+        (out / SOURCE_CONFIG_FILE).write_text(yaml.safe_dump(source_config))
     source_foregrounds = source_meta.config.get("foregrounds") if source_meta else None
     world = "world" in (config.get("foregrounds"), source_foregrounds)
     origin = [f"dreamshift:{Path(source).name}"] if source and source_meta else ["original"]
@@ -81,7 +164,8 @@ def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
         "tags": ["dreamshift", "distribution-shift", kind],
         "configs": [{
             "config_name": "default",
-            "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in sorted(counts)],
+            "data_files": _data_files(fmt, list(counts)),
+            **({"features": features} if features else {}),
         }],
     }  # fmt: skip
     made = [f"Made by `dreamshift {stage}` (dreamshift {meta.dreamshift_version}, "
@@ -106,7 +190,7 @@ def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
     if source_meta:
         commands.append(_command(source_meta.stage, SOURCE_CONFIG_FILE, None)
                         .replace("--out DIR", "--out SOURCE"))  # fmt: skip
-    commands.append(_command(stage, CONFIG_FILE, "SOURCE" if source_meta else source))
+    commands.append(_command(stage, CONFIG_FILE, "SOURCE" if source_meta else config.get("source")))
     licence = (
         "The foreground silhouettes are animal-mnist's (MIT); the backgrounds and the renderer are "
         "dreamshift's embedded world."
@@ -117,6 +201,10 @@ def write_card(root: Path, out: Path, counts: dict[str, int]) -> Path:
         f"# {root.name}",
         "",
         *made,
+        "",
+        "## Load it",
+        "",
+        *_loading(fmt, out_name),
         "",
         "## Make it again",
         "",

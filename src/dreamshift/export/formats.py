@@ -3,16 +3,21 @@
 - ``hf``: one Parquet file per split under ``data/`` with an ``image`` and a ``mask`` column
   in the Hugging Face ``Image`` layout (``{bytes, path}``; ``mask`` null where a row has none),
   ``label`` (a ``ClassLabel`` of the classes; -1 for a background alone), ``background`` (a
-  ``ClassLabel``) and every manifest column, plus a dataset card ``README.md`` whose
-  ``configs`` name the splits: ``datasets.load_dataset(DIR)`` or
+  ``ClassLabel``) and every manifest column: ``datasets.load_dataset(DIR)`` or
   ``load_dataset("parquet", data_files=...)`` reads it;
 - ``webdataset``: tar shards ``{split}-00000.tar`` of ``KEY.png`` + ``KEY.mask.png`` (where the
   row has a mask) + ``KEY.json`` (the manifest row with ``label`` and ``background``
   indices), read by the ``webdataset`` library (``sample["mask.png"]``);
 - ``imagefolder``: ``{split}/{class}/FILE.png``, its mask ``FILE.mask.png`` beside it, and a
-  ``{split}/metadata.jsonl`` with ``file_name``, ``mask_file_name`` (null where none) and
+  ``{split}/metadata.parquet`` with ``file_name``, ``mask_file_name`` (null where none) and
   every manifest column (the layout of HF's ``imagefolder`` loader, which reads
-  ``mask_file_name`` as an Image column ``mask``).
+  ``mask_file_name`` as an Image column ``mask``; ``datasets`` >= 3.4 reads Parquet metadata).
+
+Each format gets the dataset card ``README.md`` (:mod:`dreamshift.export.card`): its
+``configs`` map every split to its files, so ``datasets.load_dataset(DIR)`` returns each split
+under its own name (``val``, ``anti``, ``spurious``... included); for ``imagefolder`` it also
+declares every column's feature (``label`` and ``background`` as ClassLabels), which its JSON
+lines cannot state.
 
 Masks are the dataset's object masks (``mask_path``: a 1-bit PNG, white = the object); a row
 without one (a background alone, an ``img2img`` or ``txt2img`` dream, a dataset made before
@@ -41,12 +46,15 @@ from dreamshift.data import verification as vt
 from dreamshift.data.masks import MASK_SUFFIX
 from dreamshift.engine.output import claim_output
 from dreamshift.errors import DreamshiftError
-from dreamshift.export.card import write_card
+from dreamshift.export.card import class_label, write_card
 
 FORMATS = ("hf", "webdataset", "imagefolder")
 PRIVATE = ("votes",)  # who voted what: reviewers' names stay with the dataset, not in exports
 SHARD_IMAGES = 10_000  # webdataset: images per tar shard
 ROW_GROUP = 1_000  # hf: images per Parquet row group, the most held in memory at once
+YAML_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64",
+               pa.bool_(): "bool"}  # fmt: skip
+Written = tuple[dict[str, int], list[dict[str, Any]] | None]  # counts per split, card features
 
 
 def export_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
@@ -120,15 +128,11 @@ def _features(meta: ds.DatasetMeta, schema: pa.Schema) -> dict[str, Any]:
     return features
 
 
-def export_hf(root: Path, out: Path) -> dict[str, int]:
+def export_hf(root: Path, out: Path) -> Written:
     meta = ds.DatasetMeta.read(root)
     splits = export_rows(root)
     (out / "data").mkdir()
-    every = [r for rows in splits.values() for r in rows]
-    # one schema for every split (a column null in one split takes its type from the others),
-    # or `datasets` refuses to read the splits together
-    types = {name: pa.array([r[name] for r in every]).type for name in every[0]}
-    types.update(label=pa.int64(), background=pa.int64())
+    types = _column_types(splits)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     schema = pa.schema([("image", image_type), ("mask", image_type), *types.items()])
     features = _features(meta, schema)
@@ -149,11 +153,10 @@ def export_hf(root: Path, out: Path) -> dict[str, int]:
                 columns += [pa.array([r[n] for r in part], t) for n, t in types.items()]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
         counts[split] = len(rows)
-    write_card(root, out, counts)
-    return counts
+    return counts, None  # the Parquet files state their features
 
 
-def export_webdataset(root: Path, out: Path) -> dict[str, int]:
+def export_webdataset(root: Path, out: Path) -> Written:
     counts = {}
     for split, rows in export_rows(root).items():
         for start in range(0, len(rows), SHARD_IMAGES):
@@ -167,7 +170,7 @@ def export_webdataset(root: Path, out: Path) -> dict[str, int]:
                         _add(tar, f"{key}{MASK_SUFFIX}", _read(root, r["mask_path"]))
                     _add(tar, f"{key}.json", json.dumps(r, sort_keys=True).encode())
         counts[split] = len(rows)
-    return counts
+    return counts, None
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -176,24 +179,59 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def export_imagefolder(root: Path, out: Path) -> dict[str, int]:
+def export_imagefolder(root: Path, out: Path) -> Written:
+    meta = ds.DatasetMeta.read(root)
+    splits = export_rows(root)
+    types = {"file_name": pa.string(), "mask_file_name": pa.string(), **_column_types(splits)}
+    schema = pa.schema(list(types.items()))
     counts = {}
-    for split, rows in export_rows(root).items():
+    for split, rows in splits.items():
         (out / split).mkdir()
-        with open(out / split / "metadata.jsonl", "w") as f:
-            for r in rows:
-                folder = r["fg_class"] or "_background_only"
-                file_name = f"{folder}/{Path(r['path']).name}"
-                (out / split / folder).mkdir(exist_ok=True)
-                shutil.copyfile(root / r["path"], out / split / file_name)
-                mask_name = None
-                if r["mask_path"]:  # beside its image: FILE.mask.png
-                    mask_name = f"{folder}/{Path(r['path']).stem}{MASK_SUFFIX}"
-                    (out / split / mask_name).write_bytes(_read(root, r["mask_path"]))
-                names = {"file_name": file_name, "mask_file_name": mask_name}
-                f.write(json.dumps({**names, **r}, sort_keys=True) + "\n")
+        listed = []
+        for r in rows:
+            folder = r["fg_class"] or "_background_only"
+            file_name = f"{folder}/{Path(r['path']).name}"
+            (out / split / folder).mkdir(exist_ok=True)
+            shutil.copyfile(root / r["path"], out / split / file_name)
+            mask_name = None
+            if r["mask_path"]:  # beside its image: FILE.mask.png
+                mask_name = f"{folder}/{Path(r['path']).stem}{MASK_SUFFIX}"
+                (out / split / mask_name).write_bytes(_read(root, r["mask_path"]))
+            listed.append({**r, "file_name": file_name, "mask_file_name": mask_name})
+        # Parquet, not JSON lines: one typed schema in every split (a column all null in one
+        # split, such as `aligned` in `spurious`, would read as another type and stop the load)
+        pq.write_table(
+            pa.Table.from_pylist(listed, schema=schema), out / split / "metadata.parquet"
+        )
         counts[split] = len(rows)
-    return counts
+    return counts, _yaml_features(meta, types)
+
+
+def _column_types(splits: dict[str, list[dict[str, Any]]]) -> dict[str, pa.DataType]:
+    """One Arrow type per exported column across every split (a column null in one split takes
+    its type from the others), or `datasets` refuses to read the splits together."""
+    every = [r for rows in splits.values() for r in rows]
+    types = {name: pa.array([r[name] for r in every]).type for name in every[0]}
+    types.update(label=pa.int64(), background=pa.int64())
+    return {name: pa.string() if kind == pa.null() else kind for name, kind in types.items()}
+
+
+def _yaml_features(meta: ds.DatasetMeta, types: dict[str, pa.DataType]) -> list[dict[str, Any]]:
+    """Every column's ``datasets`` feature in the card's YAML form: ``image`` and ``mask``
+    (imagefolder's loader reads ``file_name`` and ``mask_file_name`` as them), ``label`` and
+    ``background`` as ClassLabels, the rest by their Arrow type."""
+    features: list[dict[str, Any]] = [{"name": "image", "dtype": "image"},
+                                      {"name": "mask", "dtype": "image"}]  # fmt: skip
+    for name, kind in types.items():
+        if name in ("file_name", "mask_file_name"):
+            continue
+        if name == "label":
+            features.append({"name": name, "dtype": class_label(meta.classes)})
+        elif name == "background":
+            features.append({"name": name, "dtype": class_label(meta.backgrounds)})
+        else:
+            features.append({"name": name, "dtype": YAML_DTYPES.get(kind, "string")})
+    return features
 
 
 def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
@@ -212,7 +250,8 @@ def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
     with claim_output(out):  # a second export into out stops at once, naming this one
         partial = _prepare_out(out)
         try:
-            counts = writer(root, partial)
+            counts, features = writer(root, partial)
+            write_card(root, partial, counts, fmt, features, final_name=out.name)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

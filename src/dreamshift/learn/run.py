@@ -63,6 +63,7 @@ from dreamshift.models.loading import (
     classifier_fingerprint,
     load_classifier,
 )
+from dreamshift.portable import located_record, portable_record
 from dreamshift.seeding import derive_seed
 from dreamshift.train.checkpoint import damaged, load_state
 from dreamshift.train.distributed import Processes, processes
@@ -349,7 +350,8 @@ def learn(
     record = _run_record(cfg, root, meta, data, prep, procs.size, algo)
     if procs.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+        portable = portable_record(record, folder)  # its datasets named from the run folder
+        write_atomic(folder / CONFIG, (json.dumps(portable, indent=2) + "\n").encode())
         mark_folder(folder, "learn-run")
     end_epoch = _per_epoch_validation(algo, root, cfg, prep, procs, loader_workers, log)
     history = _fit(algo, cfg, data, recombine, prep, procs, folder, loader_workers,
@@ -575,6 +577,7 @@ def _read_record(path: Path) -> tuple[dict[str, Any], LearnConfig]:
         record = json.loads(path.read_text())
         if not isinstance(record, dict):
             raise TypeError(f"it holds a {type(record).__name__}, not a mapping")
+        record = located_record(record, path.parent)
         cfg = LearnConfig.from_dict(record["config"], str(path))
         classes, backgrounds = record["classes"], record["backgrounds"]
         if not all(isinstance(x, list) and x and all(isinstance(n, str) for n in x)

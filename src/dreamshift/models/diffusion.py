@@ -46,6 +46,7 @@ from dreamshift.assets import shipped
 from dreamshift.data.images import sha256_file
 from dreamshift.errors import DreamshiftError
 from dreamshift.folders import describe, folder_kind
+from dreamshift.portable import located_record
 
 # name -> (diffusers scheduler class, config overrides). "model": the checkpoint's own.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -216,6 +217,8 @@ def _tune_record(run: Path) -> dict[str, Any]:
         record = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return {}
+    if isinstance(record, dict):
+        record = located_record(record, run)  # its paths are written from the run folder
     if kind == TUNE_RUN:
         return record if isinstance(record, dict) else {}
     is_tune = isinstance(record, dict) and {"model_id", "instances"} <= record.keys()

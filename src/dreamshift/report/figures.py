@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+DPI = 150  # the PNGs' resolution; the page shows them at 96 px per inch
+MAX_WIDTH = 10.0  # inches: the widest figure, about the page's width
 FAMILY_STYLE = {  # ImageNet-G's three training sets, and models of no sweep
     "real": ("#1f77b4", "o"),
     "generated": ("#d62728", "s"),
@@ -47,7 +49,7 @@ def save(fig: Any, folder: Path, name: str) -> bytes:
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     (folder / f"{name}.png").write_bytes(buf.getvalue())
     fig.savefig(folder / f"{name}.pdf", bbox_inches="tight")
     plt.close(fig)
@@ -59,7 +61,8 @@ def background_bars(
 ) -> Any:
     """Grouped bars: ``series[model][i] = (accuracy, (lo, hi) or None)`` on background i."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(backgrounds) * max(1, len(series))), 3))
+    fig_width = min(MAX_WIDTH, max(5.0, 0.35 * len(backgrounds) * max(1, len(series)) + 1.5))
+    fig, ax = plt.subplots(figsize=(fig_width, 3.2))
     width = 0.8 / max(1, len(series))
     for j, (name, values) in enumerate(series.items()):
         xs = np.arange(len(backgrounds)) + (j - (len(series) - 1) / 2) * width
@@ -72,7 +75,9 @@ def background_bars(
     ax.set_xticks(np.arange(len(backgrounds)), backgrounds, rotation=30, ha="right")
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    # below the axes, outside the bars, in columns that fit the figure's width
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncol=max(1, min(len(series), int(fig_width // 2.5))))  # fmt: skip
     return fig
 
 

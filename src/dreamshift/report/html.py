@@ -52,6 +52,7 @@ from dreamshift.report import figures as F
 from dreamshift.report.tables import (
     audit_rows,
     background_rows,
+    display_names,
     is_numeric,
     learn_rows,
     markdown,
@@ -100,10 +101,12 @@ class Figures:
         while name in self.names:
             name = f"{base}-{len(self.names)}"
         self.names.append(name)
-        data = base64.b64encode(F.save(fig, self.folder, name)).decode()
+        png = F.save(fig, self.folder, name)
+        data = base64.b64encode(png).decode()
         link = _esc(self.folder.name)
+        width = int.from_bytes(png[16:20], "big") * 96 // F.DPI  # shown at its size in inches
         return (
-            f'<figure><img class="figure" alt="{_esc(caption)}" '
+            f'<figure><img class="figure" alt="{_esc(caption)}" width="{width}" '
             f'src="data:image/png;base64,{data}"><figcaption>{_esc(caption)} '
             f'(<a href="{link}/{name}.pdf">PDF</a>, <a href="{link}/{name}.png">PNG</a>)'
             "</figcaption></figure>"
@@ -170,7 +173,7 @@ def learn_section(records: Sequence[dict[str, Any]], md: list[str]) -> list[str]
     latest = list({r["folder"]: r for r in records}.values())
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for r in latest:
-        by_dataset.setdefault(r["dataset"], []).append(r)
+        by_dataset.setdefault(r.get("dataset_label", r["dataset"]), []).append(r)
     for dataset, recs in by_dataset.items():
         rows = learn_rows(recs)
         body.append(f"<h3>Trained on {_esc(dataset)}</h3>" + html_table(rows, "learn"))
@@ -178,7 +181,7 @@ def learn_section(records: Sequence[dict[str, Any]], md: list[str]) -> list[str]
     for r in latest:
         for p in read_probes(r["folder"]):
             title = (f"Probes of {r['run']} (train {p['train_split']}, test {p['test_split']} "
-                     f"of {p['dataset']})")  # fmt: skip
+                     f"of {Path(p['dataset']).name})")  # fmt: skip
             rows = probe_rows(p["matrix"])
             body.append(f"<h3>{_esc(title)}</h3>" + html_table(rows, "probe"))
             md += [f"## {title}", "", markdown(rows), ""]
@@ -281,10 +284,11 @@ def render(records: Sequence[dict[str, Any]], figures: Figures) -> tuple[str, st
     body = learn_section(learned, md) if learned else []
     for (dataset, split), recs in groups.items():
         recs = _latest(recs)
-        title = f"{Path(dataset).name} {split or 'all'}"
-        body.append(f"<h2>{_esc(dataset)} — split {_esc(split or 'all')}</h2>")
+        name = recs[0].get("dataset_label", dataset)
+        title = f"{Path(name).name} {split or 'all'}"
+        body.append(f"<h2>{_esc(name)} — split {_esc(split or 'all')}</h2>")
         body.append(html_table(audit_rows(recs), "audit"))
-        md += [f"## {dataset}, split {split or 'all'}", "", markdown(audit_rows(recs)), "",
+        md += [f"## {name}, split {split or 'all'}", "", markdown(audit_rows(recs)), "",
                markdown(background_rows(recs)), ""]  # fmt: skip
         bgs = list(dict.fromkeys(b for r in recs for b in r["per_background"]))
         body.append("<h3>Accuracy by background</h3>")
@@ -315,7 +319,7 @@ def render(records: Sequence[dict[str, Any]], figures: Figures) -> tuple[str, st
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1280px;color:#222}"
         "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}"
-        "figcaption{font-size:12px;color:#555}img.figure{max-width:600px}"
+        "figcaption{font-size:12px;color:#555}img.figure{max-width:100%;height:auto}"
         "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}"
         "th,td{padding:3px 8px;border-bottom:1px solid #ddd}"
         "th{background:#f2f2f2;text-align:left}"
@@ -341,6 +345,14 @@ def write_report(results: Sequence[str | Path], out: str | Path) -> Path:
             records.append(r)
     if not records:
         raise DreamshiftError(f"{', '.join(map(str, results))} holds no records")
+    # the page names models and datasets as another machine can read them: by their last
+    # folder names, not by this machine's absolute paths (files are still read by the paths)
+    models = display_names(r["model"] for r in records if "model" in r)
+    datasets = display_names(r["dataset"] for r in records)
+    for r in records:
+        if "model" in r:
+            r["model"] = models[r["model"]]
+        r["dataset_label"] = datasets[r["dataset"]]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     files = out.with_name(out.stem + "_files")

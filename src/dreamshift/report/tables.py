@@ -8,7 +8,7 @@ their ``results.jsonl`` records alone.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,39 @@ import pyarrow.parquet as pq
 from dreamshift.data import dataset as ds
 from dreamshift.errors import DreamshiftError
 from dreamshift.train.run_folder import PROBES
+
+
+def display_names(values: Iterable[str]) -> dict[str, str]:
+    """A short name for each model spec or folder, the same for the same value and different
+    for different ones, that names no folder of the machine that made it: a path (a run
+    folder, a dataset) by its last parts, as few as tell it from the others; a spec with a
+    weights file by the file's name; other specs as they are.
+
+    >>> names = display_names(["/x/runs/erm-1a", "/x/a/sweep/real-n100",
+    ...                        "/x/b/sweep/real-n100", "timm:resnet50@/x/w/r50.pth", "world-cnn"])
+    >>> list(names.values())
+    ['erm-1a', 'a/sweep/real-n100', 'b/sweep/real-n100', 'timm:resnet50@r50.pth', 'world-cnn']
+    """
+    values = list(dict.fromkeys(values))
+    paths = {v: Path(v).parts for v in values if _is_path(v)}
+    names = {}
+    for v in values:
+        head, at, file = v.partition("@")
+        if v not in paths:
+            names[v] = f"{head}@{Path(file).name}" if at and _is_path(file) else v
+            continue
+        parts = paths[v]
+        for k in range(1, len(parts) + 1):
+            if all(other[-k:] != parts[-k:] for u, other in paths.items() if u != v):
+                break
+        names[v] = "/".join(parts[-k:]).lstrip("/") or v
+    return names
+
+
+def _is_path(value: str) -> bool:
+    """A folder or file name, not a model spec (``timm:NAME``, ``open_clip:ARCH/TAG``)."""
+    first = value.split("/", 1)[0]
+    return ("/" in value or Path(value).exists()) and ":" not in first
 
 
 def percent(v: float | None) -> str:
@@ -97,7 +130,10 @@ def size_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """The audit table (:func:`audit_rows`) and accuracy per background, as aligned text."""
+    """The audit table (:func:`audit_rows`) and accuracy per background, as aligned text, the
+    models by their short names (:func:`display_names`)."""
+    names = display_names(r["model"] for r in records)
+    records = [{**r, "model": names[r["model"]]} for r in records]
     return (
         _align(audit_rows(records))
         + "\n\naccuracy (%) per background\n"

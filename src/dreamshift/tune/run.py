@@ -54,6 +54,7 @@ from dreamshift.models.diffusion import (
     resolve_runtime,
 )
 from dreamshift.models.loading import classifier_fingerprint, load_classifier
+from dreamshift.portable import portable_record
 from dreamshift.seeding import derive_seed
 from dreamshift.train.distributed import Processes, processes
 from dreamshift.train.loop import TrainState, fit_steps
@@ -731,7 +732,8 @@ def _write_config(folder: Path, record: dict[str, Any]) -> None:
     """Create the run folder, marked as a tune run, and write the run's record into its
     ``config.json``."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / CONFIG, (json.dumps(record, indent=2) + "\n").encode())
+    portable = portable_record(record, folder)  # its source and model named from the folder
+    write_atomic(folder / CONFIG, (json.dumps(portable, indent=2) + "\n").encode())
     mark_folder(folder, TUNE_RUN)
 
 
