@@ -3,7 +3,7 @@
 ``open_clip:ARCH@FILE`` (extra ``[clip]``, zero-shot from prompt templates, Radford et al.
 2021). Each source is
 registered in :data:`SOURCES` by its prefix. Where weights are looked up: ``dreamshift audit
---help`` and the README.
+--help`` and docs/how-to/zoo-models.md.
 """
 
 from __future__ import annotations
