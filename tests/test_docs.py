@@ -190,6 +190,8 @@ def test_the_site_navigates_and_searches_with_nothing_fetched_from_outside(
         page.get_by_role("link", name="Reference", exact=True).first.click()
         page.wait_for_url("**/reference/index.html")
         page.get_by_role("link", name="Command line").first.click()
+        page.wait_for_url("**/reference/cli.html")
+        page.locator("#dreamshift-compose").wait_for(state="attached", timeout=15_000)
         assert page.locator("#dreamshift-compose").count() == 1
         page.keyboard.press("/")  # Material's search shortcut
         page.locator("input.md-search__input").fill("recombine")
