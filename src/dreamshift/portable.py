@@ -15,7 +15,8 @@ PATH_KEYS = ("dataset", "model", "model_id", "sweep", "source", "spurious_from",
              "weights_file")  # fmt: skip
 NESTED_DATASETS = ("in_distribution", "sources")  # a dict, or dicts, whose "dataset" is a path
 CONFIG_PATH_KEYS = ("train", "features_from", "recombine", "model", "label_map", "source",
-                    "prior", "sfsl", "spurious", "prompts", "adapters")  # fmt: skip
+                    "prior", "sfsl", "spurious", "prompts", "adapters", "foregrounds",
+                    "backgrounds", "class_names")  # fmt: skip
 
 
 def portable_record(record: dict[str, Any], base: str | Path) -> dict[str, Any]:
@@ -30,6 +31,20 @@ def portable_record(record: dict[str, Any], base: str | Path) -> dict[str, Any]:
      'config': {'train': ['../../real:train@0.8'], 'seed': 0}}
     """
     return _map_paths(record, lambda value: _relative(value, Path(base)))
+
+
+def portable_config(config: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """A run config's :data:`CONFIG_PATH_KEYS` made relative to the folder ``base``.
+
+    >>> portable_config({"source": "/d/runs/paste", "adapters": ["/d/lora:0.8"],
+    ...                  "class_names": "imagenet-1k"}, "/d/runs")
+    {'source': './paste', 'adapters': ['../lora:0.8'], 'class_names': 'imagenet-1k'}
+    """
+    return _map_config(config, lambda value: _relative(value, Path(base)))
+
+
+def _map_config(config: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    return {k: _map_value(v, fn) if k in CONFIG_PATH_KEYS else v for k, v in config.items()}
 
 
 def located_record(record: dict[str, Any], base: str | Path) -> dict[str, Any]:
@@ -88,6 +103,5 @@ def _map_paths(record: dict[str, Any], fn: Callable[[str], str]) -> dict[str, An
         elif key == "effective_robustness" and isinstance(value, dict):
             out[key] = {**value, "models": _map_value(value.get("models"), fn)}
         elif key == "config" and isinstance(value, dict):
-            out[key] = {k: _map_value(v, fn) if k in CONFIG_PATH_KEYS else v
-                        for k, v in value.items()}  # fmt: skip
+            out[key] = _map_config(value, fn)
     return out

@@ -5,7 +5,6 @@ the images were made, how to make them again and what each split holds."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,9 +13,19 @@ from typing import Any
 import yaml
 
 from dreamshift.data import dataset as ds
+from dreamshift.portable import portable_config
 
 CONFIG_FILE = "dreamshift-config.yaml"
 SOURCE_CONFIG_FILE = "dreamshift-source-config.yaml"
+COLUMNS = (
+    "`image`, `mask` (the object's mask: a 1-bit PNG of the image's size, white = the "
+    "object; null for a background alone, an image whose object was redrawn, or a dataset "
+    "made before masks), `label` (class index, -1 for a background alone), `background` "
+    "(background index) and every column of dreamshift's manifest: `sample_id`, `split`, "
+    "`fg_class`, `bg_class`, `aligned` (the class's usual background), the paste box, and "
+    "for dreamed images the model, prompt, per-image seed and guide. Verification columns "
+    "(`verified`, oracle scores, votes) are there when the dataset was verified."
+)
 
 
 def size_category(n: int) -> str:
@@ -32,34 +41,10 @@ def size_category(n: int) -> str:
     return "n>10M"
 
 
-PATH_FIELDS = ("source", "foregrounds", "backgrounds", "class_names", "prompts", "model")
-
-
-def portable_path(value: str, base: Path) -> str:
-    """``value`` relative to ``base`` where it is an absolute path, else as it is: a config
-    that travels names no folder of the machine that made it.
-
-    >>> portable_path("/data/runs/paste", Path("/data/runs")), portable_path("world", Path("/x"))
-    ('paste', 'world')
-    >>> portable_path("/data/lora:0.8", Path("/data/runs"))
-    '../lora:0.8'
-    """
-    path, colon, scale = value.rpartition(":")
-    if colon and path and scale.replace(".", "", 1).isdigit():  # an adapter: PATH:SCALE
-        return portable_path(path, base) + colon + scale
-    return os.path.relpath(value, base) if os.path.isabs(value) else value
-
-
 def _run_config(meta: ds.DatasetMeta, base: Path) -> dict[str, Any]:
     """The run's config as ``--config`` reads it back (what it resolved at run time is no
     field), its paths relative to ``base``."""
-    config = {k: v for k, v in meta.config.items() if k != "resolved"}
-    for key in PATH_FIELDS:
-        if isinstance(config.get(key), str):
-            config[key] = portable_path(config[key], base)
-    if config.get("adapters"):
-        config["adapters"] = [portable_path(a, base) for a in config["adapters"]]
-    return config
+    return portable_config({k: v for k, v in meta.config.items() if k != "resolved"}, base)
 
 
 def _command(stage: str, config_file: str, source: str | None) -> str:
@@ -100,7 +85,7 @@ def _loading(fmt: str, name: str) -> list[str]:
     first = {
         "hf": "One Parquet file per split under `data/`, images and masks inside.",
         "imagefolder": "One folder per split, `SPLIT/CLASS/FILE.png` with its mask "
-        "`FILE.mask.png` beside it and the rows in `SPLIT/metadata.jsonl`. Load it by the "
+        "`FILE.mask.png` beside it and the rows in `SPLIT/metadata.parquet`. Load it by the "
         'folder, as below: `load_dataset("imagefolder", data_dir=...)` ignores this card and '
         "keeps only splits named train, validation and test (val becomes validation), with "
         "`label` as a plain integer.",
@@ -128,46 +113,14 @@ def _loading(fmt: str, name: str) -> list[str]:
     return lines
 
 
-def write_card(
-    root: Path,
-    out: Path,
-    counts: dict[str, int],
-    fmt: str = "hf",
-    features: list[dict[str, Any]] | None = None,
-    final_name: str | None = None,
-) -> Path:
-    """``out/README.md`` and the run's config(s) beside it. ``features``: the ``datasets``
-    features of every column, in the card's YAML form, where the files do not state them;
-    ``final_name``: the folder's name once renamed (the card is written before)."""
-    meta = ds.DatasetMeta.read(root)
-    out_name = final_name or out.name
-    base = root.resolve().parent  # paths in the configs: relative to the dataset's folder
-    stage, config, resolved = meta.stage, _run_config(meta, base), meta.resolved
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=True))
-    source = meta.config.get("source")
-    source_meta = None
-    if source and (Path(source) / ds.DATASET_JSON).is_file():
-        source_meta = ds.DatasetMeta.read(source)
-        source_config = _run_config(source_meta, Path(source).resolve().parent)
-        (out / SOURCE_CONFIG_FILE).write_text(yaml.safe_dump(source_config))
-    source_foregrounds = source_meta.config.get("foregrounds") if source_meta else None
-    world = "world" in (config.get("foregrounds"), source_foregrounds)
-    origin = [f"dreamshift:{Path(source).name}"] if source and source_meta else ["original"]
-    kind = "synthetic" if stage == "dream" else "composed"
-    header = {
-        "license": "mit" if world else "other",
-        "pretty_name": root.name,
-        "task_categories": ["image-classification"],
-        "size_categories": [size_category(sum(counts.values()))],
-        "annotations_creators": ["machine-generated"],
-        "source_datasets": origin,
-        "tags": ["dreamshift", "distribution-shift", kind],
-        "configs": [{
-            "config_name": "default",
-            "data_files": _data_files(fmt, list(counts)),
-            **({"features": features} if features else {}),
-        }],
-    }  # fmt: skip
+def _made(
+    meta: ds.DatasetMeta,
+    config: dict[str, Any],
+    source: str | None,
+    source_meta: ds.DatasetMeta | None,
+) -> list[str]:
+    """The card's sentences on how the images were made."""
+    stage, resolved = meta.stage, meta.resolved
     made = [f"Made by `dreamshift {stage}` (dreamshift {meta.dreamshift_version}, "
             f"content hash `{meta.content_hash}`)."]  # fmt: skip
     if stage == "dream":
@@ -186,6 +139,65 @@ def write_card(
             f"`{config.get('backgrounds')}` ({config.get('render')} render), seed "
             f"{config.get('seed')}."
         )
+    return made
+
+
+def _header(
+    root: Path,
+    stage: str,
+    counts: dict[str, int],
+    fmt: str,
+    features: list[dict[str, Any]] | None,
+    world: bool,
+    origin_name: str | None,
+) -> dict[str, Any]:
+    """The card's YAML header: the Hub's metadata and the configs that map splits to files."""
+    origin = [f"dreamshift:{origin_name}"] if origin_name else ["original"]
+    kind = "synthetic" if stage == "dream" else "composed"
+    header = {
+        "license": "mit" if world else "other",
+        "pretty_name": root.name,
+        "task_categories": ["image-classification"],
+        "size_categories": [size_category(sum(counts.values()))],
+        "annotations_creators": ["machine-generated"],
+        "source_datasets": origin,
+        "tags": ["dreamshift", "distribution-shift", kind],
+        "configs": [{
+            "config_name": "default",
+            "data_files": _data_files(fmt, list(counts)),
+            **({"features": features} if features else {}),
+        }],
+    }  # fmt: skip
+    return header
+
+
+def write_card(
+    root: Path,
+    out: Path,
+    counts: dict[str, int],
+    fmt: str = "hf",
+    features: list[dict[str, Any]] | None = None,
+    final_name: str | None = None,
+) -> Path:
+    """``out/README.md`` and the run's config(s) beside it. ``features``: the ``datasets``
+    features of every column, in the card's YAML form, where the files do not state them;
+    ``final_name``: the folder's name once renamed (the card is written before)."""
+    meta = ds.DatasetMeta.read(root)
+    out_name = final_name or out.name
+    base = root.resolve().parent  # paths in the configs: relative to the dataset's folder
+    stage, config = meta.stage, _run_config(meta, base)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=True))
+    source = meta.config.get("source")
+    source_meta = None
+    if source and (Path(source) / ds.DATASET_JSON).is_file():
+        source_meta = ds.DatasetMeta.read(source)
+        source_config = _run_config(source_meta, Path(source).resolve().parent)
+        (out / SOURCE_CONFIG_FILE).write_text(yaml.safe_dump(source_config))
+    source_foregrounds = source_meta.config.get("foregrounds") if source_meta else None
+    world = "world" in (config.get("foregrounds"), source_foregrounds)
+    origin_name = Path(source).name if source and source_meta else None
+    header = _header(root, stage, counts, fmt, features, world, origin_name)
+    made = _made(meta, config, source, source_meta)
     commands = []
     if source_meta:
         commands.append(_command(source_meta.stage, SOURCE_CONFIG_FILE, None)
@@ -220,13 +232,7 @@ def write_card(
         _groups(root, meta),
         "## Columns",
         "",
-        "`image`, `mask` (the object's mask: a 1-bit PNG of the image's size, white = the "
-        "object; null for a background alone, an image whose object was redrawn, or a dataset "
-        "made before masks), `label` (class index, -1 for a background alone), `background` "
-        "(background index) and every column of dreamshift's manifest: `sample_id`, `split`, "
-        "`fg_class`, `bg_class`, `aligned` (the class's usual background), the paste box, and "
-        "for dreamed images the model, prompt, per-image seed and guide. Verification columns "
-        "(`verified`, oracle scores, votes) are there when the dataset was verified.",
+        COLUMNS,
         "",
         "## Licence",
         "",

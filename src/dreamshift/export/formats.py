@@ -16,8 +16,8 @@
 Each format gets the dataset card ``README.md`` (:mod:`dreamshift.export.card`): its
 ``configs`` map every split to its files, so ``datasets.load_dataset(DIR)`` returns each split
 under its own name (``val``, ``anti``, ``spurious``... included); for ``imagefolder`` it also
-declares every column's feature (``label`` and ``background`` as ClassLabels), which its JSON
-lines cannot state.
+declares every column's feature (``label`` and ``background`` as ClassLabels), which its
+loader would not infer.
 
 Masks are the dataset's object masks (``mask_path``: a 1-bit PNG, white = the object); a row
 without one (a background alone, an ``img2img`` or ``txt2img`` dream, a dataset made before
@@ -52,8 +52,8 @@ FORMATS = ("hf", "webdataset", "imagefolder")
 PRIVATE = ("votes",)  # who voted what: reviewers' names stay with the dataset, not in exports
 SHARD_IMAGES = 10_000  # webdataset: images per tar shard
 ROW_GROUP = 1_000  # hf: images per Parquet row group, the most held in memory at once
-YAML_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64",
-               pa.bool_(): "bool"}  # fmt: skip
+DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32",
+          pa.float64(): "float64", pa.bool_(): "bool", pa.float32(): "float32"}  # fmt: skip
 Written = tuple[dict[str, int], list[dict[str, Any]] | None]  # counts per split, card features
 
 
@@ -113,8 +113,6 @@ def _prepare_out(out: Path) -> Path:
 
 def _features(meta: ds.DatasetMeta, schema: pa.Schema) -> dict[str, Any]:
     """The ``datasets`` Features of an exported table, as its Parquet metadata states them."""
-    dtypes = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32",
-              pa.float64(): "float64", pa.bool_(): "bool", pa.float32(): "float32"}  # fmt: skip
     features: dict[str, Any] = {}
     for f in schema:
         if f.name in ("image", "mask"):
@@ -124,7 +122,7 @@ def _features(meta: ds.DatasetMeta, schema: pa.Schema) -> dict[str, Any]:
         elif f.name == "background":
             features[f.name] = {"names": list(meta.backgrounds), "_type": "ClassLabel"}
         else:
-            features[f.name] = {"dtype": dtypes.get(f.type, "string"), "_type": "Value"}
+            features[f.name] = {"dtype": DTYPES.get(f.type, "string"), "_type": "Value"}
     return features
 
 
@@ -217,21 +215,18 @@ def _column_types(splits: dict[str, list[dict[str, Any]]]) -> dict[str, pa.DataT
 
 
 def _yaml_features(meta: ds.DatasetMeta, types: dict[str, pa.DataType]) -> list[dict[str, Any]]:
-    """Every column's ``datasets`` feature in the card's YAML form: ``image`` and ``mask``
-    (imagefolder's loader reads ``file_name`` and ``mask_file_name`` as them), ``label`` and
-    ``background`` as ClassLabels, the rest by their Arrow type."""
-    features: list[dict[str, Any]] = [{"name": "image", "dtype": "image"},
-                                      {"name": "mask", "dtype": "image"}]  # fmt: skip
-    for name, kind in types.items():
-        if name in ("file_name", "mask_file_name"):
-            continue
-        if name == "label":
-            features.append({"name": name, "dtype": class_label(meta.classes)})
-        elif name == "background":
-            features.append({"name": name, "dtype": class_label(meta.backgrounds)})
-        else:
-            features.append({"name": name, "dtype": YAML_DTYPES.get(kind, "string")})
-    return features
+    """Every column's ``datasets`` feature (:func:`_features`) in the card's YAML form:
+    ``image`` and ``mask`` (imagefolder's loader reads ``file_name`` and ``mask_file_name`` as
+    them), ``label`` and ``background`` as ClassLabels, the rest by their Arrow type."""
+    named = [(n, t) for n, t in types.items() if n not in ("file_name", "mask_file_name")]
+    schema = pa.schema([("image", pa.binary()), ("mask", pa.binary()), *named])
+    out = []
+    for name, feature in _features(meta, schema).items():
+        kind = feature["_type"]
+        dtype = ("image" if kind == "Image" else class_label(feature["names"])
+                 if kind == "ClassLabel" else feature["dtype"])  # fmt: skip
+        out.append({"name": name, "dtype": dtype})
+    return out
 
 
 def export(dataset: str | Path, out: str | Path, fmt: str) -> dict[str, int]:
