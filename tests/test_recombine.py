@@ -256,7 +256,7 @@ def test_foreground_focus_and_background_robustness_by_hand(world):
     assert ratio_ci(np.ones(5), np.full(5, 2.0), 20, 0) == (0.5, 0.5)
 
 
-def test_the_recombine_study_end_to_end_at_toy_size(tmp_path, capsys):
+def test_the_recombine_study_end_to_end_at_toy_size(tmp_path, capsys, monkeypatch):
     """Every method and column of the study's table, from the runs' own audit records (the
     mean over seeds and its t-interval: :func:`~dreamshift.studies.recombine.mean_interval`'s
     doctest); a relaunch redoes nothing."""
@@ -265,7 +265,8 @@ def test_the_recombine_study_end_to_end_at_toy_size(tmp_path, capsys):
     from dreamshift.studies.recombine import COLUMNS, METHODS
 
     out = tmp_path / "study"
-    args = ["world", "recombine-study", "--out", str(out), "--archs", "world-cnn", "--seeds",
+    monkeypatch.chdir(tmp_path)  # --out relative, as typed: the records name folders absolutely
+    args = ["world", "recombine-study", "--out", "study", "--archs", "world-cnn", "--seeds",
             "0", "--train-size", "200", "--epochs", "1", "--per-group", "1", "--quiet"]  # fmt: skip
     assert main(args) == 0
     assert "| world-cnn | erm + recombine p 1 |" in capsys.readouterr().out

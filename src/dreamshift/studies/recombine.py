@@ -128,7 +128,7 @@ def recombine_study(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise DreamshiftError(f"no method {unknown} in the study: choose among {list(METHODS)}")
-    out = Path(out)
+    out = Path(out).resolve()  # the audit records name runs and datasets by absolute paths
     data = datasets(out, train_size, per_group, progress)
     folders: dict[tuple[str, str], list[Path]] = {}
     for arch in archs:
